@@ -1,0 +1,225 @@
+r"""Model wrapper and the parametrisation conversion table.
+
+With ``x = alpha x0 + sigma eps`` a network may predict
+
+* ``eps`` -- the noise;
+* ``x0`` -- the data (denoiser ``D``);
+* ``v = alpha eps - sigma x0`` (Salimans & Ho 2022, arXiv:2202.00512);
+* ``score = grad log p_t(x) = -eps / sigma``.
+
+Inverting the 2x2 system ``[x; v] = [[alpha, sigma], [-sigma, alpha]] [x0; eps]`` gives
+``x0 = (alpha x - sigma v)/(alpha^2+sigma^2)``, ``eps = (sigma x + alpha v)/(alpha^2+sigma^2)``, which holds for
+VP and VE schedules alike. The functions here are pure; ``alpha``/``sigma`` may be numbers or tensors that
+broadcast against ``x`` (e.g. shape ``(B, 1, ..., 1)``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from .schedules import NoiseSchedule, VPDiscrete, _as_tensor
+
+__all__ = [
+    "PREDICTIONS",
+    "to_eps",
+    "to_x0",
+    "convert",
+    "Model",
+    "DynamicThresholding",
+    "broadcast_coeff",
+]
+
+PREDICTIONS = ("eps", "x0", "v", "score")
+
+
+def _check_prediction(kind: str, name: str = "prediction") -> str:
+    if kind not in PREDICTIONS:
+        raise ValueError(f"{name} must be one of {PREDICTIONS}, got {kind!r}")
+    return kind
+
+
+def to_eps(out, x, alpha, sigma, kind: str):
+    """Noise prediction from a model output of type ``kind``."""
+    if kind == "eps":
+        return out
+    if kind == "x0":
+        return (x - alpha * out) / sigma
+    if kind == "v":
+        return (sigma * x + alpha * out) / (alpha * alpha + sigma * sigma)
+    if kind == "score":
+        return -sigma * out
+    raise ValueError(f"prediction must be one of {PREDICTIONS}, got {kind!r}")
+
+
+def to_x0(out, x, alpha, sigma, kind: str):
+    """Data prediction from a model output of type ``kind``."""
+    if kind == "x0":
+        return out
+    if kind == "eps":
+        return (x - sigma * out) / alpha
+    if kind == "v":
+        return (alpha * x - sigma * out) / (alpha * alpha + sigma * sigma)
+    if kind == "score":
+        return (x + sigma * sigma * out) / alpha
+    raise ValueError(f"prediction must be one of {PREDICTIONS}, got {kind!r}")
+
+
+def convert(out, x, alpha, sigma, source: str, target: str):
+    """Convert a model output between parametrisations (``eps``, ``x0``, ``v``, ``score``)."""
+    _check_prediction(source, "source")
+    _check_prediction(target, "target")
+    if source == target:
+        return out
+    if target == "eps":
+        return to_eps(out, x, alpha, sigma, source)
+    if target == "x0":
+        return to_x0(out, x, alpha, sigma, source)
+    if target == "score":
+        return -to_eps(out, x, alpha, sigma, source) / sigma
+    # v = alpha eps - sigma x0, with both taken from the source
+    return alpha * to_eps(out, x, alpha, sigma, source) - sigma * to_x0(out, x, alpha, sigma, source)
+
+
+def broadcast_coeff(c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Reshape a per-sample coefficient of shape ``(B,)`` (or a scalar tensor) to broadcast against ``x``."""
+    if c.ndim == 0:
+        return c
+    return c.reshape(c.shape + (1,) * (x.ndim - c.ndim))
+
+
+@dataclass(frozen=True)
+class DynamicThresholding:
+    """Imagen-style dynamic thresholding of x0 predictions (Saharia et al. 2022, arXiv:2205.11487).
+
+    Per sample, ``s`` is the ``percentile`` quantile of ``|x0|``, clamped to ``[1, max_value]``; then
+    ``x0 <- clamp(x0, -s, s) / s`` (the diffusers convention; ``max_value = inf`` gives Imagen's ``max(s, 1)``).
+    """
+
+    percentile: float = 0.995
+    max_value: float = 1.0
+
+    def __post_init__(self):
+        if not 0.0 < self.percentile <= 1.0:
+            raise ValueError(f"percentile must be in (0, 1], got {self.percentile!r}")
+        if not self.max_value >= 1.0:
+            raise ValueError(f"max_value must be >= 1, got {self.max_value!r}")
+
+    def __call__(self, x0: torch.Tensor) -> torch.Tensor:
+        flat = x0.reshape(x0.shape[0], -1).abs()
+        compute = flat if flat.dtype in (torch.float32, torch.float64) else flat.float()
+        s = torch.quantile(compute, self.percentile, dim=1).to(x0.dtype)
+        s = torch.clamp(s, min=1.0, max=self.max_value)
+        s = broadcast_coeff(s, x0)
+        return torch.clamp(x0, -s, s) / s
+
+
+class Model:
+    """A denoising network with its schedule and output parametrisation.
+
+    Args:
+        fn: ``fn(x, t) -> output`` with ``t`` of shape ``(B,)`` (continuous time; or the discrete label when
+            ``time_input="label"``). The output must have the shape of ``x``.
+        schedule: the :class:`~sde_diffusion.schedules.NoiseSchedule` the network was trained with.
+        prediction: what ``fn`` predicts: ``eps``, ``x0``, ``v`` or ``score``.
+        time_input: ``"continuous"`` (default) or ``"label"`` (a :class:`VPDiscrete` network taking
+            ``(t - 1/N) * 1000``), or a callable mapping ``t`` to the network's input.
+        thresholding: optional :class:`DynamicThresholding` applied to every x0 prediction.
+
+    ``nfe`` counts calls of ``fn`` through this wrapper (one guided evaluation counts once).
+    """
+
+    def __init__(self, fn: Callable, schedule: NoiseSchedule, prediction: str = "eps", *,
+                 time_input: str | Callable = "continuous", thresholding: DynamicThresholding | None = None):
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+        if not isinstance(schedule, NoiseSchedule):
+            raise TypeError(f"schedule must be a NoiseSchedule, got {type(schedule).__name__}")
+        self.fn = fn
+        self.schedule = schedule
+        self.prediction = _check_prediction(prediction)
+        if time_input == "continuous":
+            self._time_map = None
+        elif time_input == "label":
+            if not isinstance(schedule, VPDiscrete):
+                raise ValueError("time_input='label' needs a VPDiscrete schedule")
+            n = schedule.num_steps
+            self._time_map = lambda t: (t - 1.0 / n) * 1000.0
+        elif callable(time_input):
+            self._time_map = time_input
+        else:
+            raise ValueError(f"time_input must be 'continuous', 'label' or a callable, got {time_input!r}")
+        if thresholding is not None and not isinstance(thresholding, DynamicThresholding):
+            raise TypeError("thresholding must be a DynamicThresholding or None")
+        self.thresholding = thresholding
+        self.nfe = 0
+
+    def reset_nfe(self) -> None:
+        self.nfe = 0
+
+    def __call__(self, x: torch.Tensor, t) -> torch.Tensor:
+        """Raw network output at ``(x, t)``; ``t`` is a scalar or shape ``(B,)``. Counts one NFE."""
+        t = _as_tensor(t)
+        if t.ndim == 0:
+            t = t.expand(x.shape[0])
+        t = t.to(device=x.device, dtype=x.dtype if x.is_floating_point() else t.dtype)
+        if self._time_map is not None:
+            t = self._time_map(t)
+        out = self.fn(x, t)
+        self.nfe += 1
+        if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(f"model output shape {shape} does not match x shape {tuple(x.shape)}")
+        return out
+
+    def predict(self, x: torch.Tensor, t, target: str, alpha=None, sigma=None) -> torch.Tensor:
+        """Model prediction of ``target`` at ``(x, t)``.
+
+        ``alpha``/``sigma`` may be passed precomputed (numbers, or tensors broadcasting against ``x``); the sampling
+        loop does so, so that nothing is recomputed or checked on the device inside the loop.
+        """
+        if alpha is None or sigma is None:
+            tt = self.schedule._check_t(t)
+            a, s = self.schedule._alpha_sigma(tt.to(device=x.device, dtype=x.dtype))
+            alpha, sigma = broadcast_coeff(a, x), broadcast_coeff(s, x)
+        out = self(x, t)
+        if self.thresholding is not None:
+            x0 = self.thresholding(to_x0(out, x, alpha, sigma, self.prediction))
+            return convert(x0, x, alpha, sigma, "x0", target)
+        return convert(out, x, alpha, sigma, self.prediction, target)
+
+    def eps(self, x, t, alpha=None, sigma=None):
+        """Noise prediction."""
+        return self.predict(x, t, "eps", alpha, sigma)
+
+    def x0(self, x, t, alpha=None, sigma=None):
+        """Data prediction (the denoiser)."""
+        return self.predict(x, t, "x0", alpha, sigma)
+
+    def v(self, x, t, alpha=None, sigma=None):
+        """Velocity prediction ``alpha eps - sigma x0``."""
+        return self.predict(x, t, "v", alpha, sigma)
+
+    def score(self, x, t, alpha=None, sigma=None):
+        """Score ``-eps/sigma``."""
+        return self.predict(x, t, "score", alpha, sigma)
+
+    @classmethod
+    def guided(cls, cond_fn: Callable, uncond_fn: Callable, scale: float, schedule: NoiseSchedule,
+               prediction: str = "eps", **kwargs) -> Model:
+        """Classifier-free guidance (Ho & Salimans 2022, arXiv:2207.12598):
+        ``out = uncond + scale (cond - uncond)``, applied in the network's own parametrisation
+        (``scale = 1`` is the conditional model, ``0`` the unconditional one). One guided call counts as one NFE.
+        """
+        scale = float(scale)
+
+        def fn(x, t):
+            u = uncond_fn(x, t)
+            return u + scale * (cond_fn(x, t) - u)
+
+        return cls(fn, schedule, prediction, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"Model(prediction={self.prediction!r}, schedule={self.schedule!r}, nfe={self.nfe})"

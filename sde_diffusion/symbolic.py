@@ -1,0 +1,134 @@
+r"""Symbolic (sympy) derivations used to check the numeric code.
+
+* :func:`schedule_formulas` derives ``log alpha``, ``log sigma``, ``f = d log alpha/dt``,
+  ``g^2 = d sigma^2/dt - 2 f sigma^2``, ``lambda`` and ``inverse_lambda`` of the closed-form schedules from their
+  definitions alone (``alpha`` and ``sigma`` as functions of ``t``), independently of :mod:`sde_diffusion.schedules`.
+* :func:`exponential_weights` gives the exact integrals ``int_0^h e^{-(h - u)} ... `` used by the exponential
+  integrators (see :mod:`sde_diffusion.solvers._expint`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import sympy as sp
+
+__all__ = ["ScheduleFormulas", "schedule_formulas", "lagrange_exp_weights", "phi_symbolic"]
+
+t, lam = sp.symbols("t lambda", real=True)
+
+
+@dataclass
+class ScheduleFormulas:
+    """Symbolic expressions in ``t`` (and ``lambda`` for the inverse) with their numeric (mpmath) lambdas."""
+
+    log_alpha: sp.Expr
+    log_sigma: sp.Expr
+    f: sp.Expr
+    g2: sp.Expr
+    lambda_: sp.Expr
+    inverse_lambda: sp.Expr
+
+    def numeric(self) -> dict[str, Callable[[float], float]]:
+        out = {}
+        for name in ("log_alpha", "log_sigma", "f", "g2", "lambda_"):
+            out[name] = sp.lambdify(t, getattr(self, name), "mpmath")
+        out["inverse_lambda"] = sp.lambdify(lam, self.inverse_lambda, "mpmath")
+        return out
+
+
+def _derive(alpha: sp.Expr, sigma: sp.Expr, inverse: sp.Expr) -> ScheduleFormulas:
+    log_alpha = sp.log(alpha)
+    log_sigma = sp.log(sigma)
+    f = sp.diff(log_alpha, t)
+    g2 = sp.diff(sigma**2, t) - 2 * f * sigma**2
+    lambda_ = log_alpha - log_sigma
+    return ScheduleFormulas(log_alpha, log_sigma, f, g2, lambda_, inverse)
+
+
+def _solve_for_t(lambda_expr: sp.Expr, guess_positive: bool = True) -> sp.Expr:
+    sols = sp.solve(sp.Eq(lambda_expr, lam), t)
+    if not sols:
+        raise RuntimeError("sympy found no inverse")
+    return sols
+
+
+def schedule_formulas(name: str, **params: float) -> ScheduleFormulas:
+    """Symbolic formulas for ``vp_linear``, ``vp_cosine``, ``subvp_linear``, ``ve_geometric`` or ``edm``.
+
+    ``inverse_lambda`` is obtained by solving ``lambda(t) = lambda`` for ``t`` with sympy (the root inside the
+    domain is picked by evaluating it), not copied from the numeric code.
+    """
+    p = {k: sp.nsimplify(v) for k, v in params.items()}
+    if name in ("vp_linear", "subvp_linear"):
+        b0, b1 = p.get("beta_min", sp.Rational(1, 10)), p.get("beta_max", 20)
+        alpha = sp.exp(-(b1 - b0) * t**2 / 4 - b0 * t / 2)
+        sigma = sp.sqrt(1 - alpha**2) if name == "vp_linear" else 1 - alpha**2
+        # solve in u = alpha first (VP: alpha^2 = sigmoid(2 lam); sub-VP: alpha/(1-alpha^2) = e^lam), then in t.
+        u = sp.symbols("u", positive=True)
+        eq = u / sp.sqrt(1 - u**2) - sp.exp(lam) if name == "vp_linear" else u / (1 - u**2) - sp.exp(lam)
+        u_roots = [r for r in sp.solve(eq, u) if _positive_at(r)]
+        t_roots = sp.solve(sp.Eq(sp.log(alpha), sp.log(u_roots[0])), t)
+        inverse = _pick_positive(t_roots)
+    elif name == "vp_cosine":
+        s = p.get("s", sp.Rational(8, 1000))
+        alpha = sp.cos(sp.pi / 2 * (t + s) / (1 + s)) / sp.cos(sp.pi / 2 * s / (1 + s))
+        sigma = sp.sqrt(1 - alpha**2)
+        u = sp.symbols("u", positive=True)
+        u_root = [r for r in sp.solve(u / sp.sqrt(1 - u**2) - sp.exp(lam), u) if _positive_at(r)][0]
+        inverse = 2 * (1 + s) / sp.pi * sp.acos(u_root * sp.cos(sp.pi / 2 * s / (1 + s))) - s
+    elif name == "ve_geometric":
+        smin, smax = p.get("sigma_min", sp.Rational(1, 100)), p.get("sigma_max", 50)
+        alpha = sp.Integer(1)
+        sigma = smin * (smax / smin) ** t
+        inverse = sp.solve(sp.Eq(-sp.log(sigma), lam), t)[0]
+    elif name == "edm":
+        alpha = sp.Integer(1)
+        sigma = t
+        inverse = sp.solve(sp.Eq(-sp.log(sigma), lam), t)[0]
+    else:
+        raise ValueError(f"unknown schedule {name!r}")
+    return _derive(alpha, sigma, sp.simplify(inverse))
+
+
+def _positive_at(expr: sp.Expr) -> bool:
+    v = complex(expr.subs(lam, sp.Rational(1, 3)).evalf())
+    return abs(v.imag) < 1e-12 and 0 < v.real < 1
+
+
+def _pick_positive(roots) -> sp.Expr:
+    for r in roots:
+        v = complex(r.subs(lam, sp.Rational(1, 3)).evalf())
+        if abs(v.imag) < 1e-12 and v.real > 0:
+            return r
+    raise RuntimeError("no positive root")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Exponential-integrator weights
+# ---------------------------------------------------------------------------------------------------------------------
+
+def phi_symbolic(k: int, h: sp.Expr) -> sp.Expr:
+    r"""``phi_k(h) = int_0^1 e^{(1-s) h} s^{k-1}/(k-1)! ds`` exactly (``phi_0 = e^h``)."""
+    s = sp.symbols("s", real=True)
+    if k == 0:
+        return sp.exp(h)
+    return sp.integrate(sp.exp((1 - s) * h) * s ** (k - 1) / sp.factorial(k - 1), (s, 0, 1))
+
+
+def lagrange_exp_weights(nodes: list, h: sp.Expr, sign: int = 1) -> list[sp.Expr]:
+    r"""Exact weights ``w_j = int_0^h e^{sign (h - u)} ... `` -- see :func:`sde_diffusion.solvers._expint.lagrange_weights`.
+
+    Computes ``w_j = (1/h) int_0^h exp(sign * (u - h)) * L_j(u) du`` where ``L_j`` is the Lagrange basis polynomial
+    through ``nodes`` (offsets in lambda from the step start, so ``u = 0`` is the current point).
+    """
+    u = sp.symbols("u", real=True)
+    weights = []
+    for j, nj in enumerate(nodes):
+        basis = sp.Integer(1)
+        for m, nm in enumerate(nodes):
+            if m != j:
+                basis *= (u - nm) / (nj - nm)
+        weights.append(sp.simplify(sp.integrate(sp.exp(sign * (u - h)) * basis, (u, 0, h)) / h))
+    return weights
