@@ -3,7 +3,7 @@ r"""Symbolic (sympy) derivations used to check the numeric code.
 * :func:`schedule_formulas` derives ``log alpha``, ``log sigma``, ``f = d log alpha/dt``,
   ``g^2 = d sigma^2/dt - 2 f sigma^2``, ``lambda`` and ``inverse_lambda`` of the closed-form schedules from their
   definitions alone (``alpha`` and ``sigma`` as functions of ``t``), independently of :mod:`sde_diffusion.schedules`.
-* :func:`exponential_weights` gives the exact integrals ``int_0^h e^{-(h - u)} ... `` used by the exponential
+* :func:`lagrange_exp_weights` and :func:`phi_symbolic` give the exact integrals behind the exponential
   integrators (see :mod:`sde_diffusion.solvers._expint`).
 """
 
@@ -45,13 +45,6 @@ def _derive(alpha: sp.Expr, sigma: sp.Expr, inverse: sp.Expr) -> ScheduleFormula
     g2 = sp.diff(sigma**2, t) - 2 * f * sigma**2
     lambda_ = log_alpha - log_sigma
     return ScheduleFormulas(log_alpha, log_sigma, f, g2, lambda_, inverse)
-
-
-def _solve_for_t(lambda_expr: sp.Expr, guess_positive: bool = True) -> sp.Expr:
-    sols = sp.solve(sp.Eq(lambda_expr, lam), t)
-    if not sols:
-        raise RuntimeError("sympy found no inverse")
-    return sols
 
 
 def schedule_formulas(name: str, **params: float) -> ScheduleFormulas:
@@ -117,18 +110,19 @@ def phi_symbolic(k: int, h: sp.Expr) -> sp.Expr:
     return sp.integrate(sp.exp((1 - s) * h) * s ** (k - 1) / sp.factorial(k - 1), (s, 0, 1))
 
 
-def lagrange_exp_weights(nodes: list, h: sp.Expr, sign: int = 1) -> list[sp.Expr]:
-    r"""Exact weights ``w_j = int_0^h e^{sign (h - u)} ... `` -- see :func:`sde_diffusion.solvers._expint.lagrange_weights`.
+def lagrange_exp_weights(ratios: list, h: sp.Expr, sign: int = 1) -> list[sp.Expr]:
+    r"""Exact ``W_j = int_0^h exp(sign (h - u)) L_j(u) du`` with ``L_j`` the Lagrange basis through ``u_m = r_m h``.
 
-    Computes ``w_j = (1/h) int_0^h exp(sign * (u - h)) * L_j(u) du`` where ``L_j`` is the Lagrange basis polynomial
-    through ``nodes`` (offsets in lambda from the step start, so ``u = 0`` is the current point).
+    The symbolic counterpart of :func:`sde_diffusion.solvers._expint.lagrange_weights` (``sign = +1`` for noise
+    prediction, ``-1`` for data prediction).
     """
     u = sp.symbols("u", real=True)
+    nodes = [sp.nsimplify(r) * h for r in ratios]
     weights = []
     for j, nj in enumerate(nodes):
         basis = sp.Integer(1)
         for m, nm in enumerate(nodes):
             if m != j:
                 basis *= (u - nm) / (nj - nm)
-        weights.append(sp.simplify(sp.integrate(sp.exp(sign * (u - h)) * basis, (u, 0, h)) / h))
+        weights.append(sp.integrate(sp.exp(sign * (h - u)) * sp.expand(basis), (u, 0, h)))
     return weights

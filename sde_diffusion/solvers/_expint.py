@@ -1,0 +1,99 @@
+r"""The one source of exponential-integrator coefficients (float64, host side, vectorised over a grid).
+
+Variation of constants in the half log-SNR ``lambda`` (``h = lambda_s - lambda_t``, ``u = lambda - lambda_t``):
+
+* noise prediction:  ``x_s = (alpha_s/alpha_t) x_t - sigma_s int_0^h e^{h-u} eps(u) du``
+* data prediction:   ``x_s = (sigma_s/sigma_t) x_t + alpha_s int_0^h e^{-(h-u)} x0(u) du``
+
+Replacing the model output by its Lagrange interpolant through nodes ``u_j = r_j h`` gives the weights
+
+``W_j = int_0^h e^{s (h-u)} L_j(u) du = h sum_k a_{jk} k! phi_{k+1}(s h)``, ``s = +1`` (eps) or ``-1`` (x0),
+
+where ``a_{jk}`` are the monomial coefficients of the Lagrange basis in ``theta = u/h`` and
+``phi_k(z) = int_0^1 e^{(1-theta) z} theta^{k-1}/(k-1)! dtheta`` (``phi_1(z) = expm1(z)/z``). The ``phi_k`` are
+evaluated by their Taylor series for ``|z| < 1`` (no cancellation) and by the recurrence
+``phi_{k+1} = (phi_k - 1/k!)/z`` above. With one node the weight is ``expm1(h)`` (eps) or ``-expm1(-h)`` (x0):
+DDIM(eta=0) = DPM-Solver-1 = DPM-Solver++-1 = DEIS-1.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["phi", "phis", "lagrange_basis_coefficients", "lagrange_weights", "SERIES_THRESHOLD"]
+
+SERIES_THRESHOLD = 1.0
+_SERIES_TERMS = 30
+
+
+def phis(z: torch.Tensor, kmax: int) -> list[torch.Tensor]:
+    """``[phi_1(z), ..., phi_kmax(z)]`` in float64, stable for tiny and large ``|z|``."""
+    z = torch.as_tensor(z, dtype=torch.float64)
+    small = z.abs() < SERIES_THRESHOLD
+    zs = torch.where(small, z, torch.zeros_like(z))
+    zl = torch.where(small, torch.ones_like(z), z)
+    out = []
+    # recurrence branch (|z| >= threshold)
+    rec = torch.expm1(zl) / zl
+    for k in range(1, kmax + 1):
+        # series branch: phi_k(z) = sum_n z^n / (n+k)!  (Horner from the top)
+        ser = torch.full_like(z, 1.0 / math.factorial(_SERIES_TERMS + k))
+        for n in range(_SERIES_TERMS - 1, -1, -1):
+            ser = ser * zs + 1.0 / math.factorial(n + k)
+        out.append(torch.where(small, ser, rec))
+        rec = (rec - 1.0 / math.factorial(k)) / zl
+    return out
+
+
+def phi(k: int, z: torch.Tensor) -> torch.Tensor:
+    """``phi_k(z)`` for ``k >= 0`` (``phi_0 = exp``)."""
+    if k == 0:
+        return torch.exp(torch.as_tensor(z, dtype=torch.float64))
+    return phis(z, k)[-1]
+
+
+def lagrange_basis_coefficients(r: torch.Tensor) -> torch.Tensor:
+    """Monomial coefficients of the Lagrange basis through nodes ``r`` (shape ``(..., m)``).
+
+    Returns ``a`` of shape ``(..., m, m)`` with ``L_j(theta) = sum_k a[..., j, k] theta^k``.
+    """
+    r = torch.as_tensor(r, dtype=torch.float64)
+    m = r.shape[-1]
+    rows = []
+    for j in range(m):
+        poly = torch.zeros(r.shape[:-1] + (m,), dtype=torch.float64)
+        poly[..., 0] = 1.0
+        for i in range(m):
+            if i == j:
+                continue
+            denom = r[..., j] - r[..., i]
+            shifted = torch.zeros_like(poly)
+            shifted[..., 1:] = poly[..., :-1]  # theta * poly
+            poly = (shifted - r[..., i : i + 1] * poly) / denom[..., None]
+        rows.append(poly)
+    return torch.stack(rows, dim=-2)
+
+
+def lagrange_weights(r: torch.Tensor, h: torch.Tensor, sign: int) -> torch.Tensor:
+    """Exponentially weighted Lagrange weights ``W_j = int_0^h e^{sign (h-u)} L_j(u) du``.
+
+    Args:
+        r: node ratios ``u_j/h``, shape ``(..., m)`` (``0`` is the current point; negative for past points of a
+            multistep method; in ``(0, 1]`` for intermediate stages).
+        h: step in lambda, shape ``(...)``.
+        sign: ``+1`` for noise prediction, ``-1`` for data prediction.
+
+    Returns ``(..., m)``. One node gives ``expm1(h)`` or ``-expm1(-h)``.
+    """
+    if sign not in (1, -1):
+        raise ValueError("sign must be +1 (eps) or -1 (x0)")
+    r = torch.as_tensor(r, dtype=torch.float64)
+    h = torch.as_tensor(h, dtype=torch.float64)
+    m = r.shape[-1]
+    a = lagrange_basis_coefficients(r)
+    ph = phis(sign * h, m)
+    # int_0^1 e^{s h (1-theta)} theta^k dtheta = k! phi_{k+1}(s h)
+    moments = torch.stack([math.factorial(k) * ph[k] for k in range(m)], dim=-1)
+    return h[..., None] * (a * moments[..., None, :]).sum(-1)

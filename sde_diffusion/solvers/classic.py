@@ -1,0 +1,176 @@
+r"""Classical integrators applied directly to the probability-flow ODE and the reverse SDE.
+
+* ``euler``, ``heun`` -- explicit Runge--Kutta on the PF-ODE, either in ``t``
+  (``dx/dt = f x - g^2 score/2``, ``variable="t"``) or in EDM's variables ``y = x/alpha``, ``sigma_ve = sigma/alpha``
+  (``dy/dsigma_ve = eps``, ``variable="sigma"``, arXiv:2206.00364). Euler in ``sigma`` *is* DDIM(eta=0).
+* ``euler_maruyama`` -- on the reverse SDE ``dx = [f x - g^2 score] dt + g dW_bar``.
+* ``pc`` -- predictor-corrector sampling (Song et al. 2021, arXiv:2011.13456): a reverse-diffusion or
+  Euler--Maruyama predictor with Langevin corrector steps at signal-to-noise ratio ``snr``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .base import Solver, register
+
+__all__ = ["Euler", "Heun", "EulerMaruyama", "PredictorCorrector"]
+
+
+def _variable(v: str) -> str:
+    if v not in ("t", "sigma"):
+        raise ValueError(f"variable must be 't' or 'sigma', got {v!r}")
+    return v
+
+
+def _ode_coefficients(schedule, ts, base):
+    """``dt``, ``f``, ``g2`` at both ends of each step, and the change of ``sigma_ve``."""
+    f, g2 = schedule._f(ts), schedule._g2(ts)
+    return {
+        "dt": ts[1:] - ts[:-1],
+        "f": f[:-1], "f_next": f[1:], "g2": g2[:-1], "g2_next": g2[1:],
+        "dsig": torch.exp(-base["lam_next"]) - torch.exp(-base["lam"]),
+    }
+
+
+class _PFODE(Solver):
+    def __init__(self, variable: str = "t"):
+        self.variable = _variable(variable)
+
+    def options(self):
+        return {"variable": self.variable}
+
+    def coefficients(self, schedule, ts, base):
+        return _ode_coefficients(schedule, ts, base)
+
+    def _slope(self, model, x, t, alpha, sigma, f, g2):
+        """Right-hand side in the chosen variable: ``f x + g2 eps/(2 sigma)`` (t) or ``eps`` (sigma)."""
+        eps = model.predict(x, t, "eps", alpha, sigma)
+        return eps if self.variable == "sigma" else f * x + (0.5 * g2 / sigma) * eps
+
+    def _advance(self, x, c, slope):
+        if self.variable == "sigma":
+            return c.alpha_next * (x / c.alpha + c.dsig * slope)
+        return x + c.dt * slope
+
+
+@register("euler")
+class Euler(_PFODE):
+    """Explicit Euler on the probability-flow ODE. Order 1, 1 NFE per step. ``variable="sigma"`` equals DDIM(0)."""
+
+    order = 1.0
+    nfe_per_step = 1
+    reference = "arXiv:2011.13456"
+
+    def step(self, model, x, state, c, noise):
+        return self._advance(x, c, self._slope(model, x, c.t, c.alpha, c.sigma, c.f, c.g2)), state
+
+
+@register("heun")
+class Heun(_PFODE):
+    """Heun's method (explicit trapezoidal RK2) on the probability-flow ODE, as in EDM (arXiv:2206.00364):
+    2 NFE per step, the last step is an Euler step (``2N - 1`` NFE in all). Order 2."""
+
+    order = 2.0
+    nfe_per_step = 2
+    reference = "arXiv:2206.00364"
+
+    def final_nfe(self, steps):
+        return 2 * steps - 1
+
+    def step(self, model, x, state, c, noise):
+        d1 = self._slope(model, x, c.t, c.alpha, c.sigma, c.f, c.g2)
+        x_pred = self._advance(x, c, d1)
+        if c.last:
+            return x_pred, state
+        d2 = self._slope(model, x_pred, c.t_next_dev, c.alpha_next, c.sigma_next, c.f_next, c.g2_next)
+        return self._advance(x, c, 0.5 * (d1 + d2)), state
+
+
+@register("euler_maruyama")
+class EulerMaruyama(Solver):
+    r"""Euler--Maruyama on the reverse SDE:
+    ``x_{i+1} = x_i + dt (f x_i + g^2 eps/sigma) + sqrt(g^2 |dt|) z`` with ``dt = t_{i+1} - t_i < 0``.
+    Weak order 1; strong order 1 here because the noise is additive (``g`` does not depend on ``x``).
+    1 NFE per step. Takes its ``z`` from the noise source (a Brownian path gives strong convergence studies)."""
+
+    order = 1.0
+    strong_order = 1.0
+    nfe_per_step = 1
+    stochastic = True
+    reference = "arXiv:2011.13456"
+
+    def coefficients(self, schedule, ts, base):
+        c = _ode_coefficients(schedule, ts, base)
+        c["c_noise"] = torch.sqrt(c["g2"] * (-c["dt"]))
+        return c
+
+    def step(self, model, x, state, c, noise):
+        return _euler_maruyama_update(model, x, c, noise.increment(x)), state
+
+
+def _euler_maruyama_update(model, x, c, z):
+    eps = model.predict(x, c.t, "eps", c.alpha, c.sigma)
+    return x + c.dt * (c.f * x + (c.g2 / c.sigma) * eps) + c.c_noise * z
+
+
+def _per_sample_norm(v: torch.Tensor) -> torch.Tensor:
+    n = torch.linalg.vector_norm(v.reshape(v.shape[0], -1), dim=-1)
+    return n.reshape((-1,) + (1,) * (v.ndim - 1))
+
+
+@register("pc")
+class PredictorCorrector(Solver):
+    r"""Predictor--corrector sampler (Song et al. 2021, arXiv:2011.13456, Alg. 1--3).
+
+    At each grid time: ``n_corrector`` Langevin steps ``x <- x + eps_L score + sqrt(2 eps_L) z`` with
+    ``eps_L = 2 a (snr ||z|| / ||score||)^2`` (per-sample norms; ``a = alpha_{t|s}^2``, i.e. ``1 - beta_i`` for VP and
+    1 for VE), then one predictor step to the next time:
+
+    * ``predictor="reverse_diffusion"``: ``x <- (2 - alpha_{t|s}) x + sigma_{t|s}^2 score + sigma_{t|s} z``;
+    * ``predictor="euler_maruyama"``: as :class:`EulerMaruyama`.
+
+    NFE per step ``1 + n_corrector``. Weak order 1 (the corrector does not change the order of the predictor).
+    The predictor uses the noise source's increment (the Brownian path); the corrector draws independent normals.
+    """
+
+    order = 1.0
+    strong_order = 0.5
+    stochastic = True
+    reference = "arXiv:2011.13456"
+
+    def __init__(self, predictor: str = "reverse_diffusion", snr: float = 0.16, n_corrector: int = 1):
+        if predictor not in ("reverse_diffusion", "euler_maruyama"):
+            raise ValueError(f"predictor must be 'reverse_diffusion' or 'euler_maruyama', got {predictor!r}")
+        if isinstance(n_corrector, bool) or not isinstance(n_corrector, int) or n_corrector < 0:
+            raise ValueError(f"n_corrector must be a non-negative int, got {n_corrector!r}")
+        if not (isinstance(snr, (int, float)) and math.isfinite(snr) and snr > 0):
+            raise ValueError(f"snr must be a positive number, got {snr!r}")
+        self.predictor, self.snr, self.n_corrector = predictor, float(snr), n_corrector
+        self.nfe_per_step = 1 + n_corrector
+
+    def options(self):
+        return {"predictor": self.predictor, "snr": self.snr, "n_corrector": self.n_corrector}
+
+    def coefficients(self, schedule, ts, base):
+        c = _ode_coefficients(schedule, ts, base)
+        one_minus = -torch.expm1(-2.0 * base["h"])
+        c["a_ts"] = base["alpha"] / base["alpha_next"]  # alpha_{t|s}
+        c["G2"] = base["sigma"] ** 2 * one_minus  # sigma_{t|s}^2
+        c["G"] = base["sigma"] * torch.sqrt(one_minus)
+        c["c_noise"] = torch.sqrt(c["g2"] * (-c["dt"]))
+        return c
+
+    def step(self, model, x, state, c, noise):
+        for k in range(self.n_corrector):
+            score = model.predict(x, c.t, "score", c.alpha, c.sigma)
+            z = noise.normal(x, k)
+            step = 2.0 * c.a_ts**2 * (self.snr * _per_sample_norm(z) / _per_sample_norm(score)) ** 2
+            x = x + step * score + torch.sqrt(2.0 * step) * z
+        z = noise.increment(x)
+        if self.predictor == "reverse_diffusion":
+            score = model.predict(x, c.t, "score", c.alpha, c.sigma)
+            return (2.0 - c.a_ts) * x + c.G2 * score + c.G * z, state
+        return _euler_maruyama_update(model, x, c, z), state

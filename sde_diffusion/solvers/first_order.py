@@ -1,0 +1,129 @@
+r"""First-order samplers: DDIM (any eta), its inversion, and DDPM ancestral sampling.
+
+Notation for a step from ``t`` to ``s`` (``s < t`` when sampling): ``h = lambda_s - lambda_t``,
+``alpha_{t|s} = alpha_t/alpha_s`` and the transition variance ``sigma_{t|s}^2 = sigma_t^2 - alpha_{t|s}^2 sigma_s^2
+= sigma_t^2 (1 - e^{-2h})``. The posterior ``q(x_s | x_t, x_0)`` is Gaussian with
+
+* mean ``(sigma_s/sigma_t) e^{-h} x_t + alpha_s (1 - e^{-2h}) x_0``,
+* variance ``beta_tilde = sigma_s^2 (1 - e^{-2h})``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .base import Solver, register
+
+__all__ = ["DDIM", "DDIMInverse", "DDPM", "ddim_coefficients"]
+
+
+def ddim_coefficients(c: dict, eta: float) -> dict[str, torch.Tensor]:
+    r"""DDIM in noise-prediction form: ``x_s = (alpha_s/alpha_t) x_t + c_eps eps + c_noise z``.
+
+    ``sigma_eta^2 = eta^2 beta_tilde``, ``x_s = alpha_s x0 + sqrt(sigma_s^2 - sigma_eta^2) eps + sigma_eta z``; with
+    ``rho = sigma_eta^2/sigma_s^2 = -eta^2 expm1(-2h)``:
+    ``c_eps = sigma_s (sqrt(1 - rho) - e^h) = -sigma_s (rho/(1 + sqrt(1 - rho)) + expm1(h))`` (no cancellation).
+    ``eta = 0`` gives ``-sigma_s expm1(h)``: DPM-Solver-1 / DEIS-1.
+    """
+    h, sig_s = c["h"], c["sigma_next"]
+    rho = -(eta**2) * torch.expm1(-2.0 * h)
+    return {
+        "ratio": c["alpha_next"] / c["alpha"],
+        "c_eps": -sig_s * (rho / (1.0 + torch.sqrt(1.0 - rho)) + torch.expm1(h)),
+        "c_noise": sig_s * torch.sqrt(rho),
+    }
+
+
+def _nonneg_float(name, v):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+        raise ValueError(f"{name} must be a finite non-negative number, got {v!r}")
+    return float(v)
+
+
+@register("ddim")
+class DDIM(Solver):
+    r"""DDIM (Song, Meng & Ermon 2021, arXiv:2010.02502) with stochasticity ``eta``.
+
+    ``eta = 0``: the exact solution of the probability-flow ODE with the noise prediction frozen over the step --
+    first order; identical to DPM-Solver-1, DPM-Solver++-1, DEIS-1 and Euler in ``(x/alpha, sigma/alpha)``.
+    ``eta = 1``: the DDPM ancestral step with posterior variance ``beta_tilde`` (same noise, same result) --
+    a first-order weak discretisation of the reverse SDE.
+    1 NFE per step, memory 0.
+    """
+
+    order = 1.0
+    nfe_per_step = 1
+    reference = "arXiv:2010.02502"
+
+    def __init__(self, eta: float = 0.0):
+        self.eta = _nonneg_float("eta", eta)
+        self.stochastic = self.eta > 0
+        self.strong_order = 0.5 if self.stochastic else None
+
+    def options(self):
+        return {"eta": self.eta}
+
+    def coefficients(self, schedule, ts, base):
+        return ddim_coefficients(base, self.eta)
+
+    def step(self, model, x, state, c, noise):
+        eps = model.predict(x, c.t, "eps", c.alpha, c.sigma)
+        x_next = c.ratio * x + c.c_eps * eps
+        if self.stochastic:
+            x_next = x_next + c.c_noise * noise.increment(x)
+        return x_next, state
+
+
+@register("ddim_inverse")
+class DDIMInverse(DDIM):
+    r"""DDIM inversion (encoding data to noise): the DDIM(eta=0) step run on an *increasing* grid,
+    ``t_min -> t_max`` by default. Same formula, ``h < 0``; first order, 1 NFE per step (arXiv:2010.02502, sec. 4.3).
+    """
+
+    direction = "forward"
+
+    def __init__(self):
+        super().__init__(eta=0.0)
+
+    def options(self):
+        return {}
+
+
+@register("ddpm")
+class DDPM(Solver):
+    r"""Ancestral sampling of the discrete reverse Markov chain (Ho, Jain & Abbeel 2020, arXiv:2006.11239) on any
+    grid: ``x_s = posterior mean(x_t, x0_hat) + std z``, with ``std^2 = beta_tilde = sigma_s^2 (1 - e^{-2h})``
+    (``variance="beta_tilde"``, the posterior variance) or ``sigma_{t|s}^2 = sigma_t^2 (1 - e^{-2h})``
+    (``variance="beta"``; equals DDPM's ``beta_t`` for VP schedules). Weak order 1 on the reverse SDE;
+    1 NFE per step. With ``beta_tilde`` it equals DDIM(eta=1) given the same noise.
+    """
+
+    order = 1.0
+    strong_order = 0.5
+    nfe_per_step = 1
+    stochastic = True
+    reference = "arXiv:2006.11239"
+
+    def __init__(self, variance: str = "beta_tilde"):
+        if variance not in ("beta_tilde", "beta"):
+            raise ValueError(f"variance must be 'beta_tilde' or 'beta', got {variance!r}")
+        self.variance = variance
+
+    def options(self):
+        return {"variance": self.variance}
+
+    def coefficients(self, schedule, ts, base):
+        c = base
+        one_minus = -torch.expm1(-2.0 * c["h"])
+        std_scale = c["sigma_next"] if self.variance == "beta_tilde" else c["sigma"]
+        return {
+            "c_x": c["sigma_next"] / c["sigma"] * torch.exp(-c["h"]),
+            "c_x0": c["alpha_next"] * one_minus,
+            "c_noise": std_scale * torch.sqrt(one_minus),
+        }
+
+    def step(self, model, x, state, c, noise):
+        x0 = model.predict(x, c.t, "x0", c.alpha, c.sigma)
+        return c.c_x * x + c.c_x0 * x0 + c.c_noise * noise.increment(x), state
