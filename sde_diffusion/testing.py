@@ -252,6 +252,17 @@ SCHEDULE_PROPERTIES: dict[str, Callable] = {
 """Every schedule property by name; ``check_schedule`` runs them all (``vp_identity`` only for VP schedules)."""
 
 
+def _run_property(hypothesis, schedule, name, prop, max_examples):
+    @hypothesis.settings(max_examples=max_examples, deadline=None, database=None, derandomize=True,
+                         suppress_health_check=list(hypothesis.HealthCheck))
+    @hypothesis.given(times(schedule, size=6))
+    def run(t):
+        with contextlib.nullcontext() if "autograd" in name else torch.no_grad():
+            prop(schedule, t)
+
+    run()
+
+
 def check_schedule(schedule: NoiseSchedule, *, vp: bool | None = None, max_examples: int = 50,
                    properties: tuple[str, ...] | None = None) -> None:
     """Run the schedule property suite on any :class:`NoiseSchedule`, built-in or user-defined.
@@ -271,17 +282,8 @@ def check_schedule(schedule: NoiseSchedule, *, vp: bool | None = None, max_examp
     if not vp and properties is None:
         names.remove("vp_identity")
     for name in names:
-        prop = SCHEDULE_PROPERTIES[name]
-
-        @hypothesis.settings(max_examples=max_examples, deadline=None, database=None, derandomize=True,
-                             suppress_health_check=list(hypothesis.HealthCheck))
-        @hypothesis.given(times(schedule, size=6))
-        def run(t):
-            with contextlib.nullcontext() if "autograd" in name else torch.no_grad():
-                prop(schedule, t)
-
         try:
-            run()
+            _run_property(hypothesis, schedule, name, SCHEDULE_PROPERTIES[name], max_examples)
         except ScheduleCheckError:
             raise
         except Exception as e:  # noqa: BLE001 - any failure of the property is reported under its name

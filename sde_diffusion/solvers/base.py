@@ -11,7 +11,8 @@ A solver is a small object holding only its options. It declares
 and implements two things:
 
 * ``coefficients(schedule, ts, base) -> dict`` -- every per-step number it needs beyond ``base`` (see
-  :func:`base_coefficients`), computed in float64 on the host from the whole grid at once (``ts`` has shape ``(N+1,)`` or ``(N+1, B)``); each value has shape ``(N,)`` or ``(N, B)``
+  :func:`base_coefficients`), computed in float64 on the host from the whole grid at once (``ts`` has shape
+  ``(N+1,)`` or ``(N+1, B)``); each value has shape ``(N,)`` or ``(N, B)``
   (integers such as a per-step order are kept on the host);
 * ``step(model, x, state, c, noise) -> (x_next, state)`` -- one step. ``c`` holds this step's coefficients (Python
   floats for a shared grid, device tensors shaped ``(B, 1, ..., 1)`` for per-sample grids), always with ``t``
