@@ -1,21 +1,134 @@
 """The ``sde-diffusion`` command line.
 
 Each sub-command lives in a function ``cmd_<name>(args) -> int`` registered in :data:`COMMANDS` with its argument
-builder. Errors that are the user's (unknown names, bad options) print one line and exit with status 2.
+builder. Errors that are the user's (unknown names, bad options) print one line and exit with status 2 -- never a
+traceback: :class:`UsageError` for what the commands check, and argparse's own errors are printed on one line too.
+
+Commands:
+
+* ``schedules`` -- table of the built-in noise schedules;
+* ``solvers`` -- every registered solver with its declared order, NFE per step, stochasticity and reference;
+* ``study`` -- convergence / order studies on the built-in problems; writes ``study.json`` and ``study.png``;
+* ``sample`` -- sample a built-in problem with one solver; writes ``samples.pt`` and ``samples.png``;
+* ``optimise-grid`` (alias ``optimize-grid``) -- optimise the time grid of a solver at an NFE budget.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
+import json
 import sys
+import time
 from collections.abc import Callable
+from pathlib import Path
 
-__all__ = ["main", "COMMANDS", "UsageError"]
+__all__ = ["main", "COMMANDS", "UsageError", "build_parser"]
 
 
 class UsageError(Exception):
     """A user error: printed as one line, exit status 2."""
 
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``prog: error: message``) and exit status 2."""
+
+    def error(self, message: str):  # pragma: no cover - exercised through subprocesses
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# shared argument handling
+# ---------------------------------------------------------------------------------------------------------------------
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _flatten(lists) -> list[int] | None:
+    return None if lists is None else sorted({v for chunk in lists for v in chunk})
+
+
+def _add_common(p: argparse.ArgumentParser, *, problem: str = "ring") -> None:
+    p.add_argument("--problem", default=problem, help=f"built-in problem (default {problem}); see --help of study")
+    p.add_argument("--schedule", default="vp-linear", help="vp-linear | vp-cosine | vp-discrete | ve | edm")
+    p.add_argument("--grid", default="logsnr", help="time grid: logsnr | time_uniform | time_quadratic | karras")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float64", help="dtype of the solvers")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (they only show on a terminal)")
+
+
+def _setup_torch(args) -> None:
+    import torch
+
+    torch.set_num_threads(max(int(args.threads), 1))
+    if str(args.device).startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"device {args.device!r} is not available (torch.cuda.is_available() is False)")
+    try:
+        torch.device(args.device)
+    except RuntimeError as e:
+        raise UsageError(f"bad device {args.device!r}: {e}") from None
+
+
+def _check_choice(kind: str, value: str, valid) -> str:
+    if value not in valid:
+        raise UsageError(f"unknown {kind} {value!r}; valid {kind}s: {', '.join(valid)}")
+    return value
+
+
+def _check_problem(args, *, attr: str = "problem") -> None:
+    from .grids import GRIDS
+    from .studies.problems import PROBLEMS, SCHEDULES
+
+    _check_choice("problem", getattr(args, attr), list(PROBLEMS))
+    _check_choice("schedule", args.schedule, list(SCHEDULES))
+    _check_choice("grid", args.grid, list(GRIDS))
+
+
+def _solver_specs(texts: list[str]) -> list:
+    """Parse and build every solver configuration up front, so that a bad name or option is a usage error."""
+    from .studies.specs import parse_solver_spec
+
+    specs = []
+    for text in texts:
+        try:
+            spec = parse_solver_spec(text)
+            spec.build()
+        except (ValueError, TypeError) as e:
+            raise UsageError(str(e).replace("\n", " ")) from None
+        specs.append(spec)
+    return specs
+
+
+def _progress(args) -> bool | None:
+    return False if args.no_progress else None
+
+
+def _new_out_dir(out: str | None, prefix: str) -> Path:
+    if out:
+        path = Path(out)
+    else:
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        path = Path(f"{prefix}-{stamp}")
+        k = 1
+        while path.exists():
+            path = Path(f"{prefix}-{stamp}-{k}")
+            k += 1
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# schedules
+# ---------------------------------------------------------------------------------------------------------------------
 
 def _add_schedules(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=["float32", "float64"], default="float64")
@@ -48,20 +161,345 @@ def cmd_schedules(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# solvers
+# ---------------------------------------------------------------------------------------------------------------------
+
+def _add_solvers(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print the table as JSON")
+
+
+def cmd_solvers(args) -> int:
+    """Every registered solver (with its default options): order, strong order, NFE per step, memory, reference."""
+    from .solvers import registered_solvers
+    from .studies.specs import solver_info, solver_option_names
+
+    rows = []
+    for _name, cls in sorted(registered_solvers().items()):
+        try:
+            info = solver_info(cls())
+        except Exception:  # a solver without defaults for every option: its class attributes
+            info = solver_info(cls.__new__(cls))
+        info["option_names"] = solver_option_names(cls)
+        rows.append(info)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    head = (f"{'name':<20} {'order':>5} {'strong':>6} {'NFE/step':>8} {'stochastic':>10} {'memory':>6}  "
+            f"{'reference':<18} options")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        strong = "-" if r["strong_order"] is None else f"{r['strong_order']:g}"
+        opts = ", ".join(f"{k}={v!r}" for k, v in r["options"].items()) or "-"
+        print(f"{r['name']:<20} {r['order']:>5g} {strong:>6} {r['nfe_per_step']:>8} "
+              f"{'yes' if r['stochastic'] else 'no':>10} {r['memory']:>6}  {r['reference'] or '-':<18} {opts}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# study
+# ---------------------------------------------------------------------------------------------------------------------
+
+_MAIN_NFE = [5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50]
+_ORDER_NFE = [24, 32, 48, 64, 96, 128, 192, 240]
+_STOCHASTIC_NFE = [10, 20, 40, 80, 160]
+_QUICK = {"nfe": [5, 10, 20], "order_nfe": [16, 32, 64], "n": 128, "rtol": 1e-8}
+
+
+def _add_study(p: argparse.ArgumentParser) -> None:
+    from .studies.problems import PROBLEMS
+
+    _add_common(p)
+    p.add_argument("--solvers", nargs="+", metavar="SOLVER",
+                   help="solver configurations, e.g. ddim heun 'dpm_solver++:order=3,multistep=true' "
+                        "(default: ddim, heun and the registered high-order solvers)")
+    p.add_argument("--nfe", type=_int_list, nargs="+", help=f"NFE budgets (default {_MAIN_NFE})")
+    p.add_argument("--n", type=int, default=512, help="batch size (default 512)")
+    p.add_argument("--reference", default="auto", help="auto | exact | torchdiffeq | none")
+    p.add_argument("--rtol", type=float, default=1e-10, help="tolerance of the torchdiffeq reference")
+    p.add_argument("--repeats", type=int, default=1, help="wall time = minimum over this many runs (default 1)")
+    p.add_argument("--order-problem", default="gauss2d",
+                   help="problem of the order study in the asymptotic range, or 'none' (default gauss2d)")
+    p.add_argument("--order-nfe", type=_int_list, nargs="+", help=f"NFE of the order study (default {_ORDER_NFE})")
+    p.add_argument("--stochastic", action="store_true",
+                   help="add a study of the stochastic solvers on --order-problem (strong and distributional errors)")
+    p.add_argument("--figures", action="store_true", help="also write one PNG per study, samples and trajectories")
+    p.add_argument("--quick", action="store_true", help="a reduced study for CI (a few seconds)")
+    p.add_argument("--out", help="output folder (default ./study-YYYYmmdd-HHMMSS)")
+    p.epilog = "problems: " + "; ".join(f"{k} ({v.description})" for k, v in PROBLEMS.items())
+
+
+def _stochastic_solvers() -> list[str]:
+    """``ddim:eta=1`` and every registered stochastic solver with default options (predictor-corrector excluded:
+    its Langevin corrector is not a discretisation of the reverse SDE)."""
+    from .solvers import registered_solvers
+
+    out = ["ddim:eta=1"]
+    for name, cls in sorted(registered_solvers().items()):
+        try:
+            solver = cls()
+        except Exception:
+            continue
+        if solver.stochastic and name != "pc" and name not in out:
+            out.append(name)
+    return out
+
+
+def cmd_study(args) -> int:
+    """Run the main study (solvers x NFE on --problem), the order study and optionally the stochastic one; print
+    tables with fitted orders; write study.json and study.png into --out."""
+    from .studies.problems import PROBLEMS
+    from .studies.specs import default_solvers
+
+    _check_problem(args)
+    if args.order_problem != "none":
+        _check_choice("problem", args.order_problem, list(PROBLEMS))
+    _check_choice("reference", args.reference, ["auto", "exact", "torchdiffeq", "none"])
+    if args.n < 2:
+        raise UsageError("--n must be at least 2")
+    _setup_torch(args)
+    specs = _solver_specs(args.solvers or default_solvers())
+    quick = _QUICK if args.quick else {}
+    nfe = _flatten(args.nfe) or quick.get("nfe", _MAIN_NFE)
+    order_nfe = _flatten(args.order_nfe) or quick.get("order_nfe", _ORDER_NFE)
+    n = quick.get("n", args.n) if args.n == 512 else args.n
+    rtol = quick.get("rtol", args.rtol) if args.rtol == 1e-10 else args.rtol
+    out = _new_out_dir(args.out, "study")
+    common = dict(grid=args.grid, seed=args.seed, dtype=args.dtype, device=args.device, progress=_progress(args),
+                  repeats=max(args.repeats, 1))
+    t0 = time.perf_counter()
+    studies = {"main": _run_study(args.problem, args.schedule, specs, nfe, n=n, rtol=rtol,
+                                  reference=args.reference, **common)}
+    if args.order_problem != "none":
+        studies["order"] = _run_study(args.order_problem, args.schedule, specs, order_nfe, n=min(n, 256),
+                                      rtol=rtol, reference=args.reference, **common)
+    if args.stochastic:
+        sto_nfe = quick.get("nfe", _STOCHASTIC_NFE)
+        studies["stochastic"] = _run_study(args.order_problem if args.order_problem != "none" else "gauss2d",
+                                           args.schedule, _solver_specs(_stochastic_solvers()), sto_nfe,
+                                           n=min(n, 256), rtol=rtol, reference=args.reference,
+                                           sde_substeps=20 if args.quick else 50, **common)
+    elapsed = time.perf_counter() - t0
+    for name, res in studies.items():
+        print(f"## {name} study\n")
+        print(res.to_markdown())
+        if name == "stochastic":
+            print()
+            print(res.to_markdown("dist_error"))
+        print()
+    _write_study(out, studies, args, elapsed)
+    print(f"studies ran in {elapsed:.1f} s; wrote {out / 'study.json'} and {out / 'study.png'}")
+    return 0
+
+
+def _run_study(problem, schedule, specs, nfe, **kw):
+    from .studies.convergence import convergence_study
+
+    return convergence_study(problem, specs, nfe, schedule=schedule, **kw)
+
+
+def _write_study(out: Path, studies: dict, args, elapsed: float) -> None:
+    from . import __version__
+    from .studies.plots import (
+        new_figure,
+        plot_convergence,
+        plot_samples,
+        plot_trajectories,
+        plot_work_precision,
+        save_figure,
+        study_figure,
+    )
+    from .studies.report import bundle
+
+    meta = {"sde_diffusion_version": __version__, "command": "sde-diffusion " + " ".join(sys.argv[1:]),
+            "created": _dt.datetime.now().isoformat(timespec="seconds"), "elapsed_s": round(elapsed, 3)}
+    (out / "study.json").write_text(json.dumps(bundle(studies, **meta), indent=2))
+    save_figure(study_figure(studies["main"], studies.get("order")), out / "study.png")
+    if not args.figures:
+        return
+    for name, res in studies.items():
+        save_figure(plot_convergence(res), out / f"{name}_error.png")
+        if res.dist_metric is not None and name != "main":
+            save_figure(plot_convergence(res, metric="dist_error"), out / f"{name}_dist_error.png")
+    save_figure(plot_work_precision(studies["main"]), out / "main_work_precision.png")
+    main = studies["main"]
+    if main.samples:
+        budget = 10 if 10 in main.budgets else main.budgets[len(main.budgets) // 2]
+        save_figure(plot_samples(main, budget), out / "samples.png")
+        errs = {r.solver: r.error for r in main.runs if r.nfe_budget == budget and r.error is not None}
+        pair = [main.labels[0]] + [lb for lb in [min(errs, key=errs.get)] if errs and lb != main.labels[0]]
+        fig, axes = new_figure(1, len(pair))
+        for ax, label in zip(axes.flat, pair):
+            plot_trajectories(_problem(args), label, budget, seed=args.seed, grid=args.grid, ax=ax)
+        save_figure(fig, out / "trajectories.png")
+
+
+def _problem(args):
+    from .studies.problems import get_problem
+
+    return get_problem(args.problem, args.schedule)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# sample
+# ---------------------------------------------------------------------------------------------------------------------
+
+def _add_sample(p: argparse.ArgumentParser) -> None:
+    _add_common(p)
+    p.add_argument("--solver", default="ddim", help="solver configuration, e.g. 'dpm_solver++:order=2'")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--nfe", type=int, help="NFE budget (default 10)")
+    g.add_argument("--steps", type=int, help="number of steps (instead of --nfe)")
+    p.add_argument("--n", type=int, default=2048, help="number of samples (default 2048)")
+    p.add_argument("--checkpoint", help="(reserved) sample a trained checkpoint instead of a built-in problem; "
+                                        "not available yet")
+    p.add_argument("--out", help="output folder (default ./samples-YYYYmmdd-HHMMSS)")
+
+
+def _model_source(args):
+    """``(model, x_T, problem or None)``: a built-in problem today; the place where ``--checkpoint`` will load a
+    trained score network and its schedule."""
+    import torch
+
+    from .studies.problems import get_problem
+
+    if args.checkpoint:
+        raise UsageError("--checkpoint: sampling from a trained checkpoint is not available yet; "
+                         "use --problem with a built-in problem")
+    _check_problem(args)
+    problem = get_problem(args.problem, args.schedule)
+    x_T = problem.start(args.n, torch.Generator().manual_seed(args.seed))
+    return problem.model(), x_T.to(device=args.device, dtype=getattr(torch, args.dtype)), problem
+
+
+def cmd_sample(args) -> int:
+    """Sample a built-in problem with one solver; save samples.pt and a scatter plot samples.png; print the NFE,
+    the wall time and the distributional error against exact samples."""
+    import torch
+
+    from .sample import sample
+    from .studies.convergence import _dist_metric
+    from .studies.plots import new_figure, save_figure
+    from .studies.specs import steps_for_nfe
+
+    if args.n < 2:
+        raise UsageError("--n must be at least 2")
+    _setup_torch(args)
+    (spec,) = _solver_specs([args.solver])
+    solver = spec.build()
+    model, x_T, problem = _model_source(args)
+    if args.steps is not None:
+        if args.steps < 1:
+            raise UsageError("--steps must be a positive integer")
+        steps = args.steps
+    else:
+        nfe = 10 if args.nfe is None else args.nfe
+        steps = steps_for_nfe(solver, nfe) if nfe >= 1 else 0
+        if steps < 1:
+            raise UsageError(f"--nfe {nfe} is too small for solver {spec.label!r}")
+    gen = torch.Generator(device=args.device).manual_seed(args.seed + 1)
+    t0 = time.perf_counter()
+    res = sample(model, x_T, solver=solver, steps=steps, grid=args.grid,
+                 generator=gen if solver.stochastic else None)
+    wall = time.perf_counter() - t0
+    x = res.x.detach().to("cpu", torch.float64)
+    target = problem.target_samples(args.n, torch.Generator().manual_seed(args.seed + 2))
+    metric_name, metric = _dist_metric(problem, target)
+    dist = metric(x)
+    out = _new_out_dir(args.out, "samples")
+    torch.save({"x": x, "ts": res.ts, "nfe": res.nfe, "solver": spec.label, "problem": problem.name,
+                "schedule": problem.schedule_name, "grid": args.grid, "seed": args.seed}, out / "samples.pt")
+    fig, axes = new_figure()
+    ax = axes[0, 0]
+    ax.scatter(target[:, 0].numpy(), target[:, 1].numpy(), s=3, color="0.75", label="exact")
+    ax.scatter(x.reshape(len(x), -1)[:, 0].numpy(), x.reshape(len(x), -1)[:, 1].numpy(), s=3, color="C3",
+               label=spec.label)
+    ax.set_title(f"{problem.name} / {problem.schedule_name}: {spec.label}, NFE {res.nfe}", fontsize=9)
+    ax.legend(fontsize=7, markerscale=3)
+    save_figure(fig, out / "samples.png")
+    print(f"{problem.name} / {problem.schedule_name}: {spec.label}, {steps} steps, NFE {res.nfe}, "
+          f"{wall * 1e3:.1f} ms; {metric_name} to exact samples {dist:.3e}")
+    print(f"wrote {out / 'samples.pt'} and {out / 'samples.png'}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# optimise-grid
+# ---------------------------------------------------------------------------------------------------------------------
+
+def _add_optimise_grid(p: argparse.ArgumentParser) -> None:
+    _add_common(p)
+    p.add_argument("--solver", default="ddim", help="deterministic solver configuration")
+    p.add_argument("--nfe", type=int, default=10, help="NFE budget (default 10)")
+    p.add_argument("--pilot", type=int, default=256, help="pilot batch size (default 256)")
+    p.add_argument("--heldout", type=int, default=1024, help="held-out batch size (default 1024)")
+    p.add_argument("--max-evals", type=int, default=1500, help="largest number of solves in the search")
+    p.add_argument("--quick", action="store_true", help="small batches and few evaluations (for CI)")
+    p.add_argument("--out", help="write the result as JSON to this file")
+
+
+def cmd_optimise_grid(args) -> int:
+    """Optimise the time grid of a solver at an NFE budget on a pilot batch; report the held-out error."""
+    from .studies.grid_optimizer import optimise_grid
+
+    _check_problem(args)
+    _setup_torch(args)
+    (spec,) = _solver_specs([args.solver])
+    if spec.build().stochastic:
+        raise UsageError(f"solver {spec.label!r} is stochastic; optimise-grid needs a deterministic solver")
+    if min(args.nfe, args.pilot, args.heldout, args.max_evals) < 1:
+        raise UsageError("--nfe, --pilot, --heldout and --max-evals must be positive")
+    pilot, heldout, max_evals = (32, 128, 40) if args.quick else (args.pilot, args.heldout, args.max_evals)
+    try:
+        res = optimise_grid(args.problem, spec, args.nfe, schedule=args.schedule, init=args.grid, pilot=pilot,
+                            heldout=heldout, seed=args.seed, max_evals=max_evals, rtol=1e-8 if args.quick else 1e-10,
+                            device=args.device, dtype=args.dtype, progress=_progress(args))
+    except ValueError as e:
+        if "too small" in str(e):
+            raise UsageError(str(e)) from None
+        raise
+    print(f"{res.problem} / {res.schedule}: {res.solver}, NFE budget {res.nfe} ({res.steps} steps), "
+          f"{res.evaluations} solves")
+    print(f"pilot RMS error     {res.init:<13} {res.pilot_error_init:.3e}  optimised {res.pilot_error:.3e}")
+    print(f"held-out RMS error  {res.init:<13} {res.heldout_error_init:.3e}  optimised {res.heldout_error:.3e}  "
+          f"({res.improvement:.2f}x)")
+    print("grid t: " + ", ".join(f"{t:.10g}" for t in res.grid.tolist()))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(res.to_json())
+        print(f"wrote {args.out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+
 COMMANDS: dict[str, tuple[Callable, Callable, str]] = {
     "schedules": (_add_schedules, cmd_schedules, "table of the built-in noise schedules"),
+    "solvers": (_add_solvers, cmd_solvers, "registered solvers with order, NFE per step, stochasticity, reference"),
+    "study": (_add_study, cmd_study, "convergence and order studies; writes study.json and study.png"),
+    "sample": (_add_sample, cmd_sample, "sample a built-in problem with one solver; writes samples.pt/.png"),
+    "optimise-grid": (_add_optimise_grid, cmd_optimise_grid, "optimise the time grid of a solver at an NFE budget"),
 }
+_ALIASES = {"optimise-grid": ["optimize-grid"]}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="sde-diffusion",
         description="Diffusion models as SDEs and probability-flow ODEs: solvers, order studies, oracles.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (add_args, _, help_) in COMMANDS.items():
-        add_args(sub.add_parser(name, help=help_, description=help_))
+        add_args(sub.add_parser(name, help=help_, description=help_, aliases=_ALIASES.get(name, [])))
     return parser
+
+
+def _canonical(command: str) -> str:
+    for name, aliases in _ALIASES.items():
+        if command in aliases:
+            return name
+    return command
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,11 +508,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    _, run, _ = COMMANDS[args.command]
+    command = _canonical(args.command)
+    _, run, _ = COMMANDS[command]
     try:
         return int(run(args) or 0)
     except UsageError as e:
-        print(f"sde-diffusion {args.command}: error: {e}", file=sys.stderr)
+        print(f"sde-diffusion {command}: error: {e}", file=sys.stderr)
         return 2
 
 

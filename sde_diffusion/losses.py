@@ -241,7 +241,7 @@ def simple_loss(model: Model, x0: torch.Tensor, *, generator: torch.Generator | 
     ``2/(t_max - t_min)`` times :func:`dsm_loss` with ``weighting="sigma2"``.
     """
     if time_sampling is None:
-        time_sampling = "discrete" if isinstance(model.schedule, VPDiscrete) else "uniform"
+        time_sampling = "discrete" if isinstance(_check_model(model).schedule, VPDiscrete) else "uniform"
     return eps_weighted_loss(model, x0, lambda t, a, s: torch.ones_like(t), generator=generator, t=t, noise=noise,
                              time_sampling=time_sampling, reduction=reduction)
 
@@ -278,7 +278,7 @@ def dsm_loss(model: Model, x0: torch.Tensor, *, weighting: str | Callable = "sig
     """
     if time_sampling == "discrete":
         raise ValueError("dsm_loss estimates an integral over t; use time_sampling='uniform' or 'logsnr'")
-    sch = model.schedule
+    sch = _check_model(model).schedule
     lam = _dsm_weight(sch, weighting)
 
     def weight(t, a, s):

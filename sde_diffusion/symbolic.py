@@ -5,6 +5,7 @@ r"""Symbolic (sympy) derivations used to check the numeric code.
   definitions alone (``alpha`` and ``sigma`` as functions of ``t``), independently of :mod:`sde_diffusion.schedules`.
 * :func:`lagrange_exp_weights` and :func:`phi_symbolic` give the exact integrals behind the exponential
   integrators (see :mod:`sde_diffusion.solvers._expint`).
+* :func:`deis_tab_weights` gives DEIS-tAB's weights (Lagrange in ``t``) from their defining integral.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import mpmath
 import sympy as sp
 
-__all__ = ["ScheduleFormulas", "schedule_formulas", "lagrange_exp_weights", "phi_symbolic"]
+__all__ = ["ScheduleFormulas", "schedule_formulas", "lagrange_exp_weights", "phi_symbolic", "deis_tab_weights"]
 
 t, lam = sp.symbols("t lambda", real=True)
 
@@ -126,3 +128,35 @@ def lagrange_exp_weights(ratios: list, h: sp.Expr, sign: int = 1) -> list[sp.Exp
                 basis *= (u - nm) / (nj - nm)
         weights.append(sp.integrate(sp.exp(sign * (h - u)) * sp.expand(basis), (u, 0, h)))
     return weights
+
+
+def deis_tab_weights(formulas: ScheduleFormulas, t_from, t_to, nodes: list, *, closed_form: bool = False,
+                     digits: int = 30) -> list[sp.Expr]:
+    r"""DEIS-tAB weights from their definition (Zhang & Chen 2022, arXiv:2204.13902, eq. for ``C_ij``):
+
+    ``C_j = int_{t_from}^{t_to} (alpha(t_to)/alpha(tau)) g^2(tau)/(2 sigma(tau)) L_j(tau) dtau``, with ``L_j`` the
+    Lagrange basis **in t** through ``nodes`` and ``alpha``, ``sigma``, ``g^2`` taken from ``formulas``
+    (:func:`schedule_formulas`). Times are converted exactly (``sp.Rational`` of the binary float).
+
+    ``closed_form=True`` asks ``sp.integrate`` for an antiderivative (polynomial or exponential kernels: ``edm``,
+    ``ve_geometric``); otherwise the integral is evaluated numerically to ``digits`` digits
+    (``mpmath.quad`` of the lambdified sympy integrand), which is what schedules without a closed form
+    (``vp_linear``, ``vp_cosine``) need.
+    """
+    tau = t
+    a, b = sp.Rational(t_from), sp.Rational(t_to)
+    pts = [sp.Rational(v) for v in nodes]
+    kernel = sp.exp(formulas.log_alpha.subs(t, b) - formulas.log_alpha) * formulas.g2 / (2 * sp.exp(formulas.log_sigma))
+    out = []
+    for j, nj in enumerate(pts):
+        basis = sp.Integer(1)
+        for m, nm in enumerate(pts):
+            if m != j:
+                basis *= (tau - nm) / (nj - nm)
+        if closed_form:
+            out.append(sp.integrate(sp.expand(kernel * basis), (tau, a, b)))
+        else:
+            f = sp.lambdify(tau, kernel * basis, "mpmath")
+            with mpmath.workdps(digits):
+                out.append(sp.Float(mpmath.quad(f, [mpmath.mpf(a.p) / a.q, mpmath.mpf(b.p) / b.q]), digits))
+    return out

@@ -24,6 +24,9 @@ from sde_diffusion.schedules import (
 )
 from sde_diffusion.sdes import ForwardSDE
 
+# a fixed example budget per property keeps the suite fast (the profile may lower it further)
+LIMIT = settings(max_examples=min(50, settings.default.max_examples))
+
 VP_KINDS = ("vp_linear", "vp_cosine", "vp_discrete")
 F64 = torch.float64
 
@@ -91,6 +94,7 @@ def test_check_schedule_detects_broken_schedules(schedule, prop):
 # properties the public suite does not have
 # ---------------------------------------------------------------------------------------------------------------------
 
+@LIMIT
 @given(data=st.data())
 def test_lambda_then_inverse_round_trip(data):
     # the other direction of the suite's t -> lambda -> t: lam -> t -> lam over [lambda_min, lambda_max]
@@ -101,6 +105,7 @@ def test_lambda_then_inverse_round_trip(data):
     torch.testing.assert_close(back, lam, rtol=0, atol=1e-9 * max(1.0, s.lambda_max - s.lambda_min))
 
 
+@LIMIT
 @given(data=st.data())
 def test_lambda_extremes_are_the_end_points(data):
     s = data.draw(testing.schedules())
@@ -109,6 +114,7 @@ def test_lambda_extremes_are_the_end_points(data):
     assert s.lambda_min < s.lambda_max
 
 
+@LIMIT
 @given(data=st.data())
 def test_batched_evaluation_equals_scalar_evaluation(data):
     s = data.draw(testing.schedules())
@@ -119,6 +125,7 @@ def test_batched_evaluation_equals_scalar_evaluation(data):
         torch.testing.assert_close(fn(t), scalar, rtol=1e-14, atol=0)
 
 
+@LIMIT
 @given(data=st.data())
 def test_float32_matches_float64(data):
     s = data.draw(testing.schedules(("vp_linear", "vp_cosine", "subvp_linear", "ve_geometric", "edm")))
@@ -131,6 +138,7 @@ def test_float32_matches_float64(data):
         torch.testing.assert_close(fn(t32).double(), ref, rtol=1e-5, atol=1e-5)
 
 
+@LIMIT
 @given(data=st.data())
 def test_vp_marginal_std_in_unit_interval_and_increasing(data):
     s = data.draw(testing.schedules(VP_KINDS))
@@ -141,6 +149,7 @@ def test_vp_marginal_std_in_unit_interval_and_increasing(data):
     assert bool((std[1:] >= std[:-1]).all())
 
 
+@LIMIT
 @given(data=st.data())
 def test_subvp_sigma_is_one_minus_alpha_squared(data):
     s = data.draw(testing.schedules(("subvp_linear",)))
@@ -155,6 +164,7 @@ def test_subvp_sigma_is_one_minus_alpha_squared(data):
     torch.testing.assert_close(s.g2(t), beta * (1 - a**4), rtol=1e-12, atol=1e-15)
 
 
+@LIMIT
 @given(data=st.data())
 def test_vp_linear_closed_form(data):
     s = data.draw(testing.schedules(("vp_linear",)))
@@ -167,6 +177,7 @@ def test_vp_linear_closed_form(data):
     torch.testing.assert_close(s.g2(t), b0 + (b1 - b0) * t, rtol=1e-14, atol=0)
 
 
+@LIMIT
 @given(data=st.data())
 def test_vp_cosine_closed_form(data):
     s = data.draw(testing.schedules(("vp_cosine",)))
@@ -178,6 +189,7 @@ def test_vp_cosine_closed_form(data):
     torch.testing.assert_close(s.sigma(t), torch.sqrt(1 - alpha**2), rtol=1e-9, atol=0)
 
 
+@LIMIT
 @given(data=st.data())
 def test_variance_exploding_closed_forms(data):
     s = data.draw(testing.schedules(("ve_geometric", "edm")))
@@ -200,6 +212,7 @@ def test_variance_exploding_closed_forms(data):
 
 # ---- the discrete (DDPM) schedule -----------------------------------------------------------------------------------
 
+@LIMIT
 @given(data=st.data())
 def test_vp_discrete_exact_at_grid_points(data):
     s = data.draw(testing.schedules(("vp_discrete",)))
@@ -217,6 +230,7 @@ def test_vp_discrete_exact_at_grid_points(data):
     torch.testing.assert_close(s.knots, tn, rtol=0, atol=0)
 
 
+@LIMIT
 @given(data=st.data())
 def test_vp_discrete_monotone_and_log_linear_between_grid_points(data):
     s = data.draw(testing.schedules(("vp_discrete",)))
@@ -235,6 +249,7 @@ def test_vp_discrete_monotone_and_log_linear_between_grid_points(data):
     torch.testing.assert_close(s.f(mid), (ends[1] - ends[0]).reshape(1) * n, rtol=1e-9, atol=1e-12)
 
 
+@LIMIT
 @given(data=st.data())
 def test_vp_discrete_betas_and_alphas_cumprod_round_trip(data):
     s = data.draw(testing.schedules(("vp_discrete",)))
@@ -246,6 +261,7 @@ def test_vp_discrete_betas_and_alphas_cumprod_round_trip(data):
     assert bool((s.betas > 0).all()) and bool((s.betas < 1).all())
 
 
+@LIMIT
 @given(st.integers(2, 2000))
 def test_vp_discrete_labels(n):
     s = VPDiscrete.from_config({"num_train_timesteps": n, "beta_start": 1e-4, "beta_end": 0.02})
@@ -282,6 +298,7 @@ configs = st.fixed_dictionaries({
 })
 
 
+@LIMIT
 @given(configs)
 def test_config_betas_match_independent_formula(config):
     want = _t(_independent_betas(config["beta_schedule"], config["num_train_timesteps"], config["beta_start"],

@@ -22,7 +22,8 @@ import math
 
 import torch
 
-__all__ = ["phi", "phis", "lagrange_basis_coefficients", "lagrange_weights", "SERIES_THRESHOLD"]
+__all__ = ["phi", "phis", "lagrange_basis_coefficients", "lagrange_weights", "SERIES_THRESHOLD",
+           "lagrange_poly_weights", "gauss_legendre", "exp_weighted_quadrature"]
 
 SERIES_THRESHOLD = 1.0
 _SERIES_TERMS = 30
@@ -97,3 +98,46 @@ def lagrange_weights(r: torch.Tensor, h: torch.Tensor, sign: int) -> torch.Tenso
     # int_0^1 e^{s h (1-theta)} theta^k dtheta = k! phi_{k+1}(s h)
     moments = torch.stack([math.factorial(k) * ph[k] for k in range(m)], dim=-1)
     return h[..., None] * (a * moments[..., None, :]).sum(-1)
+
+
+def lagrange_poly_weights(r: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """Unweighted Lagrange weights ``W_j = int_0^h L_j(u) du`` for nodes ``u_j = r_j h`` (shapes as in
+    :func:`lagrange_weights`): the ``z -> 0`` limit of the exponential weights, ``k! phi_{k+1}(0) = 1/(k+1)``.
+    Adams--Bashforth weights in a variable where the integrand carries no exponential (DEIS rhoAB)."""
+    r = torch.as_tensor(r, dtype=torch.float64)
+    h = torch.as_tensor(h, dtype=torch.float64)
+    m = r.shape[-1]
+    a = lagrange_basis_coefficients(r)
+    moments = torch.tensor([1.0 / (k + 1) for k in range(m)], dtype=torch.float64)
+    return h[..., None] * (a * moments).sum(-1)
+
+
+_GL_CACHE: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def gauss_legendre(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n``-point Gauss--Legendre nodes and weights on ``[0, 1]`` (float64; exact for polynomials of degree
+    ``2n - 1``)."""
+    if n not in _GL_CACHE:
+        import numpy as np
+
+        x, w = np.polynomial.legendre.leggauss(n)
+        _GL_CACHE[n] = (torch.from_numpy(0.5 * (x + 1.0)), torch.from_numpy(0.5 * w))
+    return _GL_CACHE[n]
+
+
+def exp_weighted_quadrature(g, h: torch.Tensor, sign: int, n: int = 32) -> torch.Tensor:
+    """``int_0^h e^{sign (h-u)} g(u) du`` by ``n``-point Gauss--Legendre in ``u`` (float64).
+
+    For weights whose interpolant is not a polynomial in ``lambda`` (DEIS tAB: Lagrange in ``t``). ``g`` is called
+    with ``u`` of shape ``h.shape + (n,)`` and returns ``(..., m, n)`` (``m`` functions at once); the result has shape
+    ``(..., m)``. For smooth ``g`` the error falls like ``(|h|/2)^{2n}/(2n)!`` times the size of the derivatives.
+    """
+    if sign not in (1, -1):
+        raise ValueError("sign must be +1 (eps) or -1 (x0)")
+    h = torch.as_tensor(h, dtype=torch.float64)
+    theta, w = gauss_legendre(n)
+    u = h[..., None] * theta
+    kernel = w * torch.exp(sign * (h[..., None] - u))
+    return h[..., None] * (g(u) * kernel[..., None, :]).sum(-1)
+

@@ -50,6 +50,9 @@ __all__ = [
     "StepNoise",
     "make_noise_source",
     "base_coefficients",
+    "lincomb",
+    "host_scalars",
+    "HostScalars",
 ]
 
 
@@ -155,6 +158,53 @@ def base_coefficients(schedule: NoiseSchedule, ts: torch.Tensor) -> dict[str, to
     }
 
 
+def lincomb(a, x: torch.Tensor, *pairs) -> torch.Tensor:
+    """``a x + w_0 y_0 + w_1 y_1 + ...`` for ``pairs = (w_0, y_0, w_1, y_1, ...)`` in ``1 + len(pairs)/2`` kernels.
+
+    The hot path of every linear update in the loop: one allocating multiply, then in-place accumulation
+    (``add_(y, alpha=w)`` for a Python float ``w`` of a shared grid, ``addcmul_(w, y)`` for a per-sample coefficient
+    tensor of shape ``(B, 1, ..., 1)``). ``a`` may be a float or such a tensor; ``a == 1.0`` (VE schedules) skips
+    the multiply. Only the fresh result is written in place, so inputs, trajectories and autograd are unaffected.
+    """
+    tensor = torch.Tensor
+    if pairs and not isinstance(a, tensor) and a == 1.0:
+        w, y = pairs[0], pairs[1]
+        out = torch.addcmul(x, w, y) if isinstance(w, tensor) else torch.add(x, y, alpha=w)
+        pairs = pairs[2:]
+    else:
+        out = torch.mul(x, a)
+    for i in range(0, len(pairs), 2):
+        w = pairs[i]
+        if isinstance(w, tensor):
+            out.addcmul_(w, pairs[i + 1])
+        else:
+            out.add_(pairs[i + 1], alpha=w)
+    return out
+
+
+class HostScalars:
+    """Marker for a per-step multiplier column (see :func:`host_scalars`)."""
+
+    __slots__ = ("values",)
+
+    def __init__(self, values: torch.Tensor):
+        self.values = values
+
+
+def host_scalars(v: torch.Tensor) -> HostScalars | torch.Tensor:
+    """Mark a per-step *multiplier* column ``(N,)`` of a shared grid: the plan hands it to the loop as ``N``
+    zero-dimensional host tensors of the state's dtype (a per-sample ``(N, B)`` column is returned unchanged and
+    becomes device tensors as usual).
+
+    ``torch.mul(x, a)`` with a Python float wraps ``a`` into a tensor on every call (about 1 us on CPU, as much as the
+    multiply of a 16k-element state itself), and a 0-d tensor of another dtype costs a conversion; a 0-d host tensor
+    of the state's dtype is used as is -- on CUDA too, where it is passed to the kernel as a scalar argument (no
+    copy, no synchronisation). Entries exactly equal to 1 (VE schedules) become the float ``1.0``, which
+    :func:`lincomb` skips. Meant for the ``a`` of :func:`lincomb`; weights ``w`` stay floats (``add_(y, alpha=w)``
+    takes them unwrapped)."""
+    return HostScalars(v) if v.ndim == 1 else v
+
+
 @dataclass
 class Plan:
     """Everything the loop needs for one grid: per-step coefficient namespaces, ready for the device."""
@@ -172,6 +222,9 @@ plan_cache_stats = {"hits": 0, "misses": 0}
 
 
 def _to_step_values(v: Any, n: int, per_sample: bool, device, dtype, ndim: int) -> list:
+    if isinstance(v, HostScalars):
+        col = v.values.to(dtype)
+        return [1.0 if one else e for e, one in zip(col.unbind(0), (v.values == 1.0).tolist())]
     if not isinstance(v, torch.Tensor):
         return list(v) if isinstance(v, (list, tuple)) else [v] * n
     if v.dtype in (torch.int64, torch.int32, torch.bool):

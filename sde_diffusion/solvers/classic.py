@@ -126,13 +126,20 @@ class PredictorCorrector(Solver):
     r"""Predictor--corrector sampler (Song et al. 2021, arXiv:2011.13456, Alg. 1--3).
 
     At each grid time: ``n_corrector`` Langevin steps ``x <- x + eps_L score + sqrt(2 eps_L) z`` with
-    ``eps_L = 2 a (snr ||z|| / ||score||)^2`` (per-sample norms; ``a = alpha_{t|s}^2``, i.e. ``1 - beta_i`` for VP and
-    1 for VE), then one predictor step to the next time:
+    ``eps_L = 2 a (snr ||z|| / ||score||)^2`` (``a = alpha_{t|s}^2``, i.e. ``1 - beta_i`` for VP and 1 for VE), then
+    one predictor step to the next time:
 
     * ``predictor="reverse_diffusion"``: ``x <- (2 - alpha_{t|s}) x + sigma_{t|s}^2 score + sigma_{t|s} z``;
     * ``predictor="euler_maruyama"``: as :class:`EulerMaruyama`.
 
-    NFE per step ``1 + n_corrector``. Weak order 1 (the corrector does not change the order of the predictor).
+    ``norm="batch"`` (default, as in the authors' code) takes ``||z||`` and ``||score||`` as batch means of the
+    per-sample norms, so ``eps_L`` is one number per step; ``norm="sample"`` uses each sample's own norms (the paper's
+    corrector algorithm read literally). The per-sample ratio is only safe in high dimension: its randomness correlates
+    with ``z`` and ``x``, which biases the Langevin step by ``O(eps_L/d)`` per correction -- on 8-D Gaussian data
+    it doubles the output variance, while ``"batch"`` stays within a few percent.
+
+    NFE per step ``1 + n_corrector``. The Langevin corrector has a fixed signal-to-noise ratio, so its bias does
+    not vanish as the grid is refined; the predictor alone is weak order 1 (declared ``order``).
     The predictor uses the noise source's increment (the Brownian path); the corrector draws independent normals.
     """
 
@@ -141,18 +148,21 @@ class PredictorCorrector(Solver):
     stochastic = True
     reference = "arXiv:2011.13456"
 
-    def __init__(self, predictor: str = "reverse_diffusion", snr: float = 0.16, n_corrector: int = 1):
+    def __init__(self, predictor: str = "reverse_diffusion", snr: float = 0.16, n_corrector: int = 1,
+                 norm: str = "batch"):
         if predictor not in ("reverse_diffusion", "euler_maruyama"):
             raise ValueError(f"predictor must be 'reverse_diffusion' or 'euler_maruyama', got {predictor!r}")
+        if norm not in ("batch", "sample"):
+            raise ValueError(f"norm must be 'batch' or 'sample', got {norm!r}")
         if isinstance(n_corrector, bool) or not isinstance(n_corrector, int) or n_corrector < 0:
             raise ValueError(f"n_corrector must be a non-negative int, got {n_corrector!r}")
         if not (isinstance(snr, (int, float)) and math.isfinite(snr) and snr > 0):
             raise ValueError(f"snr must be a positive number, got {snr!r}")
-        self.predictor, self.snr, self.n_corrector = predictor, float(snr), n_corrector
+        self.predictor, self.snr, self.n_corrector, self.norm = predictor, float(snr), n_corrector, norm
         self.nfe_per_step = 1 + n_corrector
 
     def options(self):
-        return {"predictor": self.predictor, "snr": self.snr, "n_corrector": self.n_corrector}
+        return {"predictor": self.predictor, "snr": self.snr, "n_corrector": self.n_corrector, "norm": self.norm}
 
     def coefficients(self, schedule, ts, base):
         c = _ode_coefficients(schedule, ts, base)
@@ -163,11 +173,20 @@ class PredictorCorrector(Solver):
         c["c_noise"] = torch.sqrt(c["g2"] * (-c["dt"]))
         return c
 
+    @property
+    def couples_batch(self) -> bool:
+        """With batch-mean norms a sample's step size depends on the other samples of the batch."""
+        return self.norm == "batch"
+
+    def _norm(self, v: torch.Tensor) -> torch.Tensor:
+        n = _per_sample_norm(v)
+        return n.mean() if self.norm == "batch" else n
+
     def step(self, model, x, state, c, noise):
         for k in range(self.n_corrector):
             score = model.predict(x, c.t, "score", c.alpha, c.sigma)
             z = noise.normal(x, k)
-            step = 2.0 * c.a_ts**2 * (self.snr * _per_sample_norm(z) / _per_sample_norm(score)) ** 2
+            step = 2.0 * c.a_ts**2 * (self.snr * self._norm(z) / self._norm(score)) ** 2
             x = x + step * score + torch.sqrt(2.0 * step) * z
         z = noise.increment(x)
         if self.predictor == "reverse_diffusion":

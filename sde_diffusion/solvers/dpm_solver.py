@@ -1,0 +1,657 @@
+r"""DPM-Solver (noise prediction, Lu et al. 2022, arXiv:2206.00927) and DPM-Solver++ (data prediction,
+Lu et al. 2022, arXiv:2211.01095): singlestep, multistep, the NFE-budgeted "fast" schedule and SDE-DPM-Solver++.
+
+Every update of every method in this module has one shape. From a state ``x_a`` at ``lambda_a`` to
+``lambda_b = lambda_a + h`` with model outputs ``m_j`` at nodes ``lambda_a + r_j h`` (``r_0 = 0``):
+
+* noise prediction (DPM-Solver):  ``x_b = (alpha_b/alpha_a) x_a - sigma_b sum_j W_j eps_j``,
+* data prediction (DPM-Solver++): ``x_b = (sigma_b/sigma_a) x_a + alpha_b sum_j W_j x0_j``,
+
+with ``W_j ~ int_0^h e^{s(h-u)} L_j(u) du`` (``s = +1`` / ``-1``). How ``W`` is formed is the *rule*
+(:func:`update_weights`); every rule is built from :mod:`~sde_diffusion.solvers._expint` (``lagrange_weights``,
+``phis``):
+
+* ``"exact"`` -- the exponentially weighted Lagrange weights through all nodes (order = number of nodes);
+* ``"phi2"`` -- first-order Taylor with the derivative from the *latest* node only:
+  ``h phi_1 m_0 + h phi_2 (m_last - m_0)/r_last`` (= the exact rule on the nodes ``{0, r_last}``);
+* ``"mid"`` -- the same with ``h phi_2`` replaced by ``h phi_1 / 2`` (DPM-Solver-2's ``(e^h - 1)/(2 r_1)`` form,
+  DPM-Solver++(2S)/(2M), diffusers' ``solver_type="midpoint"``);
+* ``"ref3"`` -- the multistep third-order form of the reference implementation and of diffusers
+  (``h phi_1 m_0 + h phi_2 D_1 + h phi_3 D_2``, divided differences ``D``); the exact quadratic has ``2 h phi_3 D_2``,
+  so this rule has a local error ``O(h^3)`` and the method is *second* order (see :class:`DPMSolver`).
+
+The ``variant`` option picks the rules (table in ``docs/theory/dpm_solver.md``): ``"paper"`` (Lu et al.'s published
+algorithms and reference code), ``"midpoint"`` / ``"heun"`` (diffusers' ``solver_type``), ``"exact"`` (exact
+Lagrange weights everywhere; third order for 3M as well).
+
+Stages of singlestep methods (``stages`` option):
+
+* ``"lambda"`` (default, the paper): one grid interval is one step of order ``k`` with ``k`` model evaluations; the
+  intermediate times are ``lambda + r h`` with ``r = 1/2`` (order 2) or ``r = 1/3, 2/3`` (order 3).
+* ``"grid"`` (diffusers' ``DPMSolverSinglestepScheduler``): a step of order ``k`` spans ``k`` grid intervals and
+  the grid's own interior points are the stages; every grid interval costs one evaluation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ._expint import lagrange_weights, phis
+from .base import Solver, lincomb, register
+
+__all__ = [
+    "DPMSolver",
+    "DPMSolverPP",
+    "SDEDPMSolverPP",
+    "DPMSolverFast",
+    "VARIANTS",
+    "LOWER_ORDER_FINAL_BELOW",
+    "update_weights",
+    "update_rule",
+    "combination",
+    "multistep_orders",
+    "singlestep_orders",
+    "grid_groups",
+    "fast_orders",
+    "STAGE_NODES",
+]
+
+VARIANTS = ("paper", "midpoint", "heun", "exact")
+#: ``lower_order_final`` acts when the number of steps is below this (diffusers' rule; the reference code uses 10)
+LOWER_ORDER_FINAL_BELOW = 15
+#: stage nodes ``r_j`` (fractions of the step in lambda) of the singlestep methods of the paper
+STAGE_NODES = {1: (0.0,), 2: (0.0, 0.5), 3: (0.0, 1.0 / 3.0, 2.0 / 3.0)}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# weights of one update
+# ---------------------------------------------------------------------------------------------------------------------
+
+def update_weights(r: torch.Tensor, h: torch.Tensor, sign: int, rule: str) -> torch.Tensor:
+    r"""Weights ``W_j`` of one exponential-integrator update (float64).
+
+    Args:
+        r: nodes in units of the step, shape ``(..., m)``, ``r[..., 0] = 0`` the update's starting point,
+            ``r[..., -1]`` the latest evaluation (``> 0`` for stages, ``< 0`` for past points).
+        h: the step in lambda, shape ``(...)``.
+        sign: ``+1`` noise prediction, ``-1`` data prediction.
+        rule: ``"exact"``, ``"phi2"``, ``"mid"`` or ``"ref3"`` (module docstring).
+
+    With one node every rule is ``h phi_1(s h)`` = ``expm1(h)`` (eps) or ``-expm1(-h)`` (x0).
+    """
+    r = torch.as_tensor(r, dtype=torch.float64)
+    h = torch.as_tensor(h, dtype=torch.float64)
+    m = r.shape[-1]
+    if m == 1 or rule == "exact":
+        return lagrange_weights(r, h, sign)
+    if rule == "phi2":
+        pair = lagrange_weights(torch.stack([r[..., 0], r[..., -1]], -1), h, sign)
+        w = torch.zeros(r.shape, dtype=torch.float64)
+        w[..., 0], w[..., -1] = pair[..., 0], pair[..., 1]
+        return w
+    if rule == "mid":
+        w1 = lagrange_weights(r[..., :1], h, sign)[..., 0]
+        last = w1 / (2.0 * r[..., -1])
+        w = torch.zeros(r.shape, dtype=torch.float64)
+        w[..., 0], w[..., -1] = w1 - last, last
+        return w
+    if rule == "ref3":
+        if m != 3:
+            raise ValueError("rule 'ref3' needs exactly three nodes")
+        ra, rb = r[..., 1], r[..., 2]
+        one, zero = torch.ones_like(ra), torch.zeros_like(ra)
+        # divided differences as coefficient vectors on (m_0, m_a, m_b):
+        d10 = torch.stack([-one / ra, one / ra, zero], -1)  # (m_a - m_0)/r_a
+        d11 = torch.stack([zero, one / (ra - rb), -one / (ra - rb)], -1)  # (m_a - m_b)/(r_a - r_b)
+        d1 = d10 + (ra / rb)[..., None] * (d10 - d11)
+        d2 = (d10 - d11) / (-rb)[..., None]
+        p1, p2, p3 = phis(sign * h, 3)
+        e0 = torch.stack([one, zero, zero], -1)
+        return h[..., None] * (p1[..., None] * e0 + p2[..., None] * d1 + p3[..., None] * d2)
+    raise ValueError(f"unknown rule {rule!r}")
+
+
+def update_rule(variant: str, multistep: bool, nodes: int, final: bool = True) -> str:
+    """Which rule an update with ``nodes`` model outputs uses under ``variant``.
+
+    ``final`` distinguishes the last update of a singlestep step from an intermediate stage (only the third-order
+    singlestep method has a two-node stage; there ``"paper"`` uses ``phi2`` and ``"midpoint"`` uses ``mid``).
+    """
+    if nodes == 1 or variant == "exact":
+        return "exact"
+    if multistep:
+        if nodes == 2:
+            return "exact" if variant == "heun" else "mid"
+        return "ref3"
+    if variant == "heun":
+        return "exact"
+    if nodes == 3:
+        return "phi2"
+    if final:
+        return "mid"
+    return "phi2" if variant == "paper" else "mid"
+
+
+def _frame(sign: int, la_a, ls_a, la_b, ls_b, h, eta: float = 0.0):
+    """``(ratio, scale)`` of ``x_b = ratio x_a + scale sum_j W_j m_j`` from log alpha / log sigma at both ends."""
+    if sign > 0:
+        return torch.exp(la_b - la_a), -torch.exp(ls_b)
+    return torch.exp(ls_b - ls_a - eta * h), torch.exp(la_b)
+
+
+def combination(sign: int, rule: str, lam_nodes: torch.Tensor, la_a, ls_a, la_b, ls_b, eta: float = 0.0):
+    r"""Coefficients of one update ``x_b = ratio x_a + sum_j c_j m_j`` (float64, any batch shape ``(...)``).
+
+    Args:
+        lam_nodes: lambda of the model outputs, ``(..., m)``; ``lam_nodes[..., 0]`` is ``lambda_a``.
+        la_a, ls_a, la_b, ls_b: ``log alpha`` / ``log sigma`` at the start ``a`` and the end ``b``.
+        eta: data prediction only: the SDE-DPM-Solver++ family (:class:`SDEDPMSolverPP`), whose linear part decays
+            like ``e^{-(1 + eta) h}``: the weights are those of the step ``(1 + eta) h`` (same ``r``) and
+            ``ratio = (sigma_b/sigma_a) e^{-eta h}``.
+
+    Returns ``(ratio, c)`` with ``c`` of shape ``(..., m)`` (the ``W_j`` times ``-sigma_b`` or ``alpha_b``).
+    """
+    lam_a = la_a - ls_a
+    h = (la_b - ls_b) - lam_a
+    r = (lam_nodes - lam_a[..., None]) / h[..., None]
+    w = update_weights(r, (1.0 + eta) * h, sign, rule)
+    ratio, scale = _frame(sign, la_a, ls_a, la_b, ls_b, h, eta)
+    return ratio, scale[..., None] * w
+
+
+def _logs(schedule, ts: torch.Tensor):
+    return schedule._log_alpha(ts), schedule._log_sigma(ts)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# order schedules
+# ---------------------------------------------------------------------------------------------------------------------
+
+def _lower_final(orders: list[int], lower_order_final: bool) -> tuple[int, ...]:
+    n = len(orders)
+    if lower_order_final and n < LOWER_ORDER_FINAL_BELOW:
+        orders = [min(o, n - i) for i, o in enumerate(orders)]
+    return tuple(orders)
+
+
+def multistep_orders(order: int, steps: int, lower_order_final: bool = True) -> tuple[int, ...]:
+    """Per-step orders of a multistep method: warm-up ``min(order, i + 1)``; with ``lower_order_final`` and fewer
+    than :data:`LOWER_ORDER_FINAL_BELOW` steps also ``min(., steps - i)`` (last step first order, the one before
+    at most second order) -- the rule of diffusers' ``DPMSolverMultistepScheduler``."""
+    return _lower_final([min(order, i + 1) for i in range(steps)], lower_order_final)
+
+
+def singlestep_orders(order: int, steps: int, lower_order_final: bool = True) -> tuple[int, ...]:
+    """Per-step orders of a singlestep method on its own grid (``stages="lambda"``): ``order`` everywhere, capped by
+    ``steps - i`` when ``lower_order_final`` and ``steps <`` :data:`LOWER_ORDER_FINAL_BELOW`."""
+    return _lower_final([order] * steps, lower_order_final)
+
+
+def grid_groups(order: int, steps: int, lower_order_final: bool = True) -> tuple[int, ...]:
+    """Group sizes (= orders) of a singlestep method whose stages are grid points (``stages="grid"``), as in
+    diffusers' ``DPMSolverSinglestepScheduler.get_order_list``: without ``lower_order_final`` ``steps`` must be a
+    multiple of ``order`` (``[order] * (steps // order)``); with it, the DPM-Solver-fast allocation of
+    :func:`fast_orders` is used on the fixed grid (order 2, even ``steps``: ``[2, ..., 2, 1, 1]``)."""
+    if not lower_order_final:
+        if steps % order:
+            raise ValueError(f"stages='grid' without lower_order_final needs steps divisible by order={order}, "
+                             f"got {steps}")
+        return (order,) * (steps // order)
+    if order == 2 and steps % 2 == 0:
+        return (2,) * (steps // 2 - 1) + (1, 1)
+    return fast_orders(steps, order)
+
+
+def fast_orders(nfe: int, order: int = 3) -> tuple[int, ...]:
+    """DPM-Solver-fast (arXiv:2206.00927, sec. 3.4): orders of the ``K`` outer steps spending exactly ``nfe``
+    evaluations. Order 3: ``K = nfe // 3 + 1`` and ``[3]*(K-2) + [2, 1]`` (``nfe % 3 == 0``), ``[3]*(K-1) + [1]``
+    (``== 1``), ``[3]*(K-1) + [2]`` (``== 2``). Order 2: ``[2]*(nfe//2)`` plus ``[1]`` if ``nfe`` is odd.
+    Order 1: ``[1]*nfe``."""
+    if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
+        raise ValueError(f"nfe must be a positive int, got {nfe!r}")
+    if order == 3:
+        k = nfe // 3 + 1
+        rem = nfe % 3
+        if rem == 0:
+            return (3,) * (k - 2) + (2, 1)
+        return (3,) * (k - 1) + ((1,) if rem == 1 else (2,))
+    if order == 2:
+        return (2,) * (nfe // 2) + ((1,) if nfe % 2 else ())
+    if order == 1:
+        return (1,) * nfe
+    raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# coefficient tables (float64, host, vectorised over the grid)
+# ---------------------------------------------------------------------------------------------------------------------
+
+def _multistep_table(sign, variant, orders, lam, la, ls, eta=0.0) -> dict:
+    """Per-step ``ratio`` and ``w0..w{K-1}`` (weight of the output ``j`` steps back) for the grid ``lam``."""
+    n = lam.shape[0] - 1
+    kmax = max(orders)
+    ords = torch.tensor(orders)
+    table = {"order": ords}
+    ratio_full = torch.zeros((n,) + lam.shape[1:], dtype=torch.float64)
+    ws = [torch.zeros_like(ratio_full) for _ in range(kmax)]
+    for k in sorted(set(orders)):
+        idx = (ords == k).nonzero().flatten()
+        nodes = torch.stack([lam[idx - j] for j in range(k)], -1)
+        rule = update_rule(variant, True, k)
+        ratio, c = combination(sign, rule, nodes, la[idx], ls[idx], la[idx + 1], ls[idx + 1], eta)
+        ratio_full[idx] = ratio
+        for j in range(k):
+            ws[j][idx] = c[..., j]
+    table["ratio"] = ratio_full
+    table.update({f"w{j}": w for j, w in enumerate(ws)})
+    return table
+
+
+def _singlestep_table(schedule, sign, variant, orders, ts, lam, la, ls, nodes_of=STAGE_NODES,
+                      lower_order: bool = False) -> dict:
+    """Stages and final update of singlestep steps with intermediate times at ``lambda + r h`` (``stages="lambda"``).
+
+    Keys: ``order``; per stage ``j >= 1``: ``t_s{j}``, ``alpha_s{j}``, ``sigma_s{j}``, ``ratio_s{j}``,
+    ``w_s{j}_{m}`` (``m < j``); final: ``ratio``, ``w{m}``. With ``lower_order`` also ``ratio_low``, ``w_low{m}``:
+    the final update of order ``k - 1`` from the same stages (the embedded lower-order solution of
+    DPM-Solver-12/23, arXiv:2206.00927 Alg. 4).
+    """
+    kmax = max(orders)
+    ords = torch.tensor(orders)
+    h = lam[1:] - lam[:-1]
+    like = lam[:-1]
+    table: dict = {"order": ords}
+    for k in sorted(set(orders)):
+        idx = (ords == k).nonzero().flatten()
+        r = nodes_of[k]
+        lam_nodes = [lam[idx]]
+        logs = [(la[idx], ls[idx])]
+        for j in range(1, k):
+            t_j = schedule._inverse_lambda(lam[idx] + r[j] * h[idx])
+            la_j, ls_j = _logs(schedule, t_j)
+            rule = update_rule(variant, False, j, final=False)
+            ratio, c = combination(sign, rule, torch.stack(lam_nodes, -1), la[idx], ls[idx], la_j, ls_j)
+            for key, val in ((f"t_s{j}", t_j), (f"alpha_s{j}", torch.exp(la_j)), (f"sigma_s{j}", torch.exp(ls_j)),
+                             (f"ratio_s{j}", ratio)):
+                if key not in table:
+                    table[key] = _fill_stage(key, ts, la, ls)
+                table[key][idx] = val
+            for m in range(j):
+                table.setdefault(f"w_s{j}_{m}", torch.zeros_like(like))[idx] = c[..., m]
+            lam_nodes.append(la_j - ls_j)
+            logs.append((la_j, ls_j))
+        finals = [("", k)] + ([("_low", k - 1)] if lower_order and k > 1 else [])
+        for suffix, p in finals:
+            rule = update_rule(variant, False, p, final=True)
+            ratio, c = combination(sign, rule, torch.stack(lam_nodes[:p], -1), la[idx], ls[idx], la[idx + 1],
+                                   ls[idx + 1])
+            table.setdefault(f"ratio{suffix}", torch.zeros_like(like))[idx] = ratio
+            for m in range(p):
+                table.setdefault(f"w{suffix}{m}", torch.zeros_like(like))[idx] = c[..., m]
+    for j in range(1, kmax):  # steps of lower order never read these; keep them finite
+        for m in range(j):
+            table.setdefault(f"w_s{j}_{m}", torch.zeros_like(like))
+    return table
+
+
+def _fill_stage(key: str, ts, la, ls) -> torch.Tensor:
+    """Harmless filler for stage entries of steps that have fewer stages (never read by those steps)."""
+    if key.startswith("t_s"):
+        return ts[:-1].clone()
+    if key.startswith("alpha_s"):
+        return torch.exp(la[:-1])
+    if key.startswith("sigma_s"):
+        return torch.exp(ls[:-1])
+    return torch.zeros_like(la[:-1])
+
+
+def _grid_table(sign, variant, groups, lam, la, ls) -> dict:
+    """Per grid interval: ``pos`` (position in its group), ``ratio`` and ``w0..`` of the update from the group's
+    first point to the interval's end point with the outputs at the group's points so far."""
+    n = lam.shape[0] - 1
+    if sum(groups) != n:
+        raise ValueError(f"orders {groups} span {sum(groups)} grid intervals; the grid has {n}")
+    starts, pos, sizes = [], [], []
+    p = 0
+    for k in groups:
+        for j in range(k):
+            starts.append(p)
+            pos.append(j)
+            sizes.append(k)
+        p += k
+    starts_t, pos_t = torch.tensor(starts), torch.tensor(pos)
+    kmax = max(groups)
+    like = lam[:-1]
+    ratio_full = torch.zeros_like(like)
+    ws = [torch.zeros_like(like) for _ in range(kmax)]
+    for j, k in sorted(set(zip(pos, sizes))):
+        idx = ((pos_t == j) & (torch.tensor(sizes) == k)).nonzero().flatten()
+        s = starts_t[idx]
+        nodes = torch.stack([lam[s + m] for m in range(j + 1)], -1)
+        rule = update_rule(variant, False, j + 1, final=j + 1 == k)
+        ratio, c = combination(sign, rule, nodes, la[s], ls[s], la[idx + 1], ls[idx + 1])
+        ratio_full[idx] = ratio
+        for m in range(j + 1):
+            ws[m][idx] = c[..., m]
+    return {"pos": pos_t, "group_end": torch.tensor([j + 1 == k for j, k in zip(pos, sizes)]),
+            "ratio": ratio_full, **{f"w{m}": w for m, w in enumerate(ws)}}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# step helpers
+# ---------------------------------------------------------------------------------------------------------------------
+
+def _time_like(t: torch.Tensor, value) -> torch.Tensor:
+    """A model-time tensor shaped like ``t`` holding ``value`` (a float -> one fill kernel; a per-sample device
+    tensor -> a reshape): no host/device transfer."""
+    if isinstance(value, torch.Tensor):
+        return value.reshape(t.shape)
+    return torch.full_like(t, value)
+
+
+def _combine(ratio, x, weights, outs):
+    pairs = []
+    for w, o in zip(weights, outs):
+        pairs += [w, o]
+    return lincomb(ratio, x, *pairs)
+
+
+def run_singlestep_stages(model, x, c, kind: str, k: int, first: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """Model outputs at the ``k`` stages of one singlestep step (``first``: an already known output at ``x``)."""
+    outs = [model.predict(x, c.t, kind, c.alpha, c.sigma) if first is None else first]
+    for j in range(1, k):
+        ws = [getattr(c, f"w_s{j}_{m}") for m in range(j)]
+        u = _combine(getattr(c, f"ratio_s{j}"), x, ws, outs)
+        t_j = _time_like(c.t, getattr(c, f"t_s{j}"))
+        outs.append(model.predict(u, t_j, kind, getattr(c, f"alpha_s{j}"), getattr(c, f"sigma_s{j}")))
+    return outs
+
+
+def final_update(c, x, outs, k: int, suffix: str = "") -> torch.Tensor:
+    """The final combination ``ratio x + sum_m w_m out_m`` of a step (``suffix="_low"``: the embedded solution)."""
+    return _combine(getattr(c, f"ratio{suffix}"), x, [getattr(c, f"w{suffix}{m}") for m in range(k)], outs)
+
+
+def _check_choice(name, value, choices):
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
+
+
+def _check_bool(name, value):
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be a bool, got {value!r}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the solvers
+# ---------------------------------------------------------------------------------------------------------------------
+
+class _DPMBase(Solver):
+    """Shared machinery of DPM-Solver (``sign = +1``, noise prediction) and DPM-Solver++ (``sign = -1``)."""
+
+    sign = 1
+    kind = "eps"
+
+    def __init__(self, order: int = 2, multistep: bool = False, lower_order_final: bool = True,
+                 variant: str = "paper", stages: str = "lambda", orders=None):
+        if isinstance(order, bool) or order not in (1, 2, 3):
+            raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
+        self.multistep = _check_bool("multistep", multistep)
+        self.lower_order_final = _check_bool("lower_order_final", lower_order_final)
+        self.variant = _check_choice("variant", variant, VARIANTS)
+        self.stages = _check_choice("stages", stages, ("lambda", "grid"))
+        if orders is not None:
+            orders = tuple(orders)
+            if not orders or any(isinstance(o, bool) or o not in (1, 2, 3) for o in orders):
+                raise ValueError(f"orders must be a non-empty sequence of 1, 2, 3, got {orders!r}")
+            if multistep:
+                raise ValueError("orders (per-step orders) is for singlestep methods; multistep warms up by itself")
+            order = max(orders)
+        if multistep and stages == "grid":
+            raise ValueError("stages='grid' is for singlestep methods")
+        self.orders = orders
+        self.order_option = order
+        self.order = float(order)
+        if multistep and order == 3 and variant != "exact":
+            self.order = 2.0  # the published 3M rule ("ref3") is second order: see the class docstring
+        if orders is not None:
+            self.order = float(max(orders))  # nominal: the tuple fixes the number of steps
+        self.nfe_per_step = order if not multistep and stages == "lambda" else 1
+        self.memory = order - 1
+
+    def options(self):
+        opts = {"order": self.order_option, "multistep": self.multistep, "lower_order_final": self.lower_order_final,
+                "variant": self.variant}
+        if not self.multistep:
+            opts["stages"] = self.stages
+        if self.orders is not None:
+            opts["orders"] = self.orders
+        return opts
+
+    # ---- per-step orders --------------------------------------------------------------------------------------
+    def step_orders(self, steps: int) -> tuple[int, ...]:
+        """Order used at each step of the loop (``stages="grid"``: group sizes, which sum to ``steps``)."""
+        if self.multistep:
+            return multistep_orders(self.order_option, steps, self.lower_order_final)
+        if self.stages == "grid":
+            return self.orders if self.orders is not None else grid_groups(self.order_option, steps,
+                                                                           self.lower_order_final)
+        if self.orders is not None:
+            if len(self.orders) != steps:
+                raise ValueError(f"orders has {len(self.orders)} entries for a grid of {steps} steps")
+            return self.orders
+        return singlestep_orders(self.order_option, steps, self.lower_order_final)
+
+    def final_nfe(self, steps):
+        if not self.multistep and self.stages == "lambda":
+            return sum(self.step_orders(steps))
+        return steps
+
+    # ---- coefficients -----------------------------------------------------------------------------------------
+    def coefficients(self, schedule, ts, base):
+        la, ls = _logs(schedule, ts)
+        lam = la - ls
+        orders = self.step_orders(ts.shape[0] - 1)
+        if self.multistep:
+            return _multistep_table(self.sign, self.variant, orders, lam, la, ls)
+        if self.stages == "grid":
+            return _grid_table(self.sign, self.variant, orders, lam, la, ls)
+        return _singlestep_table(schedule, self.sign, self.variant, orders, ts, lam, la, ls)
+
+    # ---- one step ---------------------------------------------------------------------------------------------
+    def step(self, model, x, state, c, noise):
+        if self.multistep:
+            return self._multistep(model, x, state, c)
+        if self.stages == "grid":
+            return self._grid_step(model, x, state, c)
+        outs = run_singlestep_stages(model, x, c, self.kind, c.order)
+        return final_update(c, x, outs, c.order), state
+
+    def _multistep(self, model, x, state, c, z=None):
+        hist = (model.predict(x, c.t, self.kind, c.alpha, c.sigma),) + state
+        x_next = final_update(c, x, hist, c.order)
+        if z is not None:
+            x_next = x_next.add_(z, alpha=c.c_noise) if not isinstance(c.c_noise, torch.Tensor) \
+                else x_next.addcmul_(c.c_noise, z)
+        return x_next, hist[: self.memory]
+
+    def _grid_step(self, model, x, state, c):
+        out = model.predict(x, c.t, self.kind, c.alpha, c.sigma)
+        x_start, outs = (x, (out,)) if c.pos == 0 else (state[0], state[1:] + (out,))
+        x_next = final_update(c, x_start, outs, c.pos + 1)
+        return x_next, (() if c.group_end else (x_start,) + outs)
+
+
+_COMMON_DOC = r"""
+
+    Options:
+        order: 1, 2 or 3.
+        multistep: ``False`` -- singlestep (Runge--Kutta-like): ``order`` evaluations per step at ``lambda + r h``
+            (``r = 1/2``; ``1/3, 2/3``); ``True`` -- multistep (Adams-like): one evaluation per step, the previous
+            ``order - 1`` outputs travel in the state; the first steps warm up with orders ``1, 2``.
+        lower_order_final: when the grid has fewer than 15 steps, use order ``min(order, steps - i)`` at step ``i``
+            (last step first order, the one before at most second): the rule of diffusers'
+            ``DPMSolverMultistepScheduler``. With ``stages="grid"``: diffusers' singlestep order list.
+        variant: ``"paper"`` (default: Lu et al.'s algorithms / reference code), ``"midpoint"``, ``"heun"``
+            (diffusers' ``solver_type``), ``"exact"`` (exponentially weighted Lagrange weights for every update).
+            Only orders 2 and 3 differ; ``"heun"`` equals ``"exact"`` except for 3M.
+        stages: singlestep only: ``"lambda"`` (paper) or ``"grid"`` (diffusers' singlestep scheduler: a step of
+            order ``k`` spans ``k`` grid intervals and uses the grid points as its stages).
+        orders: singlestep only: explicit per-step orders (``stages="lambda"``, one per step) or group sizes
+            (``stages="grid"``, summing to the number of intervals); overrides ``order``/``lower_order_final``.
+
+    Order (global, in lambda): ``order``, except the published third-order *multistep* rule (all variants but
+    ``"exact"``), which keeps only half of the ``phi_3`` term: its local error is ``O(h^3)`` and the method is
+    second order (measured slope 2.0 on Gaussian data; ``variant="exact"`` gives 3.0). ``stages="grid"`` with
+    stages not at ``r = 1/3, 2/3`` makes the ``"paper"``/``"midpoint"`` third-order rule second order too.
+    NFE: singlestep ``order`` per step (``stages="grid"``: one per interval), multistep one per step.
+    Memory: multistep ``order - 1`` model outputs; singlestep none between steps (``stages="grid"``: the group's
+    first state and up to ``order - 1`` outputs).
+"""
+
+
+@register("dpm_solver")
+class DPMSolver(_DPMBase):
+    __doc__ = r"""DPM-Solver with noise prediction (Lu et al. 2022, arXiv:2206.00927).
+
+    Integrates ``x_s = (alpha_s/alpha_t) x_t - sigma_s int_0^h e^{h-u} eps(u) du`` (``h`` in the half log-SNR).
+    DPM-Solver-1 is DDIM(eta=0) and DPM-Solver++-1; DPM-Solver-2/-3 are Algorithms 1/2 of the paper (singlestep,
+    ``r_1 = 1/2``; ``r_1 = 1/3, r_2 = 2/3``); multistep 2/3 are the multistep DPM-Solver of the reference code
+    and diffusers (``algorithm_type="dpmsolver"``).
+    """ + _COMMON_DOC
+    sign = 1
+    kind = "eps"
+    reference = "arXiv:2206.00927"
+
+    def __init__(self, order: int = 3, multistep: bool = False, lower_order_final: bool = True,
+                 variant: str = "paper", stages: str = "lambda", orders=None):
+        super().__init__(order, multistep, lower_order_final, variant, stages, orders)
+
+
+@register("dpm_solver++")
+class DPMSolverPP(_DPMBase):
+    __doc__ = r"""DPM-Solver++ with data prediction (Lu et al. 2022, arXiv:2211.01095).
+
+    Integrates ``x_s = (sigma_s/sigma_t) x_t + alpha_s int_0^h e^{-(h-u)} x0(u) du``; dynamic thresholding acts
+    on the ``x0`` predictions through the model (``Model(..., thresholding=DynamicThresholding())``).
+    DPM-Solver++-1 is DDIM(eta=0) and DPM-Solver-1; ``order=2, multistep=False`` is DPM-Solver++(2S) (Alg. 1),
+    ``order=2, multistep=True`` DPM-Solver++(2M) (Alg. 2), ``order=3, multistep=True`` the 3M of the reference
+    code and diffusers' ``DPMSolverMultistepScheduler(solver_order=3)``.
+    """ + _COMMON_DOC
+    sign = -1
+    kind = "x0"
+    reference = "arXiv:2211.01095"
+
+    def __init__(self, order: int = 2, multistep: bool = True, lower_order_final: bool = True,
+                 variant: str = "paper", stages: str = "lambda", orders=None):
+        super().__init__(order, multistep, lower_order_final, variant, stages, orders)
+
+
+@register("sde_dpm_solver++")
+class SDEDPMSolverPP(_DPMBase):
+    r"""SDE-DPM-Solver++ 1 and 2M (Lu et al. 2022, arXiv:2211.01095 appendix; diffusers ``"sde-dpmsolver++"``;
+    k-diffusion's ``eta``).
+
+    For the reverse SDE family ``dx = [f x - (1 + eta)/2 g^2 score] dt + sqrt(eta) g dW_bar`` (``eta = 1`` the
+    reverse SDE, ``eta = 0`` the probability-flow ODE) the data-prediction form in ``lambda`` has the linear part
+    ``e^{-(1 + eta) h}``, so with the data prediction frozen (order 1) or linear in lambda (2M)::
+
+        x_s = (sigma_s/sigma_t) e^{-eta h} x_t + alpha_s sum_j W_j((1 + eta) h) x0_j + sigma_s sqrt(1 - e^{-2 eta h}) z
+
+    (``W`` the data-prediction weights of the step ``(1 + eta) h`` with the same node ratios). ``eta = 1``:
+    ``x_s = (sigma_s/sigma_t) e^{-h} x_t + alpha_s (1 - e^{-2h}) x0 + sigma_s sqrt(1 - e^{-2h}) z``
+    (order 1) -- the DDPM posterior step, i.e. DDIM(eta=1) given the same ``z``. ``eta = 0`` is DPM-Solver++.
+    The ``z`` of each step is the step's normalised Brownian increment (``noise.increment``).
+
+    Options: ``order`` 1 or 2 (2M: one evaluation per step, memory 1 output, warm-up and ``lower_order_final`` as
+    :class:`DPMSolverPP`), ``eta >= 0``, ``variant`` (``"paper"``/``"midpoint"``: diffusers' midpoint form;
+    ``"heun"``/``"exact"``: the exact linear weights).
+    Order: weak order 1 for ``eta > 0`` (strong order 1/2: the increment is not the weighted stochastic
+    integral); for ``eta = 0`` the ODE order ``order``. NFE 1 per step.
+    """
+
+    sign = -1
+    kind = "x0"
+    reference = "arXiv:2211.01095"
+
+    def __init__(self, order: int = 2, eta: float = 1.0, lower_order_final: bool = True, variant: str = "paper"):
+        if isinstance(order, bool) or order not in (1, 2):
+            raise ValueError(f"order must be 1 or 2, got {order!r}")
+        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta) or eta < 0:
+            raise ValueError(f"eta must be a finite non-negative number, got {eta!r}")
+        super().__init__(order, True, lower_order_final, variant)
+        self.eta = float(eta)
+        self.stochastic = self.eta > 0
+        if self.stochastic:
+            self.order, self.strong_order = 1.0, 0.5
+
+    def options(self):
+        return {"order": self.order_option, "eta": self.eta, "lower_order_final": self.lower_order_final,
+                "variant": self.variant}
+
+    def coefficients(self, schedule, ts, base):
+        la, ls = _logs(schedule, ts)
+        lam = la - ls
+        orders = self.step_orders(ts.shape[0] - 1)
+        table = _multistep_table(self.sign, self.variant, orders, lam, la, ls, eta=self.eta)
+        table["c_noise"] = torch.exp(ls[1:]) * torch.sqrt(-torch.expm1(-2.0 * self.eta * (lam[1:] - lam[:-1])))
+        return table
+
+    def step(self, model, x, state, c, noise):
+        z = noise.increment(x) if self.stochastic else None
+        return self._multistep(model, x, state, c, z)
+
+
+@register("dpm_solver_fast")
+class DPMSolverFast(Solver):
+    r"""DPM-Solver-fast (Lu et al. 2022, arXiv:2206.00927, sec. 3.4): a budget of ``nfe`` evaluations spent as
+    singlestep DPM-Solver steps of orders :func:`fast_orders` (``3, ..., 3`` then ``2, 1`` / ``1`` / ``2``) on
+    ``K = nfe // 3 + 1`` outer steps of a ``grid`` (``"logsnr"``, uniform in lambda, as in the paper).
+
+    The solver builds its own outer grid, so (like an adaptive solver) it is run through :meth:`solve`, which
+    delegates to :func:`~sde_diffusion.sample.sample` with an explicit grid and ``DPMSolver(orders=...)`` -- the
+    one loop; ``sample(model, x, solver="dpm_solver_fast", nfe=20)``. NFE exactly ``nfe``; memory 0.
+    Order: the third-order steps dominate only pre-asymptotically; with a final DPM-Solver-1 step
+    (``nfe % 3 in (0, 1)``) the global error is ``O(H^2)`` in the outer step ``H``, so the declared order is 2.
+    """
+
+    adaptive = True
+    order = 2.0
+    reference = "arXiv:2206.00927"
+
+    def __init__(self, nfe: int = 20, order: int = 3, variant: str = "paper", grid: str = "logsnr"):
+        self.orders = fast_orders(nfe, order)
+        self.nfe = nfe
+        self.order_option = order
+        self.variant = _check_choice("variant", variant, VARIANTS)
+        self.grid = grid
+        self.nfe_per_step = order
+        self.order = float(2 if order == 3 and self.orders[-1] == 1 else order)
+
+    def options(self):
+        return {"nfe": self.nfe, "order": self.order_option, "variant": self.variant, "grid": self.grid}
+
+    def final_nfe(self, steps=None):
+        return self.nfe
+
+    def inner(self) -> DPMSolver:
+        """The singlestep DPM-Solver that does the work."""
+        return DPMSolver(order=self.order_option, orders=self.orders, variant=self.variant)
+
+    def solve(self, model, x_T, *, t_start=None, t_end=None, denoise_to_zero=False, callback=None,
+              return_trajectory=False, check_finite=True, generator=None, noise=None):
+        """Build the outer grid on the host and run :func:`~sde_diffusion.sample.sample` once (no extra loop, no
+        synchronisation beyond that of ``sample``)."""
+        from ..grids import make_grid
+        from ..sample import sample
+
+        ts = make_grid(model.schedule, self.grid, len(self.orders), t_start, t_end)
+        res = sample(model, x_T, solver=self.inner(), grid=ts, denoise_to_zero=denoise_to_zero, callback=callback,
+                     return_trajectory=return_trajectory, check_finite=check_finite, generator=generator,
+                     noise=noise)
+        res.info = {"orders": self.orders, "outer_steps": len(self.orders)}
+        return res

@@ -1,0 +1,242 @@
+r"""Matplotlib figures of studies, drawn on the Agg backend.
+
+Figures are created as ``matplotlib.figure.Figure`` objects with an Agg canvas attached, never through ``pyplot``:
+the global backend of the caller is left alone and nothing needs a display.
+
+* :func:`plot_convergence` -- log-log error against the actual NFE, one line per solver, with dashed reference
+  slopes ``NFE^{-p}``; the asymptotic fit range is drawn thicker;
+* :func:`plot_samples` -- scatter of the final samples of 2-D problems against exact samples, one panel per solver;
+* :func:`plot_trajectories` -- paths of a few particles in the plane (2-D problems), on the solver's grid and the
+  reference's;
+* :func:`study_figure` -- the summary figure of ``sde-diffusion study``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from .results import StudyResult
+
+__all__ = ["new_figure", "plot_convergence", "plot_work_precision", "plot_samples", "plot_trajectories",
+           "study_figure", "save_figure", "short_label"]
+
+
+def new_figure(nrows: int = 1, ncols: int = 1, *, size: tuple[float, float] | None = None):
+    """``(figure, axes array)`` on an Agg canvas."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size or (4.6 * ncols, 3.8 * nrows), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    return fig, axes
+
+
+def save_figure(fig, path, *, dpi: int = 120) -> None:
+    fig.savefig(str(path), dpi=dpi)
+
+
+def short_label(label: str) -> str:
+    """A compact legend label: ``dpm_solver++:order=2,multistep=true`` -> ``dpm_solver++ o2 multistep``."""
+    name, _, opts = label.partition(":")
+    words = []
+    for item in filter(None, opts.split(",")):
+        key, _, value = item.partition("=")
+        if key == "order":
+            words.append(f"o{value}")
+        elif value == "true":
+            words.append(key)
+        elif value == "false":
+            words.append(f"no-{key}")
+        else:
+            words.append(f"{key}={value}")
+    return " ".join([name, *words])
+
+
+def _nfe_axis(ax, ns: list[float]) -> None:
+    """Plain-number NFE ticks at (a thinned subset of) the measured values."""
+    from matplotlib.ticker import NullFormatter
+
+    ticks = sorted(set(int(n) for n in ns))
+    while len(ticks) > 8:
+        ticks = ticks[::2] if ticks[-1] in ticks[::2] else ticks[::2] + [ticks[-1]]
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([str(t) for t in ticks])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _reference_slopes(ax, ns: list[float], es: list[float], slopes: Sequence[int]) -> None:
+    """Dashed ``C NFE^{-p}`` lines through the geometric middle of the data, labelled at the right end."""
+    lo, hi = min(ns), max(ns)
+    mid_n = math.sqrt(lo * hi)
+    mid_e = math.exp(sum(map(math.log, es)) / len(es))
+    for p in slopes:
+        xs = [lo, hi]
+        ys = [mid_e * (x / mid_n) ** (-p) for x in xs]
+        ax.plot(xs, ys, ls="--", lw=0.8, color="0.55", zorder=0)
+        ax.annotate(f"$N^{{-{p}}}$", (xs[-1], ys[-1]), fontsize=8, color="0.4", xytext=(2, 0),
+                    textcoords="offset points", va="center")
+
+
+def plot_convergence(result: StudyResult, *, metric: str = "error", ax=None, slopes: Sequence[int] = (1, 2, 3),
+                     title: str | None = None):
+    """Log-log ``metric`` against NFE for every solver of ``result``; returns the figure."""
+    fig = ax.figure if ax is not None else None
+    if ax is None:
+        fig, axes = new_figure()
+        ax = axes[0, 0]
+    all_n, all_e = [], []
+    for i, label in enumerate(result.labels):
+        ns, es = result.series(label, metric)
+        if not ns:
+            continue
+        color = f"C{i % 10}"
+        fit = result.fit(label, metric)
+        order = "" if fit is None or fit.order is None else f" (p≈{fit.order:.2f})"
+        ax.loglog(ns, es, "o-", ms=3.5, lw=1.0, color=color, label=f"{short_label(label)}{order}")
+        if fit is not None and fit.asymptotic is not None:
+            sel = [(n, e) for n, e in zip(ns, es) if fit.asymptotic.nfe_min <= n <= fit.asymptotic.nfe_max
+                   and n not in fit.excluded]
+            if len(sel) >= 2:
+                ax.loglog(*zip(*sel), "-", lw=2.6, alpha=0.45, color=color)
+        all_n += ns
+        all_e += es
+    if all_n:
+        _reference_slopes(ax, all_n, all_e, slopes)
+        _nfe_axis(ax, all_n)
+    if metric == "dist_error" and result.dist_floor is not None:
+        ax.axhline(result.dist_floor, color="k", lw=0.8, ls=":", label="sampling floor")
+    ax.set_xlabel("NFE")
+    ax.set_ylabel({"error": "RMS error at $t_{min}$", "dist_error": f"{result.dist_metric}"}.get(metric, metric))
+    ax.set_title(title or f"{result.problem} / {result.schedule} / {result.grid}", fontsize=10)
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(fontsize=7)
+    return fig
+
+
+def plot_work_precision(result: StudyResult, *, metric: str = "error", ax=None, title: str | None = None):
+    """Work-precision diagram: ``metric`` against the wall time of the ``sample`` call, one line per solver."""
+    fig = ax.figure if ax is not None else None
+    if ax is None:
+        fig, axes = new_figure()
+        ax = axes[0, 0]
+    for i, label in enumerate(result.labels):
+        pts = sorted((r.wall_time, getattr(r, metric)) for r in result.runs_of(label)
+                     if getattr(r, metric) is not None)
+        if pts:
+            ax.loglog(*zip(*pts), "o-", ms=3.5, lw=1.0, color=f"C{i % 10}", label=short_label(label))
+    ax.set_xlabel("wall time of sample() [s]")
+    ax.set_ylabel("RMS error at $t_{min}$" if metric == "error" else metric)
+    ax.set_title(title or f"work-precision: {result.problem} / {result.schedule} ({result.device})", fontsize=10)
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(fontsize=7)
+    return fig
+
+
+def _scatter(ax, x: torch.Tensor, **kw) -> None:
+    x = x.reshape(x.shape[0], -1)
+    ax.scatter(x[:, 0].numpy(), x[:, 1].numpy(), s=kw.pop("s", 3), **kw)
+
+
+def plot_samples(result: StudyResult, budget: int | None = None, *, labels: Sequence[str] | None = None,
+                 max_points: int = 2000):
+    """Scatter of the final samples (first two coordinates) of each solver at NFE ``budget`` over exact samples."""
+    if not result.samples:
+        raise ValueError("this study kept no samples (keep_samples=True, or a 2-D problem)")
+    budgets = sorted({b for _, b in result.samples})
+    budget = budgets[len(budgets) // 2] if budget is None else budget
+    labels = [lb for lb in (labels or result.labels) if (lb, budget) in result.samples]
+    ncols = min(len(labels), 4) or 1
+    nrows = max(math.ceil(len(labels) / ncols), 1)
+    fig, axes = new_figure(nrows, ncols, size=(3.2 * ncols, 3.2 * nrows))
+    for ax, label in zip(axes.flat, labels):
+        if result.target is not None:
+            _scatter(ax, result.target[:max_points], color="0.75", label="exact")
+        _scatter(ax, result.samples[(label, budget)][:max_points], color="C3", label=label)
+        ax.set_title(f"{short_label(label)}, NFE {budget}", fontsize=9)
+        ax.set_aspect("equal")
+    for ax in list(axes.flat)[len(labels):]:
+        ax.set_visible(False)
+    return fig
+
+
+def plot_trajectories(problem, solver="ddim", nfe: int = 10, *, n: int = 16, seed: int = 0, grid: str = "logsnr",
+                      ax=None):
+    """Paths of ``n`` particles of a 2-D problem: the solver's states at its grid points (markers) over the
+    reference paths (thin lines, torchdiffeq at the same times refined 8x). States are drawn scaled by
+    ``1/sqrt(alpha^2 + sigma^2)`` so that VE and VP problems look alike."""
+    from ..reference import probability_flow_reference
+    from ..sample import sample
+    from .problems import get_problem
+    from .specs import parse_solver_spec, steps_for_nfe
+
+    problem = get_problem(problem)
+    solver = parse_solver_spec(solver).build()
+    if ax is None:
+        fig, axes = new_figure()
+        ax = axes[0, 0]
+    fig = ax.figure
+    x_T = problem.start(n, torch.Generator().manual_seed(seed))
+    out = sample(problem.model(), x_T, solver=solver, steps=max(steps_for_nfe(solver, nfe), 1), grid=grid,
+                 return_trajectory=True, generator=torch.Generator().manual_seed(seed + 1))
+    traj = torch.stack(out.trajectory).to(torch.float64)
+    fine = torch.stack([torch.linspace(float(a), float(b), 9, dtype=torch.float64)[:-1]
+                        for a, b in zip(out.ts[:-1], out.ts[1:])]).flatten()
+    fine = torch.cat([fine, out.ts[-1:]])
+    ref = probability_flow_reference(problem.model(), x_T, fine, rtol=1e-8, atol=1e-8)
+
+    def scaled(xs, ts):
+        a, s = problem.schedule.alpha(ts), problem.schedule.sigma(ts)
+        return xs / torch.sqrt(a * a + s * s).reshape(-1, 1, 1)
+
+    ref, traj = scaled(ref, fine), scaled(traj, out.ts)
+    for j in range(n):
+        ax.plot(ref[:, j, 0].numpy(), ref[:, j, 1].numpy(), lw=0.7, color="0.6")
+        ax.plot(traj[:, j, 0].numpy(), traj[:, j, 1].numpy(), "o-", ms=2.5, lw=0.8, color="C0")
+    ax.plot([], [], color="0.6", lw=0.7, label="reference (PF-ODE)")
+    label = short_label(parse_solver_spec(solver).label)
+    ax.plot([], [], "o-", ms=2.5, color="C0", label=f"{label}, NFE {out.nfe}")
+    ax.set_aspect("equal")
+    ax.legend(fontsize=7)
+    ax.set_title(f"trajectories: {problem.name} / {problem.schedule_name}", fontsize=10)
+    return fig
+
+
+def study_figure(main: StudyResult, order: StudyResult | None = None, *, budget: int | None = None,
+                 scatter_labels: Sequence[str] | None = None):
+    """The summary figure: convergence of the main study, the order study (if any), and a scatter of samples of two
+    solvers against exact samples (2-D main problem)."""
+    panels = 1 + (order is not None) + bool(main.samples)
+    fig, axes = new_figure(1, panels)
+    axes = list(axes.flat)
+    plot_convergence(main, ax=axes[0])
+    if order is not None:
+        plot_convergence(order, ax=axes[1], title=f"order study: {order.problem} / {order.schedule}")
+    if main.samples:
+        ax = axes[-1]
+        budgets = sorted({b for _, b in main.samples})
+        budget = budget if budget in budgets else min(budgets, key=lambda b: abs(b - 10))
+        labels = [lb for lb in (scatter_labels or _scatter_pair(main, budget)) if (lb, budget) in main.samples]
+        if main.target is not None:
+            _scatter(ax, main.target, color="0.8", label="exact")
+        for label in labels:
+            _scatter(ax, main.samples[(label, budget)], color=f"C{main.labels.index(label) % 10}", alpha=0.6,
+                     label=short_label(label))
+        ax.set_aspect("equal")
+        ax.set_title(f"samples at NFE {budget}", fontsize=10)
+        ax.legend(fontsize=7, markerscale=3)
+    return fig
+
+
+def _scatter_pair(result: StudyResult, budget: int) -> list[str]:
+    """The first solver (usually DDIM) and the one with the smallest error at ``budget``."""
+    errs = {r.solver: r.error for r in result.runs if r.nfe_budget == budget and r.error is not None}
+    labels = result.labels[:1]
+    if errs:
+        best = min(errs, key=errs.get)
+        if best not in labels:
+            labels.append(best)
+    return labels

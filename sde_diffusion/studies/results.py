@@ -1,0 +1,148 @@
+r"""The result of a convergence study and its versioned JSON form.
+
+JSON schema (``schema_version`` 1) of one study::
+
+    {
+      "schema_version": 1,
+      "kind": "sde_diffusion.convergence_study",
+      "problem": "ring", "schedule": "vp-linear", "grid": "logsnr", "seed": 0, "n": 512,
+      "dtype": "float64", "device": "cpu",
+      "reference": {"ode": {...}, "sde": {...} | null},   # kind, tolerance, estimated error, sweep
+      "dist_metric": "sliced_w2" | "gaussian_w2" | null, "dist_floor": float | null,
+      "solvers": {label: {"name", "options", "order", "strong_order", "nfe_per_step", "stochastic", "memory",
+                          "adaptive", "reference"}},
+      "runs": [{"solver", "nfe_budget", "steps", "nfe", "error", "error_max", "dist_error", "wall_time",
+                "error_median"}],
+      "fits": {label: {"error": OrderFit, "dist_error": OrderFit | null}}
+    }
+
+where ``OrderFit`` is ``{"asymptotic": LineFit | null, "pre_asymptotic": LineFit | null, "floor", "excluded",
+"declared"}`` and ``LineFit`` is ``{"order", "stderr", "intercept", "nfe_min", "nfe_max", "points"}``.
+``error`` is the pathwise RMS error (against the exact flow or the ODE reference for deterministic solvers; against the
+SDE reference on the same Brownian path -- the strong error -- for stochastic ones), ``error_median`` the median over
+the batch of the per-sample RMS error, ``error_max`` the largest coordinate error; ``dist_error`` the distributional
+error against exact samples; ``wall_time`` seconds. New fields may be added without a version change; renaming or
+removing one bumps ``schema_version``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .fitting import OrderFit
+
+__all__ = ["SCHEMA_VERSION", "Run", "StudyResult"]
+
+SCHEMA_VERSION = 1
+_KIND = "sde_diffusion.convergence_study"
+
+
+@dataclass
+class Run:
+    """One solver configuration at one NFE budget."""
+
+    solver: str
+    nfe_budget: int
+    steps: int
+    nfe: int
+    error: float | None
+    error_max: float | None
+    dist_error: float | None
+    wall_time: float
+    error_median: float | None = None
+
+
+@dataclass
+class StudyResult:
+    """Everything a convergence study measured; ``samples`` (final states of 2-D problems, by ``(label, budget)``)
+    and ``target`` (exact samples) are kept in memory for plots and are not serialised."""
+
+    problem: str
+    schedule: str
+    grid: str
+    seed: int
+    n: int
+    dtype: str
+    device: str
+    reference: dict[str, Any]
+    dist_metric: str | None
+    dist_floor: float | None
+    solvers: dict[str, dict[str, Any]]
+    runs: list[Run]
+    fits: dict[str, dict[str, OrderFit | None]] = field(default_factory=dict)
+    samples: dict = field(default_factory=dict, repr=False)
+    target: Any = field(default=None, repr=False)
+
+    # ---- access ---------------------------------------------------------------------------------------------------
+    @property
+    def labels(self) -> list[str]:
+        return list(self.solvers)
+
+    @property
+    def budgets(self) -> list[int]:
+        return sorted({r.nfe_budget for r in self.runs})
+
+    def runs_of(self, label: str) -> list[Run]:
+        return sorted((r for r in self.runs if r.solver == label), key=lambda r: r.nfe_budget)
+
+    def series(self, label: str, metric: str = "error") -> tuple[list[int], list[float]]:
+        """``(actual NFE, metric)`` of one solver, one point per distinct NFE, without missing values."""
+        seen: dict[int, float] = {}
+        for r in self.runs_of(label):
+            v = getattr(r, metric)
+            if v is not None:
+                seen[r.nfe] = v
+        return list(seen), list(seen.values())
+
+    def fit(self, label: str, metric: str = "error") -> OrderFit | None:
+        return self.fits.get(label, {}).get(metric)
+
+    # ---- serialisation ---------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "kind": _KIND,
+            "problem": self.problem, "schedule": self.schedule, "grid": self.grid, "seed": self.seed, "n": self.n,
+            "dtype": self.dtype, "device": self.device,
+            "reference": self.reference,
+            "dist_metric": self.dist_metric, "dist_floor": self.dist_floor,
+            "solvers": self.solvers,
+            "runs": [asdict(r) for r in self.runs],
+            "fits": {label: {m: (None if f is None else f.to_dict()) for m, f in fits.items()}
+                     for label, fits in self.fits.items()},
+        }
+
+    def to_json(self, **kwargs) -> str:
+        kwargs.setdefault("indent", 2)
+        return json.dumps(self.to_dict(), **kwargs)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> StudyResult:
+        version = d.get("schema_version")
+        if d.get("kind") != _KIND or version != SCHEMA_VERSION:
+            raise ValueError(f"not a version-{SCHEMA_VERSION} convergence study (kind={d.get('kind')!r}, "
+                             f"schema_version={version!r})")
+        fits = {label: {m: (None if f is None else OrderFit.from_dict(f)) for m, f in v.items()}
+                for label, v in d["fits"].items()}
+        return cls(problem=d["problem"], schedule=d["schedule"], grid=d["grid"], seed=d["seed"], n=d["n"],
+                   dtype=d["dtype"], device=d["device"], reference=d["reference"], dist_metric=d["dist_metric"],
+                   dist_floor=d["dist_floor"], solvers=d["solvers"], runs=[Run(**r) for r in d["runs"]], fits=fits)
+
+    @classmethod
+    def from_json(cls, text: str) -> StudyResult:
+        return cls.from_dict(json.loads(text))
+
+    # ---- reports ---------------------------------------------------------------------------------------------------
+    def to_markdown(self, metric: str = "error") -> str:
+        """Markdown tables: the error at every NFE budget, then the fitted orders (see :mod:`.report`)."""
+        from .report import study_markdown
+
+        return study_markdown(self, metric)
+
+    def plot(self, metric: str = "error", ax=None):
+        """Log-log error against NFE with reference slopes (see :func:`.plots.plot_convergence`)."""
+        from .plots import plot_convergence
+
+        return plot_convergence(self, metric=metric, ax=ax)

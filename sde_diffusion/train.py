@@ -1,0 +1,417 @@
+r"""Training loop: AdamW, EMA of the weights, gradient clipping, mixed precision on CUDA, atomic resumable
+checkpoints, and exact reproducibility from a seed on CPU.
+
+:func:`train` minimises one of the objectives of :mod:`sde_diffusion.losses` on batches drawn on the fly from a
+data sampler (a name from :data:`sde_diffusion.data.DATASETS` or any ``fn(n, generator) -> tensor``). All
+randomness of a step (data, times, noise) comes from one :class:`torch.Generator` seeded with ``config.seed``; its
+state is saved in every checkpoint together with the global torch RNG state (used by dropout), so a resumed run
+continues exactly where the interrupted one stopped.
+
+Update rule per step ``n`` (0-based): learning rate ``lr * min(1, (n+1)/warmup_steps)``; gradients clipped to global
+norm ``grad_clip``; AdamW step (Loshchilov & Hutter 2019, arXiv:1711.05101); then the EMA
+``theta_ema <- d theta_ema + (1 - d) theta`` with ``d = min(ema_decay, (1 + n)/(10 + n))``.
+
+A checkpoint (a plain ``torch.save`` dictionary that loads with ``weights_only=True``) holds the network, EMA and
+optimizer states, the step, RNG states, the config, the loss history, the schedule (class and parameters), the
+prediction type and the network's class and constructor config. :func:`load_model` turns it back into a
+:class:`~sde_diffusion.models.Model` with the EMA weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import schedules as _schedules
+from .data import get_dataset
+from .losses import get_loss
+from .models import Model, _check_prediction
+from .nets import NETS, build_net
+from .schedules import NoiseSchedule, VPDiscrete
+
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "train",
+    "save_checkpoint",
+    "load_checkpoint",
+    "load_model",
+    "schedule_spec",
+    "schedule_from_spec",
+    "CHECKPOINT_FORMAT",
+]
+
+CHECKPOINT_FORMAT = "sde_diffusion.train/1"
+# fields that must agree between a checkpoint and the run that resumes from it
+_RESUME_KEYS = ("batch_size", "loss", "loss_options", "seed", "lr", "weight_decay", "adam_betas", "warmup_steps",
+                "ema_decay", "grad_clip")
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of :func:`train`.
+
+    Attributes:
+        steps: total optimizer steps.
+        batch_size: samples per step.
+        lr: AdamW learning rate.
+        weight_decay: AdamW decoupled weight decay.
+        adam_betas: AdamW betas.
+        warmup_steps: linear learning-rate warm-up length (0: none).
+        ema_decay: EMA decay ``d`` (with the ``(1+n)/(10+n)`` warm-up).
+        grad_clip: maximal global gradient norm (``None``: no clipping).
+        loss: objective name from :data:`sde_diffusion.losses.LOSSES`.
+        loss_options: keyword options of the objective (e.g. ``{"weighting": "likelihood"}``).
+        seed: seed of the training generator.
+        checkpoint_every: save a checkpoint every this many steps (0: only at the end).
+        log_every: how often the loss history is synchronised (and the progress bar updated).
+        mixed_precision: use ``torch.autocast`` (bfloat16 where supported, else float16 with a gradient scaler);
+            only ever active on CUDA.
+    """
+
+    steps: int = 2000
+    batch_size: int = 512
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 0
+    ema_decay: float = 0.999
+    grad_clip: float | None = 1.0
+    loss: str = "simple"
+    loss_options: dict = field(default_factory=dict)
+    seed: int = 0
+    checkpoint_every: int = 0
+    log_every: int = 25
+    mixed_precision: bool = True
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "warmup_steps", "checkpoint_every", "seed"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        if isinstance(self.log_every, bool) or not isinstance(self.log_every, int) or self.log_every < 1:
+            raise ValueError(f"log_every must be a positive integer, got {self.log_every!r}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be positive, got {self.lr!r}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"grad_clip must be positive or None, got {self.grad_clip!r}")
+        self.adam_betas = tuple(float(b) for b in self.adam_betas)
+        self.loss_options = dict(self.loss_options)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["adam_betas"] = list(self.adam_betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns.
+
+    Attributes:
+        model: the EMA network wrapped as a :class:`~sde_diffusion.models.Model` (eval mode).
+        net: the trained (raw) network.
+        ema_net: the EMA network.
+        losses: loss of every step since step 0 (floats).
+        step: number of steps done.
+        config: the configuration used.
+        checkpoint: path of the last checkpoint written (or ``None``).
+    """
+
+    model: Model
+    net: nn.Module
+    ema_net: nn.Module
+    losses: list[float]
+    step: int
+    config: TrainConfig
+    checkpoint: Path | None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# schedules <-> plain data
+# ---------------------------------------------------------------------------------------------------------------------
+
+_SCHEDULE_CLASSES = {name: getattr(_schedules, name) for name in
+                     ("VPLinear", "VPCosine", "VPDiscrete", "SubVPLinear", "VEGeometric", "EDM")}
+
+
+def schedule_spec(schedule: NoiseSchedule) -> dict[str, Any]:
+    """A plain-data description of a built-in schedule (class name and constructor arguments)."""
+    name = type(schedule).__name__
+    if isinstance(schedule, VPDiscrete):
+        return {"class": name, "alphas_cumprod": schedule.alphas_cumprod.clone(), "t_min": schedule.t_min,
+                "t_max": schedule.t_max}
+    return {"class": name, **schedule._params()}
+
+
+def schedule_from_spec(spec: dict[str, Any]) -> NoiseSchedule:
+    """Inverse of :func:`schedule_spec`."""
+    spec = dict(spec)
+    name = spec.pop("class")
+    if name not in _SCHEDULE_CLASSES:
+        raise ValueError(f"cannot rebuild schedule {name!r}; pass schedule= explicitly")
+    return _SCHEDULE_CLASSES[name](**spec)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# checkpoints
+# ---------------------------------------------------------------------------------------------------------------------
+
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write ``state`` with ``torch.save`` atomically: to a temporary file in the same directory, flushed and
+    fsync'ed, then ``os.replace``-d over ``path`` (so a crash never leaves a truncated checkpoint)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | None = "cpu") -> dict[str, Any]:
+    """Load a checkpoint written by :func:`train` (``weights_only=True``: plain data and tensors only)."""
+    state = torch.load(Path(path), map_location=map_location, weights_only=True)
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint")
+    return state
+
+
+def load_model(path: str | os.PathLike, *, net: nn.Module | None = None, schedule: NoiseSchedule | None = None,
+               ema: bool = True, device: str | torch.device | None = None,
+               dtype: torch.dtype | None = None) -> Model:
+    """Rebuild the trained :class:`~sde_diffusion.models.Model` from a checkpoint: the EMA weights (or the raw ones
+    with ``ema=False``), the recorded schedule and prediction type.
+
+    Args:
+        path: checkpoint file.
+        net: a network to load the weights into (default: rebuilt from the recorded class and config, in the dtype
+            it was trained in; this works for the networks of :data:`sde_diffusion.nets.NETS`).
+        schedule: override the recorded schedule (needed for schedules that are not built in).
+        ema: load the EMA weights.
+        device: where to put the network.
+        dtype: cast the network to this dtype.
+    """
+    state = load_checkpoint(path)
+    if net is None:
+        cls, cfg = state.get("net_class"), state.get("net_config")
+        if cls not in NETS or cfg is None:
+            raise ValueError(f"the checkpoint's network {cls!r} cannot be rebuilt; pass net=")
+        net = build_net(cls, cfg)
+        stored = [v.dtype for v in state["net"].values() if torch.is_tensor(v) and v.is_floating_point()]
+        if stored:
+            net = net.to(stored[0])  # as trained, whatever the default dtype is now
+    net.load_state_dict(state["ema" if ema else "net"])
+    if device is not None or dtype is not None:
+        net = net.to(device=device, dtype=dtype)
+    net.eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    sch = schedule if schedule is not None else schedule_from_spec(state["schedule"])
+    return Model(net, sch, state["prediction"])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the loop
+# ---------------------------------------------------------------------------------------------------------------------
+
+def _show_progress(progress: bool | None) -> bool:
+    if progress is None:
+        return bool(getattr(sys.stderr, "isatty", lambda: False)())
+    return bool(progress)
+
+
+def _progress_bar(show: bool, total: int, initial: int):
+    if not show:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm is optional
+        return None
+    return tqdm(total=total, initial=initial, desc="train", dynamic_ncols=True, leave=True)
+
+
+@torch.no_grad()
+def _ema_update(ema_net: nn.Module, net: nn.Module, decay: float) -> None:
+    for e, p in zip(ema_net.parameters(), net.parameters(), strict=True):
+        e.lerp_(p.detach(), 1.0 - decay)
+    for e, b in zip(ema_net.buffers(), net.buffers(), strict=True):
+        e.copy_(b)
+
+
+def _rng_state(gen: torch.Generator, device: torch.device) -> dict[str, Any]:
+    state = {"generator": gen.get_state(), "torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(gen: torch.Generator, state: dict[str, Any], device: torch.device) -> None:
+    gen.set_state(state["generator"].cpu())
+    torch.set_rng_state(state["torch"].cpu())
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+
+
+def train(net: nn.Module, schedule: NoiseSchedule, data: str | Callable, *, prediction: str = "eps",
+          config: TrainConfig | None = None, checkpoint: str | os.PathLike | None = None, resume: bool = True,
+          device: str | torch.device | None = None, progress: bool | None = None, stop_at: int | None = None,
+          data_options: dict | None = None, **overrides: Any) -> TrainResult:
+    """Train ``net`` as a ``prediction``-type denoiser for ``schedule`` on ``data``.
+
+    Args:
+        net: the network ``fn(x, t)`` (e.g. :class:`~sde_diffusion.nets.MLPScoreNet`); trained in place. Its
+            parameter dtype sets the data dtype.
+        schedule: the noise schedule (recorded in checkpoints).
+        data: a data set name (:data:`sde_diffusion.data.DATASETS`) or ``fn(n, generator) -> (n, ...)``.
+        prediction: ``eps``, ``x0``, ``v`` or ``score``.
+        config: a :class:`TrainConfig`; keyword ``overrides`` replace its fields.
+        checkpoint: checkpoint path; written every ``config.checkpoint_every`` steps and at the end.
+        resume: continue from ``checkpoint`` when it exists (its hyper-parameters must match; ``steps`` may grow).
+        device: training device (default: where ``net`` is).
+        progress: tqdm progress bar with the loss; ``None`` shows it only when stderr is a terminal.
+        stop_at: stop (and checkpoint) after this many total steps even if ``config.steps`` is larger -- for
+            time-limited jobs; a later call with the same arguments resumes.
+        data_options: keyword options of the named data set.
+        **overrides: fields of :class:`TrainConfig`.
+    """
+    _check_prediction(prediction)
+    if not isinstance(net, nn.Module):
+        raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
+    if not isinstance(schedule, NoiseSchedule):
+        raise TypeError(f"schedule must be a NoiseSchedule, got {type(schedule).__name__}")
+    cfg = TrainConfig.from_dict({**(config or TrainConfig()).to_dict(), **overrides})
+    sampler = get_dataset(data, **(data_options or {}))
+    loss_fn = get_loss(cfg.loss, **cfg.loss_options)
+
+    params = list(net.parameters())
+    if not params:
+        raise ValueError("net has no parameters")
+    device = torch.device(device) if device is not None else params[0].device
+    net.to(device)
+    param_dtype = next(net.parameters()).dtype
+    ema_net = copy.deepcopy(net)
+    for p in ema_net.parameters():
+        p.requires_grad_(False)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
+    use_amp = cfg.mixed_precision and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+
+    step, losses = 0, []
+    ckpt_path = Path(checkpoint) if checkpoint is not None else None
+    if ckpt_path is not None and resume and ckpt_path.exists():
+        state = load_checkpoint(ckpt_path, map_location=device)
+        old = TrainConfig.from_dict(state["config"]).to_dict()
+        new = cfg.to_dict()
+        bad = [k for k in _RESUME_KEYS if old[k] != new[k]]
+        if bad or state["prediction"] != prediction:
+            raise ValueError(f"cannot resume from {ckpt_path}: {bad or ['prediction']} differ from this run")
+        net.load_state_dict(state["net"])
+        ema_net.load_state_dict(state["ema"])
+        opt.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        _set_rng_state(gen, state["rng"], device)
+        step, losses = int(state["step"]), list(state["losses"])
+
+    model = Model(net, schedule, prediction)
+    data_name = data if isinstance(data, str) else None
+
+    def make_state() -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "step": step,
+            "net": net.state_dict(),
+            "ema": ema_net.state_dict(),
+            "optimizer": opt.state_dict(),
+            "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+            "rng": _rng_state(gen, device),
+            "config": cfg.to_dict(),
+            "losses": list(losses),
+            "schedule": schedule_spec(schedule) if type(schedule).__name__ in _SCHEDULE_CLASSES else
+            {"class": type(schedule).__name__},
+            "prediction": prediction,
+            "net_class": type(net).__name__,
+            "net_config": getattr(net, "config", None),
+            "data": data_name,
+            "data_options": dict(data_options or {}),
+        }
+
+    last = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
+    bar = _progress_bar(_show_progress(progress), cfg.steps, step)
+    pending: list[torch.Tensor] = []
+    written: Path | None = None
+
+    def flush():
+        if pending:
+            values = torch.stack(pending).float().cpu().tolist()
+            pending.clear()
+            if not all(math.isfinite(v) for v in values):
+                raise FloatingPointError(f"non-finite training loss near step {step}")
+            losses.extend(values)
+            if bar is not None:
+                bar.update(len(values))
+                bar.set_postfix(loss=f"{sum(values) / len(values):.4g}")
+
+    net.train()
+    try:
+        while step < last:
+            lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+            for group in opt.param_groups:
+                group["lr"] = lr
+            x0 = sampler(cfg.batch_size, gen).to(device=device, dtype=param_dtype)
+            with torch.autocast(device_type="cuda", dtype=amp_dtype) if use_amp else contextlib.nullcontext():
+                loss = loss_fn(model, x0, gen)
+            scaler.scale(loss).backward()
+            if cfg.grad_clip is not None:
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad(set_to_none=True)
+            _ema_update(ema_net, net, min(cfg.ema_decay, (1.0 + step) / (10.0 + step)))
+            pending.append(loss.detach())
+            step += 1
+            if len(pending) >= cfg.log_every:
+                flush()
+            if ckpt_path is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < last:
+                flush()
+                written = save_checkpoint(make_state(), ckpt_path)
+        flush()
+        if ckpt_path is not None:
+            written = save_checkpoint(make_state(), ckpt_path)
+    finally:
+        if bar is not None:
+            bar.close()
+    net.eval()
+    ema_net.eval()
+    return TrainResult(Model(ema_net, schedule, prediction), net, ema_net, losses, step, cfg, written)

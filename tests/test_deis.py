@@ -1,0 +1,400 @@
+"""DEIS (arXiv:2204.13902): weights against sympy, identities, exactness, convergence order, low precision and
+agreement with diffusers' DEISMultistepScheduler."""
+
+import numpy as np
+import pytest
+import torch
+
+from sde_diffusion.analytic import Gaussian, GaussianMixture, PointMass
+from sde_diffusion.grids import make_grid
+from sde_diffusion.models import Model
+from sde_diffusion.reference import probability_flow_reference
+from sde_diffusion.sample import Sampler, sample
+from sde_diffusion.schedules import EDM, VEGeometric, VPDiscrete, VPLinear
+from sde_diffusion.solvers import get_solver
+from sde_diffusion.solvers.base import base_coefficients
+from sde_diffusion.solvers.deis import DEIS, TABLEAUS, Tableau
+from sde_diffusion.solvers.first_order import ddim_coefficients
+from sde_diffusion.testing import measure_order
+
+MULTISTEP = [dict(variant=v, order=k) for v in ("tab", "rhoab", "logrho") for k in (1, 2, 3)]
+RK = [dict(variant="rhork", tableau=name) for name in TABLEAUS]
+ALL = MULTISTEP + RK
+
+
+def _id(opts):
+    return "-".join(str(v) for v in opts.values())
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# construction, metadata
+# ---------------------------------------------------------------------------------------------------------------------
+
+def test_bad_options():
+    with pytest.raises(ValueError, match="variant"):
+        DEIS(variant="ab")
+    with pytest.raises(ValueError, match="order"):
+        DEIS(order=4)
+    with pytest.raises(ValueError, match="tableau"):
+        DEIS(variant="tab", tableau="rk4")
+    with pytest.raises(ValueError, match="tableau"):
+        DEIS(variant="rhork", tableau="rk5")
+    with pytest.raises(ValueError, match="contradicts"):
+        DEIS(variant="rhork", tableau="heun", order=3)
+    with pytest.raises(TypeError, match="options"):
+        get_solver("deis", stages=2)
+
+
+@pytest.mark.parametrize("opts", ALL, ids=_id)
+def test_metadata_and_nfe(opts):
+    s = get_solver("deis", **opts)
+    if opts["variant"] == "rhork":
+        tab = TABLEAUS[opts["tableau"]]
+        assert (s.order, s.nfe_per_step, s.memory) == (tab.order, tab.stages, 0)
+    else:
+        assert (s.order, s.nfe_per_step, s.memory) == (opts["order"], 1, opts["order"] - 1)
+    assert s.reference == "arXiv:2204.13902" and s.exact_for_point_mass
+    sch = VPLinear()
+    model = Gaussian(torch.zeros(2), torch.ones(2)).model(sch)
+    for steps in (1, 2, 7):
+        assert sample(model, torch.randn(3, 2), solver=s, steps=steps).nfe == s.final_nfe(steps)
+    assert get_solver("deis", **s.options()).options() == s.options()
+
+
+@pytest.mark.parametrize("name", list(TABLEAUS))
+def test_tableau_order_conditions(name):
+    """The stored tableaus are consistent (``c_i = sum_j A_ij``) and satisfy the classical order conditions up to
+    their declared order (Butcher trees up to order 4)."""
+    t = TABLEAUS[name]
+    n = t.stages
+    A = np.zeros((n, n))
+    for i, row in enumerate(t.A):
+        A[i, : len(row)] = row
+    b, c = np.array(t.b), np.array(t.c)
+    assert np.allclose(A.sum(1), c)
+    conditions = {
+        1: [b.sum() - 1],
+        2: [b @ c - 1 / 2],
+        3: [b @ c**2 - 1 / 3, b @ A @ c - 1 / 6],
+        4: [b @ c**3 - 1 / 4, b @ (c * (A @ c)) - 1 / 8, b @ A @ c**2 - 1 / 12, b @ A @ A @ c - 1 / 24],
+    }
+    for p in range(1, t.order + 1):
+        assert np.allclose(conditions[p], 0, atol=1e-15), (name, p)
+    nxt = t.order + 1
+    if nxt in conditions:  # and the order is not higher than declared
+        assert not np.allclose(conditions[nxt], 0, atol=1e-12)
+
+
+def test_custom_tableau_instance():
+    """A tableau is data: a user-supplied midpoint rule runs through the same generic step, which equals the
+    midpoint rule written out by hand in ``(y, rho) = (x/alpha, sigma/alpha)`` (stage at ``rho + drho/2``)."""
+    midpoint = Tableau(A=((), (0.5,)), b=(0.0, 1.0), c=(0.0, 0.5), order=2)
+    s = DEIS(variant="rhork", tableau=midpoint)
+    assert (s.nfe_per_step, s.order, s.memory) == (2, 2, 0)
+    sch = VPLinear()
+    model = GaussianMixture(torch.tensor([[-1.0, 0.5], [1.0, 0.0]]), torch.tensor([0.3, 0.6])).model(sch)
+    x = torch.randn(5, 2, generator=torch.Generator().manual_seed(1))
+    ts = make_grid(sch, "logsnr", 3)
+    y = x / sch.alpha(ts[0])
+    for t0, t1 in zip(ts[:-1], ts[1:]):
+        r0, r1 = sch.sigma_ve(t0), sch.sigma_ve(t1)
+        k1 = model.eps(sch.alpha(t0) * y, t0)
+        tm = sch.inverse_lambda(-torch.log((r0 + r1) / 2))
+        y = y + (r1 - r0) * model.eps(sch.alpha(tm) * (y + (r1 - r0) / 2 * k1), tm)
+    got = sample(model, x, solver=s, grid=ts).x
+    assert torch.allclose(got, sch.alpha(ts[-1]) * y, rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# weights
+# ---------------------------------------------------------------------------------------------------------------------
+
+def _random_grid(schedule, n, seed):
+    g = torch.Generator().manual_seed(seed)
+    u = torch.sort(torch.rand(n - 2, generator=g), descending=True).values
+    inner = schedule.t_min + (schedule.t_max - schedule.t_min) * u
+    return torch.cat([torch.tensor([schedule.t_max]), inner, torch.tensor([schedule.t_min])]).to(torch.float64)
+
+
+@pytest.mark.parametrize("name,schedule,closed_form", [
+    ("edm", EDM(), True),
+    ("ve_geometric", VEGeometric(), True),
+    ("vp_linear", VPLinear(), False),
+])
+def test_tab_weights_equal_sympy(name, schedule, closed_form):
+    """Numeric tAB weights (Gauss--Legendre in lambda) == the defining integral
+    ``int (alpha_s/alpha_tau) g^2/(2 sigma) L_j(tau) dtau`` from sympy (closed form for EDM/VE; 30-digit mpmath
+    quadrature of the sympy integrand for VP linear), to 1e-12 relative, on random grids."""
+    from sde_diffusion.symbolic import deis_tab_weights, schedule_formulas
+
+    formulas = schedule_formulas(name)
+    worst = 0.0
+    for seed, order in ((0, 2), (1, 3), (2, 3)):
+        ts = _random_grid(schedule, 6, seed)
+        co = DEIS(order=order, variant="tab").coefficients(schedule, ts, base_coefficients(schedule, ts))
+        for i in range(order - 1, ts.numel() - 1):
+            nodes = [float(ts[i - j]) for j in range(order)]
+            exact = deis_tab_weights(formulas, float(ts[i]), float(ts[i + 1]), nodes, closed_form=closed_form)
+            for j, e in enumerate(exact):
+                e = float(e.evalf(30))
+                worst = max(worst, abs(float(co[f"w{j}"][i]) - e) / abs(e))
+    assert worst < 1e-12, worst
+
+
+def test_rhoab_weights_closed_form():
+    """rhoAB-2: ``C_0 = alpha_s drho (1 + drho/(2 d))``, ``C_1 = -alpha_s drho^2/(2 d)``,
+    ``d = rho_t - rho_prev``."""
+    sch = VPLinear()
+    ts = make_grid(sch, "time_uniform", 9)
+    co = DEIS(order=2, variant="rhoab").coefficients(sch, ts, base_coefficients(sch, ts))
+    rho, alpha = sch.sigma_ve(ts), sch.alpha(ts)
+    for i in range(1, 9):
+        drho, d = rho[i + 1] - rho[i], rho[i] - rho[i - 1]
+        assert torch.allclose(co["w0"][i], alpha[i + 1] * drho * (1 + drho / (2 * d)), rtol=1e-12)
+        assert torch.allclose(co["w1"][i], -alpha[i + 1] * drho**2 / (2 * d), rtol=1e-12)
+
+
+@pytest.mark.parametrize("variant", ["tab", "rhoab", "logrho"])
+def test_per_sample_grids(variant):
+    """A batch with one grid per sample gives what each sample gives alone on its grid (vectorised weights)."""
+    sch = VPLinear()
+    g1, g2 = make_grid(sch, "logsnr", 7), make_grid(sch, "time_quadratic", 7)
+    model = GaussianMixture(torch.tensor([[-1.0, 0.5], [1.0, 0.0]]), torch.tensor([0.3, 0.6])).model(sch)
+    x = torch.randn(2, 2, generator=torch.Generator().manual_seed(0))
+    for opts in ({"variant": variant, "order": 3}, {"variant": "rhork", "tableau": "kutta3"}):
+        both = sample(model, x, solver="deis", grid=torch.stack([g1, g2], 1), **opts).x
+        one = sample(model, x[:1], solver="deis", grid=g1, **opts).x
+        two = sample(model, x[1:], solver="deis", grid=g2, **opts).x
+        assert torch.allclose(both, torch.cat([one, two]), rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# identities and exactness
+# ---------------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("opts", [dict(variant="tab", order=1), dict(variant="rhoab", order=1),
+                                  dict(variant="logrho", order=1), dict(variant="rhork", tableau="euler")], ids=_id)
+def test_first_order_is_ddim(opts):
+    """DEIS-1 (every variant) == DDIM(eta=0) == DPM-Solver-1: coefficients and samples to 1e-12."""
+    sch = VPLinear()
+    model = GaussianMixture(torch.tensor([[-1.0, 0.5], [1.0, 0.0]]), torch.tensor([0.3, 0.6])).model(sch)
+    x = torch.randn(5, 2, generator=torch.Generator().manual_seed(1))
+    for steps in (1, 4, 13):
+        a = sample(model, x, solver="deis", steps=steps, **opts).x
+        b = sample(model, x, solver="ddim", steps=steps).x
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)
+    if opts["variant"] == "tab":  # tAB-1's weight is DDIM's (the quadrature only sees L_0 - 1 = 0)
+        ts = make_grid(sch, "logsnr", 10)
+        base = base_coefficients(sch, ts)
+        co = DEIS(order=1, variant="tab").coefficients(sch, ts, dict(base))
+        assert torch.allclose(co["w0"], ddim_coefficients(base, 0.0)["c_eps"], rtol=1e-14, atol=0)
+
+
+def test_first_step_is_lower_order():
+    """Warm-up: the first step of a k-step method is DEIS-1, the second DEIS-2."""
+    sch = VPLinear()
+    model = GaussianMixture(torch.tensor([[-1.0, 0.5], [1.0, 0.0]]), torch.tensor([0.3, 0.6])).model(sch)
+    x = torch.randn(4, 2, generator=torch.Generator().manual_seed(2))
+    ts = make_grid(sch, "logsnr", 6)
+    for variant in ("tab", "rhoab", "logrho"):
+        r = {k: sample(model, x, solver="deis", grid=ts[:3], variant=variant, order=k, return_trajectory=True)
+             for k in (1, 2, 3)}
+        assert torch.equal(r[3].trajectory[1], r[1].trajectory[1])
+        assert torch.allclose(r[3].x, r[2].x, rtol=1e-13, atol=1e-13)
+        assert not torch.allclose(r[2].x, r[1].x, rtol=1e-6)
+
+
+def _point_mass_flow(m, x, t_from, t_to, sch):
+    a0, s0 = sch.alpha(torch.tensor(t_from)), sch.sigma(torch.tensor(t_from))
+    a1, s1 = sch.alpha(torch.tensor(t_to)), sch.sigma(torch.tensor(t_to))
+    return a1 * m + s1 * (x - a0 * m) / s0
+
+
+@pytest.mark.parametrize("opts", ALL, ids=_id)
+@pytest.mark.parametrize("schedule", [VPLinear(), VEGeometric()], ids=["vp", "ve"])
+def test_point_mass_exact(opts, schedule):
+    """Point-mass data: ``eps`` is constant along the flow, so every variant (polynomial in any variable, RK in
+    rho) integrates it exactly -- at any step count and for every parametrisation of the network."""
+    m = torch.tensor([0.7, -1.3, 0.2])
+    x = schedule.sigma(torch.tensor(schedule.t_max)) * torch.randn(4, 3, generator=torch.Generator().manual_seed(3))
+    want = _point_mass_flow(m, x, schedule.t_max, schedule.t_min, schedule)
+    # Round-off: rhoRK evaluates its later stages at y + drho sum(A k), which cancels terms of size rho_max |z| down
+    # to rho_next |z|; the network then divides by sigma_next and the stage value is multiplied by drho again: the
+    # error is ~ u rho_max^2 / rho_min |z| (1e-9 for one VP-linear step from rho = 157 to 0.01); multistep: ~u.
+    tol = 1e-8 if opts["variant"] == "rhork" else 1e-10
+    for prediction in ("eps", "x0", "v", "score"):
+        model = PointMass(m).model(schedule, prediction)
+        for steps in (1, 2, 5, 7):
+            got = sample(model, x, solver="deis", steps=steps, **opts).x
+            assert torch.allclose(got, want, rtol=tol, atol=tol * want.abs().max()), (prediction, steps)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# convergence order
+# ---------------------------------------------------------------------------------------------------------------------
+
+#: NFE window of the order fits: 48 NFE is pre-asymptotic for the third-order methods (local slopes 2.2--2.8 at
+#: 48--64 NFE, see docs/theory/deis.md), so the window starts at 96.
+ORDER_NFE = (96, 128, 160, 240, 320, 480)
+
+
+@pytest.mark.parametrize("opts", [o for o in ALL if o != dict(variant="logrho", order=3)], ids=_id)
+def test_order_gaussian(opts):
+    """Slope of log error against log NFE on Gaussian data with the closed-form flow (VP linear, logSNR grid):
+    within 0.15 of the declared order, both as a plain slope and with the ``1/N`` pre-asymptotic term of
+    :func:`~sde_diffusion.testing.measure_order`."""
+    s = get_solver("deis", **opts)
+    m = measure_order(s, nfe=ORDER_NFE)
+    assert abs(m.slope - s.order) < 0.15, m
+    assert abs(m.order - s.order) < 0.15, m
+
+
+def _gmm_problem():
+    sch = VPLinear()
+    gm = GaussianMixture(torch.tensor([[-1.0, 0.5], [1.0, -0.5], [0.3, 1.2]]), torch.tensor([0.3, 0.5, 0.4]))
+    model = gm.model(sch)
+    x = torch.randn(8, 2, generator=torch.Generator().manual_seed(1))
+    ref = probability_flow_reference(model, x, torch.tensor([sch.t_max, sch.t_min]), rtol=1e-12, atol=1e-12)[-1]
+    return model, x, ref
+
+
+def _slope(ns, errors):
+    return -float(np.polyfit(np.log(ns), np.log(errors), 1)[0])
+
+
+def test_order_logrho3_mixture():
+    """logrho-3 (= diffusers' DEIS-3): order 3 on a Gaussian mixture against a float64 torchdiffeq reference.
+    On Gaussian data this method is super-convergent in the bulk (order 4, see the next test), so the Gaussian
+    problem cannot show its order."""
+    model, x, ref = _gmm_problem()
+    ns = [64, 96, 128, 192, 256]
+    errors = [float((sample(model, x, solver="deis", steps=n, variant="logrho", order=3).x - ref).abs().max())
+              for n in ns]
+    assert abs(_slope(ns, errors) - 3) < 0.15, errors
+
+
+def _run_exact_start(model, data, x, sch, steps, n_exact, **opts):
+    s = Sampler(model, x, solver="deis", steps=steps, **opts)
+    y, state = s.init(x)
+    for i in range(steps):
+        y, state = s.step(y, state, i)
+        if i < n_exact:
+            y = data.flow(x, sch.t_max, float(s.ts[i + 1]), sch)
+    return y
+
+
+def test_warmup_limits_gaussian_order():
+    """Why logrho-3 is not measured on the Gaussian: with exact starting values its error falls like NFE^-4
+    (bulk super-convergence on Gaussian data), while the two lower-order warm-up steps add an O(h^2) error (the
+    first step's local error is h^2 d eps/d lambda at t_max, ~e^{2 lambda_max} small) which dominates the run."""
+    sch = VPLinear()
+    data = Gaussian(torch.tensor([0.5, -1.0, 2.0]), torch.tensor([0.3, 0.8, 1.5]))
+    model = data.model(sch)
+    x = torch.randn(8, 3, generator=torch.Generator().manual_seed(0))
+    ref = data.flow(x, sch.t_max, sch.t_min, sch)
+    ns = [96, 128, 160, 240, 320, 480]
+    runs = {k: [_run_exact_start(model, data, x, sch, n, k, variant="logrho", order=3) for n in ns] for k in (0, 2)}
+    bulk = [float((y - ref).abs().max()) for y in runs[2]]
+    warmup = [float((a - b).abs().max()) for a, b in zip(runs[0], runs[2])]
+    assert abs(_slope(ns, bulk) - 4) < 0.15, bulk
+    assert abs(_slope(ns, warmup) - 2) < 0.2, warmup
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# low precision
+# ---------------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("half", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("opts", ALL, ids=_id)
+def test_half_precision_model_outputs(opts, half):
+    """fp16/bf16 network outputs with a float32 state stay finite down to t_min (50 and 10 steps) and close to
+    the float64 result."""
+    sch = VPLinear()
+    gm = GaussianMixture(torch.tensor([[-1.0, 0.5], [1.0, -0.5]]), torch.tensor([0.2, 0.5]))
+    exact = gm.model(sch)
+    model = Model(lambda x, t: exact.fn(x, t).to(half), sch, "eps")
+    x = torch.randn(16, 2, generator=torch.Generator().manual_seed(4))
+    for steps in (50, 10):
+        low = sample(model, x.float(), solver="deis", steps=steps, **opts).x
+        ref = sample(exact, x, solver="deis", steps=steps, **opts).x
+        assert low.dtype == torch.float32 and torch.isfinite(low).all()
+        assert float((low.double() - ref).abs().max()) < 0.05 * float(ref.abs().max())
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# diffusers
+# ---------------------------------------------------------------------------------------------------------------------
+
+CONFIG = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
+
+
+def _discrete_problem():
+    """A DDPM schedule, a Gaussian-mixture network taking integer labels, and its ``Model`` wrapper."""
+    sch = VPDiscrete.from_config(CONFIG)
+    n = sch.num_steps
+    gm = GaussianMixture(torch.tensor([[-1.0, 0.5, 0.2], [1.0, -0.5, 0.0], [0.3, 1.2, -0.8]]),
+                         torch.tensor([0.3, 0.5, 0.4]))
+
+    def net(x, label):
+        a, s = sch._alpha_sigma((torch.round(label.double()) + 1) / n)
+        return gm._eps(x.double(), a[:, None], s[:, None]).to(x.dtype)
+
+    return sch, net, Model(net, sch, "eps", time_input="label")
+
+
+def _diffusers_run(scheduler, steps, net, x, exact_schedule=None):
+    """Run a diffusers multistep scheduler. With ``exact_schedule`` its float32 noise levels are replaced by the
+    exact float64 ones (``sigma_ve`` of the same times), so that the algorithms can be compared exactly."""
+    scheduler.set_timesteps(steps)
+    ts = torch.cat([(scheduler.timesteps.double() + 1) / 1000, torch.tensor([1e-3], dtype=torch.float64)])
+    old = torch.get_default_dtype()
+    if exact_schedule is not None:
+        scheduler.sigmas = exact_schedule.sigma_ve(ts)
+    else:
+        torch.set_default_dtype(torch.float32)  # diffusers builds some tensors with the default dtype
+    try:
+        for k in scheduler.timesteps:
+            x = scheduler.step(net(x, torch.full((x.shape[0],), float(k))), k, x).prev_sample
+    finally:
+        torch.set_default_dtype(old)
+    return x, ts
+
+
+def _rel(a, b):
+    return float((a.double() - b.double()).abs().max() / b.double().abs().max())
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_diffusers_deis_exact_algorithm():
+    """diffusers' DEIS ("logrho" AB) is our ``variant="logrho"``: with exact float64 noise levels both give the same
+    samples to 1e-12 (orders 1--3; 15 or more steps, where diffusers does not lower the final orders)."""
+    diffusers = pytest.importorskip("diffusers")
+    sch, net, model = _discrete_problem()
+    x = torch.randn(16, 3, generator=torch.Generator().manual_seed(0))
+    for steps in (15, 20, 50):
+        for order in (1, 2, 3):
+            ds = diffusers.DEISMultistepScheduler(**CONFIG, solver_order=order)
+            ref, ts = _diffusers_run(ds, steps, net, x.clone(), sch)
+            ours = sample(model, x, solver="deis", grid=ts, variant="logrho", order=order).x
+            assert _rel(ours, ref) < 1e-12, (steps, order)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_diffusers_deis_float32():
+    """Stock float32 diffusers DEIS agrees with ours in float32 to 1e-5 at 15 and 20 steps. At more steps its
+    float32 coefficients lose digits: they are differences of antiderivatives (``ind_fn(rho_t) - ind_fn(rho_s)``),
+    which cancel catastrophically for small steps. Exact oracle: the float64 run of the same algorithm."""
+    diffusers = pytest.importorskip("diffusers")
+    sch, net, model = _discrete_problem()
+    x = torch.randn(16, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float32)
+    for steps in (15, 20):
+        for order in (1, 2, 3):
+            ref, ts = _diffusers_run(diffusers.DEISMultistepScheduler(**CONFIG, solver_order=order), steps, net, x)
+            ours = sample(model, x, solver="deis", grid=ts, variant="logrho", order=order).x
+            assert ours.dtype == torch.float32 and _rel(ours, ref) < 1e-5, (steps, order)
+    # the defect: 100 steps, order 3
+    stock, ts = _diffusers_run(diffusers.DEISMultistepScheduler(**CONFIG, solver_order=3), 100, net, x)
+    exact = sample(model, x.double(), solver="deis", grid=ts, variant="logrho", order=3).x
+    ours = sample(model, x, solver="deis", grid=ts, variant="logrho", order=3).x
+    assert _rel(ours, exact) < 5e-6
+    assert _rel(stock, exact) > 1e-4  # recorded in docs/theory/deis.md
