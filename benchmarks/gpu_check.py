@@ -37,7 +37,7 @@ from sde_diffusion.train import train  # noqa: E402
 
 SIZES = {
     # name: (image size, unet kwargs, train steps, batch, sample batch, NFE list, ref tol, sde dt)
-    "full": dict(size=16, unet=dict(base_channels=32, channel_mults=(1, 2)), steps=2000, batch=128, n=16,
+    "full": dict(size=16, unet=dict(base_channels=32, channel_mults=(1, 2)), steps=1500, batch=128, n=16,
                  nfe=(10, 20, 50), tol=1e-7, sde_dt=2e-3),
     "small": dict(size=8, unet=dict(base_channels=8, channel_mults=(1, 2), groups=4), steps=5, batch=8, n=2,
                   nfe=(6, 12), tol=1e-5, sde_dt=2e-2),
@@ -97,6 +97,7 @@ def run(device: str, size: str, out: Path, seed: int = 0) -> dict:
     result = train(net, schedule, lambda n, g: shapes(n, g, size=cfg["size"]), steps=cfg["steps"],
                    batch_size=cfg["batch"], lr=2e-3, progress=False, device=dev)
     train_s = time.perf_counter() - t0
+    print(f"trained {cfg['steps']} steps in {train_s:.1f} s", flush=True)
     ema = result.ema_net if hasattr(result, "ema_net") else net
     ema.eval()
     for p in ema.parameters():
@@ -146,6 +147,8 @@ def run(device: str, size: str, out: Path, seed: int = 0) -> dict:
                     row["sync_free"] = "synchroniz" not in str(e)
                     row["error"] = str(e).splitlines()[0][:200]
             rows.append(row)
+            print(f"  {name} {opts} nfe={nfe}: err fp32 {row.get('err_fp32')} sync_free {row.get('sync_free')}",
+                  flush=True)
 
     # stochastic solvers: strong error against torchsde on one Brownian path
     sde_rows = []

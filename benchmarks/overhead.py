@@ -34,6 +34,7 @@ from sde_diffusion.solvers import get_solver, registered_solvers  # noqa: E402
 SHAPES = ((1, 4, 64, 64), (4, 3, 64, 64))
 #: extra variants worth a row of their own (skipped when not registered or not accepted)
 VARIANTS = (
+    ("ipndm", {"order": 1}),  # DDIM(eta=0) written with lincomb + host_scalars: the first-order reference
     ("pndm", {"variant": "s"}),
     ("ipndm", {"order": 2}),
     ("ipndm", {"order": 3}),
@@ -47,22 +48,33 @@ VARIANTS = (
 )
 
 
+_SYNC = None  # torch.cuda.synchronize when timing on a GPU
+
+
 def _best(fn, repeats: int) -> float:
-    """Minimum wall time of ``fn()`` over ``repeats`` runs (after two warm-up runs)."""
+    """Minimum wall time of ``fn()`` over ``repeats`` runs (after two warm-up runs); on a GPU each run ends with a
+    device synchronisation, so queued kernels are paid for."""
     fn()
     fn()
     best = float("inf")
     for _ in range(repeats):
+        if _SYNC:
+            _SYNC()
         t0 = time.perf_counter()
         fn()
+        if _SYNC:
+            _SYNC()
         best = min(best, time.perf_counter() - t0)
     return best
 
 
-def solver_specs() -> list[tuple[str, dict]]:
-    """Every registered fixed-step solver with default options, then the extra variants, without duplicates."""
+def solver_specs(only=None) -> list[tuple[str, dict]]:
+    """Every registered fixed-step solver with default options, then the extra variants, without duplicates
+    (``only``: restrict to these names)."""
     specs, seen = [], set()
     for name, opts in [(n, {}) for n in sorted(registered_solvers())] + list(VARIANTS):
+        if only and name not in only:
+            continue
         try:
             solver = get_solver(name, **opts)
         except (ValueError, TypeError):
@@ -104,10 +116,11 @@ def time_ours(model, x, out, name, opts, steps, repeats, check_finite):
         # pre-drawn normals: the cost of drawing them is not loop overhead (solvers that need extra normals
         # besides the increment fall back to a generator, noted in the table)
         kw["noise"] = torch.randn((steps, *x.shape), dtype=x.dtype, generator=torch.Generator().manual_seed(0))
+        kw["noise"] = kw["noise"].to(x.device)
         try:
             sample(model, x, solver=solver, steps=steps, **kw)
         except ValueError:
-            kw = {"generator": torch.Generator().manual_seed(0)}
+            kw = {"generator": torch.Generator(device=x.device).manual_seed(0)}
     n0 = model.nfe
     sample(model, x, solver=solver, steps=steps, check_finite=check_finite, **kw)
     nfe = model.nfe - n0
@@ -142,16 +155,18 @@ def time_diffusers(make, x, out, steps, repeats):
     return _best(run, repeats) / steps
 
 
-def measure(steps: int = 50, repeats: int = 100, shapes=SHAPES):
+def measure(steps: int = 50, repeats: int = 100, shapes=SHAPES, device: str = "cpu", only=None, peers_too=True):
+    global _SYNC
     torch.set_num_threads(1)
+    _SYNC = torch.cuda.synchronize if device.startswith("cuda") else None
     schedule = VPLinear()
     rows = []  # (label, kind, nfe/step, {shape: (off, on)}, memory)
     floors, peers = {}, {}
-    specs = solver_specs()
+    specs = solver_specs(only)
     for shape in shapes:
         g = torch.Generator().manual_seed(0)
-        x = torch.randn(shape, generator=g, dtype=torch.float32)
-        out = torch.randn(shape, generator=g, dtype=torch.float32)
+        x = torch.randn(shape, generator=g, dtype=torch.float32).to(device)
+        out = torch.randn(shape, generator=g, dtype=torch.float32).to(device)
         model = Model(lambda x_, t_, out=out: out, schedule, "eps")
         floors[shape] = time_floor(x, out, steps, repeats)
         for name, opts in specs:
@@ -164,10 +179,10 @@ def measure(steps: int = 50, repeats: int = 100, shapes=SHAPES):
                 row = (lab, kind(solver), nfe, {}, solver.memory)
                 rows.append(row)
             row[3][shape] = (off, on)
-        for lab, make in diffusers_schedulers():
+        for lab, make in diffusers_schedulers() if peers_too else []:
             peers.setdefault(lab, {})[shape] = time_diffusers(make, x, out, steps, repeats)
     return {"steps": steps, "repeats": repeats, "shapes": shapes, "floor": floors, "rows": rows, "peers": peers,
-            "torch": torch.__version__}
+            "torch": torch.__version__, "device": device}
 
 
 def _us(v):
@@ -238,9 +253,12 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--repeats", type=int, default=100)
     p.add_argument("--no-targets", action="store_true", help="do not print the target check")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--solvers", nargs="*", help="only these registry names")
+    p.add_argument("--no-peers", action="store_true", help="skip diffusers")
     args = p.parse_args(argv)
-    res = measure(args.steps, args.repeats)
-    print(f"torch {res['torch']}, float32, 1 thread, {args.steps} steps, min of {args.repeats} calls; "
+    res = measure(args.steps, args.repeats, device=args.device, only=args.solvers, peers_too=not args.no_peers)
+    print(f"torch {res['torch']}, {args.device}, float32, 1 thread, {args.steps} steps, min of {args.repeats} calls; "
           "us per step (check_finite off / on)\n")
     print(format_table(res, args.markdown))
     if not args.no_targets:

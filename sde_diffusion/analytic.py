@@ -185,9 +185,9 @@ class GaussianMixture(AnalyticDistribution):
     """Mixture ``sum_k w_k N(mu_k, diag(s_k^2))``.
 
     Args:
-        means: ``(K, *event_shape)``.
-        stds: ``(K,)`` (isotropic per component) or ``(K, *event_shape)`` (diagonal).
-        weights: ``(K,)`` non-negative, normalised here; default uniform.
+        means (Tensor): ``(K, *event_shape)``.
+        stds (Tensor): ``(K,)`` (isotropic per component) or ``(K, *event_shape)`` (diagonal).
+        weights (Tensor | None): ``(K,)`` non-negative, normalised here; default uniform.
 
     With ``v_k = alpha^2 s_k^2 + sigma^2`` and responsibilities ``r_k(x) = softmax_k(log w_k + log N(x; alpha mu_k,
     v_k))`` (computed with log-sum-exp), ``E[eps|x] = sum_k r_k sigma (x - alpha mu_k)/v_k`` and

@@ -175,11 +175,14 @@ def cmd_solvers(args) -> int:
     from .studies.specs import solver_info, solver_option_names
 
     rows = []
-    for _name, cls in sorted(registered_solvers().items()):
+    for name, cls in sorted(registered_solvers().items()):
         try:
             info = solver_info(cls())
         except Exception:  # a solver without defaults for every option: its class attributes
-            info = solver_info(cls.__new__(cls))
+            info = {"name": name, "options": {}, "order": float(cls.order), "nfe_per_step": int(cls.nfe_per_step),
+                    "strong_order": None if cls.strong_order is None else float(cls.strong_order),
+                    "stochastic": bool(cls.stochastic), "memory": int(cls.memory), "reference": cls.reference,
+                    "adaptive": bool(getattr(cls, "adaptive", False))}
         info["option_names"] = solver_option_names(cls)
         rows.append(info)
     if args.json:
@@ -215,15 +218,16 @@ def _add_study(p: argparse.ArgumentParser) -> None:
                    help="solver configurations, e.g. ddim heun 'dpm_solver++:order=3,multistep=true' "
                         "(default: ddim, heun and the registered high-order solvers)")
     p.add_argument("--nfe", type=_int_list, nargs="+", help=f"NFE budgets (default {_MAIN_NFE})")
-    p.add_argument("--n", type=int, default=512, help="batch size (default 512)")
+    p.add_argument("--n", type=int, help="batch size (default 512; 128 with --quick)")
     p.add_argument("--reference", default="auto", help="auto | exact | torchdiffeq | none")
-    p.add_argument("--rtol", type=float, default=1e-10, help="tolerance of the torchdiffeq reference")
+    p.add_argument("--rtol", type=float, help="torchdiffeq reference tolerance (default 1e-10; 1e-8 with --quick)")
     p.add_argument("--repeats", type=int, default=1, help="wall time = minimum over this many runs (default 1)")
     p.add_argument("--order-problem", default="gauss2d",
                    help="problem of the order study in the asymptotic range, or 'none' (default gauss2d)")
     p.add_argument("--order-nfe", type=_int_list, nargs="+", help=f"NFE of the order study (default {_ORDER_NFE})")
     p.add_argument("--stochastic", action="store_true",
-                   help="add a study of the stochastic solvers on --order-problem (strong and distributional errors)")
+                   help="add a study of the stochastic solvers on --order-problem, n=1024 (strong and distributional "
+                        "errors)")
     p.add_argument("--figures", action="store_true", help="also write one PNG per study, samples and trajectories")
     p.add_argument("--quick", action="store_true", help="a reduced study for CI (a few seconds)")
     p.add_argument("--out", help="output folder (default ./study-YYYYmmdd-HHMMSS)")
@@ -256,15 +260,15 @@ def cmd_study(args) -> int:
     if args.order_problem != "none":
         _check_choice("problem", args.order_problem, list(PROBLEMS))
     _check_choice("reference", args.reference, ["auto", "exact", "torchdiffeq", "none"])
-    if args.n < 2:
-        raise UsageError("--n must be at least 2")
+    quick = _QUICK if args.quick else {}
+    n = args.n if args.n is not None else quick.get("n", 512)
+    rtol = args.rtol if args.rtol is not None else quick.get("rtol", 1e-10)
+    if n < 2 or not rtol > 0:
+        raise UsageError("--n must be at least 2 and --rtol positive")
     _setup_torch(args)
     specs = _solver_specs(args.solvers or default_solvers())
-    quick = _QUICK if args.quick else {}
     nfe = _flatten(args.nfe) or quick.get("nfe", _MAIN_NFE)
     order_nfe = _flatten(args.order_nfe) or quick.get("order_nfe", _ORDER_NFE)
-    n = quick.get("n", args.n) if args.n == 512 else args.n
-    rtol = quick.get("rtol", args.rtol) if args.rtol == 1e-10 else args.rtol
     out = _new_out_dir(args.out, "study")
     common = dict(grid=args.grid, seed=args.seed, dtype=args.dtype, device=args.device, progress=_progress(args),
                   repeats=max(args.repeats, 1))
@@ -278,7 +282,7 @@ def cmd_study(args) -> int:
         sto_nfe = quick.get("nfe", _STOCHASTIC_NFE)
         studies["stochastic"] = _run_study(args.order_problem if args.order_problem != "none" else "gauss2d",
                                            args.schedule, _solver_specs(_stochastic_solvers()), sto_nfe,
-                                           n=min(n, 256), rtol=rtol, reference=args.reference,
+                                           n=128 if args.quick else 1024, rtol=rtol, reference=args.reference,
                                            sde_substeps=20 if args.quick else 50, **common)
     elapsed = time.perf_counter() - t0
     for name, res in studies.items():
@@ -328,8 +332,9 @@ def _write_study(out: Path, studies: dict, args, elapsed: float) -> None:
         budget = 10 if 10 in main.budgets else main.budgets[len(main.budgets) // 2]
         save_figure(plot_samples(main, budget), out / "samples.png")
         errs = {r.solver: r.error for r in main.runs if r.nfe_budget == budget and r.error is not None}
-        pair = [main.labels[0]] + [lb for lb in [min(errs, key=errs.get)] if errs and lb != main.labels[0]]
-        fig, axes = new_figure(1, len(pair))
+        best = min(errs, key=errs.get) if errs else main.labels[0]
+        pair = [main.labels[0]] + ([best] if best != main.labels[0] else [])
+        fig, axes = new_figure(1, len(pair), size=(4.8 * len(pair), 4.4))
         for ax, label in zip(axes.flat, pair):
             plot_trajectories(_problem(args), label, budget, seed=args.seed, grid=args.grid, ax=ax)
         save_figure(fig, out / "trajectories.png")
@@ -410,7 +415,7 @@ def cmd_sample(args) -> int:
     out = _new_out_dir(args.out, "samples")
     torch.save({"x": x, "ts": res.ts, "nfe": res.nfe, "solver": spec.label, "problem": problem.name,
                 "schedule": problem.schedule_name, "grid": args.grid, "seed": args.seed}, out / "samples.pt")
-    fig, axes = new_figure()
+    fig, axes = new_figure(size=(4.8, 4.6))
     ax = axes[0, 0]
     ax.scatter(target[:, 0].numpy(), target[:, 1].numpy(), s=3, color="0.75", label="exact")
     ax.scatter(x.reshape(len(x), -1)[:, 0].numpy(), x.reshape(len(x), -1)[:, 1].numpy(), s=3, color="C3",

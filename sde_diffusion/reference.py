@@ -8,7 +8,8 @@ These wrap the libraries; nothing here re-implements a solver.
   *steps onto* them instead of interpolating (interpolated end points are only good to ~1e-7).
 * :func:`reverse_sde_reference` integrates the reverse SDE with ``torchsde.sdeint`` in ``s = -t`` on a given
   Brownian path, so that it can be compared pathwise with our stochastic solvers fed by the same path
-  (:class:`~sde_diffusion.solvers.base.BrownianNoise`).
+  (:class:`~sde_diffusion.solvers.base.BrownianNoise`). It integrates interval by interval, so every requested
+  time is stepped onto (torchsde would interpolate linearly at intermediate output times).
 """
 
 from __future__ import annotations
@@ -61,7 +62,9 @@ def probability_flow_reference(model: Model, x_T: torch.Tensor, ts, *, method: s
     opts.update(options or {})
     ys = odeint(field, y0, lams.to(x.device), method=method, rtol=rtol, atol=atol, options=opts)
     alphas = torch.exp(sch._log_alpha(ts)).to(x.device).reshape((-1,) + (1,) * x.ndim)
-    return (alphas * ys).to(dtype)
+    out = (alphas * ys).to(dtype)
+    out[0] = x_T  # exactly, not alpha * (x_T / alpha)
+    return out
 
 
 def brownian_path(x_like: torch.Tensor, t_min: float, t_max: float, *, seed: int = 0, tol: float = 1e-8,
@@ -90,7 +93,12 @@ def reverse_sde_reference(model: Model, x_T: torch.Tensor, ts, bm, *, method: st
         raise ValueError("reverse_sde_reference integrates backwards in t: ts must be decreasing")
     model.schedule._check_t(ts, "ts")
     sde = ReverseSDE(model.schedule, model).torchsde(event_shape=tuple(x_T.shape[1:]))
-    y0 = x_T.reshape(x_T.shape[0], -1)
     ss = (-ts).to(device=x_T.device, dtype=x_T.dtype)
-    ys = torchsde.sdeint(sde, y0, ss, bm=bm, method=method, dt=dt, adaptive=adaptive, rtol=rtol, atol=atol)
-    return ys.reshape((len(ts),) + tuple(x_T.shape))
+    ys = [x_T.reshape(x_T.shape[0], -1)]
+    # torchsde clips its last step to the final time only and *interpolates* linearly at earlier output times,
+    # which on a Brownian path is off by O(sqrt(dt)); integrating segment by segment steps onto every time.
+    for i in range(len(ts) - 1):
+        seg = torchsde.sdeint(sde, ys[-1], ss[i : i + 2], bm=bm, method=method, dt=dt, adaptive=adaptive,
+                              rtol=rtol, atol=atol)
+        ys.append(seg[-1])
+    return torch.stack(ys).reshape((len(ts),) + tuple(x_T.shape))

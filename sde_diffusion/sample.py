@@ -20,7 +20,7 @@ import torch
 
 from .grids import make_grid
 from .models import Model
-from .solvers.base import Plan, Solver, StepNoise, get_solver, make_noise_source, prepare_plan
+from .solvers.base import NoiseSource, Plan, Solver, StepNoise, get_solver, make_noise_source, prepare_plan
 
 __all__ = ["SampleResult", "Sampler", "sample", "NonFiniteError"]
 
@@ -137,9 +137,10 @@ class Sampler:
         return self.model.predict(x, f.t, "x0", f.alpha, f.sigma)
 
 
-def sample(model: Model, x_T: torch.Tensor, *, solver="ddim", steps: int | None = None, grid="logsnr",
-           t_start=None, t_end=None, rho: float = 7.0, denoise_to_zero: bool = False,
-           generator: torch.Generator | None = None, noise=None, callback: Callable | None = None,
+def sample(model: Model, x_T: torch.Tensor, *, solver: str | type[Solver] | Solver = "ddim", steps: int | None = None,
+           grid: str | torch.Tensor = "logsnr", t_start: float | None = None, t_end: float | None = None,
+           rho: float = 7.0, denoise_to_zero: bool = False, generator: torch.Generator | None = None,
+           noise: torch.Tensor | NoiseSource | Callable | None = None, callback: Callable | None = None,
            return_trajectory: bool = False, progress: bool = False, check_finite: bool = True,
            sync_debug: bool = False, **solver_options) -> SampleResult:
     """Integrate from ``t_start`` (default ``t_max``) to ``t_end`` (default ``t_min``) with one solver.
@@ -151,9 +152,16 @@ def sample(model: Model, x_T: torch.Tensor, *, solver="ddim", steps: int | None 
         steps: number of steps (intervals) for a named grid.
         grid: ``"time_uniform"``, ``"time_quadratic"``, ``"logsnr"``, ``"karras"`` (with ``rho``), or an explicit
             tensor of times ``(steps+1,)`` -- or ``(steps+1, B)`` for one grid per sample.
+        t_start: first time of a named grid (default ``t_max``; ``t_min`` for a forward solver such as
+            ``ddim_inverse``).
+        t_end: last time of a named grid (default ``t_min``; ``t_max`` for a forward solver).
+        rho: the exponent of the ``"karras"`` grid.
         denoise_to_zero: finish with one x0 prediction at ``t_end`` (one more NFE).
-        generator / noise: randomness of stochastic solvers: a ``torch.Generator``, a tensor of standard normals of
-            shape ``(steps, *x.shape)``, or a torchsde Brownian path indexed by ``s = -t``.
+        generator: randomness of stochastic solvers, as independent normals.
+        noise: randomness of stochastic solvers, given instead of (or, for a Brownian path, besides) ``generator``:
+            a tensor of standard normals of shape ``(steps, *x.shape)``, a torchsde Brownian path indexed by
+            ``s = -t`` (see :func:`~sde_diffusion.reference.brownian_path`) or a
+            :class:`~sde_diffusion.solvers.base.NoiseSource`.
         callback: ``callback(i, t, x)`` after every step (``t`` the new time; may synchronise, it is yours).
         return_trajectory: keep the state at every grid point.
         progress: show a tqdm bar.

@@ -55,7 +55,7 @@ def _positive_finite(name: str, value: float, *, allow_zero: bool = False) -> fl
 
 def _vp_log_alpha_from_lambda(lam: torch.Tensor) -> torch.Tensor:
     """For VP schedules ``alpha^2 = sigmoid(2 lambda)``, so ``log alpha = -softplus(-2 lambda)/2``."""
-    return -0.5 * torch.nn.functional.softplus(-2.0 * lam)
+    return -0.5 * torch.logaddexp(torch.zeros_like(lam), -2.0 * lam)  # (softplus' threshold would cut at 20)
 
 
 class NoiseSchedule:
@@ -331,8 +331,11 @@ class SubVPLinear(_LinearBeta, NoiseSchedule):
 
     def _inverse_lambda(self, lam):
         # alpha/(1-alpha^2) = e^lam  =>  alpha = 2 e^lam / (1 + sqrt(1 + 4 e^{2 lam})), in logs.
-        log_root = 0.5 * torch.logaddexp(torch.zeros_like(lam), math.log(4.0) + 2.0 * lam)
-        log_alpha = math.log(2.0) + lam - torch.logaddexp(torch.zeros_like(lam), log_root)
+        # log u = log sigma = log(1 - alpha^2) = log 2 - log(1 + sqrt(1 + 4 e^{2 lam})); for large lam alpha = e^lam u
+        # cancels nothing, for small lam take alpha^2 = 1 - u instead (no cancellation either way).
+        zero = torch.zeros_like(lam)
+        log_u = math.log(2.0) - torch.logaddexp(zero, 0.5 * torch.logaddexp(zero, math.log(4.0) + 2.0 * lam))
+        log_alpha = torch.where(log_u > -math.log(2.0), lam + log_u, 0.5 * torch.log1p(-torch.exp(log_u)))
         return self._linear_log_alpha_to_t(log_alpha)
 
     def _params(self):

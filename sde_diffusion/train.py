@@ -7,7 +7,8 @@ randomness of a step (data, times, noise) comes from one :class:`torch.Generator
 state is saved in every checkpoint together with the global torch RNG state (used by dropout), so a resumed run
 continues exactly where the interrupted one stopped.
 
-Update rule per step ``n`` (0-based): learning rate ``lr * min(1, (n+1)/warmup_steps)``; gradients clipped to global
+Update rule per step ``n`` (0-based): learning rate ``lr (n+1)/warmup_steps`` during warm-up, then constant or
+cosine-decayed to 0 at ``config.steps``; gradients clipped to global
 norm ``grad_clip``; AdamW step (Loshchilov & Hutter 2019, arXiv:1711.05101); then the EMA
 ``theta_ema <- d theta_ema + (1 - d) theta`` with ``d = min(ema_decay, (1 + n)/(10 + n))``.
 
@@ -49,13 +50,15 @@ __all__ = [
     "load_model",
     "schedule_spec",
     "schedule_from_spec",
+    "time_input_map",
+    "TIME_INPUTS",
     "CHECKPOINT_FORMAT",
 ]
 
 CHECKPOINT_FORMAT = "sde_diffusion.train/1"
 # fields that must agree between a checkpoint and the run that resumes from it
 _RESUME_KEYS = ("batch_size", "loss", "loss_options", "seed", "lr", "weight_decay", "adam_betas", "warmup_steps",
-                "ema_decay", "grad_clip")
+                "lr_schedule", "ema_decay", "grad_clip")
 
 
 @dataclass
@@ -69,6 +72,8 @@ class TrainConfig:
         weight_decay: AdamW decoupled weight decay.
         adam_betas: AdamW betas.
         warmup_steps: linear learning-rate warm-up length (0: none).
+        lr_schedule: ``"constant"`` or ``"cosine"`` (after warm-up, ``lr (1 + cos(pi p))/2`` with ``p`` the
+            fraction of the post-warm-up steps done).
         ema_decay: EMA decay ``d`` (with the ``(1+n)/(10+n)`` warm-up).
         grad_clip: maximal global gradient norm (``None``: no clipping).
         loss: objective name from :data:`sde_diffusion.losses.LOSSES`.
@@ -86,6 +91,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     adam_betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = 0
+    lr_schedule: str = "constant"
     ema_decay: float = 0.999
     grad_clip: float | None = 1.0
     loss: str = "simple"
@@ -106,6 +112,8 @@ class TrainConfig:
             raise ValueError(f"log_every must be a positive integer, got {self.log_every!r}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be positive, got {self.lr!r}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
         if self.grad_clip is not None and not self.grad_clip > 0:
@@ -173,6 +181,30 @@ def schedule_from_spec(spec: dict[str, Any]) -> NoiseSchedule:
     return _SCHEDULE_CLASSES[name](**spec)
 
 
+TIME_INPUTS = ("t", "logsnr")
+
+
+def time_input_map(schedule: NoiseSchedule, kind: str = "t") -> str | Callable:
+    r"""What the network is fed as its time input (for ``Model(..., time_input=...)``).
+
+    ``"t"``: the schedule's time itself. ``"logsnr"``: ``u = (lambda_max - lambda(t))/(lambda_max - lambda_min)``,
+    the half log-SNR mapped affinely onto ``[0, 1]`` (0 at ``t_min``, 1 at ``t_max``). The second spreads the
+    low-noise end, where ``t`` itself changes very little while ``lambda`` changes a lot (for VP-linear,
+    ``t`` in ``[1e-3, 0.05]`` covers half of the ``lambda`` range), so that Fourier time features resolve it.
+    """
+    if kind == "t":
+        return "continuous"
+    if kind == "logsnr":
+        lam_max, lam_min = schedule.lambda_max, schedule.lambda_min
+        span = lam_max - lam_min
+
+        def to_u(t: torch.Tensor) -> torch.Tensor:
+            return (lam_max - schedule._lambda(t)) / span
+
+        return to_u
+    raise ValueError(f"time_input must be one of {TIME_INPUTS}, got {kind!r}")
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # checkpoints
 # ---------------------------------------------------------------------------------------------------------------------
@@ -235,7 +267,7 @@ def load_model(path: str | os.PathLike, *, net: nn.Module | None = None, schedul
     for p in net.parameters():
         p.requires_grad_(False)
     sch = schedule if schedule is not None else schedule_from_spec(state["schedule"])
-    return Model(net, sch, state["prediction"])
+    return Model(net, sch, state["prediction"], time_input=time_input_map(sch, state.get("time_input", "t")))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -266,6 +298,15 @@ def _ema_update(ema_net: nn.Module, net: nn.Module, decay: float) -> None:
         e.copy_(b)
 
 
+def _learning_rate(cfg: TrainConfig, step: int) -> float:
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "cosine":
+        span = max(cfg.steps - cfg.warmup_steps, 1)
+        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(step - cfg.warmup_steps, span) / span))
+    return cfg.lr
+
+
 def _rng_state(gen: torch.Generator, device: torch.device) -> dict[str, Any]:
     state = {"generator": gen.get_state(), "torch": torch.get_rng_state()}
     if device.type == "cuda":
@@ -283,7 +324,7 @@ def _set_rng_state(gen: torch.Generator, state: dict[str, Any], device: torch.de
 def train(net: nn.Module, schedule: NoiseSchedule, data: str | Callable, *, prediction: str = "eps",
           config: TrainConfig | None = None, checkpoint: str | os.PathLike | None = None, resume: bool = True,
           device: str | torch.device | None = None, progress: bool | None = None, stop_at: int | None = None,
-          data_options: dict | None = None, **overrides: Any) -> TrainResult:
+          data_options: dict | None = None, time_input: str = "t", **overrides: Any) -> TrainResult:
     """Train ``net`` as a ``prediction``-type denoiser for ``schedule`` on ``data``.
 
     Args:
@@ -300,9 +341,12 @@ def train(net: nn.Module, schedule: NoiseSchedule, data: str | Callable, *, pred
         stop_at: stop (and checkpoint) after this many total steps even if ``config.steps`` is larger -- for
             time-limited jobs; a later call with the same arguments resumes.
         data_options: keyword options of the named data set.
+        time_input: the network's time input, ``"t"`` or ``"logsnr"`` (see :func:`time_input_map`); recorded in
+            checkpoints and restored by :func:`load_model`.
         **overrides: fields of :class:`TrainConfig`.
     """
     _check_prediction(prediction)
+    time_map = time_input_map(schedule, time_input)
     if not isinstance(net, nn.Module):
         raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
     if not isinstance(schedule, NoiseSchedule):
@@ -333,8 +377,9 @@ def train(net: nn.Module, schedule: NoiseSchedule, data: str | Callable, *, pred
         old = TrainConfig.from_dict(state["config"]).to_dict()
         new = cfg.to_dict()
         bad = [k for k in _RESUME_KEYS if old[k] != new[k]]
-        if bad or state["prediction"] != prediction:
-            raise ValueError(f"cannot resume from {ckpt_path}: {bad or ['prediction']} differ from this run")
+        bad += [k for k, v in (("prediction", prediction), ("time_input", time_input)) if state.get(k, "t") != v]
+        if bad:
+            raise ValueError(f"cannot resume from {ckpt_path}: {bad} differ from this run")
         net.load_state_dict(state["net"])
         ema_net.load_state_dict(state["ema"])
         opt.load_state_dict(state["optimizer"])
@@ -343,7 +388,7 @@ def train(net: nn.Module, schedule: NoiseSchedule, data: str | Callable, *, pred
         _set_rng_state(gen, state["rng"], device)
         step, losses = int(state["step"]), list(state["losses"])
 
-    model = Model(net, schedule, prediction)
+    model = Model(net, schedule, prediction, time_input=time_map)
     data_name = data if isinstance(data, str) else None
 
     def make_state() -> dict[str, Any]:
@@ -360,6 +405,7 @@ def train(net: nn.Module, schedule: NoiseSchedule, data: str | Callable, *, pred
             "schedule": schedule_spec(schedule) if type(schedule).__name__ in _SCHEDULE_CLASSES else
             {"class": type(schedule).__name__},
             "prediction": prediction,
+            "time_input": time_input,
             "net_class": type(net).__name__,
             "net_config": getattr(net, "config", None),
             "data": data_name,
@@ -385,7 +431,7 @@ def train(net: nn.Module, schedule: NoiseSchedule, data: str | Callable, *, pred
     net.train()
     try:
         while step < last:
-            lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+            lr = _learning_rate(cfg, step)
             for group in opt.param_groups:
                 group["lr"] = lr
             x0 = sampler(cfg.batch_size, gen).to(device=device, dtype=param_dtype)
@@ -414,4 +460,5 @@ def train(net: nn.Module, schedule: NoiseSchedule, data: str | Callable, *, pred
             bar.close()
     net.eval()
     ema_net.eval()
-    return TrainResult(Model(ema_net, schedule, prediction), net, ema_net, losses, step, cfg, written)
+    return TrainResult(Model(ema_net, schedule, prediction, time_input=time_map), net, ema_net, losses, step, cfg,
+                       written)

@@ -131,3 +131,16 @@ def test_argparse_errors_are_one_line_with_exit_status_2(argv, capsys):
 def test_schedules_still_works(capsys):
     assert cli.main(["schedules"]) == 0
     assert "vp-discrete" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_default_study_runs_within_its_budget(tmp_path):
+    """``sde-diffusion study`` with no options: ring x NFE 5-50 and the Gaussian order study, under 60 s of study
+    time, with the Gaussian orders of DDIM and Heun fitted to their declared values."""
+    r = _run("study", "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    doc = json.loads((tmp_path / "study.json").read_text())
+    assert doc["elapsed_s"] < 60
+    order = load_bundle(doc)["order"]
+    assert order.fit("ddim").order == pytest.approx(1.0, abs=0.1)
+    assert order.fit("heun").order == pytest.approx(2.0, abs=0.3)

@@ -34,7 +34,8 @@ def schedule_and_window(draw):
     lo, hi = sch.t_min, sch.t_max
     a = draw(st.floats(0.0, 1.0), label="a")
     b = draw(st.floats(0.0, 1.0), label="b")
-    t_end, t_start = sorted((lo + a * (hi - lo), lo + b * (hi - lo)))
+    # (clamped: lo + 1.0 * (hi - lo) can round past hi)
+    t_end, t_start = sorted(min(hi, max(lo, lo + u * (hi - lo))) for u in (a, b))
     # keep the window wide enough (in lambda) to hold `steps` distinct float64 times
     if not t_start - t_end > 1e-6 * (hi - lo) * steps:
         return sch, steps, None, None

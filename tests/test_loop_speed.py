@@ -1,6 +1,5 @@
 """The sampling loop's hygiene: plan/grid caches, no host reads inside the loop, torch.compile, bounded memory."""
 
-import gc
 import importlib
 import weakref
 
@@ -149,7 +148,7 @@ def _compile_case(name, opts, backend):
     sch = VPLinear()
     model = _mixture().model(sch, "eps")
     x = torch.randn(4, 2, generator=torch.Generator().manual_seed(0))
-    s = Sampler(model, x, solver=name, steps=4, **opts)
+    s = Sampler(model, x, solver=name, steps=2, **opts)
     compiled = torch.compile(s.solver.step, backend=backend, fullgraph=True)
     xe, se = s.init(x)
     xc, sc = s.init(x)
@@ -161,7 +160,7 @@ def _compile_case(name, opts, backend):
     return model
 
 
-COMPILE_CASES = [("ddim", {}), ("dpm_solver++", {"order": 2, "multistep": True}), ("plms", {}), ("ipndm", {})]
+COMPILE_CASES = [("ddim", {}), ("dpm_solver++", {"order": 2, "multistep": True}), ("plms", {})]
 
 
 @pytest.mark.parametrize("name,opts", COMPILE_CASES, ids=[n for n, _ in COMPILE_CASES])
@@ -210,7 +209,6 @@ def test_solvers_keep_no_more_model_outputs_than_their_memory(name, prediction):
     x, state = s.init(x)
     for i in range(s.num_steps):
         x, state = s.step(x, state, i)
-        gc.collect()
         alive = sum(r() is not None for r in refs)
         assert alive <= s.solver.memory, (name, i, alive, s.solver.memory)
 
@@ -234,7 +232,6 @@ def test_k_step_methods_keep_at_most_k_minus_one_past_outputs(name, opts, k):
     peak = 0
     for i in range(s.num_steps):
         x, state = s.step(x, state, i)
-        gc.collect()
         peak = max(peak, sum(r() is not None for r in refs))
         assert sum(isinstance(v, torch.Tensor) for v in state) <= k - 1
     assert peak <= k - 1

@@ -345,3 +345,9 @@ def test_plots_render_on_agg_without_touching_the_global_backend(tmp_path, gauss
     assert short_label("dpm_solver++:order=2,multistep=true") == "dpm_solver++ o2 multistep"
     with pytest.raises(ValueError, match="no samples"):
         plot_samples(StudyResult.from_json(gauss_study.to_json()))
+
+
+def test_a_falling_local_order_without_a_floor_is_not_taken_for_one():
+    """Pre-asymptotic superconvergence (local order 3.3, then 1.3) is kept: the bend rule needs a detected floor."""
+    fit = fit_order([5, 10, 20], [8.07e-2, 7.92e-3, 3.18e-3])
+    assert fit.excluded == [] and fit.asymptotic.nfe_max == 20

@@ -3,8 +3,8 @@ r"""Adaptive step size for exponential multistep solvers (data prediction, varia
 The step from ``lambda_n`` to ``lambda_{n+1} = lambda_n + h`` is the DPM-Solver++ multistep update
 (Lu et al. 2022, arXiv:2211.01095) with *exact* weights for the actual, non-uniform nodes:
 
-.. math:: x_{n+1} = \frac{\sigma_{n+1}}{\sigma_n} x_n + \alpha_{n+1} \sum_{j=0}^{q-1} W_j\, D_{n-j},
-          \qquad W_j = \int_0^h e^{-(h-u)} L_j(u)\, du,
+\[ x_{n+1} = \frac{\sigma_{n+1}}{\sigma_n} x_n + \alpha_{n+1} \sum_{j=0}^{q-1} W_j\, D_{n-j},
+   \qquad W_j = \int_0^h e^{-(h-u)} L_j(u)\, du, \]
 
 where ``D_m`` is the data prediction at ``lambda_m`` and ``L_j`` the Lagrange basis through the ``q`` newest nodes
 ``u_j = lambda_{n-j} - lambda_n`` (:func:`~sde_diffusion.solvers._expint.lagrange_weights` with ``sign = -1``).
@@ -24,7 +24,7 @@ step is accepted (and wasted, and counted, when it is rejected).
 ``E = max_b rms(err / (atol + rtol max(|x_n|, |x_{n+1}|)))`` (per-sample RMS, worst sample of the batch):
 accept when ``E <= 1`` and set
 
-.. math:: h_{new} = h \cdot \mathrm{clip}\big(s\, E_n^{-b_1/p}\, E_{n-1}^{b_2/p},\ f_{min},\ f_{max}\big),
+\[ h_{new} = h \cdot \mathrm{clip}\big(s\, E_n^{-b_1/p}\, E_{n-1}^{b_2/p},\ f_{min},\ f_{max}\big), \]
 
 with ``p`` the order of the estimate (``q``; 2 on the first step), safety ``s = 0.9``, ``b_1 = 0.7``,
 ``b_2 = 0.4``, ``f_min = 0.2``, ``f_max = 2`` (``1`` right after a rejection). A rejected step retries with
@@ -80,10 +80,15 @@ class AdaptiveMultistep(Solver):
 
     Args:
         order: 2 or 3 -- the number of nodes of the extrapolation (global order).
-        rtol, atol: tolerances of the scaled local error.
+        rtol: relative tolerance of the scaled local error.
+        atol: absolute tolerance of the scaled local error.
         h_init: first step in lambda (default ``min(Lambda/10, sqrt(max(rtol, atol))/2)``, ``Lambda`` the whole
             range in lambda; the first step's own estimate rejects it if it is too long).
-        safety, fac_min, fac_max, b1, b2: controller constants (see the module docstring).
+        safety: controller safety factor ``s`` (see the module docstring).
+        fac_min: smallest step-size factor.
+        fac_max: largest step-size factor (also bounds the ratio of consecutive steps).
+        b1: PI exponent on the current error (``E_n^{-b1/p}``).
+        b2: PI exponent on the previous error (``E_{n-1}^{b2/p}``).
         max_steps: safety net on the number of attempted steps.
 
     1 NFE per accepted step (plus the initial evaluation and any rejected first-step attempts), memory ``order - 1``.

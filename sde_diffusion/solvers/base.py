@@ -314,24 +314,42 @@ class GeneratorNoise(NoiseSource):
         return self._draw(x)
 
 
-class TensorNoise(NoiseSource):
-    """Pre-drawn normals: ``noise[i]`` is step ``i``'s increment; extra draws come from ``extra[i][k]`` if given."""
+def _like(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``t`` with ``x``'s dtype and device; a host tensor goes to a CUDA device through pinned memory,
+    asynchronously (a pageable host-to-device copy would synchronise)."""
+    if t.device == x.device and t.dtype == x.dtype:
+        return t
+    t = t.to(dtype=x.dtype)
+    if x.device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(x.device, non_blocking=True)
+    return t.to(x.device)
 
-    def __init__(self, noise: torch.Tensor, extra: torch.Tensor | None = None):
-        self.noise, self.extra = noise, extra
+
+class TensorNoise(NoiseSource):
+    """Pre-drawn normals: ``noise[i]`` is step ``i``'s increment; extra draws come from ``extra[i][k]`` if given,
+    else from ``generator``. The tensors are converted to the state's dtype and device once, at the first draw (not
+    once per step)."""
+
+    def __init__(self, noise: torch.Tensor, extra: torch.Tensor | None = None,
+                 generator: torch.Generator | None = None):
+        self.noise, self.extra, self.generator = noise, extra, generator
 
     def increment(self, i, ts, x):
         if i >= self.noise.shape[0]:
             raise ValueError(f"noise has {self.noise.shape[0]} steps; step {i} needs one more")
-        z = self.noise[i]
-        if z.shape != x.shape:
-            raise ValueError(f"noise[{i}] has shape {tuple(z.shape)}, state has {tuple(x.shape)}")
-        return z.to(device=x.device, dtype=x.dtype)
+        if self.noise.shape[1:] != x.shape:
+            raise ValueError(f"noise[{i}] has shape {tuple(self.noise.shape[1:])}, state has {tuple(x.shape)}")
+        self.noise = _like(self.noise, x)
+        return self.noise[i]
 
     def normal(self, i, k, x):
         if self.extra is None:
-            raise ValueError("this solver needs extra independent normals: pass a generator as well")
-        return self.extra[i][k].to(device=x.device, dtype=x.dtype)
+            if self.generator is None:
+                raise ValueError("this solver needs independent normals besides `noise`: pass generator= as well "
+                                 "(or TensorNoise(noise, extra))")
+            return torch.randn(x.shape, generator=self.generator, device=x.device, dtype=x.dtype)
+        self.extra = _like(self.extra, x)
+        return self.extra[i][k]
 
 
 class BrownianNoise(NoiseSource):
@@ -381,7 +399,7 @@ def make_noise_source(noise=None, generator: torch.Generator | None = None) -> N
     if isinstance(noise, NoiseSource):
         return noise
     if isinstance(noise, torch.Tensor):
-        return TensorNoise(noise)
+        return TensorNoise(noise, generator=generator)
     if callable(noise):
         return BrownianNoise(noise, generator)
     raise TypeError(f"noise must be a tensor, a Brownian path or a NoiseSource, got {type(noise).__name__}")

@@ -69,6 +69,7 @@ class DPMSolverAdaptive(Solver):
     """
 
     adaptive = True
+    exact_for_point_mass = True
     reference = "arXiv:2206.00927"
     kind = "eps"
     sign = 1
@@ -119,7 +120,9 @@ class DPMSolverAdaptive(Solver):
         sch._check_t(torch.tensor([s, t_end], dtype=torch.float64))
         if not s > t_end:
             raise ValueError(f"t_start={s} must be larger than t_end={t_end}")
-        lam_of = lambda t: float(sch._lambda(torch.tensor(t, dtype=torch.float64)))  # noqa: E731
+        def lam_of(t: float) -> float:
+            return float(sch._lambda(torch.tensor(t, dtype=torch.float64)))
+
         lam_s, lam_end = lam_of(s), lam_of(t_end)
         k = int(self.order)
         nfe0 = model.nfe

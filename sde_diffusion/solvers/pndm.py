@@ -4,11 +4,12 @@ Liu, Ren, Lin & Zhao, "Pseudo Numerical Methods for Diffusion Models on Manifold
 classical solver into a *gradient part* (how the noise predictions of several points are combined into one
 ``eps'``) and a *transfer part* (how ``x`` is moved with that ``eps'``). The transfer part is the DDIM step
 
-.. math:: \phi(x_t, \epsilon', t \to s) = \frac{\alpha_s}{\alpha_t} x_t - \sigma_s (e^{h} - 1)\, \epsilon',
-          \qquad h = \lambda_s - \lambda_t,
+\[ \phi(x_t, \epsilon', t \to s) = \frac{\alpha_s}{\alpha_t} x_t - \sigma_s (e^{h} - 1)\, \epsilon',
+   \qquad h = \lambda_s - \lambda_t, \]
 
 i.e. :func:`~sde_diffusion.solvers.first_order.ddim_coefficients` with ``eta = 0``: the exact solution of the
-probability-flow ODE when ``eps`` is frozen, which is why the method stays on the data manifold at large steps.
+probability-flow ODE when ``eps`` is frozen (exact for point-mass data; the property Liu et al. credit for keeping
+samples near the data manifold at large steps -- ``docs/theory/pndm.md`` measures when it helps).
 Gradient parts here:
 
 * **pseudo linear multistep** (PLMS): Adams--Bashforth on the noise predictions of the previous grid points,
@@ -23,21 +24,19 @@ In the variables ``y = x/alpha``, ``sigma_ve = sigma/alpha`` the transfer part i
 pseudo-RK4 step *is* the classical RK4 step of ``dy/dsigma_ve = eps``.
 
 Order (measured, see ``docs/theory/pndm.md`` and ``tests/test_pndm.py``): the Adams--Bashforth coefficients are
-those of a uniform grid in ``sigma_ve``; on any other grid (a logSNR-uniform one in particular) the leading
-error term of AB-k with fixed coefficients cancels only to second order, so every PLMS/iPNDM/PNDM variant with
+those of a uniform grid in ``sigma_ve``; on any other grid (a logSNR-uniform one in particular) they leave a
+local defect of ``O(h^3)`` whatever the Adams--Bashforth order, so every PLMS/iPNDM/PNDM variant with
 ``order >= 2`` converges with global order **2**, not 4 (DEIS, arXiv:2204.13902, makes the same observation and
 fixes it with exact variable-step weights).
 
 Registered solvers:
 
-========================  =====================================  ===============================  ======
-name                      warm-up                                NFE for ``N`` steps              memory
-========================  =====================================  ===============================  ======
-``pndm`` (``variant=s``)  pseudo improved Euler, then AB2        ``N + 1``                        1
-``pndm`` (``variant=f``)  3 pseudo-RK4 steps, then AB4           ``N + 3 min(N, 3)`` (9 extra)    3
-``plms``                  pseudo improved Euler, AB2, AB3, AB4   ``N + 1``                        3
-``ipndm`` (``order=k``)   AB1 (DDIM), AB2, ..., ABk              ``N``                            k - 1
-========================  =====================================  ===============================  ======
+| name | warm-up | NFE for ``N`` steps | memory |
+|---|---|---|---|
+| ``pndm`` (``variant="s"``) | pseudo improved Euler, then AB2 | ``N + 1`` | 1 |
+| ``pndm`` (``variant="f"``) | 3 pseudo-RK4 steps, then AB4 | ``N + 3 min(N, 3)`` (9 extra) | 3 |
+| ``plms`` | pseudo improved Euler, AB2, AB3, then AB4 | ``N + 1`` | 3 |
+| ``ipndm`` (``order=k``) | AB1 (DDIM), AB2, ..., ABk | ``N`` | ``k - 1`` |
 
 iPNDM is the "improved PNDM" of Zhang & Chen (DEIS, arXiv:2204.13902): PLMS whose first steps use lower-order
 Adams--Bashforth formulas instead of extra model evaluations. ``ipndm`` with ``order=1`` is DDIM(eta=0).

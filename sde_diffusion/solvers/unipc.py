@@ -78,15 +78,18 @@ class UniPC(Solver):
         disable_corrector: plain UniP-p (order ``p``).
 
     Order ``p + 1`` with the corrector, ``p`` without; ``min(., 2)`` with ``lower_order_final`` (measured slopes on
-    a Gaussian with a closed-form flow). 1 NFE per step: the corrector at step ``i`` re-uses the evaluation at
-    ``x_i`` that the predictor from ``t_i`` needs; the last step has no corrector (it would need one more NFE), which
-    keeps the order: its local error is that of UniP-p, ``O(h^{p+1})``. Memory: ``p`` model outputs plus the
-    previous state. Warm-up: predictor orders ``1, 2, ..`` on the first steps, and the corrector at step ``i`` has
-    the order of the predictor of step ``i - 1``.
+    Gaussian data with the closed-form flow; UniP-3 without corrector on a Gaussian mixture, being super-convergent
+    on Gaussian data). 1 NFE per step: the corrector at step ``i`` re-uses the evaluation at ``x_i`` that the
+    predictor from ``t_i`` needs; the last step has no corrector (it would need one more NFE), which keeps the
+    order: its local error is that of UniP-p, ``O(h^{p+1})``. Memory: ``p`` model outputs plus the previous state.
+    Warm-up: predictor orders ``1, 2, ..`` on the first steps, and the corrector at step ``i`` has the order of the
+    predictor of step ``i - 1``.
 
-    Equivalences: order 1 without corrector is DDIM(eta=0) = DPM-Solver++-1 (``x0``) = DPM-Solver-1 (``eps``).
-    With ``variant="bh2"``, ``prediction="x0"`` it reproduces diffusers' ``UniPCMultistepScheduler`` (with
-    ``final_sigmas_type="sigma_min"``, matching ``lower_order_final``).
+    Equivalences: order 1 without corrector is DDIM(eta=0) = DPM-Solver++-1 (``x0``) = DPM-Solver-1 (``eps``);
+    UniP-2 (``bh2``, ``x0``) is DPM-Solver++(2M); UniP-3 with ``eps`` is DEIS ``logrho``-3 from its third step.
+    Every option reproduces diffusers' ``UniPCMultistepScheduler`` (``final_sigmas_type="sigma_min"``, the same
+    ``lower_order_final``) to 1e-12 with exact noise levels (docs/theory/unipc.md). Data prediction is the more
+    robust choice for low-precision networks.
     """
 
     nfe_per_step = 1

@@ -132,7 +132,8 @@ def _progress(total: int, progress: bool | None, desc: str):
 
 def convergence_study(problem: str | Problem = "ring", solvers: Sequence | None = None,
                       nfe: Sequence[int] = DEFAULT_NFE, *, schedule: str = "vp-linear", grid: str = "logsnr",
-                      reference: str = "auto", seed: int = 0, n: int = 512, dtype="float64", device="cpu",
+                      reference: str = "auto", seed: int = 0, n: int = 512, dtype: str | torch.dtype = "float64",
+                      device: str | torch.device = "cpu",
                       rtol: float = 1e-10, sweep: bool = True, sde_segments: int = 16, sde_substeps: int = 50,
                       distributional: bool = True, repeats: int = 1, progress: bool | None = None,
                       keep_samples: bool | None = None) -> StudyResult:
@@ -148,10 +149,12 @@ def convergence_study(problem: str | Problem = "ring", solvers: Sequence | None 
             ``"exact"``, ``"torchdiffeq"``, or ``"none"`` (distributional errors only).
         seed: seeds the start states, the exact target samples and the Brownian path.
         n: batch size (the same start states for every run).
-        dtype, device: where the solvers run (references are float64).
+        dtype: dtype of the solvers (``"float32"``/``"float64"`` or a torch dtype; references are float64).
+        device: where the solvers run.
         rtol: tolerance of the torchdiffeq reference (``atol = rtol``).
         sweep: estimate the references' accuracy by recomputing them at looser settings.
-        sde_segments, sde_substeps: resolution of the reverse-SDE reference.
+        sde_segments: logSNR-uniform segments of the reverse-SDE reference.
+        sde_substeps: SRK steps per segment of the reverse-SDE reference.
         distributional: also measure the distributional error.
         repeats: wall time is the minimum over this many runs.
         progress: tqdm bar (``None``: only on a terminal).

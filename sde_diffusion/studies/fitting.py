@@ -8,8 +8,8 @@ small NFE the error follows no power law yet (the *pre-asymptotic* range), and a
 1. **Floor.** Points with ``error <= floor`` (an absolute level the caller knows: e.g. a few times the reference's
    estimated error, ``100 eps`` of the dtype times the solution's scale, or the metric's sampling floor) are
    excluded; then, from the largest NFE downwards, a point is excluded while the local order between it and its
-   predecessor is below ``min_order`` (the error has stopped decreasing) or below ``knee`` times the local order of
-   the segment before (the bend into the plateau).
+   predecessor is below ``min_order`` (the error has stopped decreasing) or -- once a floor has been found -- below
+   ``knee`` times the local order of the segment before (the bend into the plateau).
 2. **Asymptotic range.** Starting from the last ``min_points`` remaining points, the range is extended towards
    smaller NFE while the local order of each added segment agrees with the running fit within
    ``tol * max(1, order)``. An explicit ``asymptotic_from`` (an NFE) overrides the search.
@@ -124,8 +124,8 @@ def fit_order(nfe: Sequence[float], err: Sequence[float | None], *, floor: float
         err: the error at each point (``None``/non-finite/non-positive points are ignored).
         floor: absolute error level at or below which points are excluded (round-off / reference / sampling floor).
         min_order: a trailing point whose local order is below this is taken as the floor.
-        knee: a trailing point whose local order is below ``knee`` times the previous local order is taken as the
-            onset of the floor (the bend into the plateau).
+        knee: once points have been excluded as floor, a trailing point whose local order is below ``knee`` times
+            the previous local order is taken as the onset of the floor (the bend into the plateau).
         min_points: smallest asymptotic range searched from the large-NFE end.
         tol: agreement (relative to ``max(1, order)``) that a segment needs to join the asymptotic range.
         asymptotic_from: use exactly the points with ``nfe >= asymptotic_from`` as the asymptotic range.
@@ -138,7 +138,7 @@ def fit_order(nfe: Sequence[float], err: Sequence[float | None], *, floor: float
     pts = [(n, e) for n, e in pts if e > floor]
     while len(pts) >= 2:
         p = local_orders(*zip(*pts[-3:]))
-        if p[-1] < min_order or (len(p) == 2 and p[-1] < knee * p[0]):
+        if p[-1] < min_order or (excluded and len(p) == 2 and p[-1] < knee * p[0]):
             excluded.append(pts.pop()[0])
         else:
             break

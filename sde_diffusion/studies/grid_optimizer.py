@@ -93,11 +93,12 @@ def grid_from_lambdas(schedule, lambdas: torch.Tensor, t_start: float, t_end: fl
     return validate_grid(schedule, ts, decreasing=t_start > t_end)
 
 
-def optimise_grid(target: str | Problem | Model = "ring", solver="ddim", nfe: int = 10, *,
+def optimise_grid(target: str | Problem | Model = "ring", solver: str | Any = "ddim", nfe: int = 10, *,
                   schedule: str = "vp-linear", init: str | torch.Tensor = "logsnr", pilot: int = 256,
                   heldout: int = 1024, seed: int = 0, reference: str = "auto", rtol: float = 1e-10,
                   step: float = 0.5, min_step: float = 0.02, max_sweeps: int = 30, max_evals: int = 1500,
-                  x_shape: tuple[int, ...] | None = None, device="cpu", dtype="float64",
+                  x_shape: tuple[int, ...] | None = None, device: str | torch.device = "cpu",
+                  dtype: str | torch.dtype = "float64",
                   progress: bool | None = None) -> GridOptResult:
     """Optimise the time grid of ``solver`` at budget ``nfe`` (see the module docstring for the method).
 
@@ -108,11 +109,19 @@ def optimise_grid(target: str | Problem | Model = "ring", solver="ddim", nfe: in
         solver: a deterministic solver configuration (``"dpm_solver++:order=2,multistep=true"``, an instance, ...).
         nfe: the NFE budget; the grid has ``steps_for_nfe(solver, nfe)`` steps.
         init: the starting grid: a grid name or an explicit tensor.
-        pilot, heldout: batch sizes (independent draws from ``seed`` and ``seed + 1``).
-        step, min_step: initial and smallest relative move of a knot (fractions of the gap to a neighbour).
-        max_sweeps, max_evals: limits of the search.
-        device, dtype: where the solves run (start states and references are drawn and computed in float64 on the
-            CPU, then moved).
+        x_shape: the event shape of one sample (required when ``target`` is a Model).
+        schedule: schedule name of a built-in problem.
+        pilot: pilot batch size (drawn from ``seed``).
+        heldout: held-out batch size (an independent draw from ``seed + 1``).
+        seed: seed of the two batches.
+        reference: ``"auto"``, ``"exact"`` (closed-form problems) or ``"torchdiffeq"``.
+        rtol: tolerance of the torchdiffeq reference.
+        step: initial relative move of a knot (a fraction of the gap to a neighbour).
+        min_step: the search stops when the move has been halved below this.
+        max_sweeps: largest number of sweeps over the knots.
+        max_evals: largest number of solves.
+        device: where the solves run (start states and references are computed in float64 on the CPU, then moved).
+        dtype: dtype of the solves.
         progress: tqdm bar over sweeps (``None``: only on a terminal).
 
     Returns:

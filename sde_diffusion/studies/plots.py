@@ -24,14 +24,14 @@ __all__ = ["new_figure", "plot_convergence", "plot_work_precision", "plot_sample
            "study_figure", "save_figure", "short_label"]
 
 
-def new_figure(nrows: int = 1, ncols: int = 1, *, size: tuple[float, float] | None = None):
-    """``(figure, axes array)`` on an Agg canvas."""
+def new_figure(nrows: int = 1, ncols: int = 1, *, size: tuple[float, float] | None = None, width_ratios=None):
+    """``(figure, axes array)`` on an Agg canvas (default size: 6.4 x 3.8 inches per panel, room for a legend)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=size or (4.6 * ncols, 3.8 * nrows), layout="constrained")
+    fig = Figure(figsize=size or (6.4 * ncols, 3.8 * nrows), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(nrows, ncols, squeeze=False)
+    axes = fig.subplots(nrows, ncols, squeeze=False, width_ratios=width_ratios)
     return fig, axes
 
 
@@ -78,7 +78,7 @@ def _reference_slopes(ax, ns: list[float], es: list[float], slopes: Sequence[int
         ys = [mid_e * (x / mid_n) ** (-p) for x in xs]
         ax.plot(xs, ys, ls="--", lw=0.8, color="0.55", zorder=0)
         ax.annotate(f"$N^{{-{p}}}$", (xs[-1], ys[-1]), fontsize=8, color="0.4", xytext=(2, 0),
-                    textcoords="offset points", va="center")
+                    textcoords="offset points", va="center", annotation_clip=True)
 
 
 def plot_convergence(result: StudyResult, *, metric: str = "error", ax=None, slopes: Sequence[int] = (1, 2, 3),
@@ -106,15 +106,21 @@ def plot_convergence(result: StudyResult, *, metric: str = "error", ax=None, slo
         all_e += es
     if all_n:
         _reference_slopes(ax, all_n, all_e, slopes)
-        _nfe_axis(ax, all_n)
+        _nfe_axis(ax, result.budgets)
+        ax.set_xlim(min(all_n) / 1.08, max(all_n) * 1.3)
+        ax.set_ylim(min(all_e) / 2.0, max(all_e) * 2.0)  # reference slopes are clipped to the data's range
     if metric == "dist_error" and result.dist_floor is not None:
         ax.axhline(result.dist_floor, color="k", lw=0.8, ls=":", label="sampling floor")
     ax.set_xlabel("NFE")
     ax.set_ylabel({"error": "RMS error at $t_{min}$", "dist_error": f"{result.dist_metric}"}.get(metric, metric))
     ax.set_title(title or f"{result.problem} / {result.schedule} / {result.grid}", fontsize=10)
     ax.grid(True, which="both", alpha=0.25)
-    ax.legend(fontsize=7)
+    _legend_outside(ax)
     return fig
+
+
+def _legend_outside(ax) -> None:
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False)
 
 
 def plot_work_precision(result: StudyResult, *, metric: str = "error", ax=None, title: str | None = None):
@@ -132,7 +138,7 @@ def plot_work_precision(result: StudyResult, *, metric: str = "error", ax=None, 
     ax.set_ylabel("RMS error at $t_{min}$" if metric == "error" else metric)
     ax.set_title(title or f"work-precision: {result.problem} / {result.schedule} ({result.device})", fontsize=10)
     ax.grid(True, which="both", alpha=0.25)
-    ax.legend(fontsize=7)
+    _legend_outside(ax)
     return fig
 
 
@@ -176,7 +182,7 @@ def plot_trajectories(problem, solver="ddim", nfe: int = 10, *, n: int = 16, see
     problem = get_problem(problem)
     solver = parse_solver_spec(solver).build()
     if ax is None:
-        fig, axes = new_figure()
+        fig, axes = new_figure(size=(4.8, 4.4))
         ax = axes[0, 0]
     fig = ax.figure
     x_T = problem.start(n, torch.Generator().manual_seed(seed))
@@ -209,8 +215,8 @@ def study_figure(main: StudyResult, order: StudyResult | None = None, *, budget:
                  scatter_labels: Sequence[str] | None = None):
     """The summary figure: convergence of the main study, the order study (if any), and a scatter of samples of two
     solvers against exact samples (2-D main problem)."""
-    panels = 1 + (order is not None) + bool(main.samples)
-    fig, axes = new_figure(1, panels)
+    ratios = [1.5] * (1 + (order is not None)) + [1.0] * bool(main.samples)
+    fig, axes = new_figure(1, len(ratios), size=(5.6 * len(ratios), 4.0), width_ratios=ratios)
     axes = list(axes.flat)
     plot_convergence(main, ax=axes[0])
     if order is not None:

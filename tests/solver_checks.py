@@ -1,0 +1,76 @@
+"""Helpers shared by the solver tests (not a test module): slope fits, the standard schedules and oracles, and the
+exact moment propagation of a linear-Gaussian chain through a solver's own ``step``."""
+
+from __future__ import annotations
+
+import torch
+
+from sde_diffusion.analytic import Gaussian, GaussianMixture
+from sde_diffusion.sample import Sampler
+from sde_diffusion.schedules import EDM, SubVPLinear, VEGeometric, VPCosine, VPDiscrete, VPLinear
+from sde_diffusion.solvers.base import NoiseSource
+
+F64 = torch.float64
+
+
+def all_schedules():
+    """One instance of every built-in schedule (default parameters; DDPM's linear betas for the discrete one)."""
+    return [VPLinear(), VPCosine(), VPDiscrete.from_config({"num_train_timesteps": 1000}), SubVPLinear(),
+            VEGeometric(), EDM()]
+
+
+SCHEDULE_IDS = ["vp_linear", "vp_cosine", "vp_discrete", "subvp_linear", "ve_geometric", "edm"]
+
+
+def gaussian_2d() -> Gaussian:
+    return Gaussian(torch.tensor([0.5, -1.0], dtype=F64), torch.tensor([0.5, 1.2], dtype=F64))
+
+
+def mixture_2d() -> GaussianMixture:
+    means = torch.tensor([[-1.0, 0.5], [1.5, -0.5], [0.3, 1.8]], dtype=F64)
+    return GaussianMixture(means, torch.tensor([0.3, 0.5, 0.4], dtype=F64), torch.tensor([0.3, 0.5, 0.2], dtype=F64))
+
+
+def prior(schedule, n: int, d: int = 2, seed: int = 0) -> torch.Tensor:
+    """``n`` draws of ``N(0, sigma(t_max)^2 I)``."""
+    g = torch.Generator().manual_seed(seed)
+    return float(schedule.sigma(schedule.t_max)) * torch.randn(n, d, generator=g, dtype=F64)
+
+
+def fitted_slope(nfe, errors) -> float:
+    """Least-squares slope of ``log(error)`` against ``log(NFE)``, sign flipped (a method of order p gives ~p)."""
+    x = torch.log(torch.as_tensor(nfe, dtype=F64))
+    y = torch.log(torch.as_tensor(errors, dtype=F64))
+    xc = x - x.mean()
+    return -float((xc * (y - y.mean())).sum() / (xc * xc).sum())
+
+
+class _UnitNoise(NoiseSource):
+    """For the 3-row probe batch ``[0, 1, 0]``: the increment is 0 for rows 0-1 and 1 for row 2."""
+
+    def increment(self, i, ts, x):
+        z = torch.zeros_like(x)
+        z[2] = 1.0
+        return z
+
+    def normal(self, i, k, x):
+        raise AssertionError("the moment probe supports solvers that only use the Brownian increment")
+
+
+def exact_moments(model, solver, grid, mean: torch.Tensor, var: torch.Tensor, **solver_options):
+    """Mean and variance after running ``solver`` on ``grid`` from ``N(mean, diag(var))``, computed exactly.
+
+    For Gaussian data the model's prediction is affine in ``x`` per coordinate, so each step of a first-order
+    stochastic solver is ``x' = A x + b + C z`` (``z`` standard normal). The solver's own ``step`` is run on the
+    probe batch ``x = [0, 1, 0]`` with increments ``[0, 0, 1]`` to read ``b``, ``A + b`` and ``b + C``; the moments
+    then follow exactly: ``m' = A m + b``, ``v' = A^2 v + C^2``. No sampling, so weak-order fits are deterministic.
+    """
+    zeros, ones = torch.zeros_like(mean), torch.ones_like(mean)
+    probe = torch.stack([zeros, ones, zeros])
+    s = Sampler(model, probe, solver=solver, grid=grid, noise=_UnitNoise(), **solver_options)
+    _, state = s.init(probe)
+    for i in range(s.num_steps):
+        out, _ = s.step(probe, state, i)
+        b, a, c = out[0], out[1] - out[0], out[2] - out[0]
+        mean, var = a * mean + b, a * a * var + c * c
+    return mean, var
