@@ -85,6 +85,15 @@ class AnalyticDistribution:
 
         return Model(fn, schedule, prediction, **kwargs)
 
+    def _like(self, x: torch.Tensor, name: str, make):
+        """``make()`` moved to ``x``'s device and dtype, cached per (name, device, dtype): a host-to-device copy on
+        every model call would synchronise a CUDA sampling loop."""
+        key = (name, x.device, x.dtype)
+        cache = self.__dict__.setdefault("_cache", {})
+        if key not in cache:
+            cache[key] = tuple(v.to(device=x.device, dtype=x.dtype) for v in make())
+        return cache[key]
+
     def _flat(self, x: torch.Tensor) -> torch.Tensor:
         n = len(self.event_shape)
         if tuple(x.shape[x.ndim - n:]) != tuple(self.event_shape):
@@ -109,7 +118,7 @@ class PointMass(AnalyticDistribution):
         self.event_shape = self.x0_value.shape
 
     def _m(self, x):
-        return self.x0_value.to(device=x.device, dtype=x.dtype)
+        return self._like(x, "m", lambda: (self.x0_value,))[0]
 
     def _eps(self, x, a, s):
         return (x - a * self._m(x)) / s
@@ -140,7 +149,7 @@ class Gaussian(AnalyticDistribution):
         self.event_shape = self.mean.shape
 
     def _ms(self, x):
-        return self.mean.to(device=x.device, dtype=x.dtype), self.std.to(device=x.device, dtype=x.dtype)
+        return self._like(x, "ms", lambda: (self.mean, self.std))
 
     def _var_t(self, x, a, s):
         _, sd = self._ms(x)
@@ -216,10 +225,9 @@ class GaussianMixture(AnalyticDistribution):
         self.weights = (w / w.sum()).to(self.means.dtype)
 
     def _params_like(self, x):
-        kw = dict(device=x.device, dtype=x.dtype)
         k = self.means.shape[0]
-        return (self.means.reshape(k, -1).to(**kw), self.stds.reshape(k, -1).to(**kw),
-                torch.log(self.weights).to(**kw))
+        return self._like(x, "params", lambda: (self.means.reshape(k, -1), self.stds.reshape(k, -1),
+                                                torch.log(self.weights)))
 
     def _components(self, x, a, s):
         """Flattened x (B, d), per-component residuals (B, K, d), variances, and log-responsibility logits."""

@@ -161,10 +161,12 @@ class Model:
 
     def __call__(self, x: torch.Tensor, t) -> torch.Tensor:
         """Raw network output at ``(x, t)``; ``t`` is a scalar or shape ``(B,)``. Counts one NFE."""
-        t = _as_tensor(t)
-        if t.ndim == 0:
-            t = t.expand(x.shape[0])
-        t = t.to(device=x.device, dtype=x.dtype if x.is_floating_point() else t.dtype)
+        if not (isinstance(t, torch.Tensor) and t.ndim == 1 and t.dtype == x.dtype and t.device == x.device):
+            # (the sampling loop already passes a device row of the state's dtype: nothing to do then)
+            t = _as_tensor(t)
+            if t.ndim == 0:
+                t = t.expand(x.shape[0])
+            t = t.to(device=x.device, dtype=x.dtype if x.is_floating_point() else t.dtype)
         if self._time_map is not None:
             t = self._time_map(t)
         out = self.fn(x, t)
@@ -188,6 +190,8 @@ class Model:
         if self.thresholding is not None:
             x0 = self.thresholding(to_x0(out, x, alpha, sigma, self.prediction))
             return convert(x0, x, alpha, sigma, "x0", target)
+        if target == self.prediction:
+            return out
         return convert(out, x, alpha, sigma, self.prediction, target)
 
     def eps(self, x, t, alpha=None, sigma=None):

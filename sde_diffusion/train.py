@@ -190,7 +190,7 @@ def time_input_map(schedule: NoiseSchedule, kind: str = "t") -> str | Callable:
     ``"t"``: the schedule's time itself. ``"logsnr"``: ``u = (lambda_max - lambda(t))/(lambda_max - lambda_min)``,
     the half log-SNR mapped affinely onto ``[0, 1]`` (0 at ``t_min``, 1 at ``t_max``). The second spreads the
     low-noise end, where ``t`` itself changes very little while ``lambda`` changes a lot (for VP-linear,
-    ``t`` in ``[1e-3, 0.05]`` covers half of the ``lambda`` range), so that Fourier time features resolve it.
+    ``t`` in ``[1e-3, 0.05]`` covers 29% of the ``lambda`` range and ``[1e-3, 0.3]`` half of it).
     """
     if kind == "t":
         return "continuous"

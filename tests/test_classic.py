@@ -142,8 +142,12 @@ def test_pc_needs_extra_normals():
     model = gaussian_2d().model(sch)
     x = prior(sch, 2)
     z = torch.zeros((3, *x.shape), dtype=F64)
-    with pytest.raises(ValueError, match="extra independent normals"):
+    with pytest.raises(ValueError, match="independent normals besides `noise`"):
         sample(model, x, solver="pc", steps=3, noise=z)
+    # a generator supplies the corrector's normals next to a noise tensor
+    g1 = sample(model, x, solver="pc", steps=3, noise=z, generator=torch.Generator().manual_seed(3)).x
+    g2 = sample(model, x, solver="pc", steps=3, noise=z, generator=torch.Generator().manual_seed(3)).x
+    assert torch.equal(g1, g2)
     # pre-drawn extra normals make it fully reproducible
     extra = torch.randn((3, 1, *x.shape), generator=torch.Generator().manual_seed(0), dtype=F64)
     a = sample(model, x, solver="pc", steps=3, noise=TensorNoise(z, extra)).x

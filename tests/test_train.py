@@ -26,6 +26,7 @@ from sde_diffusion.train import (
     save_checkpoint,
     schedule_from_spec,
     schedule_spec,
+    time_input_map,
     train,
 )
 
@@ -124,17 +125,24 @@ def test_short_run_loss_decreases_reproducible_and_resume_is_exact(tmp_path):
 def test_load_model_rebuilds_the_ema_model(tmp_path):
     sch = VPDiscrete.from_config({"num_train_timesteps": 50, "beta_start": 1e-3, "beta_end": 0.2})
     res = train(small_net(), sch, "moons", prediction="v", checkpoint=tmp_path / "m.pt", steps=30, batch_size=64,
-                progress=False, loss="min_snr", loss_options={"gamma": 5.0})
+                progress=False, loss="min_snr", loss_options={"gamma": 5.0}, time_input="logsnr")
     model = load_model(tmp_path / "m.pt")
     assert model.prediction == "v" and isinstance(model.schedule, VPDiscrete)
+    # the network is fed u = (lambda_max - lambda(t))/(lambda_max - lambda_min): 0 at t_min, 1 at t_max
+    seen = []
+    hook = model.fn.register_forward_pre_hook(lambda mod, args: seen.append(args[1].clone()))
+    model(torch.zeros(2, 2, dtype=torch.float32), torch.tensor([sch.t_min, sch.t_max]))
+    hook.remove()
+    torch.testing.assert_close(seen[0].double(), torch.tensor([0.0, 1.0]), rtol=0, atol=1e-6)
     torch.testing.assert_close(model.schedule.alphas_cumprod, sch.alphas_cumprod, rtol=1e-14, atol=0)
     x = torch.randn(8, 2, dtype=torch.float32)
     t = torch.full((8,), 0.5)
     torch.testing.assert_close(model(x, t), res.model(x, t), rtol=0, atol=0)
     raw = load_model(tmp_path / "m.pt", ema=False)
-    torch.testing.assert_close(raw(x, t), Model(res.net, sch, "v")(x, t), rtol=0, atol=0)
+    raw_again = Model(res.net, sch, "v", time_input=time_input_map(sch, "logsnr"))
+    torch.testing.assert_close(raw(x, t), raw_again(x, t), rtol=0, atol=0)
     assert not torch.equal(raw(x, t), model(x, t))
-    # EMA is a contraction towards the trained weights: it differs from both the init and the final weights
+    # the EMA weights are an average of the iterates, not the final weights
     assert not states_equal(res.ema_net.state_dict(), res.net.state_dict())
 
 
@@ -201,36 +209,44 @@ def test_custom_callable_data_and_other_losses():
         assert sum(res.losses[-20:]) < sum(res.losses[:20])
 
 
-def ring_quality(steps: int, prediction: str):
-    """Train on the ring; return (sliced W1 of 4000 DDIM samples to fresh data, same for an untrained net,
-    the data-to-data floor, fraction of samples within 5 std of a mode, per-mode fractions)."""
-    sch = VPLinear()
-    torch.manual_seed(0)
-    net = MLPScoreNet().float()   # the defaults: hidden 128, depth 3
-    res = train(net, sch, "ring", prediction=prediction, steps=steps, batch_size=512, progress=False)
-    g = torch.Generator().manual_seed(123)
-    data = ring(4000, g, dtype=torch.float32)
-    data2 = ring(4000, g, dtype=torch.float32)
-    x_t = torch.randn(4000, 2, generator=g, dtype=torch.float32)
-    samples = ddim_sample(res.model, x_t)
-    torch.manual_seed(1)
-    untrained = ddim_sample(Model(MLPScoreNet().float(), sch, prediction), x_t)
-    mix = ring_distribution()
-    dist = torch.cdist(samples.double(), mix.means)
+def ring_metrics(model: Model, x_t: torch.Tensor, reference: torch.Tensor, data: torch.Tensor) -> dict:
+    """Distances of DDIM samples from ``x_t`` to the data: sliced W1 to fresh data; the paired distance to the
+    exact-score sampler's output from the same ``x_t`` (the deterministic PF-ODE maps should agree); the fraction of
+    samples within 5 std of a mode; the fraction of samples at each mode."""
+    samples = ddim_sample(model, x_t).double()
+    paired = (samples - reference).norm(dim=1)
+    dist = torch.cdist(samples, ring_distribution().means)
     near = dist.min(1).values < 5 * 0.05
     counts = torch.bincount(dist.argmin(1)[near], minlength=8).double() / len(samples)
-    return sliced_w1(samples, data), sliced_w1(untrained, data), sliced_w1(data2, data), float(near.double().mean()), \
-        counts
+    return dict(sw=sliced_w1(samples, data), paired_ok=float((paired < 0.25).double().mean()),
+                paired_median=float(paired.median()), near=float(near.double().mean()), counts=counts)
 
 
-@pytest.mark.slow
 def test_ring_training_produces_samples_close_to_the_data():
-    """2000 steps, batch 512, default MLP, v-prediction, L_simple (~20 s on one idle core). Measured: sliced W1 0.06
-    (data-to-data floor 0.016, untrained net 87), all samples within 5 std of a mode, modes evenly populated."""
-    sw, sw_untrained, floor, near, counts = ring_quality(2000, "v")
-    assert sw < 0.15 and sw < 0.01 * sw_untrained, (sw, sw_untrained, floor)
-    assert near > 0.95
-    assert float(counts.min()) > 0.5 / 8 * near and float(counts.max()) < 1.5 / 8 * near
+    """2000 steps of the defaults (MLPScoreNet(): width 128, depth 3; batch 512; eps-prediction; L_simple) on the
+    ring: ~20 s on one idle core. Reference: DDIM (50 logSNR-uniform steps) with the *exact* mixture score from the
+    same x_T. Measured (init seeds 0, 1, 2): 90-93% of samples within 0.25 of the exact sampler's output (median
+    0.02), 89-93% within 5 std of a mode, sliced W1 0.064-0.073 against 0.055 for the exact score (its floor: the
+    mode counts of 4000 samples fluctuate); the untrained net gives 0%, 0% and ~87."""
+    sch = VPLinear()
+    torch.manual_seed(0)
+    res = train(MLPScoreNet().float(), sch, "ring", steps=2000, batch_size=512, progress=False)
+    g = torch.Generator().manual_seed(123)
+    data = ring(4000, g, dtype=torch.float32)
+    x_t = torch.randn(4000, 2, generator=g, dtype=torch.float32)
+    exact_model = ring_distribution().model(sch, "eps")
+    reference = ddim_sample(exact_model, x_t.double())
+    exact = ring_metrics(exact_model, x_t.double(), reference, data)
+    trained = ring_metrics(res.model, x_t, reference, data)
+    torch.manual_seed(1)
+    untrained = ring_metrics(Model(MLPScoreNet().float(), sch, "eps"), x_t, reference, data)
+    assert exact["near"] == 1.0 and exact["paired_ok"] == 1.0
+    for m, ok in ((trained, True), (untrained, False)):
+        passes = m["paired_ok"] > 0.8 and m["near"] > 0.8 and m["sw"] < 2 * exact["sw"]
+        assert passes == ok, (m, exact)
+    # every mode is populated about equally (1/8 each of the samples near a mode)
+    c = trained["counts"] / trained["near"]
+    assert float(c.min()) > 0.5 / 8 and float(c.max()) < 1.5 / 8
 
 
 # ---------------------------------------------------------------------------------------------------------------------

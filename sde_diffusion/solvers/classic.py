@@ -42,6 +42,11 @@ class _PFODE(Solver):
     def options(self):
         return {"variable": self.variable}
 
+    @property
+    def exact_for_point_mass(self) -> bool:
+        """In ``sigma`` the right-hand side ``eps`` is constant along a point-mass flow, so every RK step is exact."""
+        return self.variable == "sigma"
+
     def coefficients(self, schedule, ts, base):
         return _ode_coefficients(schedule, ts, base)
 

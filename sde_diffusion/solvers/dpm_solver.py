@@ -38,7 +38,7 @@ import math
 
 import torch
 
-from ._expint import lagrange_weights, phis
+from ._expint import LONG_STEP, lagrange_weights, phis
 from .base import Solver, lincomb, register
 
 __all__ = [
@@ -66,8 +66,8 @@ LOWER_ORDER_FINAL_BELOW = 15
 #: stage nodes ``r_j`` (fractions of the step in lambda) of the singlestep methods of the paper
 STAGE_NODES = {1: (0.0,), 2: (0.0, 0.5), 3: (0.0, 1.0 / 3.0, 2.0 / 3.0)}
 #: above this ``|h|`` the weights are made to sum exactly to the frame's own ``sigma_b - ratio sigma_a`` (see
-#: :func:`combination`); the threshold of DDIM's ratio form
-_CONSISTENT_ABOVE = math.log(2.0)
+#: :func:`combination`); the threshold of DDIM's ratio form (``_expint.LONG_STEP``)
+_CONSISTENT_ABOVE = LONG_STEP
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -14,27 +14,10 @@ import math
 
 import torch
 
-from .base import Solver, register
+from ._expint import expm1_h_consistent
+from .base import Solver, host_scalars, lincomb, register
 
 __all__ = ["DDIM", "DDIMInverse", "DDPM", "ddim_coefficients"]
-
-
-#: above this ``|h|`` the factor ``e^h - 1`` is formed from the step's own ``alpha``/``sigma`` (see :func:`_expm1_h`)
-_RATIO_FORM_ABOVE = math.log(2.0)
-
-
-def _expm1_h(c: dict) -> torch.Tensor:
-    r"""``e^h - 1`` for the step, consistent with the ``alpha``/``sigma`` values the loop uses.
-
-    ``e^h = (alpha_s sigma_t)/(sigma_s alpha_t)``. For a long step the eps-form update cancels two terms of size
-    ``(alpha_s/alpha_t) |x_t|`` (about ``150 |x|`` for one VP-linear step over the whole range); the cancellation is
-    exact only if ``sigma_s e^h`` equals ``(alpha_s/alpha_t) sigma_t`` formed from the *same* floats. Taking
-    ``e^h`` from those ratios (instead of ``exp`` of the difference of two rounded half log-SNRs, each off by an
-    ulp of ``|lambda|``) cuts the round-off of a one-step point-mass solve about eightfold. For ``|h| <= log 2``
-    the ratio form would cancel in ``e^h - 1``, so ``expm1(h)`` is used there.
-    """
-    ratio_form = (c["alpha_next"] * c["sigma"]) / (c["sigma_next"] * c["alpha"]) - 1.0
-    return torch.where(c["h"].abs() > _RATIO_FORM_ABOVE, ratio_form, torch.expm1(c["h"]))
 
 
 def ddim_coefficients(c: dict, eta: float) -> dict[str, torch.Tensor]:
@@ -49,7 +32,7 @@ def ddim_coefficients(c: dict, eta: float) -> dict[str, torch.Tensor]:
     rho = -(eta**2) * torch.expm1(-2.0 * h)
     return {
         "ratio": c["alpha_next"] / c["alpha"],
-        "c_eps": -sig_s * (rho / (1.0 + torch.sqrt(1.0 - rho)) + _expm1_h(c)),
+        "c_eps": -sig_s * (rho / (1.0 + torch.sqrt(1.0 - rho)) + expm1_h_consistent(c)),
         "c_noise": sig_s * torch.sqrt(rho),
     }
 
@@ -74,6 +57,8 @@ class DDIM(Solver):
     order = 1.0
     nfe_per_step = 1
     reference = "arXiv:2010.02502"
+    #: eta = 0 integrates eps exactly when it is constant along the flow (point-mass data)
+    exact_for_point_mass = True
 
     def __init__(self, eta: float = 0.0):
         self.eta = _nonneg_float("eta", eta)
@@ -84,14 +69,15 @@ class DDIM(Solver):
         return {"eta": self.eta}
 
     def coefficients(self, schedule, ts, base):
-        return ddim_coefficients(base, self.eta)
+        c = ddim_coefficients(base, self.eta)
+        c["ratio"] = host_scalars(c["ratio"])
+        return c
 
     def step(self, model, x, state, c, noise):
         eps = model.predict(x, c.t, "eps", c.alpha, c.sigma)
-        x_next = c.ratio * x + c.c_eps * eps
         if self.stochastic:
-            x_next = x_next + c.c_noise * noise.increment(x)
-        return x_next, state
+            return lincomb(c.ratio, x, c.c_eps, eps, c.c_noise, noise.increment(x)), state
+        return lincomb(c.ratio, x, c.c_eps, eps), state
 
 
 @register("ddim_inverse")
@@ -137,11 +123,11 @@ class DDPM(Solver):
         one_minus = -torch.expm1(-2.0 * c["h"])
         std_scale = c["sigma_next"] if self.variance == "beta_tilde" else c["sigma"]
         return {
-            "c_x": c["sigma_next"] / c["sigma"] * torch.exp(-c["h"]),
+            "c_x": host_scalars(c["sigma_next"] / c["sigma"] * torch.exp(-c["h"])),
             "c_x0": c["alpha_next"] * one_minus,
             "c_noise": std_scale * torch.sqrt(one_minus),
         }
 
     def step(self, model, x, state, c, noise):
         x0 = model.predict(x, c.t, "x0", c.alpha, c.sigma)
-        return c.c_x * x + c.c_x0 * x0 + c.c_noise * noise.increment(x), state
+        return lincomb(c.c_x, x, c.c_x0, x0, c.c_noise, noise.increment(x)), state

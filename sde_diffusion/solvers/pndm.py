@@ -99,6 +99,8 @@ class _PseudoMultistep(Solver):
     ``ab_order - 1`` past noise predictions in the state (newest first)."""
 
     order = 2.0
+    #: every update is a DDIM transfer of a combination of eps values, exact when eps is constant (point mass)
+    exact_for_point_mass = True
     nfe_per_step = 1
     reference = "arXiv:2202.09778"
     #: Adams--Bashforth order of the steady state; the state keeps ``memory = ab_order - 1`` past outputs
