@@ -357,21 +357,36 @@ def _add_sample(p: argparse.ArgumentParser) -> None:
     g.add_argument("--nfe", type=int, help="NFE budget (default 10)")
     g.add_argument("--steps", type=int, help="number of steps (instead of --nfe)")
     p.add_argument("--n", type=int, default=2048, help="number of samples (default 2048)")
-    p.add_argument("--checkpoint", help="(reserved) sample a trained checkpoint instead of a built-in problem; "
-                                        "not available yet")
+    p.add_argument("--checkpoint", help="sample a checkpoint written by `sde-diffusion train` instead of a built-in "
+                                        "problem (its schedule and prediction type come from the checkpoint)")
     p.add_argument("--out", help="output folder (default ./samples-YYYYmmdd-HHMMSS)")
 
 
 def _model_source(args):
-    """``(model, x_T, problem or None)``: a built-in problem today; the place where ``--checkpoint`` will load a
-    trained score network and its schedule."""
+    """``(model, x_T, problem or None)``: a built-in problem, or with ``--checkpoint`` a trained network (its
+    schedule and prediction type are recorded in the checkpoint; ``problem`` is then ``None``)."""
     import torch
 
     from .studies.problems import get_problem
 
     if args.checkpoint:
-        raise UsageError("--checkpoint: sampling from a trained checkpoint is not available yet; "
-                         "use --problem with a built-in problem")
+        from .sdes import ForwardSDE
+        from .train import load_checkpoint, load_model
+
+        path = Path(args.checkpoint)
+        if not path.is_file():
+            raise UsageError(f"--checkpoint: no such file {str(path)!r}")
+        try:
+            state = load_checkpoint(path)
+            model = load_model(path, device=args.device, dtype=getattr(torch, args.dtype))
+        except (ValueError, RuntimeError, KeyError) as e:
+            raise UsageError(f"--checkpoint {str(path)!r}: {e}") from None
+        shape = tuple(state.get("data_shape") or ())
+        if not shape:
+            raise UsageError(f"--checkpoint {str(path)!r} records no data shape")
+        x_T = ForwardSDE(model.schedule).prior_sample((args.n, *shape), torch.Generator().manual_seed(args.seed),
+                                                      dtype=getattr(torch, args.dtype))
+        return model, x_T.to(args.device), None
     _check_problem(args)
     problem = get_problem(args.problem, args.schedule)
     x_T = problem.start(args.n, torch.Generator().manual_seed(args.seed))
@@ -385,7 +400,6 @@ def cmd_sample(args) -> int:
 
     from .sample import sample
     from .studies.convergence import _dist_metric
-    from .studies.plots import new_figure, save_figure
     from .studies.specs import steps_for_nfe
 
     if args.n < 2:
@@ -409,23 +423,123 @@ def cmd_sample(args) -> int:
                  generator=gen if solver.stochastic else None)
     wall = time.perf_counter() - t0
     x = res.x.detach().to("cpu", torch.float64)
+    out = _new_out_dir(args.out, "samples")
+    if problem is None:  # a trained checkpoint
+        name, sched = Path(args.checkpoint).name, type(model.schedule).__name__
+        torch.save({"x": x, "ts": res.ts, "nfe": res.nfe, "solver": spec.label, "checkpoint": str(args.checkpoint),
+                    "grid": args.grid, "seed": args.seed}, out / "samples.pt")
+        data, dist_text = _checkpoint_data(args, x)
+        _plot_samples(x, data, f"{name} / {sched}: {spec.label}, NFE {res.nfe}", out / "samples.png",
+                      label=spec.label)
+        print(f"{name} / {sched}: {spec.label}, {steps} steps, NFE {res.nfe}, {wall * 1e3:.1f} ms{dist_text}")
+        print(f"wrote {out / 'samples.pt'} and {out / 'samples.png'}")
+        return 0
     target = problem.target_samples(args.n, torch.Generator().manual_seed(args.seed + 2))
     metric_name, metric = _dist_metric(problem, target)
     dist = metric(x)
-    out = _new_out_dir(args.out, "samples")
     torch.save({"x": x, "ts": res.ts, "nfe": res.nfe, "solver": spec.label, "problem": problem.name,
                 "schedule": problem.schedule_name, "grid": args.grid, "seed": args.seed}, out / "samples.pt")
-    fig, axes = new_figure(size=(4.8, 4.6))
-    ax = axes[0, 0]
-    ax.scatter(target[:, 0].numpy(), target[:, 1].numpy(), s=3, color="0.75", label="exact")
-    ax.scatter(x.reshape(len(x), -1)[:, 0].numpy(), x.reshape(len(x), -1)[:, 1].numpy(), s=3, color="C3",
-               label=spec.label)
-    ax.set_title(f"{problem.name} / {problem.schedule_name}: {spec.label}, NFE {res.nfe}", fontsize=9)
-    ax.legend(fontsize=7, markerscale=3)
-    save_figure(fig, out / "samples.png")
+    _plot_samples(x, target, f"{problem.name} / {problem.schedule_name}: {spec.label}, NFE {res.nfe}",
+                  out / "samples.png", label=spec.label)
     print(f"{problem.name} / {problem.schedule_name}: {spec.label}, {steps} steps, NFE {res.nfe}, "
           f"{wall * 1e3:.1f} ms; {metric_name} to exact samples {dist:.3e}")
     print(f"wrote {out / 'samples.pt'} and {out / 'samples.png'}")
+    return 0
+
+
+def _checkpoint_data(args, x):
+    """Fresh samples of the checkpoint's training data (2-D sets) and a text with the sliced W2 distance of ``x``
+    to them, or ``(None, "")`` for image data."""
+    import torch
+
+    from .data import get_dataset
+    from .studies.metrics import sliced_w2
+    from .train import load_checkpoint
+
+    state = load_checkpoint(args.checkpoint)
+    if not state.get("data") or len(state.get("data_shape") or ()) != 1:
+        return None, ""
+    sampler = get_dataset(state["data"], **state.get("data_options", {}))
+    data = sampler(len(x), torch.Generator().manual_seed(args.seed + 2)).to(torch.float64)
+    return data, f"; sliced W2 to fresh {state['data']} data {sliced_w2(x, data):.3e}"
+
+
+def _plot_samples(x, target, title: str, path: Path, label: str = "samples") -> None:
+    """Scatter of the first two coordinates (2-D data), or a grid of the first images (image data)."""
+    from .studies.plots import new_figure, save_figure
+
+    if x.ndim == 4:  # images (B, C, H, W): a grid of up to 8 x 8
+        k = min(8, int(len(x) ** 0.5))
+        fig, axes = new_figure(nrows=k, ncols=k, size=(1.0 * k, 1.0 * k))
+        for i, ax in enumerate(axes.flat):
+            ax.imshow(x[i, 0].clamp(-1, 1).numpy(), cmap="gray", vmin=-1, vmax=1)
+            ax.set_axis_off()
+        fig.suptitle(title, fontsize=8)
+        save_figure(fig, path)
+        return
+    fig, axes = new_figure(size=(4.8, 4.6))
+    ax = axes[0, 0]
+    flat = x.reshape(len(x), -1)
+    if target is not None:
+        ax.scatter(target[:, 0].numpy(), target[:, 1].numpy(), s=3, color="0.75", label="exact")
+    ax.scatter(flat[:, 0].numpy(), flat[:, 1].numpy(), s=3, color="C3", label=label)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, markerscale=3)
+    save_figure(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# train
+# ---------------------------------------------------------------------------------------------------------------------
+
+def _add_train(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default="ring", help="data set: ring | two_moons | swiss_roll | checkerboard | shapes "
+                                                  "| digits (default ring)")
+    p.add_argument("--steps", type=int, default=2000, help="optimizer steps (default 2000)")
+    p.add_argument("--out", default="run", help="output folder; the checkpoint is OUT/ckpt.pt (default ./run)")
+    p.add_argument("--schedule", default="vp-linear", help="vp-linear | vp-cosine | vp-discrete | ve | edm")
+    p.add_argument("--prediction", default="eps", choices=["eps", "x0", "v", "score"])
+    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints (0: only at the end)")
+    p.add_argument("--no-resume", action="store_true", help="start afresh even if OUT/ckpt.pt exists")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (mixed precision on cuda)")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (it only shows on a terminal)")
+
+
+def cmd_train(args) -> int:
+    """Train a score network (an MLP for 2-D data, a small UNet for images) and write OUT/ckpt.pt."""
+    import torch
+
+    from .data import DATASETS
+    from .nets import MLPScoreNet, UNet
+    from .studies.problems import SCHEDULES, get_schedule
+    from .train import train
+
+    _setup_torch(args)
+    _check_choice("data set", args.data, sorted(DATASETS))
+    _check_choice("schedule", args.schedule, list(SCHEDULES))
+    for name in ("steps", "batch_size"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be a positive integer")
+    if not args.lr > 0:
+        raise UsageError("--lr must be positive")
+    torch.manual_seed(args.seed)
+    images = args.data in ("shapes", "digits")
+    net = UNet(in_channels=1) if images else MLPScoreNet(dim=2)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    res = train(net.to(torch.float32), get_schedule(args.schedule), args.data, prediction=args.prediction,
+                checkpoint=out / "ckpt.pt", resume=not args.no_resume, device=args.device,
+                progress=_progress(args), steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                seed=args.seed, checkpoint_every=args.checkpoint_every)
+    tail = res.losses[-min(100, len(res.losses)):]
+    print(f"trained {args.data} for {res.step} steps in {time.perf_counter() - t0:.1f} s; "
+          f"mean loss of the last {len(tail)} steps {sum(tail) / max(len(tail), 1):.4f}")
+    print(f"wrote {res.checkpoint}")
     return 0
 
 
@@ -483,7 +597,9 @@ COMMANDS: dict[str, tuple[Callable, Callable, str]] = {
     "schedules": (_add_schedules, cmd_schedules, "table of the built-in noise schedules"),
     "solvers": (_add_solvers, cmd_solvers, "registered solvers with order, NFE per step, stochasticity, reference"),
     "study": (_add_study, cmd_study, "convergence and order studies; writes study.json and study.png"),
-    "sample": (_add_sample, cmd_sample, "sample a built-in problem with one solver; writes samples.pt/.png"),
+    "sample": (_add_sample, cmd_sample, "sample a built-in problem or a trained checkpoint with one solver; writes "
+                                        "samples.pt/.png"),
+    "train": (_add_train, cmd_train, "train a score network on a synthetic data set; writes OUT/ckpt.pt"),
     "optimise-grid": (_add_optimise_grid, cmd_optimise_grid, "optimise the time grid of a solver at an NFE budget"),
 }
 _ALIASES = {"optimise-grid": ["optimize-grid"]}

@@ -462,7 +462,8 @@ def vlb(model: Model, x0: torch.Tensor, *, variance: str = "beta", estimator: st
       used). ``mu_theta(x_1, 1) = x0_hat(x_1)`` since ``alpha_bar_0 = 1``.
 
     So ``L_vlb = L_T + sum_k (d const_k + w_k E||eps_hat - eps||^2)`` (see :class:`VLBCoefficients`): ``L_simple``
-    is this bound with the weights ``w_k`` replaced by a constant and the constants dropped.
+    is this bound with the weights ``w_k`` replaced by a constant and the constants dropped. The bound always covers
+    the whole chain ``k = 1..N``; the schedule's ``t_min``/``t_max`` are not used.
 
     Args:
         model: network on a :class:`~sde_diffusion.schedules.VPDiscrete` schedule (evaluated at ``t = k/N``).

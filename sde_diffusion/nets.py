@@ -73,11 +73,21 @@ def _time_vector(t, x: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def _compute_dtype(x: torch.Tensor, module: nn.Module) -> torch.dtype:
-    """The dtype activations will have (autocast's when it is on)."""
-    if x.device.type in ("cuda", "cpu") and torch.is_autocast_enabled(x.device.type):
-        return torch.get_autocast_dtype(x.device.type)
-    return next(module.parameters()).dtype
+def _autocast_enabled(x: torch.Tensor) -> bool:
+    try:
+        return torch.is_autocast_enabled(x.device.type)
+    except TypeError:  # torch < 2.4 has no device-type argument
+        return torch.is_autocast_enabled() if x.device.type == "cuda" else False
+
+
+def _compute_dtype(x: torch.Tensor, module: nn.Module) -> tuple[bool, torch.dtype]:
+    """Whether autocast is on for ``x``'s device, and the dtype the activations will have."""
+    if _autocast_enabled(x):
+        try:
+            return True, torch.get_autocast_dtype(x.device.type)
+        except AttributeError:  # torch < 2.4
+            return True, torch.get_autocast_gpu_dtype()
+    return False, next(module.parameters()).dtype
 
 
 class _MLPBlock(nn.Module):
@@ -127,9 +137,9 @@ class MLPScoreNet(nn.Module):
         flat = x.reshape(b, -1)
         if flat.shape[1] != self.dim:
             raise ValueError(f"x has {flat.shape[1]} features per sample, the network expects {self.dim}")
-        dtype = _compute_dtype(x, self)
+        autocast, dtype = _compute_dtype(x, self)
         e = self.time_mlp(self.time(_time_vector(t, x), dtype))
-        h = self.inp(flat.to(dtype) if not torch.is_autocast_enabled(x.device.type) else flat)
+        h = self.inp(flat if autocast else flat.to(dtype))
         for block in self.blocks:
             h = block(h, e)
         return self.out(F.silu(self.out_norm(h))).reshape(x.shape).to(x.dtype)
@@ -262,9 +272,9 @@ class UNet(nn.Module):
         factor = 2 ** (self.levels - 1)
         if x.shape[-1] % factor or x.shape[-2] % factor:
             raise ValueError(f"H and W must be divisible by {factor}, got {tuple(x.shape[-2:])}")
-        dtype = _compute_dtype(x, self)
+        autocast, dtype = _compute_dtype(x, self)
         e = self.time_mlp(self.time(_time_vector(t, x), dtype))
-        h = self.conv_in(x.to(dtype) if not torch.is_autocast_enabled(x.device.type) else x)
+        h = self.conv_in(x if autocast else x.to(dtype))
         skips = [h]
         for level in self.down:
             for block in level["blocks"]:

@@ -512,8 +512,10 @@ class VPDiscrete(VPSchedule):
         return -torch.expm1(la - prev)
 
     def _segment(self, t: torch.Tensor) -> torch.Tensor:
-        # segment k covers [t_k, t_{k+1}], k = 0..N-2 (clamped so the end points use the outer segments)
-        k = torch.floor(t * self.num_steps).to(torch.long) - 1
+        # segment k covers [t_k, t_{k+1}), k = 0..N-2 (clamped so the end points use the outer segments); found by
+        # searching the grid itself, so a time one ulp below a knot is never put to its right
+        grid = self._t_grid.to(device=t.device, dtype=t.dtype)
+        k = torch.searchsorted(grid, t.contiguous(), right=True) - 1
         return torch.clamp(k, 0, self.num_steps - 2)
 
     def _log_alpha(self, t):

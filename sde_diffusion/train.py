@@ -390,6 +390,9 @@ def train(net: nn.Module, schedule: NoiseSchedule, data: str | Callable, *, pred
 
     model = Model(net, schedule, prediction, time_input=time_map)
     data_name = data if isinstance(data, str) else None
+    # the shape of one data point, for samplers of the checkpoint (drawn with its own generator: the training
+    # stream is untouched)
+    data_shape = list(sampler(1, torch.Generator(device=gen.device).manual_seed(0)).shape[1:])
 
     def make_state() -> dict[str, Any]:
         return {
@@ -410,6 +413,7 @@ def train(net: nn.Module, schedule: NoiseSchedule, data: str | Callable, *, pred
             "net_config": getattr(net, "config", None),
             "data": data_name,
             "data_options": dict(data_options or {}),
+            "data_shape": data_shape,
         }
 
     last = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps

@@ -138,3 +138,20 @@ def test_build_net_registry():
     torch.testing.assert_close(again.time.freqs, net.time.freqs)
     with pytest.raises(ValueError):
         build_net("Nope", {})
+
+
+def test_autocast_on_cpu():
+    """Under torch.autocast the networks run in the autocast dtype and return the input's dtype."""
+    torch.manual_seed(0)
+    mlp = MLPScoreNet(dim=2, hidden=16, depth=1, embed_dim=8).float()
+    unet = randomise(UNet(**CONFIGS["16x16"][0]).float())
+    cases = ((mlp, torch.randn(4, 2, dtype=torch.float32)), (unet, torch.randn(2, 1, 16, 16, dtype=torch.float32)))
+    for net, x in cases:
+        t = torch.rand(x.shape[0], dtype=torch.float32)
+        with torch.no_grad():
+            ref = net(x, t)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            out = net(x, t)
+        assert out.dtype == torch.float32
+        # bfloat16 keeps ~3 significant digits
+        assert float((out - ref).abs().max()) < 0.05 * float(ref.abs().max()) + 1e-3
