@@ -188,7 +188,7 @@ def diffusers_configs(schedule: str, quick: bool = False) -> list[DiffusersConfi
         out += [_dc("DPMSolverMultistepScheduler", g, "x0" if f == "zero" else "state", algorithm_type=a,
                     solver_order=o, solver_type=st, final_sigmas_type=f, lower_order_final=lof, **kw)
                 for a in ("dpmsolver++", "dpmsolver") for o in (2, 3) for st in ("midpoint", "heun")
-                for f, lof in _FINALS]
+                for f, lof in _FINALS if not (a == "dpmsolver" and f == "zero")]  # diffusers refuses that pair
     for g, kw in [("linspace", {})] + _vp_grids("karras", "exponential"):
         out += [_dc("DPMSolverSinglestepScheduler", g, "x0" if f == "zero" else "state", algorithm_type=a,
                     solver_order=o, solver_type=st, final_sigmas_type=f, lower_order_final=lof, **kw)
@@ -218,7 +218,7 @@ class Settings:
     nfe: tuple = (5, 10, 20, 50)
     target_nfe: tuple = (10, 20)
     grids: tuple = GRIDS
-    batch: tuple = (("ring", 256), ("gmm64", 64))
+    batch: tuple = (("ring", 512), ("gmm64", 128))
     rtol: float = 1e-10
     seed: int = 0
     ours: tuple = field(default_factory=lambda: tuple(our_configs()))
@@ -382,6 +382,7 @@ def run_precision(problem: Problem, x_T: torch.Tensor, ref: dict, settings: Sett
                 out.append(dict(problem=problem.name, schedule=problem.schedule_name, config=spec.label,
                                 grid=settings.precision_grid, nfe_budget=budget, nfe=res.nfe, model_dtype=name,
                                 state_dtype="float32", error_vs_float64=rms_error(res.x, res64.x),
+                                median_vs_float64=median_error(res.x, res64.x),
                                 solver_error=rms_error(res64.x, target)))
     return out
 
@@ -675,17 +676,22 @@ def _short(r: dict | None) -> dict | None:
                                   "state_dtype", "default_dtype") if k in r}
 
 
-def rank_ours(runs: list[dict], cells, output: str, nfes) -> list[dict]:
-    """Our (config, grid) pairs ranked by the geometric mean over ``cells x nfes`` of ``error / best error of ours
-    in that cell`` (1 = best everywhere); a pair missing a cell is not ranked."""
-    best = best_runs(runs, "ours")
+def rank_ours(runs: list[dict], cells, output: str, nfes, metric: str = "error") -> list[dict]:
+    """Our (config, grid) pairs ranked by the geometric mean over ``cells x nfes`` of ``metric / best metric of ours
+    in that cell`` (1 = best everywhere; ``metric`` is ``"error"`` (RMS) or ``"error_median"``); a pair missing a
+    cell is not ranked."""
+    best: dict = {}
+    for r in runs:
+        if r["library"] == "ours" and r["output"] == output and _ok(r):
+            k = (r["problem"], r["schedule"], output, r["nfe_budget"])
+            best[k] = min(best.get(k, math.inf), r[metric])
     ratios: dict = defaultdict(dict)
     for r in runs:
         if r["library"] != "ours" or r["output"] != output or r["nfe_budget"] not in nfes:
             continue
         k = (r["problem"], r["schedule"], output, r["nfe_budget"])
         if k in best:
-            ratios[(r["config"], r["grid"])][k] = r["error"] / best[k]["error"] if _ok(r) else math.inf
+            ratios[(r["config"], r["grid"])][k] = r[metric] / best[k] if _ok(r) else math.inf
     need = {(p, s, output, n) for p, s in cells for n in nfes}
     rows = [{"config": c, "grid": g, "regret": _geo(v.values()) if all(math.isfinite(x) for x in v.values())
              else math.inf, "worst": max(v.values())} for (c, g), v in ratios.items() if need <= set(v)]
@@ -724,32 +730,69 @@ def grid_wins(runs: list[dict]) -> list[dict]:
             for (s, n), c in sorted(count.items())]
 
 
+#: diffusers' out-of-the-box choice: ``DPMSolverMultistepScheduler()`` (DPM-Solver++(2M), midpoint, "linspace",
+#: ``final_sigmas_type="zero"``, ``lower_order_final=True``)
+DIFFUSERS_DEFAULT = _dc("DPMSolverMultistepScheduler", "linspace", "x0", algorithm_type="dpmsolver++", solver_order=2,
+                        solver_type="midpoint", final_sigmas_type="zero", lower_order_final=True,
+                        timestep_spacing="linspace")
+
+
+def _lookup(runs: list[dict], library: str, config: str, grid: str) -> dict:
+    return {(r["problem"], r["schedule"], r["output"], r["nfe_budget"]): r for r in runs
+            if r["library"] == library and r["config"] == config and r["grid"] == grid}
+
+
+def failures(runs: list[dict]) -> list[dict]:
+    """Failed (non-finite or raising) runs grouped by library, family, grid and final-step option."""
+    count: dict = defaultdict(lambda: [0, set(), ""])
+    for r in runs:
+        if r.get("failed"):
+            final = next((f for f in ("final_sigmas_type=zero", "final_sigmas_type=sigma_min") if f in r["config"]),
+                         "")
+            c = count[(r["library"], r["family"], r["grid"], final)]
+            c[0] += 1
+            c[1].add(r["nfe_budget"])
+            c[2] = r["failed"][:80]
+    return [{"library": k[0], "family": k[1], "grid": k[2], "final": k[3], "runs": v[0], "nfe": sorted(v[1]),
+             "reason": v[2]} for k, v in sorted(count.items())]
+
+
 def summarise(result: dict) -> dict:
     runs, settings = result["runs"], result["settings"]
     ours, theirs = best_runs(runs, "ours"), best_runs(runs, "diffusers")
+    cells = _cells(result)
+    ranking = {out: {"target_nfe": rank_ours(runs, cells, out, settings["target_nfe"])[:15],
+                     "target_nfe_median": rank_ours(runs, cells, out, settings["target_nfe"], "error_median")[:8],
+                     **{f"nfe_{n}": rank_ours(runs, cells, out, (n,))[:5] for n in settings["nfe"]}}
+               for out in ("state", "x0")}
+    top = ranking["state"]["target_nfe"][0] if ranking["state"]["target_nfe"] else None
+    top_runs = _lookup(runs, "ours", top["config"], top["grid"]) if top else {}
+    dd_runs = _lookup(runs, "diffusers", DIFFUSERS_DEFAULT.label, DIFFUSERS_DEFAULT.grid)
     head = []
-    for p, s in _cells(result):
+    for p, s in cells:
         for output in ("state", "x0"):
             for n in settings["nfe"]:
                 k = (p, s, output, n)
-                o, d = ours.get(k), theirs.get(k)
+                o, d, t, dd = ours.get(k), theirs.get(k), top_runs.get(k), dd_runs.get(k)
                 ratio = o["error"] / d["error"] if o and d else None
                 head.append({"problem": p, "schedule": s, "output": output, "nfe": n, "ours": _short(o),
                              "diffusers": _short(d), "ratio": ratio,
                              "target_met": (ratio <= 0.5) if ratio is not None and n in settings["target_nfe"]
-                             else None})
-    cells = _cells(result)
+                             else None,
+                             "top_ranked": _short(t) if t and _ok(t) else None,
+                             "top_ranked_ratio": t["error"] / d["error"] if t and _ok(t) and d else None,
+                             "diffusers_default": _short(dd) if dd and _ok(dd) else None})
     target = [h for h in head if h["target_met"] is not None]
     return {
         "headline": head,
         "target": {"criterion": "best of ours <= 0.5 x best of diffusers at NFE in target_nfe, per problem, "
                                 "schedule and output", "cells": len(target),
                    "met": sum(bool(h["target_met"]) for h in target)},
-        "ranking": {out: {"target_nfe": rank_ours(runs, cells, out, settings["target_nfe"])[:15],
-                          **{f"nfe_{n}": rank_ours(runs, cells, out, (n,))[:5] for n in settings["nfe"]}}
-                    for out in ("state", "x0")},
+        "ranking": ranking,
+        "top_ranked": top,
         "lower_order_final": lof_effect(runs),
         "grid_wins": grid_wins(runs),
+        "failures": failures(runs),
     }
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ._ops import axpy
 from .schedules import NoiseSchedule, VPDiscrete, _as_tensor
 
 __all__ = [
@@ -46,7 +47,8 @@ def to_eps(out, x, alpha, sigma, kind: str):
     if kind == "eps":
         return out
     if kind == "x0":
-        return (x - alpha * out) / sigma
+        # subtract first (one fused kernel), then divide in place: exact cancellation when x ~ alpha x0 (small sigma)
+        return axpy(x, -alpha, out).div_(sigma)
     if kind == "v":
         return (sigma * x + alpha * out) / (alpha * alpha + sigma * sigma)
     if kind == "score":
@@ -59,7 +61,7 @@ def to_x0(out, x, alpha, sigma, kind: str):
     if kind == "x0":
         return out
     if kind == "eps":
-        return (x - sigma * out) / alpha
+        return axpy(x, -sigma, out).div_(alpha)  # subtract first (see to_eps)
     if kind == "v":
         return (alpha * x - sigma * out) / (alpha * alpha + sigma * sigma)
     if kind == "score":

@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from .._ops import lincomb
 from ..models import Model
 from ..schedules import NoiseSchedule
 
@@ -156,30 +157,6 @@ def base_coefficients(schedule: NoiseSchedule, ts: torch.Tensor) -> dict[str, to
         "sigma": torch.exp(log_s[:-1]), "sigma_next": torch.exp(log_s[1:]),
         "lam": lam[:-1], "lam_next": lam[1:], "h": lam[1:] - lam[:-1],
     }
-
-
-def lincomb(a, x: torch.Tensor, *pairs) -> torch.Tensor:
-    """``a x + w_0 y_0 + w_1 y_1 + ...`` for ``pairs = (w_0, y_0, w_1, y_1, ...)`` in ``1 + len(pairs)/2`` kernels.
-
-    The hot path of every linear update in the loop: one allocating multiply, then in-place accumulation
-    (``add_(y, alpha=w)`` for a Python float ``w`` of a shared grid, ``addcmul_(w, y)`` for a per-sample coefficient
-    tensor of shape ``(B, 1, ..., 1)``). ``a`` may be a float or such a tensor; ``a == 1.0`` (VE schedules) skips
-    the multiply. Only the fresh result is written in place, so inputs, trajectories and autograd are unaffected.
-    """
-    tensor = torch.Tensor
-    if pairs and not isinstance(a, tensor) and a == 1.0:
-        w, y = pairs[0], pairs[1]
-        out = torch.addcmul(x, w, y) if isinstance(w, tensor) else torch.add(x, y, alpha=w)
-        pairs = pairs[2:]
-    else:
-        out = torch.mul(x, a)
-    for i in range(0, len(pairs), 2):
-        w = pairs[i]
-        if isinstance(w, tensor):
-            out.addcmul_(w, pairs[i + 1])
-        else:
-            out.add_(pairs[i + 1], alpha=w)
-    return out
 
 
 class HostScalars:

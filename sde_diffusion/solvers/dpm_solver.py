@@ -39,7 +39,7 @@ import math
 import torch
 
 from ._expint import LONG_STEP, lagrange_weights, phis
-from .base import Solver, lincomb, register
+from .base import Solver, host_scalars, lincomb, register
 
 __all__ = [
     "DPMSolver",
@@ -260,7 +260,7 @@ def _multistep_table(sign, variant, orders, lam, la, ls, eta=0.0) -> dict:
         ratio_full[idx] = ratio
         for j in range(k):
             ws[j][idx] = c[..., j]
-    table["ratio"] = ratio_full
+    table["ratio"] = host_scalars(ratio_full)
     table.update({f"w{j}": w for j, w in enumerate(ws)})
     return table
 
@@ -387,6 +387,11 @@ def run_singlestep_stages(model, x, c, kind: str, k: int, first: torch.Tensor | 
 
 def final_update(c, x, outs, k: int, suffix: str = "") -> torch.Tensor:
     """The final combination ``ratio x + sum_m w_m out_m`` of a step (``suffix="_low"``: the embedded solution)."""
+    if not suffix:  # the hot path: plain attribute access
+        if k == 1:
+            return lincomb(c.ratio, x, c.w0, outs[0])
+        if k == 2:
+            return lincomb(c.ratio, x, c.w0, outs[0], c.w1, outs[1])
     return _combine(getattr(c, f"ratio{suffix}"), x, [getattr(c, f"w{suffix}{m}") for m in range(k)], outs)
 
 

@@ -1,0 +1,147 @@
+"""The accuracy benchmark (benchmarks/accuracy.py): the --quick run writes a well-formed JSON/markdown pair whose
+summary follows from its runs, and the harness feeds diffusers exactly our problem (same times, same network): on a
+grid both can express, diffusers' schedulers and the equivalent solver of ours agree to float32 round-off."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sde_diffusion import sample
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def acc():
+    spec = importlib.util.spec_from_file_location("accuracy_benchmark", ROOT / "benchmarks" / "accuracy.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def quick(acc, tmp_path_factory):
+    out = tmp_path_factory.mktemp("accuracy")
+    acc.main(["--quick", "--out", str(out)])
+    torch.set_default_dtype(torch.float64)
+    return out, json.loads((out / "accuracy.json").read_text()), (out / "accuracy.md").read_text()
+
+
+RUN_KEYS = {"library", "problem", "schedule", "config", "family", "grid", "output", "nfe_budget", "nfe", "steps",
+            "t_start", "t_end", "eligible", "error", "error_median"}
+
+
+def test_quick_run_schema(acc, quick):
+    _, res, md = quick
+    assert res["schema_version"] == acc.SCHEMA_VERSION and res["kind"] == acc.KIND
+    assert res["settings"]["quick"] is True and res["timing"]["total_s"] > 0
+    assert {(p["problem"], p["schedule"]) for p in res["problems"]} == {("ring", "vp-discrete"), ("ring", "edm")}
+    for p in res["problems"]:
+        assert 0 <= p["reference"]["error_estimate"] < 1e-6 and p["reference"]["rtol"] == 1e-10
+    libs = {r["library"] for r in res["runs"]}
+    assert "ours" in libs
+    for r in res["runs"]:
+        assert RUN_KEYS <= set(r), set(r) ^ RUN_KEYS
+        assert r["output"] in ("state", "x0") and r["nfe"] <= r["nfe_budget"]
+        assert r["error"] is not None and math.isfinite(r["error"]) and r["error"] > 0
+        if r["library"] == "ours":
+            assert r["t_end"] == (0.001 if r["schedule"] == "vp-discrete" else 0.002)
+    if acc.diffusers_version() is not None:
+        assert "diffusers" in libs and res["environment"]["vp_table_matches_diffusers"] is True
+    for p in res["precision"]:
+        assert p["model_dtype"] in acc.MODEL_DTYPES and p["error_vs_float64"] >= 0
+    assert "# Accuracy benchmark" in md and "Best of ours vs best of diffusers" in md
+
+
+def test_quick_summary_follows_from_runs(quick):
+    _, res, _ = quick
+    for h in res["summary"]["headline"]:
+        cell = [r for r in res["runs"] if (r["problem"], r["schedule"], r["output"], r["nfe_budget"]) ==
+                (h["problem"], h["schedule"], h["output"], h["nfe"]) and r["eligible"]]
+        ours = min(r["error"] for r in cell if r["library"] == "ours")
+        assert h["ours"]["error"] == ours
+        theirs = [r["error"] for r in cell if r["library"] == "diffusers"]
+        if theirs:
+            assert h["diffusers"]["error"] == min(theirs)
+            assert h["ratio"] == pytest.approx(ours / min(theirs))
+            assert h["target_met"] == (h["ratio"] <= 0.5)
+    top = res["summary"]["ranking"]["state"]["target_nfe"][0]
+    assert top["regret"] == pytest.approx(1.0) or top["regret"] >= 1.0
+
+
+def test_x0_output_is_denoised_state(acc):
+    """Our x0 record at budget n is the exact denoising of the n - 1 run: NFE n, and with a point mass (every
+    exponential integrator exact, the data prediction constant) the error is round-off."""
+    settings = acc.Settings(problems=("ring",), nfe=(6,), grids=("logsnr",), batch=(("ring", 8),), ours=("ddim",))
+    p = acc.make_problem("ring", "vp-discrete")
+    x_T = acc.start_states(p, 8, 0)
+    ref, _ = acc.reference(p, x_T, [], 1e-10)
+    runs = acc.run_ours(p, x_T, ref, settings)
+    by = {r["output"]: r for r in runs}
+    assert by["state"]["nfe"] == 6 and by["x0"]["nfe"] == 6 and by["x0"]["steps"] == 5
+    ddim5 = sample(p.model(), x_T, solver="ddim", steps=5, grid="logsnr").x
+    want = acc.rms_error(acc.denoise(p, ddim5, p.t_end), acc.denoise(p, ref[acc._key(p.t_end)], p.t_end))
+    assert by["x0"]["error"] == pytest.approx(want, rel=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the harness against diffusers
+# ---------------------------------------------------------------------------------------------------------------------
+
+def _diffusers_grid(acc, cfg, plan, problem):
+    sched = acc._make_scheduler(cfg)
+    with acc._quiet():
+        sched.set_timesteps(plan.steps)
+    if cfg.space == "edm":
+        ts = [acc._snap(float(s), problem) for s in sched.sigmas[:-1]]
+    else:
+        ts = [(float(k) + 1) / acc.N_TRAIN for k in sched.timesteps] + [problem.t_end]
+    ts = torch.tensor(ts, dtype=torch.float64)
+    return ts[:-1] if ts[-1] == ts[-2] else ts  # diffusers' sigma_min step from sigma_min to itself is a no-op
+
+
+PARITY = [
+    ("vp-discrete", dict(cls="DPMSolverMultistepScheduler", grid="trailing", output="state", space="vp",
+                         kwargs=dict(timestep_spacing="trailing", solver_order=2, final_sigmas_type="sigma_min")),
+     dict(solver="dpm_solver++", order=2)),
+    ("vp-discrete", dict(cls="UniPCMultistepScheduler", grid="trailing", output="state", space="vp",
+                         kwargs=dict(timestep_spacing="trailing", solver_order=3, final_sigmas_type="sigma_min")),
+     dict(solver="unipc", order=3, lower_order_final=True)),
+    ("vp-discrete", dict(cls="EulerDiscreteScheduler", grid="trailing", output="state", space="ve",
+                         kwargs=dict(timestep_spacing="trailing", final_sigmas_type="sigma_min")),
+     dict(solver="ddim")),
+    ("edm", dict(cls="EDMDPMSolverMultistepScheduler", grid="karras", output="state", space="edm",
+                 kwargs=dict(solver_order=2, final_sigmas_type="sigma_min")),
+     dict(solver="dpm_solver++", order=2, lower_order_final=False)),
+    ("edm", dict(cls="EDMEulerScheduler", grid="karras", output="state", space="edm",
+                 kwargs=dict(final_sigmas_type="sigma_min")),
+     dict(solver="ddim")),
+]
+
+
+@pytest.mark.parametrize("schedule,cfg,ours", PARITY, ids=[c["cls"] for _, c, _ in PARITY])
+def test_harness_matches_our_equivalent_solver(acc, schedule, cfg, ours):
+    """diffusers through the harness (time mapping, VE scaling, EDM preconditioning inverted) equals our solver on
+    diffusers' own grid to float32 round-off: the problem fed to diffusers is ours."""
+    pytest.importorskip("diffusers")
+    cfg = acc.DiffusersConfig(cfg["cls"], tuple(cfg["kwargs"].items()), cfg["grid"], cfg["output"], cfg["space"])
+    p = acc.make_problem("ring", schedule)
+    x_T = acc.start_states(p, 16, 1)
+    plan = acc.plan_diffusers(cfg, 10, p)
+    assert plan.at_t_min and plan.nfe == 10
+    x0 = x_T if plan.t_start == p.t_start else None
+    assert x0 is not None
+    dtype = torch.float32 if cfg.cls.startswith("UniPC") else torch.float64  # see run_diffusers_one
+    with acc._default_dtype(dtype):
+        theirs = acc._diffusers_loop(plan, p, x0)
+    mine = sample(p.model(), x0, grid=_diffusers_grid(acc, cfg, plan, p), **ours).x
+    scale = float(mine.abs().max())
+    assert float((theirs - mine).abs().max()) < 2e-6 * max(scale, 1.0)
