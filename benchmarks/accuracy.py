@@ -814,77 +814,115 @@ def _cfg(r: dict | None) -> str:
     return f"`{r['config']}` @ {r['grid']}"
 
 
-def to_markdown(result: dict) -> str:
-    s, env, summ = result["settings"], result["environment"], result["summary"]
-    lines = ["# Accuracy benchmark", "",
-             f"Command: `{result.get('command', 'python benchmarks/accuracy.py')}` -- {result['timing']['total_s']:.0f} s "
-             f"({env['jobs']} processes, {env['cpus']} CPUs), torch {env['torch']}, diffusers {env['diffusers']}.", "",
-             f"Target: {summ['target']['criterion']} -- met in **{summ['target']['met']} of "
-             f"{summ['target']['cells']}** cells.", ""]
-    lines += ["## Problems and references", "", "| problem | schedule | dim | batch | t_start -> t_end | reference "
-              "(dopri5) NFE | reference error estimate |", "|---|---|---|---|---|---|---|"]
-    for p in result["problems"]:
-        ref = p["reference"]
-        lines.append(f"| {p['problem']} | {p['schedule']} | {p['dim']} | {p['n']} | {p['t_start']:g} -> "
-                     f"{p['t_end']:g} | {ref['nfe']} | {_e(ref['error_estimate'])} |")
-    lines += ["", "## Best of ours vs best of diffusers", "",
-              "RMS error at the common end time (``state``: the state at ``t_min``; ``x0``: the data prediction at "
-              "``t_min``); ratio = ours / diffusers (target <= 0.5 at NFE " +
-              ", ".join(map(str, s["target_nfe"])) + "); median = median over the batch of the per-sample RMS.", "",
-              "| problem | schedule | output | NFE | ours: best (error, median) | diffusers: best (error, median) | "
-              "ratio | target |", "|---|---|---|---|---|---|---|---|"]
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + \
+        ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+
+
+def _md_head(result: dict) -> list[str]:
+    s, summ = result["settings"], result["summary"]
+    top = summ["top_ranked"]
+    lines = ["## Best of ours vs best of diffusers", "",
+             "RMS error at the common end time (`state`: the state at `t_min`; `x0`: the data prediction at `t_min`), "
+             "median over the batch in parentheses; ratio = ours / diffusers, target <= 0.5 at NFE "
+             + ", ".join(map(str, s["target_nfe"])) + "."
+             + (f" Top-ranked = our top-ranked configuration (`{top['config']}` @ {top['grid']}, see the ranking), "
+                "its error and its ratio to diffusers' best." if top else "")
+             + f" diffusers default = `{DIFFUSERS_DEFAULT.label}` (an `x0` configuration).", ""]
+    rows = []
     for h in summ["headline"]:
-        o, d = h["ours"], h["diffusers"]
-        tm = {True: "met", False: "**not met**", None: ""}[h["target_met"]]
-        lines.append(f"| {h['problem']} | {h['schedule']} | {h['output']} | {h['nfe']} | {_cfg(o)}: "
-                     f"{_e(o and o['error'])} ({_e(o and o['error_median'])}) | {_cfg(d)}: {_e(d and d['error'])} "
-                     f"({_e(d and d['error_median'])}) | {_ratio(h['ratio'])} | {tm} |")
+        o, d, t, dd = h["ours"], h["diffusers"], h["top_ranked"], h["diffusers_default"]
+        rows.append([h["problem"], h["schedule"], h["output"], h["nfe"],
+                     f"{_cfg(o)}: {_e(o and o['error'])} ({_e(o and o['error_median'])})",
+                     f"{_cfg(d)}: {_e(d and d['error'])} ({_e(d and d['error_median'])})", _ratio(h["ratio"]),
+                     {True: "met", False: "**not met**", None: ""}[h["target_met"]],
+                     f"{_e(t and t['error'])} ({_ratio(h['top_ranked_ratio'])})", _e(dd and dd["error"])])
+    return lines + _table(["problem", "schedule", "output", "NFE", "ours: best (error, median)",
+                           "diffusers: best (error, median)", "ratio", "target", "top-ranked (ratio)",
+                           "diffusers default"], rows)
+
+
+def _md_ranking(result: dict) -> list[str]:
+    s, summ, lines = result["settings"], result["summary"], []
+    nfes = ", ".join(map(str, s["target_nfe"]))
     for out in ("state", "x0"):
         rk = summ["ranking"][out]
         lines += ["", f"## Our configurations ranked ({out} output)", "",
                   "Regret = geometric mean over problems x schedules x NFE of error / (best error of ours in that "
-                  "cell); worst = the largest such ratio.", "",
-                  f"NFE {', '.join(map(str, s['target_nfe']))}:", "", "| rank | configuration | grid | regret | worst |",
-                  "|---|---|---|---|---|"]
-        lines += [f"| {i + 1} | `{r['config']}` | {r['grid']} | {r['regret']:.2f} | {r['worst']:.1f} |"
-                  for i, r in enumerate(rk["target_nfe"])]
+                  "cell); worst = the largest such ratio.", "", f"By RMS error, NFE {nfes}:", ""]
+        lines += _table(["rank", "configuration", "grid", "regret", "worst"],
+                        [[i + 1, f"`{r['config']}`", r["grid"], f"{r['regret']:.2f}", f"{r['worst']:.1f}"]
+                         for i, r in enumerate(rk["target_nfe"])])
+        lines += ["", f"By median error, NFE {nfes}: " + "; ".join(
+            f"`{r['config']}` @ {r['grid']} ({r['regret']:.2f})" for r in rk["target_nfe_median"])]
         for n in s["nfe"]:
             lines += ["", f"Top 5 at NFE {n}: " + "; ".join(f"`{r['config']}` @ {r['grid']} ({r['regret']:.2f})"
                                                            for r in rk[f"nfe_{n}"])]
-    lines += ["", "## lower_order_final", "", "Geometric mean of error(true) / error(false) over grids, problems, "
-              "schedules and outputs.", "", "| family | NFE | ratio | cases |", "|---|---|---|---|"]
-    lines += [f"| `{r['family']}` | {r['nfe']} | {r['ratio_true_over_false']:.3f} | {r['cases']} |"
-              for r in summ["lower_order_final"]]
-    lines += ["", "## Which grid wins", "", "Number of our configurations whose best grid is each grid "
-              "(state output, summed over problems).", "", "| schedule | NFE | wins |", "|---|---|---|"]
-    lines += [f"| {r['schedule']} | {r['nfe']} | " + ", ".join(f"{g} {c}" for g, c in r["wins"].items()) + " |"
-              for r in summ["grid_wins"]]
-    lines += ["", "## Precision of the network output", "",
-              f"Network output cast to the dtype and back (float32 state), grid {s['precision_grid']}; error = RMS "
-              "difference to the float64 run of the same configuration; solver error = float64 run vs reference.",
-              "", "| problem | schedule | configuration | NFE | solver error | float32 | float16 | bfloat16 |",
-              "|---|---|---|---|---|---|---|---|"]
+    return lines
+
+
+def _md_precision(result: dict) -> list[str]:
+    s = result["settings"]
     prec: dict = defaultdict(dict)
     for r in result["precision"]:
         k = (r["problem"], r["schedule"], r["config"], r["nfe_budget"])
-        prec[k][r["model_dtype"]] = r["error_vs_float64"]
+        prec[k][r["model_dtype"]] = f"{_e(r['error_vs_float64'])} ({_e(r.get('median_vs_float64'))})"
         prec[k]["solver"] = r["solver_error"]
-    for (p, sc, c, n), v in prec.items():
-        lines.append(f"| {p} | {sc} | `{c}` | {n} | {_e(v['solver'])} | " +
-                     " | ".join(_e(v.get(d)) for d in MODEL_DTYPES) + " |")
-    failed = [r for r in result["runs"] if r.get("failed")]
-    f32 = sorted({r["family"] for r in result["runs"] if r.get("default_dtype") == "float32"})
+    lines = ["", "## Precision of the network output", "",
+             f"Network output cast to the dtype and back (float32 state), grid {s['precision_grid']}: RMS (median) "
+             "difference to the float64 run of the same configuration; solver error = float64 run vs reference.", ""]
+    return lines + _table(["problem", "schedule", "configuration", "NFE", "solver error", *MODEL_DTYPES],
+                          [[p, sc, f"`{c}`", n, _e(v["solver"]), *(v.get(d, "-") for d in MODEL_DTYPES)]
+                           for (p, sc, c, n), v in prec.items()])
+
+
+def _md_notes(result: dict) -> list[str]:
+    runs, summ = result["runs"], result["summary"]
+    f32 = sorted({r["family"] for r in runs if r.get("default_dtype") == "float32"})
+    lines = ["", "## lower_order_final", "", "Geometric mean of error(true) / error(false) over grids, problems, "
+             "schedules and outputs.", ""]
+    lines += _table(["family", "NFE", "ratio", "cases"], [[f"`{r['family']}`", r["nfe"],
+                                                          f"{r['ratio_true_over_false']:.3f}", r["cases"]]
+                                                         for r in summ["lower_order_final"]])
+    lines += ["", "## Which grid wins", "", "Number of our configurations whose best grid is each grid "
+              "(state output, summed over problems).", ""]
+    lines += _table(["schedule", "NFE", "wins"], [[r["schedule"], r["nfe"], ", ".join(f"{g} {c}" for g, c in
+                                                                                    r["wins"].items())]
+                                                  for r in summ["grid_wins"]])
+    lines += ["", "## Failed runs", ""]
+    lines += _table(["library", "family", "grid", "final", "runs", "NFE", "reason"],
+                    [[f["library"], f["family"], f["grid"], f["final"] or "-", f["runs"],
+                      ", ".join(map(str, f["nfe"])), f["reason"]] for f in summ["failures"]]) \
+        if summ["failures"] else ["none"]
+    skipped = defaultdict(set)
+    for k in result["diffusers_skipped"]:
+        skipped[k["reason"][:100]].add(k["config"].split("(")[0])
     lines += ["", "## Notes", "",
-              f"- diffusers runs: {sum(r['library'] == 'diffusers' for r in result['runs'])} "
-              f"({sum(r['library'] == 'diffusers' and not r['eligible'] for r in result['runs'])} with their last "
-              f"evaluation above t_min, not eligible as best); ours: "
-              f"{sum(r['library'] == 'ours' for r in result['runs'])}.",
+              f"- diffusers runs: {sum(r['library'] == 'diffusers' for r in runs)} "
+              f"({sum(r['library'] == 'diffusers' and not r['eligible'] for r in runs)} whose last evaluation is "
+              f"above t_min: not eligible as best); ours: {sum(r['library'] == 'ours' for r in runs)}.",
               f"- diffusers classes that round the state to float32 inside `step`: {', '.join(ROUNDS_STATE)}; every "
               "diffusers sigma table is float32.",
               f"- diffusers classes that fail with a float64 default dtype (run with float32 defaults, float64 "
-              f"state): {', '.join(f32) if f32 else 'none'}.",
-              f"- failed runs: {len(failed)}; skipped diffusers (config, budget) pairs: "
-              f"{len(result['diffusers_skipped'])}.", ""]
+              f"state): {', '.join(f32) if f32 else 'none'}."]
+    lines += [f"- skipped diffusers (config, budget) pairs ({', '.join(sorted(v))}): {k}"
+              for k, v in skipped.items()]
+    return lines + [""]
+
+
+def to_markdown(result: dict) -> str:
+    env, summ = result["environment"], result["summary"]
+    lines = ["# Accuracy benchmark", "",
+             f"Command: `{result.get('command', 'python benchmarks/accuracy.py')}` -- "
+             f"{result['timing']['total_s']:.0f} s ({env['jobs']} processes, {env['cpus']} CPUs), torch "
+             f"{env['torch']}, diffusers {env['diffusers']}.", "",
+             f"Target: {summ['target']['criterion']} -- met in **{summ['target']['met']} of "
+             f"{summ['target']['cells']}** cells.", "", "## Problems and references", ""]
+    lines += _table(["problem", "schedule", "dim", "batch", "t_start -> t_end", "reference (dopri5) NFE",
+                     "reference error estimate"],
+                    [[p["problem"], p["schedule"], p["dim"], p["n"], f"{p['t_start']:g} -> {p['t_end']:g}",
+                      p["reference"]["nfe"], _e(p["reference"]["error_estimate"])] for p in result["problems"]])
+    lines += [""] + _md_head(result) + _md_ranking(result) + _md_precision(result) + _md_notes(result)
     return "\n".join(lines)
 
 

@@ -145,3 +145,13 @@ def test_harness_matches_our_equivalent_solver(acc, schedule, cfg, ours):
     mine = sample(p.model(), x0, grid=_diffusers_grid(acc, cfg, plan, p), **ours).x
     scale = float(mine.abs().max())
     assert float((theirs - mine).abs().max()) < 2e-6 * max(scale, 1.0)
+
+
+def test_diffusers_default_is_in_the_sweep(acc):
+    """The summary's "diffusers default" row refers to a configuration that the sweep runs, and it is what
+    ``DPMSolverMultistepScheduler()`` is out of the box."""
+    diffusers = pytest.importorskip("diffusers")
+    labels = {c.label for c in acc.diffusers_configs("vp-discrete")}
+    assert acc.DIFFUSERS_DEFAULT.label in labels
+    stock = diffusers.DPMSolverMultistepScheduler().config
+    assert all(stock[k] == v for k, v in acc.DIFFUSERS_DEFAULT.kwargs)
