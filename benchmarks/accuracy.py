@@ -197,8 +197,8 @@ def diffusers_configs(schedule: str, quick: bool = False) -> list[DiffusersConfi
     grids = _vp_grids("linspace", "leading", "trailing", "karras", "exponential")
     for g, kw in grids:
         out += [_dc("UniPCMultistepScheduler", g, "x0" if f == "zero" else "state", solver_type=st, solver_order=o,
-                    final_sigmas_type=f, lower_order_final=lof, **kw)
-                for st in ("bh1", "bh2") for o in (2, 3) for f, lof in _FINALS]
+                    final_sigmas_type=f, lower_order_final=lof, **({} if x0 else {"predict_x0": False}), **kw)
+                for st in ("bh1", "bh2") for o in (2, 3) for f, lof in _FINALS for x0 in (True, False)]
         out += [_dc("DEISMultistepScheduler", g, "state", solver_order=o, lower_order_final=lof, **kw)
                 for o in (2, 3) for lof in (True, False)]
         out += [_dc("EulerDiscreteScheduler", g, "x0" if f == "zero" else "state", "ve", final_sigmas_type=f, **kw)
@@ -511,6 +511,8 @@ def run_diffusers_one(plan: DiffusersPlan, problem: Problem, ref: dict) -> dict:
             continue
         rec["default_dtype"] = str(dtype)[6:]
         rec.update(_errors(x, target))
+        if cfg.output == "x0" and rec["error"] is not None:  # distance to the denoised exact state at t_min
+            rec["error_vs_t_min"] = rms_error(x, denoise(problem, ref[_key(problem.t_end)], problem.t_end))
         return rec
     return rec
 
@@ -584,6 +586,16 @@ def unit_part(problem_name: str, schedule: str, part: str, ref: dict, settings: 
     return out
 
 
+class _Ready:
+    """An already computed result with a future's ``result()`` (the in-process path, ``jobs=1``)."""
+
+    def __init__(self, value):
+        self._value = value
+
+    def result(self):
+        return self._value
+
+
 def run_benchmark(settings: Settings, jobs: int = 1, log=print) -> dict:
     """Run everything (``jobs`` worker processes) and return the JSON-ready result."""
     t0 = time.perf_counter()
@@ -594,15 +606,7 @@ def run_benchmark(settings: Settings, jobs: int = 1, log=print) -> dict:
     pool = ProcessPoolExecutor(jobs) if jobs > 1 else None
 
     def submit(fn, *args):
-        if pool is None:
-            class _Done:
-                def __init__(self, v):
-                    self.v = v
-
-                def result(self):
-                    return self.v
-            return _Done(fn(*args))
-        return pool.submit(fn, *args)
+        return _Ready(fn(*args)) if pool is None else pool.submit(fn, *args)
 
     try:
         refs = {u: submit(unit_reference, *u, settings) for u in units}
@@ -676,10 +680,8 @@ def _short(r: dict | None) -> dict | None:
                                   "state_dtype", "default_dtype") if k in r}
 
 
-def rank_ours(runs: list[dict], cells, output: str, nfes, metric: str = "error") -> list[dict]:
-    """Our (config, grid) pairs ranked by the geometric mean over ``cells x nfes`` of ``metric / best metric of ours
-    in that cell`` (1 = best everywhere; ``metric`` is ``"error"`` (RMS) or ``"error_median"``); a pair missing a
-    cell is not ranked."""
+def _regrets(runs: list[dict], output: str, metric: str = "error") -> dict:
+    """``(config, grid) -> {(problem, schedule, output, nfe): metric / best metric of ours in that cell}``."""
     best: dict = {}
     for r in runs:
         if r["library"] == "ours" and r["output"] == output and _ok(r):
@@ -687,23 +689,66 @@ def rank_ours(runs: list[dict], cells, output: str, nfes, metric: str = "error")
             best[k] = min(best.get(k, math.inf), r[metric])
     ratios: dict = defaultdict(dict)
     for r in runs:
-        if r["library"] != "ours" or r["output"] != output or r["nfe_budget"] not in nfes:
-            continue
         k = (r["problem"], r["schedule"], output, r["nfe_budget"])
-        if k in best:
+        if r["library"] == "ours" and r["output"] == output and k in best:
             ratios[(r["config"], r["grid"])][k] = r[metric] / best[k] if _ok(r) else math.inf
+    return ratios
+
+
+def _regret(v: dict, need: set) -> tuple[float, float] | None:
+    """Geometric mean and maximum of the ratios over the cells ``need`` (``None`` if one is missing)."""
+    if not need <= set(v):
+        return None
+    xs = [v[k] for k in need]
+    return (_geo(xs) if all(math.isfinite(x) for x in xs) else math.inf), max(xs)
+
+
+def rank_ours(runs: list[dict], cells, output: str, nfes, metric: str = "error") -> list[dict]:
+    """Our (config, grid) pairs ranked by the geometric mean over ``cells x nfes`` of ``metric / best metric of ours
+    in that cell`` (1 = best everywhere; ``metric`` is ``"error"`` (RMS) or ``"error_median"``); a pair missing a
+    cell is not ranked."""
     need = {(p, s, output, n) for p, s in cells for n in nfes}
-    rows = [{"config": c, "grid": g, "regret": _geo(v.values()) if all(math.isfinite(x) for x in v.values())
-             else math.inf, "worst": max(v.values())} for (c, g), v in ratios.items() if need <= set(v)]
+    rows = []
+    for (c, g), v in _regrets(runs, output, metric).items():
+        reg = _regret(v, need)
+        if reg is not None:
+            rows.append({"config": c, "grid": g, "regret": reg[0], "worst": reg[1]})
     return sorted(rows, key=lambda r: (r["regret"], r["worst"]))
 
 
-def lof_effect(runs: list[dict]) -> list[dict]:
+#: configurations compared in the "Recommended defaults" table (those present in a run are reported)
+CANDIDATES = ("deis:variant=logrho,order=3", "dpm_solver:order=3,multistep=true,variant=exact", "ipndm:order=3",
+              "ipndm:order=4", "unipc:order=2,variant=bh1,prediction=eps", "unipc:order=3,variant=bh2,prediction=eps",
+              "unipc:order=2,variant=bh2,lower_order_final=true", "unipc:order=3,variant=bh2,lower_order_final=true",
+              "dpm_solver++:order=2,multistep=true,variant=paper,lower_order_final=true",
+              "dpm_solver++:order=3,multistep=true,variant=paper,lower_order_final=true", "heun:variable=sigma",
+              "ddim")
+
+
+def candidate_table(runs: list[dict], cells, nfes, output: str = "state", grids=("logsnr", "karras")) -> list[dict]:
+    """For each candidate and grid: the RMS and median regrets (see :func:`rank_ours`) at each NFE separately."""
+    reg = {m: _regrets(runs, output, m) for m in ("error", "error_median")}
+    rows = []
+    for c in CANDIDATES:
+        for g in grids:
+            row = {"config": c, "grid": g}
+            for n in nfes:
+                need = {(p, s, output, n) for p, s in cells}
+                for m, key in (("error", "rms"), ("error_median", "median")):
+                    got = _regret(reg[m].get((c, g), {}), need)
+                    row[f"{key}_{n}"] = None if got is None else got[0]
+            if any(v is not None for k, v in row.items() if k not in ("config", "grid")):
+                rows.append(row)
+    return rows
+
+
+def lof_effect(runs: list[dict], grids=None) -> list[dict]:
     """Geometric mean of ``error(lower_order_final=true) / error(... = false)`` per family and NFE (same grid,
-    problem, schedule, output)."""
+    problem, schedule, output; only ``grids`` if given)."""
     by = {}
     for r in runs:
-        if r["library"] == "ours" and _ok(r) and "lower_order_final=" in r["config"]:
+        if r["library"] == "ours" and _ok(r) and "lower_order_final=" in r["config"] and \
+                (grids is None or r["grid"] in grids):
             by[(r["config"], r["grid"], r["problem"], r["schedule"], r["output"], r["nfe_budget"])] = r["error"]
     acc: dict = defaultdict(list)
     for (c, g, p, s, o, n), e in by.items():
@@ -781,7 +826,9 @@ def summarise(result: dict) -> dict:
                              else None,
                              "top_ranked": _short(t) if t and _ok(t) else None,
                              "top_ranked_ratio": t["error"] / d["error"] if t and _ok(t) and d else None,
-                             "diffusers_default": _short(dd) if dd and _ok(dd) else None})
+                             "diffusers_default": ({**_short(dd), "t_end": dd["t_end"],
+                                                    "error_vs_t_min": dd.get("error_vs_t_min")}
+                                                   if dd and _ok(dd) else None)})
     target = [h for h in head if h["target_met"] is not None]
     return {
         "headline": head,
@@ -789,8 +836,10 @@ def summarise(result: dict) -> dict:
                                 "schedule and output", "cells": len(target),
                    "met": sum(bool(h["target_met"]) for h in target)},
         "ranking": ranking,
+        "candidates": candidate_table(runs, cells, settings["nfe"]),
         "top_ranked": top,
         "lower_order_final": lof_effect(runs),
+        "lower_order_final_logsnr": lof_effect(runs, ("logsnr",)),
         "grid_wins": grid_wins(runs),
         "failures": failures(runs),
     }
@@ -828,7 +877,9 @@ def _md_head(result: dict) -> list[str]:
              + ", ".join(map(str, s["target_nfe"])) + "."
              + (f" Top-ranked = our top-ranked configuration (`{top['config']}` @ {top['grid']}, see the ranking), "
                 "its error and its ratio to diffusers' best." if top else "")
-             + f" diffusers default = `{DIFFUSERS_DEFAULT.label}` (an `x0` configuration).", ""]
+             + f" diffusers default = `{DIFFUSERS_DEFAULT.label}`: its last evaluation (time in parentheses) is "
+             "above t_min, so it is not eligible; shown is the distance of its output to the x0 target (the exact "
+             "denoised state at t_min).", ""]
     rows = []
     for h in summ["headline"]:
         o, d, t, dd = h["ours"], h["diffusers"], h["top_ranked"], h["diffusers_default"]
@@ -836,7 +887,8 @@ def _md_head(result: dict) -> list[str]:
                      f"{_cfg(o)}: {_e(o and o['error'])} ({_e(o and o['error_median'])})",
                      f"{_cfg(d)}: {_e(d and d['error'])} ({_e(d and d['error_median'])})", _ratio(h["ratio"]),
                      {True: "met", False: "**not met**", None: ""}[h["target_met"]],
-                     f"{_e(t and t['error'])} ({_ratio(h['top_ranked_ratio'])})", _e(dd and dd["error"])])
+                     f"{_e(t and t['error'])} ({_ratio(h['top_ranked_ratio'])})",
+                     f"{_e(dd['error_vs_t_min'])} (t = {dd['t_end']:.3g})" if dd else "-"])
     return lines + _table(["problem", "schedule", "output", "NFE", "ours: best (error, median)",
                            "diffusers: best (error, median)", "ratio", "target", "top-ranked (ratio)",
                            "diffusers default"], rows)
@@ -861,6 +913,17 @@ def _md_ranking(result: dict) -> list[str]:
     return lines
 
 
+def _md_candidates(result: dict) -> list[str]:
+    s, rows = result["settings"], result["summary"]["candidates"]
+    if not rows:
+        return []
+    lines = ["", "## Candidate defaults", "", "Regret (state output) at each NFE separately, over all problems and "
+             "schedules: RMS-error regret / median-error regret (1 = the best of ours in every cell).", ""]
+    return lines + _table(["configuration", "grid", *(f"NFE {n}" for n in s["nfe"])],
+                          [[f"`{r['config']}`", r["grid"], *(f"{_ratio(r[f'rms_{n}'])} / {_ratio(r[f'median_{n}'])}"
+                                                              for n in s["nfe"])] for r in rows])
+
+
 def _md_precision(result: dict) -> list[str]:
     s = result["settings"]
     prec: dict = defaultdict(dict)
@@ -881,9 +944,10 @@ def _md_notes(result: dict) -> list[str]:
     f32 = sorted({r["family"] for r in runs if r.get("default_dtype") == "float32"})
     lines = ["", "## lower_order_final", "", "Geometric mean of error(true) / error(false) over grids, problems, "
              "schedules and outputs.", ""]
-    lines += _table(["family", "NFE", "ratio", "cases"], [[f"`{r['family']}`", r["nfe"],
-                                                          f"{r['ratio_true_over_false']:.3f}", r["cases"]]
-                                                         for r in summ["lower_order_final"]])
+    logsnr = {(r["family"], r["nfe"]): r["ratio_true_over_false"] for r in summ["lower_order_final_logsnr"]}
+    lines += _table(["family", "NFE", "ratio (all grids)", "cases", "ratio (logsnr grid)"],
+                    [[f"`{r['family']}`", r["nfe"], f"{r['ratio_true_over_false']:.3f}", r["cases"],
+                      _ratio(logsnr.get((r["family"], r["nfe"])))] for r in summ["lower_order_final"]])
     lines += ["", "## Which grid wins", "", "Number of our configurations whose best grid is each grid "
               "(state output, summed over problems).", ""]
     lines += _table(["schedule", "NFE", "wins"], [[r["schedule"], r["nfe"], ", ".join(f"{g} {c}" for g, c in
@@ -922,7 +986,8 @@ def to_markdown(result: dict) -> str:
                      "reference error estimate"],
                     [[p["problem"], p["schedule"], p["dim"], p["n"], f"{p['t_start']:g} -> {p['t_end']:g}",
                       p["reference"]["nfe"], _e(p["reference"]["error_estimate"])] for p in result["problems"]])
-    lines += [""] + _md_head(result) + _md_ranking(result) + _md_precision(result) + _md_notes(result)
+    for part in (_md_head, _md_ranking, _md_candidates, _md_precision, _md_notes):
+        lines += part(result) if part is not _md_head else [""] + part(result)
     return "\n".join(lines)
 
 
@@ -931,13 +996,22 @@ def to_markdown(result: dict) -> str:
 # ---------------------------------------------------------------------------------------------------------------------
 
 def _json_safe(o):
+    """Non-finite floats to ``None``, floats to 7 significant digits (the file holds ~10^4 runs)."""
     if isinstance(o, float):
-        return o if math.isfinite(o) else None
+        return float(f"{o:.7g}") if math.isfinite(o) else None
     if isinstance(o, dict):
         return {str(k): _json_safe(v) for k, v in o.items()}
     if isinstance(o, (list, tuple)):
         return [_json_safe(v) for v in o]
     return o
+
+
+def dumps(result: dict) -> str:
+    """The result as JSON: everything indented, except one line per run."""
+    safe = _json_safe(result)
+    head = json.dumps({k: v for k, v in safe.items() if k != "runs"}, indent=1)
+    runs = ",\n".join("  " + json.dumps(r, separators=(",", ":")) for r in safe["runs"])
+    return head[:-2] + ',\n "runs": [\n' + runs + "\n ]\n}\n"
 
 
 def main(argv=None) -> dict:
@@ -956,7 +1030,7 @@ def main(argv=None) -> dict:
     result = run_benchmark(settings, jobs=jobs, log=lambda m: print(m, file=sys.stderr))
     result["command"] = "python benchmarks/accuracy.py " + " ".join(argv if argv is not None else sys.argv[1:])
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "accuracy.json").write_text(json.dumps(_json_safe(result), indent=1))
+    (args.out / "accuracy.json").write_text(dumps(result))
     md = to_markdown(result)
     (args.out / "accuracy.md").write_text(md)
     print(md)

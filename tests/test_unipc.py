@@ -147,7 +147,7 @@ def test_unip2_bh2_is_dpm_solver_pp_2m():
         d = m if m_prev is None else (1 + h / (2 * h_prev)) * m - h / (2 * h_prev) * m_prev
         y = sch.sigma(s) / sch.sigma(t) * y - sch.alpha(s) * torch.expm1(torch.tensor(-h)) * d
         m_prev, h_prev = m, h
-    got = sample(model, x, solver="unipc", grid=ts, order=2, disable_corrector=True).x
+    got = sample(model, x, solver="unipc", grid=ts, order=2, disable_corrector=True, lower_order_final=False).x
     assert torch.allclose(got, y, rtol=1e-12, atol=1e-12)
 
 
@@ -162,7 +162,8 @@ def test_unip3_eps_is_deis_logrho3():
     for grid in ("logsnr", "time_uniform"):
         ts = make_grid(sch, grid, 9)
         base = base_coefficients(sch, ts)
-        u = UniPC(order=3, prediction="eps", disable_corrector=True).coefficients(sch, ts, dict(base))
+        u = UniPC(order=3, prediction="eps", disable_corrector=True, lower_order_final=False).coefficients(
+            sch, ts, dict(base))
         d = DEIS(order=3, variant="logrho").coefficients(sch, ts, dict(base))
         assert torch.allclose(u["p_x"], d["ratio"], rtol=1e-15)
         for j in range(3):
@@ -177,7 +178,7 @@ def test_first_steps_are_lower_order():
     model = _mixture_model(sch)
     x = torch.randn(4, 2, generator=torch.Generator().manual_seed(3))
     for prediction, variant in itertools.product(("x0", "eps"), ("bh1", "bh2")):
-        opts = dict(prediction=prediction, variant=variant)
+        opts = dict(prediction=prediction, variant=variant, lower_order_final=False)
         one = [sample(model, x, solver="unipc", steps=1, order=p, **opts).x for p in (1, 2, 3)]
         ddim = sample(model, x, solver="ddim", steps=1).x
         for y in one:

@@ -26,6 +26,7 @@ import torch
 
 from ._expint import phis
 from .base import Solver, lincomb, register
+from .dpm_solver import LOWER_ORDER_FINAL_BELOW
 
 __all__ = ["UniPC", "unipc_weights"]
 
@@ -58,11 +59,13 @@ def unipc_weights(nodes: torch.Tensor, hh: torch.Tensor, variant: str) -> tuple[
     return -h_phi_1 - w.sum(-1), w
 
 
-def _step_orders(n: int, order: int, lower_order_final: bool) -> torch.Tensor:
-    """Predictor order of each step: warm-up ``min(order, i + 1)``, and ``min(., n - i)`` with lower_order_final."""
+def _step_orders(n: int, order: int, lower_order_final: bool | str) -> torch.Tensor:
+    """Predictor order of each step: warm-up ``min(order, i + 1)``, and ``min(., n - i)`` with lower_order_final
+    (``"auto"``: only on grids of fewer than ``LOWER_ORDER_FINAL_BELOW`` steps)."""
     i = torch.arange(n)
     k = torch.clamp(i + 1, max=order)
-    return torch.minimum(k, n - i) if lower_order_final else k
+    lower = lower_order_final is True or (lower_order_final == "auto" and n < LOWER_ORDER_FINAL_BELOW)
+    return torch.minimum(k, n - i) if lower else k
 
 
 @register("unipc")
@@ -73,11 +76,13 @@ class UniPC(Solver):
         order: predictor order ``p`` (1--3, default 2).
         variant: ``"bh1"`` (``B(h) = h``) or ``"bh2"`` (``B(h) = e^h - 1``, default).
         prediction: ``"x0"`` (data prediction, default) or ``"eps"`` (noise prediction).
-        lower_order_final: predictor order ``min(p, steps - i)`` at step ``i`` (diffusers' rule, applied at any
-            step count): steadier for very few steps, but the final order-1 step caps the global order at 2.
+        lower_order_final: ``"auto"`` (default): predictor order ``min(p, steps - i)`` at step ``i`` on grids of
+            fewer than 15 steps (the rule of DPM-Solver's ``lower_order_final``), which cuts the error 1.9--3.7x
+            there (docs/benchmarks/accuracy.md) and leaves the asymptotic order alone; ``True``: at any step count
+            (diffusers' UniPC rule; the final order-1 step caps the global order at 2); ``False``: never.
         disable_corrector: plain UniP-p (order ``p``).
 
-    Order ``p + 1`` with the corrector, ``p`` without; ``min(., 2)`` with ``lower_order_final`` (measured slopes on
+    Order ``p + 1`` with the corrector, ``p`` without; ``min(., 2)`` with ``lower_order_final=True`` (measured slopes on
     Gaussian data with the closed-form flow; UniP-3 without corrector on a Gaussian mixture, being super-convergent
     on Gaussian data). 1 NFE per step: the corrector at step ``i`` re-uses the evaluation at ``x_i`` that the
     predictor from ``t_i`` needs; the last step has no corrector (it would need one more NFE), which keeps the
@@ -96,21 +101,22 @@ class UniPC(Solver):
     reference = "arXiv:2302.04867"
     exact_for_point_mass = True
 
-    def __init__(self, order: int = 2, variant: str = "bh2", prediction: str = "x0", lower_order_final: bool = False,
-                 disable_corrector: bool = False):
+    def __init__(self, order: int = 2, variant: str = "bh2", prediction: str = "x0",
+                 lower_order_final: bool | str = "auto", disable_corrector: bool = False):
         if isinstance(order, bool) or order not in (1, 2, 3):
             raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
         if variant not in ("bh1", "bh2"):
             raise ValueError(f"variant must be 'bh1' or 'bh2', got {variant!r}")
         if prediction not in ("x0", "eps"):
             raise ValueError(f"prediction must be 'x0' or 'eps', got {prediction!r}")
-        for name, v in (("lower_order_final", lower_order_final), ("disable_corrector", disable_corrector)):
-            if not isinstance(v, bool):
-                raise TypeError(f"{name} must be a bool, got {v!r}")
+        if not (isinstance(lower_order_final, bool) or lower_order_final == "auto"):
+            raise TypeError(f"lower_order_final must be True, False or 'auto', got {lower_order_final!r}")
+        if not isinstance(disable_corrector, bool):
+            raise TypeError(f"disable_corrector must be a bool, got {disable_corrector!r}")
         self.predictor_order, self.variant, self.prediction = order, variant, prediction
         self.lower_order_final, self.disable_corrector = lower_order_final, disable_corrector
         nominal = order if disable_corrector else order + 1
-        self.order = float(min(nominal, 2) if lower_order_final else nominal)
+        self.order = float(min(nominal, 2) if lower_order_final is True else nominal)
         self.memory = order
 
     def options(self):
