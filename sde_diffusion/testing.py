@@ -119,9 +119,18 @@ def _given(body: Callable, strategy, max_examples: int, argname: str = "data") -
                          report_multiple_bugs=False, suppress_health_check=list(hypothesis.HealthCheck))
     @hypothesis.given(**{argname: strategy})
     def run(**example):
+        last.clear()
+        last.update(example)
         body(*example.values())
 
-    run()
+    last: dict = {}
+    try:
+        run()
+    except Exception as e:
+        # Hypothesis replays the shrunk example last; name it ourselves (its own note's wording varies by version)
+        if not any("Falsifying example" in n for n in getattr(e, "__notes__", [])):
+            e.add_note("Falsifying example: run(" + ", ".join(f"{k}={v!r}" for k, v in last.items()) + ")")
+        raise
 
 
 def _run_checks(props: dict[str, Callable], names: Iterable[str], args: tuple, error: type[PropertyCheckError],

@@ -108,7 +108,7 @@ def test_unknown_solver_is_one_line_exit_2_as_a_subprocess():
     (["study", "--solvers", "ddim:eta"], "key=value"),
     (["study", "--reference", "magic"], "valid references: auto"),
     (["sample", "--solver", "nosuch"], "valid solvers:"),
-    (["sample", "--checkpoint", "model.pt"], "not available yet"),
+    (["sample", "--checkpoint", "model.pt"], "no such file"),
     (["sample", "--nfe", "1", "--solver", "heun:variable=sigma", "--problem", "nosuch"], "valid problems"),
     (["optimise-grid", "--solver", "ddpm"], "deterministic"),
     (["optimize-grid", "--problem", "moons"], "valid problems"),
