@@ -74,3 +74,20 @@ def exact_moments(model, solver, grid, mean: torch.Tensor, var: torch.Tensor, **
         b, a, c = out[0], out[1] - out[0], out[2] - out[0]
         mean, var = a * mean + b, a * a * var + c * c
     return mean, var
+
+
+def half_precision_errors(solver: str, opts: dict, half: torch.dtype, steps: int):
+    """Run ``solver`` with fp16/bf16 network outputs (exact mixture model cast down) on a float32 state, and the same
+    in float64: returns ``(low, ref)``, low already checked to be float32 and finite."""
+    from sde_diffusion.models import Model
+    from sde_diffusion.sample import sample
+
+    sch = VPLinear()
+    gm = GaussianMixture(torch.tensor([[-1.0, 0.5], [1.0, -0.5]]), torch.tensor([0.2, 0.5]))
+    exact = gm.model(sch)
+    model = Model(lambda x, t: exact.fn(x, t).to(half), sch, "eps")
+    x = torch.randn(16, 2, generator=torch.Generator().manual_seed(4))
+    low = sample(model, x.float(), solver=solver, steps=steps, **opts).x
+    ref = sample(exact, x, solver=solver, steps=steps, **opts).x
+    assert low.dtype == torch.float32 and torch.isfinite(low).all()
+    return low, ref

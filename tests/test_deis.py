@@ -4,6 +4,7 @@ agreement with diffusers' DEISMultistepScheduler."""
 import numpy as np
 import pytest
 import torch
+from solver_checks import half_precision_errors
 
 from sde_diffusion.analytic import Gaussian, GaussianMixture, PointMass
 from sde_diffusion.grids import make_grid
@@ -309,15 +310,8 @@ def test_warmup_limits_gaussian_order():
 def test_half_precision_model_outputs(opts, half):
     """fp16/bf16 network outputs with a float32 state stay finite down to t_min (50 and 10 steps) and close to
     the float64 result."""
-    sch = VPLinear()
-    gm = GaussianMixture(torch.tensor([[-1.0, 0.5], [1.0, -0.5]]), torch.tensor([0.2, 0.5]))
-    exact = gm.model(sch)
-    model = Model(lambda x, t: exact.fn(x, t).to(half), sch, "eps")
-    x = torch.randn(16, 2, generator=torch.Generator().manual_seed(4))
     for steps in (50, 10):
-        low = sample(model, x.float(), solver="deis", steps=steps, **opts).x
-        ref = sample(exact, x, solver="deis", steps=steps, **opts).x
-        assert low.dtype == torch.float32 and torch.isfinite(low).all()
+        low, ref = half_precision_errors("deis", opts, half, steps)
         assert float((low.double() - ref).abs().max()) < 0.05 * float(ref.abs().max())
 
 

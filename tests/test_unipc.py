@@ -5,11 +5,11 @@ import itertools
 
 import pytest
 import torch
+from solver_checks import half_precision_errors
 from test_deis import _diffusers_run, _discrete_problem, _gmm_problem, _point_mass_flow, _rel, _slope
 
 from sde_diffusion.analytic import Gaussian, GaussianMixture, PointMass
 from sde_diffusion.grids import make_grid
-from sde_diffusion.models import Model
 from sde_diffusion.sample import sample
 from sde_diffusion.schedules import VEGeometric, VPLinear
 from sde_diffusion.solvers import get_solver
@@ -267,15 +267,8 @@ def test_lower_order_final_costs_second_order(p):
 def test_half_precision_model_outputs(opts, half):
     """fp16/bf16 network outputs with a float32 state stay finite down to t_min (50 and 10 steps), the typical sample
     close to the float64 result."""
-    sch = VPLinear()
-    gm = GaussianMixture(torch.tensor([[-1.0, 0.5], [1.0, -0.5]]), torch.tensor([0.2, 0.5]))
-    exact = gm.model(sch)
-    model = Model(lambda x, t: exact.fn(x, t).to(half), sch, "eps")
-    x = torch.randn(16, 2, generator=torch.Generator().manual_seed(4))
     for steps in (50, 10):
-        low = sample(model, x.float(), solver="unipc", steps=steps, **opts).x
-        ref = sample(exact, x, solver="unipc", steps=steps, **opts).x
-        assert low.dtype == torch.float32 and torch.isfinite(low).all()
+        low, ref = half_precision_errors("unipc", opts, half, steps)
         # typical samples stay close; single samples may move further (bf16, UniPC-3 with noise prediction and
         # the corrector, 10 steps: one of 16 samples moves by 0.65 -- see docs/theory/unipc.md)
         err = (low.double() - ref).abs().amax(1)
