@@ -40,12 +40,20 @@ exponential noise level with a *rounded* timestep, the network sees the rounded 
 schedulers get the output that their own ``precondition_outputs`` maps to the exact data prediction at the sigma of
 the current step. Budgets: the largest ``num_inference_steps`` whose number of model calls (``len(timesteps)``) fits.
 
+Optimised grids (``grid = "optimised"``): for a few of our configurations (:data:`OPTIMISED_CONFIGS`) at NFE 10
+and 20, :func:`~sde_diffusion.studies.grid_optimizer.optimise_grid` fits the interior lambda knots on a *pilot* batch
+drawn from another seed (``opt_seed``; its validation batch ``opt_seed + 1``) -- the evaluation batch ``x_T``
+(``seed``) is never seen -- starting from the fixed grid that is best on the pilot; the grid is kept if it also lowers
+the validation error, else the start grid is used. The resulting grid is then run on ``x_T`` exactly like the fixed
+grids (same reference, same metric; the ``x0`` output at NFE ``n`` uses the grid optimised for the state at
+``n - 1``). The summary reports the ratio to diffusers' best both without and with these runs.
+
 Precision: for a few of our solvers, the network output cast to float16 / bfloat16 / float32 and back (float32
 state) against the float64 run of the same configuration, at NFE 10 and 50.
 
 Usage::
 
-    python benchmarks/accuracy.py --out benchmarks/results            # full (~2-4 min on 2 cores)
+    python benchmarks/accuracy.py --out benchmarks/results            # full (~3-5 min on 2 cores)
     python benchmarks/accuracy.py --out /tmp/acc --quick              # seconds: smoke run
 
 Writes ``accuracy.json`` (schema ``SCHEMA_VERSION``, every run) and ``accuracy.md`` (summary tables).
@@ -78,6 +86,7 @@ from sde_diffusion.reference import probability_flow_reference  # noqa: E402
 from sde_diffusion.sample import sample  # noqa: E402
 from sde_diffusion.schedules import VPDiscrete  # noqa: E402
 from sde_diffusion.solvers.dpm_solver import DPMSolverFast  # noqa: E402
+from sde_diffusion.studies.grid_optimizer import optimise_grid  # noqa: E402
 from sde_diffusion.studies.metrics import median_error, rms_error  # noqa: E402
 from sde_diffusion.studies.problems import PROBLEMS, Problem  # noqa: E402
 from sde_diffusion.studies.specs import parse_solver_spec, steps_for_nfe  # noqa: E402
@@ -119,6 +128,11 @@ def our_configs() -> list[str]:
     c += ["pndm:variant=s", "pndm:variant=f", "plms", "ipndm:order=2", "ipndm:order=3", "ipndm:order=4"]
     return c
 
+
+#: our configurations whose grid is optimised (the top of the fixed-grid ranking at NFE 10-20 and the new UniPC
+#: default); see :func:`run_optimised`
+OPTIMISED_CONFIGS = ("ipndm:order=3", "deis:variant=logrho,order=3", "unipc:order=2,variant=bh1,prediction=eps",
+                     "unipc:order=3")
 
 PRECISION_CONFIGS = ("ddim", "heun:variable=sigma", "dpm_solver++:order=2,multistep=true",
                      "dpm_solver++:order=3,multistep=true", "unipc:order=3,variant=bh2", "deis:order=3",
@@ -227,9 +241,27 @@ class Settings:
     precision_grid: str = "logsnr"
     quick: bool = False
     diffusers: bool = True
+    #: optimised grids: configurations, NFE, pilot batch per problem, pilot seed (the optimiser's own held-out
+    #: validation batch uses ``opt_seed + 1``), the validation batch size, search limits and reference tolerance
+    opt_configs: tuple = OPTIMISED_CONFIGS
+    opt_nfe: tuple = (10, 20)
+    opt_pilot: tuple = (("ring", 512), ("gmm64", 256))
+    opt_seed: int = 1000
+    opt_heldout: int = 256
+    opt_max_evals: int = 150
+    opt_min_step: float = 0.05
+    opt_rtol: float = 1e-9
+
+    def __post_init__(self):
+        if self.seed in (self.opt_seed, self.opt_seed + 1):
+            raise ValueError("the pilot / optimiser held-out seeds must differ from the evaluation seed")
 
     def n(self, problem: str) -> int:
         return dict(self.batch)[problem]
+
+    def opt_budgets(self) -> list[int]:
+        """Budgets whose grid is optimised: every ``opt_nfe`` (``state``) and ``opt_nfe - 1`` (``x0``)."""
+        return sorted({b for n in self.opt_nfe for b in (n, n - 1) if b >= 1})
 
     def budgets(self) -> list[int]:
         """Our budgets: every NFE, and NFE - 1 (the ``x0`` output spends one evaluation on the denoising)."""
@@ -239,7 +271,8 @@ class Settings:
 def quick_settings() -> Settings:
     return Settings(problems=("ring",), nfe=(10,), target_nfe=(10,), grids=("logsnr", "karras"),
                     batch=(("ring", 64),), ours=("ddim", "dpm_solver++:order=2,multistep=true", "unipc:order=3"),
-                    precision_configs=("ddim",), precision_nfe=(10,), quick=True)
+                    precision_configs=("ddim",), precision_nfe=(10,), quick=True, opt_configs=("unipc:order=3",),
+                    opt_nfe=(10,), opt_pilot=(("ring", 32),), opt_heldout=16, opt_max_evals=24)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -321,20 +354,47 @@ def _our_solve(problem: Problem, spec, grid: str, budget: int, x_T: torch.Tensor
     return sample(model, x_T, solver=solver, steps=steps, grid=grid), steps
 
 
+def _targets(problem: Problem, ref: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference state at ``t_min`` and its exact data prediction (the ``state`` and ``x0`` targets)."""
+    state = ref[_key(problem.t_end)]
+    return state, denoise(problem, state, problem.t_end)
+
+
+def _records(problem: Problem, base: dict, res, steps: int, budget: int, fail: str | None, targets, want_state,
+             want_x0) -> list[dict]:
+    """The ``state`` record of a run at ``budget`` (if wanted) and its ``x0`` record at ``budget + 1`` (the run,
+    then the exact denoising at ``t_min``; if wanted)."""
+    out = []
+    if budget in want_state:
+        rec = {**base, "output": "state", "nfe_budget": budget, "steps": steps}
+        rec.update({"nfe": res.nfe, **_errors(res.x, targets[0])} if res is not None else
+                   {"nfe": None, "error": None, "error_median": None, "failed": fail})
+        out.append(rec)
+    if budget in want_x0:
+        rec = {**base, "output": "x0", "nfe_budget": budget + 1, "steps": steps}
+        if res is not None and bool(torch.isfinite(res.x).all()):
+            rec.update({"nfe": res.nfe + 1, **_errors(denoise(problem, res.x, problem.t_end), targets[1])})
+        else:
+            rec.update({"nfe": None, "error": None, "error_median": None, "failed": fail or "non-finite output"})
+        out.append(rec)
+    return out
+
+
+def _base(problem: Problem, spec, grid: str) -> dict:
+    return dict(library="ours", problem=problem.name, schedule=problem.schedule_name, config=spec.label,
+                family=spec.name, grid=grid, t_start=problem.t_start, t_end=problem.t_end, eligible=True)
+
+
 def run_ours(problem: Problem, x_T: torch.Tensor, ref: dict, settings: Settings) -> list[dict]:
     """Every configuration x grid x budget; ``state`` records at each NFE and ``x0`` records (run at NFE - 1, then
     the exact denoising at ``t_min``)."""
-    t_end = problem.t_end
-    target_state = ref[_key(t_end)]
-    target_x0 = denoise(problem, target_state, t_end)
+    targets = _targets(problem, ref)
     want_state, want_x0 = set(settings.nfe), {n - 1 for n in settings.nfe}
     out = []
     for text in settings.ours:
         spec = parse_solver_spec(text)
         for grid in settings.grids:
             for budget in settings.budgets():
-                base = dict(library="ours", problem=problem.name, schedule=problem.schedule_name, config=spec.label,
-                            family=spec.name, grid=grid, t_start=problem.t_start, t_end=t_end, eligible=True)
                 try:
                     res, steps = _our_solve(problem, spec, grid, budget, x_T)
                 except (ValueError, FloatingPointError, RuntimeError) as e:
@@ -343,19 +403,88 @@ def run_ours(problem: Problem, x_T: torch.Tensor, ref: dict, settings: Settings)
                     fail = None
                 if res is None and fail is None:
                     continue  # the budget is too small for this solver
-                if budget in want_state:
-                    rec = {**base, "output": "state", "nfe_budget": budget, "steps": steps}
-                    rec.update({"nfe": res.nfe, **_errors(res.x, target_state)} if res is not None else
-                               {"nfe": None, "error": None, "error_median": None, "failed": fail})
-                    out.append(rec)
-                if budget in want_x0:
-                    rec = {**base, "output": "x0", "nfe_budget": budget + 1, "steps": steps}
-                    if res is not None and bool(torch.isfinite(res.x).all()):
-                        rec.update({"nfe": res.nfe + 1, **_errors(denoise(problem, res.x, t_end), target_x0)})
-                    else:
-                        rec.update({"nfe": None, "error": None, "error_median": None,
-                                    "failed": fail or "non-finite output"})
-                    out.append(rec)
+                out += _records(problem, _base(problem, spec, grid), res, steps, budget, fail, targets, want_state,
+                                want_x0)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# our runs on optimised grids
+# ---------------------------------------------------------------------------------------------------------------------
+
+class PilotProblem(Problem):
+    """The benchmark problem with its torchdiffeq reference at ``t_min`` memoised and exposed as the "exact flow",
+    so that :func:`~sde_diffusion.studies.grid_optimizer.optimise_grid` computes the pilot (and its held-out)
+    reference once per batch instead of once per call."""
+
+    def __init__(self, problem: Problem, rtol: float):
+        super().__init__(problem.name, problem.data, problem.schedule, description=problem.description)
+        self.schedule_name, self.rtol, self._memo = problem.schedule_name, rtol, []
+
+    @property
+    def has_exact_flow(self) -> bool:
+        return True
+
+    def exact_flow(self, x: torch.Tensor, t_from: float | None = None, t_to: float | None = None) -> torch.Tensor:
+        if (t_from, t_to) != (None, None):
+            raise ValueError("PilotProblem only maps t_max -> t_min")
+        for xs, ref in self._memo:
+            if xs.shape == x.shape and torch.equal(xs, x):
+                return ref.clone()
+        ts = torch.tensor([self.t_start, self.t_end], dtype=torch.float64)
+        ref = probability_flow_reference(self.model(), x, ts, rtol=self.rtol, atol=self.rtol)[-1]
+        self._memo.append((x.clone(), ref))
+        return ref.clone()
+
+
+def run_optimised(problem: Problem, x_T: torch.Tensor, ref: dict, settings: Settings, config: str) -> list[dict]:
+    """One configuration on grids optimised by :func:`~sde_diffusion.studies.grid_optimizer.optimise_grid`, at each
+    budget of :meth:`Settings.opt_budgets`, evaluated on the benchmark batch ``x_T`` exactly like the fixed grids.
+
+    Honest hold-out: everything the optimiser sees is a *pilot* batch drawn from ``opt_seed`` (its own held-out
+    check from ``opt_seed + 1``), never ``x_T`` (``seed``). The search starts from the fixed grid of
+    :data:`Settings.grids` with the smallest pilot error (chosen on the pilot too) and minimises the RMS state error
+    at ``t_min`` for the budget's number of steps; the ``x0`` record at NFE ``n`` uses the grid optimised for the
+    state at budget ``n - 1`` (then the exact denoising, one evaluation), as the fixed-grid ``x0`` runs do.
+    The optimised grid is kept only if it also lowers the error on the optimiser's own held-out (validation) batch
+    (``opt_seed + 1``); otherwise the run uses the start grid (``accepted = False``): on ``gmm64`` the RMS error is
+    set by the few samples near a component boundary, and a grid fitted to a pilot batch can move another batch's
+    samples across one.
+    """
+    spec, pilot = parse_solver_spec(config), PilotProblem(problem, settings.opt_rtol)
+    n_pilot = dict(settings.opt_pilot)[problem.name]
+    xp = start_states(problem, n_pilot, settings.opt_seed)
+    rp = pilot.exact_flow(xp)
+    targets = _targets(problem, ref)
+    want_state, want_x0 = set(settings.opt_nfe), {n - 1 for n in settings.opt_nfe}
+    out = []
+    for budget in settings.opt_budgets():
+        steps = steps_for_nfe(spec.build(), budget)
+        if steps < 2:
+            continue  # nothing to optimise
+        pilot_err = {}
+        for g in settings.grids:
+            e = rms_error(sample(problem.model(), xp, solver=spec.build(), steps=steps, grid=g).x, rp)
+            pilot_err[g] = e if math.isfinite(e) else math.inf
+        init = min(pilot_err, key=pilot_err.get)
+        t0 = time.perf_counter()
+        opt = optimise_grid(pilot, config, budget, init=init, pilot=n_pilot, heldout=settings.opt_heldout,
+                            seed=settings.opt_seed, reference="exact", min_step=settings.opt_min_step,
+                            max_evals=settings.opt_max_evals, progress=False)
+        seconds = time.perf_counter() - t0
+        accepted = opt.heldout_error < opt.heldout_error_init
+        res_init = sample(problem.model(), x_T, solver=spec.build(), steps=steps, grid=init)
+        res = sample(problem.model(), x_T, solver=spec.build(), steps=steps, grid=opt.grid) if accepted else res_init
+        base = {**_base(problem, spec, "optimised"), "init_grid": init, "pilot_seed": settings.opt_seed,
+                "pilot_n": n_pilot, "pilot_error_init": opt.pilot_error_init, "pilot_error": opt.pilot_error,
+                "opt_heldout_error_init": opt.heldout_error_init, "opt_heldout_error": opt.heldout_error,
+                "opt_evaluations": opt.evaluations, "opt_seconds": seconds, "accepted": accepted,
+                "grid_times": (opt.grid if accepted else opt.init_grid).tolist()}
+        recs = _records(problem, base, res, steps, budget, None, targets, want_state, want_x0)
+        init_recs = _records(problem, base, res_init, steps, budget, None, targets, want_state, want_x0)
+        for r, ri in zip(recs, init_recs):
+            r["error_init_grid"], r["error_median_init_grid"] = ri["error"], ri["error_median"]
+        out += recs
     return out
 
 
@@ -577,6 +706,8 @@ def unit_part(problem_name: str, schedule: str, part: str, ref: dict, settings: 
     out: dict = {"runs": [], "precision": [], "skipped": []}
     if part == "ours":
         out["runs"] = run_ours(problem, x_T, ref, settings)
+    elif part.startswith("optimised:"):
+        out["runs"] = run_optimised(problem, x_T, ref, settings, part.split(":", 1)[1])
     elif part == "precision":
         out["precision"] = run_precision(problem, x_T, ref, settings)
     else:
@@ -602,7 +733,8 @@ def run_benchmark(settings: Settings, jobs: int = 1, log=print) -> dict:
     version = diffusers_version() if settings.diffusers else None
     settings = Settings(**{**settings.__dict__, "diffusers": version is not None})
     units = [(p, s) for p in sorted(settings.problems, key=lambda p: p != "gmm64") for s in settings.schedules]
-    parts = ["ours", "precision"] + (["diffusers"] if settings.diffusers else [])
+    parts = ["ours", *(f"optimised:{c}" for c in settings.opt_configs), "precision"] + \
+        (["diffusers"] if settings.diffusers else [])
     pool = ProcessPoolExecutor(jobs) if jobs > 1 else None
 
     def submit(fn, *args):
@@ -632,7 +764,8 @@ def run_benchmark(settings: Settings, jobs: int = 1, log=print) -> dict:
     result = {
         "schema_version": SCHEMA_VERSION, "kind": KIND,
         "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in settings.__dict__.items()
-                     if k not in ("ours", "batch")} | {"batch": dict(settings.batch), "ours": list(settings.ours)},
+                     if k not in ("ours", "batch", "opt_pilot")} |
+                    {"batch": dict(settings.batch), "ours": list(settings.ours), "opt_pilot": dict(settings.opt_pilot)},
         "environment": {"python": platform.python_version(), "torch": torch.__version__, "diffusers": version,
                         "platform": platform.platform(), "jobs": jobs, "cpus": os.cpu_count(),
                         "vp_table_matches_diffusers": check_vp_table() if version else None},
@@ -654,6 +787,11 @@ def _ok(r: dict) -> bool:
 
 def _cells(result: dict):
     return [(p["problem"], p["schedule"]) for p in result["problems"]]
+
+
+def fixed(runs: list[dict]) -> list[dict]:
+    """The runs on fixed (named) grids: everything but the optimised-grid runs."""
+    return [r for r in runs if r["grid"] != "optimised"]
 
 
 def best_runs(runs: list[dict], library: str) -> dict:
@@ -802,13 +940,26 @@ def failures(runs: list[dict]) -> list[dict]:
              "reason": v[2]} for k, v in sorted(count.items())]
 
 
+def optimised_table(runs: list[dict]) -> list[dict]:
+    """Each optimised-grid run with the error of its starting (pilot-chosen fixed) grid on the evaluation batch."""
+    keys = ("problem", "schedule", "output", "nfe_budget", "config", "init_grid", "pilot_n", "pilot_error_init",
+            "pilot_error", "opt_heldout_error_init", "opt_heldout_error", "accepted", "opt_evaluations", "opt_seconds",
+            "error_init_grid", "error", "error_median_init_grid", "error_median")
+    rows = [{k: r.get(k) for k in keys} for r in runs if r["grid"] == "optimised"]
+    for r in rows:
+        r["improvement"] = r["error_init_grid"] / r["error"] if r["error"] and r["error_init_grid"] else None
+    return rows
+
+
 def summarise(result: dict) -> dict:
     runs, settings = result["runs"], result["settings"]
-    ours, theirs = best_runs(runs, "ours"), best_runs(runs, "diffusers")
+    fixed_runs = fixed(runs)
+    ours, ours_opt, theirs = best_runs(fixed_runs, "ours"), best_runs(runs, "ours"), best_runs(runs, "diffusers")
     cells = _cells(result)
-    ranking = {out: {"target_nfe": rank_ours(runs, cells, out, settings["target_nfe"])[:15],
-                     "target_nfe_median": rank_ours(runs, cells, out, settings["target_nfe"], "error_median")[:8],
-                     **{f"nfe_{n}": rank_ours(runs, cells, out, (n,))[:5] for n in settings["nfe"]}}
+    ranking = {out: {"target_nfe": rank_ours(fixed_runs, cells, out, settings["target_nfe"])[:15],
+                     "target_nfe_median": rank_ours(fixed_runs, cells, out, settings["target_nfe"],
+                                                    "error_median")[:8],
+                     **{f"nfe_{n}": rank_ours(fixed_runs, cells, out, (n,))[:5] for n in settings["nfe"]}}
                for out in ("state", "x0")}
     top = ranking["state"]["target_nfe"][0] if ranking["state"]["target_nfe"] else None
     top_runs = _lookup(runs, "ours", top["config"], top["grid"]) if top else {}
@@ -818,11 +969,15 @@ def summarise(result: dict) -> dict:
         for output in ("state", "x0"):
             for n in settings["nfe"]:
                 k = (p, s, output, n)
-                o, d, t, dd = ours.get(k), theirs.get(k), top_runs.get(k), dd_runs.get(k)
+                o, oo, d, t, dd = ours.get(k), ours_opt.get(k), theirs.get(k), top_runs.get(k), dd_runs.get(k)
                 ratio = o["error"] / d["error"] if o and d else None
+                ratio_opt = oo["error"] / d["error"] if oo and d else None
+                target = n in settings["target_nfe"]
                 head.append({"problem": p, "schedule": s, "output": output, "nfe": n, "ours": _short(o),
-                             "diffusers": _short(d), "ratio": ratio,
-                             "target_met": (ratio <= 0.5) if ratio is not None and n in settings["target_nfe"]
+                             "ours_optimised": _short(oo), "diffusers": _short(d), "ratio": ratio,
+                             "ratio_optimised": ratio_opt,
+                             "target_met": (ratio <= 0.5) if ratio is not None and target else None,
+                             "target_met_optimised": (ratio_opt <= 0.5) if ratio_opt is not None and target
                              else None,
                              "top_ranked": _short(t) if t and _ok(t) else None,
                              "top_ranked_ratio": t["error"] / d["error"] if t and _ok(t) and d else None,
@@ -834,13 +989,15 @@ def summarise(result: dict) -> dict:
         "headline": head,
         "target": {"criterion": "best of ours <= 0.5 x best of diffusers at NFE in target_nfe, per problem, "
                                 "schedule and output", "cells": len(target),
-                   "met": sum(bool(h["target_met"]) for h in target)},
+                   "met": sum(bool(h["target_met"]) for h in target),
+                   "met_optimised": sum(bool(h["target_met_optimised"]) for h in target)},
         "ranking": ranking,
-        "candidates": candidate_table(runs, cells, settings["nfe"]),
+        "candidates": candidate_table(fixed_runs, cells, settings["nfe"]),
+        "optimised": optimised_table(runs),
         "top_ranked": top,
-        "lower_order_final": lof_effect(runs),
-        "lower_order_final_logsnr": lof_effect(runs, ("logsnr",)),
-        "grid_wins": grid_wins(runs),
+        "lower_order_final": lof_effect(fixed_runs),
+        "lower_order_final_logsnr": lof_effect(fixed_runs, ("logsnr",)),
+        "grid_wins": grid_wins(fixed_runs),
         "failures": failures(runs),
     }
 
@@ -868,13 +1025,31 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
         ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
 
 
+_MET = {True: "met", False: "**not met**", None: ""}
+
+
+def _md_target(result: dict) -> list[str]:
+    s, summ = result["settings"], result["summary"]
+    lines = ["## Target cells", "",
+             "Ratio = best of ours / best of diffusers (RMS), at NFE " + ", ".join(map(str, s["target_nfe"]))
+             + "; fixed = our named grids only; optimised = also our grids optimised on a pilot batch (seed "
+             f"{s['opt_seed']}, not the evaluation batch's seed {s['seed']}; see 'Optimised grids').", ""]
+    rows = [[h["problem"], h["schedule"], h["output"], h["nfe"], _ratio(h["ratio"]), _MET[h["target_met"]],
+             _ratio(h["ratio_optimised"]), _MET[h["target_met_optimised"]],
+             _cfg(h["ours_optimised"]) if h["ours_optimised"] != h["ours"] else "(fixed grid)"]
+            for h in summ["headline"] if h["target_met"] is not None]
+    return lines + _table(["problem", "schedule", "output", "NFE", "ratio (fixed)", "target", "ratio (optimised)",
+                           "target", "best with optimised grids"], rows)
+
+
 def _md_head(result: dict) -> list[str]:
     s, summ = result["settings"], result["summary"]
     top = summ["top_ranked"]
-    lines = ["## Best of ours vs best of diffusers", "",
+    lines = ["", "## Best of ours vs best of diffusers", "",
              "RMS error at the common end time (`state`: the state at `t_min`; `x0`: the data prediction at `t_min`), "
-             "median over the batch in parentheses; ratio = ours / diffusers, target <= 0.5 at NFE "
-             + ", ".join(map(str, s["target_nfe"])) + "."
+             "median over the batch in parentheses; ours = our best on a fixed grid; ratio = ours / diffusers, "
+             "target <= 0.5 at NFE " + ", ".join(map(str, s["target_nfe"])) + "; ratio (opt.) = the same with our "
+             "optimised-grid runs included."
              + (f" Top-ranked = our top-ranked configuration (`{top['config']}` @ {top['grid']}, see the ranking), "
                 "its error and its ratio to diffusers' best." if top else "")
              + f" diffusers default = `{DIFFUSERS_DEFAULT.label}`: its last evaluation (time in parentheses) is "
@@ -886,12 +1061,37 @@ def _md_head(result: dict) -> list[str]:
         rows.append([h["problem"], h["schedule"], h["output"], h["nfe"],
                      f"{_cfg(o)}: {_e(o and o['error'])} ({_e(o and o['error_median'])})",
                      f"{_cfg(d)}: {_e(d and d['error'])} ({_e(d and d['error_median'])})", _ratio(h["ratio"]),
-                     {True: "met", False: "**not met**", None: ""}[h["target_met"]],
+                     _MET[h["target_met"]], _ratio(h["ratio_optimised"]), _MET[h["target_met_optimised"]],
                      f"{_e(t and t['error'])} ({_ratio(h['top_ranked_ratio'])})",
                      f"{_e(dd['error_vs_t_min'])} (t = {dd['t_end']:.3g})" if dd else "-"])
-    return lines + _table(["problem", "schedule", "output", "NFE", "ours: best (error, median)",
-                           "diffusers: best (error, median)", "ratio", "target", "top-ranked (ratio)",
-                           "diffusers default"], rows)
+    return lines + _table(["problem", "schedule", "output", "NFE", "ours: best fixed grid (error, median)",
+                           "diffusers: best (error, median)", "ratio", "target", "ratio (opt.)", "target (opt.)",
+                           "top-ranked (ratio)", "diffusers default"], rows)
+
+
+def _md_optimised(result: dict) -> list[str]:
+    s, rows = result["settings"], result["summary"]["optimised"]
+    if not rows:
+        return []
+    pilot = ", ".join(f"{k} {v}" for k, v in s["opt_pilot"].items())
+    lines = ["", "## Optimised grids", "",
+             f"`optimise_grid` (coordinate descent on the interior lambda knots) on a pilot batch ({pilot} samples, "
+             f"seed {s['opt_seed']}; evaluation batch seed {s['seed']}), at most {s['opt_max_evals']} pilot solves, "
+             f"min_step {s['opt_min_step']}, pilot reference rtol {s['opt_rtol']:g}; started from the fixed grid with "
+             f"the smallest pilot error, and kept only if it also lowers the error on a validation batch "
+             f"({s['opt_heldout']} samples, seed {s['opt_seed'] + 1}; else the start grid is used: kept = no). The "
+             "`x0` row at NFE n uses the grid optimised for the state at n - 1. Errors on the evaluation batch "
+             "(RMS, median in parentheses): start grid -> optimised grid; gain = start / optimised; pilot and "
+             "validation: RMS, start -> optimised.", ""]
+    return lines + _table(
+        ["problem", "schedule", "output", "NFE", "configuration", "start grid", "error: start -> optimised", "gain",
+         "pilot", "validation", "kept", "solves", "s"],
+        [[r["problem"], r["schedule"], r["output"], r["nfe_budget"], f"`{r['config']}`", r["init_grid"],
+          f"{_e(r['error_init_grid'])} ({_e(r['error_median_init_grid'])}) -> {_e(r['error'])} "
+          f"({_e(r['error_median'])})", _ratio(r["improvement"]),
+          f"{_e(r['pilot_error_init'])} -> {_e(r['pilot_error'])}",
+          f"{_e(r['opt_heldout_error_init'])} -> {_e(r['opt_heldout_error'])}", "yes" if r["accepted"] else "no",
+          r["opt_evaluations"], f"{r['opt_seconds']:.1f}"] for r in rows])
 
 
 def _md_ranking(result: dict) -> list[str]:
@@ -981,13 +1181,15 @@ def to_markdown(result: dict) -> str:
              f"{result['timing']['total_s']:.0f} s ({env['jobs']} processes, {env['cpus']} CPUs), torch "
              f"{env['torch']}, diffusers {env['diffusers']}.", "",
              f"Target: {summ['target']['criterion']} -- met in **{summ['target']['met']} of "
-             f"{summ['target']['cells']}** cells.", "", "## Problems and references", ""]
+             f"{summ['target']['cells']}** cells with fixed grids, **{summ['target']['met_optimised']} of "
+             f"{summ['target']['cells']}** with optimised grids included.", "", "## Problems and references", ""]
     lines += _table(["problem", "schedule", "dim", "batch", "t_start -> t_end", "reference (dopri5) NFE",
                      "reference error estimate"],
                     [[p["problem"], p["schedule"], p["dim"], p["n"], f"{p['t_start']:g} -> {p['t_end']:g}",
                       p["reference"]["nfe"], _e(p["reference"]["error_estimate"])] for p in result["problems"]])
-    for part in (_md_head, _md_ranking, _md_candidates, _md_precision, _md_notes):
-        lines += part(result) if part is not _md_head else [""] + part(result)
+    lines.append("")
+    for part in (_md_target, _md_head, _md_optimised, _md_ranking, _md_candidates, _md_precision, _md_notes):
+        lines += part(result)
     return "\n".join(lines)
 
 

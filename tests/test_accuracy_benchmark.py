@@ -59,6 +59,72 @@ def test_quick_run_schema(acc, quick):
     for p in res["precision"]:
         assert p["model_dtype"] in acc.MODEL_DTYPES and p["error_vs_float64"] >= 0
     assert "# Accuracy benchmark" in md and "Best of ours vs best of diffusers" in md
+    assert "## Target cells" in md and "## Optimised grids" in md
+
+
+OPT_KEYS = {"init_grid", "pilot_seed", "pilot_n", "pilot_error_init", "pilot_error", "opt_evaluations",
+            "grid_times", "error_init_grid", "error_median_init_grid", "accepted", "opt_heldout_error",
+            "opt_heldout_error_init"}
+
+
+def test_quick_optimised_runs(acc, quick):
+    """The quick run has optimised-grid runs for every configured config, target NFE, cell and output; their grid is
+    a valid grid with the right number of steps and the exact end points, their pilot batch is not the evaluation
+    batch, the search never ends worse than it started (pilot error), and a grid that does not lower the validation
+    error is not used."""
+    _, res, _ = quick
+    s = res["settings"]
+    opt = [r for r in res["runs"] if r["grid"] == "optimised"]
+    want = {(p["problem"], p["schedule"], c, o, n) for p in res["problems"] for c in s["opt_configs"]
+            for o in ("state", "x0") for n in s["opt_nfe"]}
+    assert {(r["problem"], r["schedule"], r["config"], r["output"], r["nfe_budget"]) for r in opt} == want
+    for r in opt:
+        assert OPT_KEYS <= set(r) and r["library"] == "ours" and r["eligible"]
+        assert r["pilot_seed"] == s["opt_seed"] != s["seed"] and r["pilot_n"] == s["opt_pilot"][r["problem"]]
+        assert r["init_grid"] in s["grids"] and r["pilot_error"] <= r["pilot_error_init"]
+        assert r["nfe"] == r["nfe_budget"] and r["steps"] == r["nfe_budget"] - (r["output"] == "x0")
+        ts = r["grid_times"]
+        assert len(ts) == r["steps"] + 1 and ts[0] == r["t_start"] and ts[-1] == r["t_end"]
+        assert all(a > b for a, b in zip(ts, ts[1:]))
+        assert r["error"] > 0 and r["error_init_grid"] > 0
+        # kept only if it lowers the validation error; otherwise the run is the start grid's run
+        assert r["accepted"] == (r["opt_heldout_error"] < r["opt_heldout_error_init"])
+        if not r["accepted"]:
+            assert r["error"] == r["error_init_grid"]
+    assert len(res["summary"]["optimised"]) == len(opt)
+
+
+def test_pilot_batch_is_not_the_evaluation_batch(acc):
+    """Honest hold-out: the pilot (and the optimiser's held-out) seeds must differ from the evaluation seed, so the
+    pilot states differ from the evaluation states."""
+    s = acc.Settings()
+    assert s.opt_seed != s.seed and s.opt_seed + 1 != s.seed
+    assert set(s.opt_nfe) <= set(s.target_nfe) and s.opt_configs
+    for seed in (s.opt_seed, s.opt_seed + 1):
+        with pytest.raises(ValueError):
+            acc.Settings(seed=seed)
+    p = acc.make_problem("ring", "edm")
+    assert not torch.equal(acc.start_states(p, 8, s.opt_seed), acc.start_states(p, 8, s.seed))
+
+
+def test_full_settings_include_optimised_part(acc):
+    """The full run optimises 2-4 deterministic configurations, at both outputs' budgets, on every problem."""
+    s = acc.Settings()
+    assert 2 <= len(s.opt_configs) <= 4
+    assert not any(acc.parse_solver_spec(c).build().stochastic for c in s.opt_configs)
+    assert s.opt_budgets() == sorted({b for n in s.opt_nfe for b in (n - 1, n)})
+    assert set(dict(s.opt_pilot)) == set(s.problems)
+
+
+def test_pilot_problem_memoises_the_reference(acc):
+    """PilotProblem's "exact flow" is the torchdiffeq reference, computed once per batch."""
+    p = acc.make_problem("ring", "edm")
+    pilot = acc.PilotProblem(p, 1e-9)
+    x = acc.start_states(p, 8, 3)
+    r1 = pilot.exact_flow(x)
+    ref, _ = acc.reference(p, x, [], 1e-10)
+    assert acc.rms_error(r1, ref[acc._key(p.t_end)]) < 1e-7
+    assert torch.equal(pilot.exact_flow(x.clone()), r1) and len(pilot._memo) == 1
 
 
 def test_quick_summary_follows_from_runs(quick):
@@ -66,13 +132,18 @@ def test_quick_summary_follows_from_runs(quick):
     for h in res["summary"]["headline"]:
         cell = [r for r in res["runs"] if (r["problem"], r["schedule"], r["output"], r["nfe_budget"]) ==
                 (h["problem"], h["schedule"], h["output"], h["nfe"]) and r["eligible"]]
-        ours = min(r["error"] for r in cell if r["library"] == "ours")
-        assert h["ours"]["error"] == ours
+        ours = min(r["error"] for r in cell if r["library"] == "ours" and r["grid"] != "optimised")
+        ours_opt = min(r["error"] for r in cell if r["library"] == "ours")
+        assert h["ours"]["error"] == ours and h["ours_optimised"]["error"] == ours_opt <= ours
         theirs = [r["error"] for r in cell if r["library"] == "diffusers"]
         if theirs:
             assert h["diffusers"]["error"] == min(theirs)
             assert h["ratio"] == pytest.approx(ours / min(theirs))
+            assert h["ratio_optimised"] == pytest.approx(ours_opt / min(theirs))
             assert h["target_met"] == (h["ratio"] <= 0.5)
+            assert h["target_met_optimised"] == (h["ratio_optimised"] <= 0.5)
+    t = res["summary"]["target"]
+    assert t["met"] <= t["met_optimised"] <= t["cells"]
     top = res["summary"]["ranking"]["state"]["target_nfe"][0]
     ratios = []
     for h in res["summary"]["headline"]:
