@@ -493,7 +493,7 @@ def _plot_samples(x, target, title: str, path: Path, label: str = "samples") -> 
 # ---------------------------------------------------------------------------------------------------------------------
 
 def _add_train(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default="ring", help="data set: ring | two_moons | swiss_roll | checkerboard | shapes "
+    p.add_argument("--data", default="ring", help="data set: ring | moons | swiss_roll | checkerboard | shapes "
                                                   "| digits (default ring)")
     p.add_argument("--steps", type=int, default=2000, help="optimizer steps (default 2000)")
     p.add_argument("--out", default="run", help="output folder; the checkpoint is OUT/ckpt.pt (default ./run)")

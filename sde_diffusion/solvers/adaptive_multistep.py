@@ -188,7 +188,7 @@ class AdaptiveMultistep(Solver):
                 w1 = -math.expm1(-h_act)
                 x_new = lincomb(s_n / s, x, a_n * w1, nodes[0])
                 d_new = model.predict(x_new, t_dev(t_next), "x0", a_n, s_n)
-                w2 = lagrange_weights(torch.tensor([0.0, 1.0]), torch.tensor(h_act), -1).tolist()
+                w2 = lagrange_weights([0.0, 1.0], h_act, -1).tolist()  # (float64 from Python floats)
                 err = _weighted_sum([a_n * (w2[0] - w1), a_n * w2[1]], [nodes[0], d_new])
                 p = 2.0
             else:

@@ -134,7 +134,8 @@ class DPMSolverAdaptive(Solver):
             if accepted + rejected >= self.max_steps:
                 raise RuntimeError(f"dpm_solver_adaptive: no convergence after {self.max_steps} attempts "
                                    f"(t = {s:.6g}, h = {h:.3g})")
-            t = t_end if lam_s + h >= lam_end else float(sch._inverse_lambda(torch.tensor(lam_s + h)))
+            lam_t = torch.tensor(lam_s + h, dtype=torch.float64)
+            t = t_end if lam_s + h >= lam_end else float(sch._inverse_lambda(lam_t))
             c = self.attempt_coefficients(sch, s, t, x)
             outs = run_singlestep_stages(model, x, c, self.kind, k, first)
             x_high = final_update(c, x, outs, k)
