@@ -105,38 +105,64 @@ ROUNDS_STATE = ("DPMSolverMultistepScheduler", "EulerDiscreteScheduler", "EDMEul
 # configurations
 # ---------------------------------------------------------------------------------------------------------------------
 
+
 def our_configs() -> list[str]:
     """Every deterministic fixed-budget configuration of ours (run on each grid of :data:`GRIDS`)."""
     c = ["ddim", "euler", "heun", "heun:variable=sigma"]
     for lof in ("true", "false"):
         c += [f"dpm_solver++:order=2,multistep=true,variant={v},lower_order_final={lof}" for v in ("paper", "exact")]
-        c += [f"dpm_solver++:order=3,multistep=true,variant={v},lower_order_final={lof}"
-              for v in ("paper", "heun", "exact")]
-    c += ["dpm_solver++:order=2,multistep=false,variant=paper", "dpm_solver++:order=2,multistep=false,variant=heun",
-          "dpm_solver++:order=3,multistep=false,variant=paper", "dpm_solver++:order=3,multistep=false,variant=exact",
-          "dpm_solver++:order=2,multistep=false,stages=grid", "dpm_solver++:order=3,multistep=false,stages=grid"]
+        c += [
+            f"dpm_solver++:order=3,multistep=true,variant={v},lower_order_final={lof}"
+            for v in ("paper", "heun", "exact")
+        ]
+    c += [
+        "dpm_solver++:order=2,multistep=false,variant=paper",
+        "dpm_solver++:order=2,multistep=false,variant=heun",
+        "dpm_solver++:order=3,multistep=false,variant=paper",
+        "dpm_solver++:order=3,multistep=false,variant=exact",
+        "dpm_solver++:order=2,multistep=false,stages=grid",
+        "dpm_solver++:order=3,multistep=false,stages=grid",
+    ]
     c += [f"dpm_solver:order={o},multistep=true,variant={v}" for o in (2, 3) for v in ("paper", "exact")]
     c += ["dpm_solver:order=2", "dpm_solver:order=3", "dpm_solver:order=3,variant=exact"]
     c += ["dpm_solver_fast:order=2", "dpm_solver_fast:order=3"]
     c += [f"deis:variant={v},order={o}" for v in ("tab", "rhoab", "logrho") for o in (2, 3)]
     c += [f"deis:variant=rhork,tableau={t}" for t in ("heun", "kutta3", "rk4")]
-    c += [f"unipc:order={o},variant={v},lower_order_final={lof}" for o in (2, 3) for v in ("bh1", "bh2")
-          for lof in ("false", "true")]
+    c += [
+        f"unipc:order={o},variant={v},lower_order_final={lof}"
+        for o in (2, 3)
+        for v in ("bh1", "bh2")
+        for lof in ("false", "true")
+    ]
     c += [f"unipc:order={o},variant={v},prediction=eps" for o in (2, 3) for v in ("bh1", "bh2")]
-    c += ["unipc:order=1,variant=bh1", "unipc:order=1,variant=bh2", "unipc:order=2,disable_corrector=true",
-          "unipc:order=3,disable_corrector=true"]
+    c += [
+        "unipc:order=1,variant=bh1",
+        "unipc:order=1,variant=bh2",
+        "unipc:order=2,disable_corrector=true",
+        "unipc:order=3,disable_corrector=true",
+    ]
     c += ["pndm:variant=s", "pndm:variant=f", "plms", "ipndm:order=2", "ipndm:order=3", "ipndm:order=4"]
     return c
 
 
 #: our configurations whose grid is optimised (the top of the fixed-grid ranking at NFE 10-20 and the new UniPC
 #: default); see :func:`run_optimised`
-OPTIMISED_CONFIGS = ("ipndm:order=3", "deis:variant=logrho,order=3", "unipc:order=2,variant=bh1,prediction=eps",
-                     "unipc:order=3")
+OPTIMISED_CONFIGS = (
+    "ipndm:order=3",
+    "deis:variant=logrho,order=3",
+    "unipc:order=2,variant=bh1,prediction=eps",
+    "unipc:order=3",
+)
 
-PRECISION_CONFIGS = ("ddim", "heun:variable=sigma", "dpm_solver++:order=2,multistep=true",
-                     "dpm_solver++:order=3,multistep=true", "unipc:order=3,variant=bh2", "deis:order=3",
-                     "ipndm:order=4")
+PRECISION_CONFIGS = (
+    "ddim",
+    "heun:variable=sigma",
+    "dpm_solver++:order=2,multistep=true",
+    "dpm_solver++:order=3,multistep=true",
+    "unipc:order=3,variant=bh2",
+    "deis:order=3",
+    "ipndm:order=4",
+)
 
 
 @dataclass(frozen=True)
@@ -161,9 +187,12 @@ def _dc(cls: str, grid: str, output: str, space: str = "vp", **kw) -> DiffusersC
 
 
 #: diffusers grid options: label -> scheduler keywords
-_VP_SPACINGS = {"linspace": dict(timestep_spacing="linspace"), "leading": dict(timestep_spacing="leading"),
-                "leading+1": dict(timestep_spacing="leading", steps_offset=1),
-                "trailing": dict(timestep_spacing="trailing")}
+_VP_SPACINGS = {
+    "linspace": dict(timestep_spacing="linspace"),
+    "leading": dict(timestep_spacing="leading"),
+    "leading+1": dict(timestep_spacing="leading", steps_offset=1),
+    "trailing": dict(timestep_spacing="trailing"),
+}
 _SIGMAS = {"karras": dict(use_karras_sigmas=True), "exponential": dict(use_exponential_sigmas=True)}
 #: (final_sigmas_type, lower_order_final) pairs; "zero" with lower_order_final=False is rewritten by diffusers itself
 _FINALS = (("zero", True), ("sigma_min", True), ("sigma_min", False))
@@ -178,45 +207,133 @@ def diffusers_configs(schedule: str, quick: bool = False) -> list[DiffusersConfi
     """The diffusers sweep for a schedule (``quick``: a handful)."""
     if schedule == "edm":
         if quick:
-            return [_dc("EDMDPMSolverMultistepScheduler", "karras", "state", "edm", solver_order=2,
-                        final_sigmas_type="sigma_min"),
-                    _dc("EDMEulerScheduler", "karras", "x0", "edm", final_sigmas_type="zero")]
-        out = [_dc("EDMEulerScheduler", s, "x0" if f == "zero" else "state", "edm", sigma_schedule=s,
-                   final_sigmas_type=f) for s in ("karras", "exponential") for f in ("zero", "sigma_min")]
-        out += [_dc("EDMDPMSolverMultistepScheduler", s, "x0" if f == "zero" else "state", "edm", solver_order=o,
-                    solver_type=st, sigma_schedule=s, final_sigmas_type=f, lower_order_final=lof)
-                for o in (2, 3) for st in ("midpoint", "heun") for s in ("karras", "exponential") for f, lof in _FINALS]
+            return [
+                _dc(
+                    "EDMDPMSolverMultistepScheduler",
+                    "karras",
+                    "state",
+                    "edm",
+                    solver_order=2,
+                    final_sigmas_type="sigma_min",
+                ),
+                _dc("EDMEulerScheduler", "karras", "x0", "edm", final_sigmas_type="zero"),
+            ]
+        out = [
+            _dc("EDMEulerScheduler", s, "x0" if f == "zero" else "state", "edm", sigma_schedule=s, final_sigmas_type=f)
+            for s in ("karras", "exponential")
+            for f in ("zero", "sigma_min")
+        ]
+        out += [
+            _dc(
+                "EDMDPMSolverMultistepScheduler",
+                s,
+                "x0" if f == "zero" else "state",
+                "edm",
+                solver_order=o,
+                solver_type=st,
+                sigma_schedule=s,
+                final_sigmas_type=f,
+                lower_order_final=lof,
+            )
+            for o in (2, 3)
+            for st in ("midpoint", "heun")
+            for s in ("karras", "exponential")
+            for f, lof in _FINALS
+        ]
         return out
     if quick:
-        return [_dc("DDIMScheduler", "trailing", "state", timestep_spacing="trailing", set_alpha_to_one=False),
-                _dc("DPMSolverMultistepScheduler", "karras", "state", solver_order=2, use_karras_sigmas=True,
-                    final_sigmas_type="sigma_min"),
-                _dc("UniPCMultistepScheduler", "karras", "x0", solver_order=3, use_karras_sigmas=True,
-                    final_sigmas_type="zero")]
+        return [
+            _dc("DDIMScheduler", "trailing", "state", timestep_spacing="trailing", set_alpha_to_one=False),
+            _dc(
+                "DPMSolverMultistepScheduler",
+                "karras",
+                "state",
+                solver_order=2,
+                use_karras_sigmas=True,
+                final_sigmas_type="sigma_min",
+            ),
+            _dc(
+                "UniPCMultistepScheduler",
+                "karras",
+                "x0",
+                solver_order=3,
+                use_karras_sigmas=True,
+                final_sigmas_type="zero",
+            ),
+        ]
     out = []
     for g, kw in _vp_grids("linspace", "leading", "leading+1", "trailing"):
         out += [_dc("DDIMScheduler", g, "x0" if one else "state", set_alpha_to_one=one, **kw) for one in (False, True)]
-        out += [_dc("PNDMScheduler", g, "state", skip_prk_steps=skip, set_alpha_to_one=False, **kw)
-                for skip in (True, False)]
+        out += [
+            _dc("PNDMScheduler", g, "state", skip_prk_steps=skip, set_alpha_to_one=False, **kw)
+            for skip in (True, False)
+        ]
     for g, kw in _vp_grids("linspace", "leading", "trailing", "karras", "exponential", "lu"):
-        out += [_dc("DPMSolverMultistepScheduler", g, "x0" if f == "zero" else "state", algorithm_type=a,
-                    solver_order=o, solver_type=st, final_sigmas_type=f, lower_order_final=lof, **kw)
-                for a in ("dpmsolver++", "dpmsolver") for o in (2, 3) for st in ("midpoint", "heun")
-                for f, lof in _FINALS if not (a == "dpmsolver" and f == "zero")]  # diffusers refuses that pair
+        out += [
+            _dc(
+                "DPMSolverMultistepScheduler",
+                g,
+                "x0" if f == "zero" else "state",
+                algorithm_type=a,
+                solver_order=o,
+                solver_type=st,
+                final_sigmas_type=f,
+                lower_order_final=lof,
+                **kw,
+            )
+            for a in ("dpmsolver++", "dpmsolver")
+            for o in (2, 3)
+            for st in ("midpoint", "heun")
+            for f, lof in _FINALS
+            if not (a == "dpmsolver" and f == "zero")
+        ]  # diffusers refuses that pair
     for g, kw in [("linspace", {})] + _vp_grids("karras", "exponential"):
-        out += [_dc("DPMSolverSinglestepScheduler", g, "x0" if f == "zero" else "state", algorithm_type=a,
-                    solver_order=o, solver_type=st, final_sigmas_type=f, lower_order_final=lof, **kw)
-                for a in ("dpmsolver++", "dpmsolver") for o in (2, 3) for st in ("midpoint", "heun")
-                for f, lof in _FINALS if not (a == "dpmsolver" and f == "zero")]  # diffusers refuses that pair
+        out += [
+            _dc(
+                "DPMSolverSinglestepScheduler",
+                g,
+                "x0" if f == "zero" else "state",
+                algorithm_type=a,
+                solver_order=o,
+                solver_type=st,
+                final_sigmas_type=f,
+                lower_order_final=lof,
+                **kw,
+            )
+            for a in ("dpmsolver++", "dpmsolver")
+            for o in (2, 3)
+            for st in ("midpoint", "heun")
+            for f, lof in _FINALS
+            if not (a == "dpmsolver" and f == "zero")
+        ]  # diffusers refuses that pair
     grids = _vp_grids("linspace", "leading", "trailing", "karras", "exponential")
     for g, kw in grids:
-        out += [_dc("UniPCMultistepScheduler", g, "x0" if f == "zero" else "state", solver_type=st, solver_order=o,
-                    final_sigmas_type=f, lower_order_final=lof, **({} if x0 else {"predict_x0": False}), **kw)
-                for st in ("bh1", "bh2") for o in (2, 3) for f, lof in _FINALS for x0 in (True, False)]
-        out += [_dc("DEISMultistepScheduler", g, "state", solver_order=o, lower_order_final=lof, **kw)
-                for o in (2, 3) for lof in (True, False)]
-        out += [_dc("EulerDiscreteScheduler", g, "x0" if f == "zero" else "state", "ve", final_sigmas_type=f, **kw)
-                for f in ("zero", "sigma_min")]
+        out += [
+            _dc(
+                "UniPCMultistepScheduler",
+                g,
+                "x0" if f == "zero" else "state",
+                solver_type=st,
+                solver_order=o,
+                final_sigmas_type=f,
+                lower_order_final=lof,
+                **({} if x0 else {"predict_x0": False}),
+                **kw,
+            )
+            for st in ("bh1", "bh2")
+            for o in (2, 3)
+            for f, lof in _FINALS
+            for x0 in (True, False)
+        ]
+        out += [
+            _dc("DEISMultistepScheduler", g, "state", solver_order=o, lower_order_final=lof, **kw)
+            for o in (2, 3)
+            for lof in (True, False)
+        ]
+        out += [
+            _dc("EulerDiscreteScheduler", g, "x0" if f == "zero" else "state", "ve", final_sigmas_type=f, **kw)
+            for f in ("zero", "sigma_min")
+        ]
         out.append(_dc("HeunDiscreteScheduler", g, "x0", "ve", **kw))
     return out
 
@@ -224,6 +341,7 @@ def diffusers_configs(schedule: str, quick: bool = False) -> list[DiffusersConfi
 # ---------------------------------------------------------------------------------------------------------------------
 # settings
 # ---------------------------------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -269,15 +387,28 @@ class Settings:
 
 
 def quick_settings() -> Settings:
-    return Settings(problems=("ring",), nfe=(10,), target_nfe=(10,), grids=("logsnr", "karras"),
-                    batch=(("ring", 64),), ours=("ddim", "dpm_solver++:order=2,multistep=true", "unipc:order=3"),
-                    precision_configs=("ddim",), precision_nfe=(10,), quick=True, opt_configs=("unipc:order=3",),
-                    opt_nfe=(10,), opt_pilot=(("ring", 32),), opt_heldout=16, opt_max_evals=24)
+    return Settings(
+        problems=("ring",),
+        nfe=(10,),
+        target_nfe=(10,),
+        grids=("logsnr", "karras"),
+        batch=(("ring", 64),),
+        ours=("ddim", "dpm_solver++:order=2,multistep=true", "unipc:order=3"),
+        precision_configs=("ddim",),
+        precision_nfe=(10,),
+        quick=True,
+        opt_configs=("unipc:order=3",),
+        opt_nfe=(10,),
+        opt_pilot=(("ring", 32),),
+        opt_heldout=16,
+        opt_max_evals=24,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # problems and references
 # ---------------------------------------------------------------------------------------------------------------------
+
 
 def vp_discrete_schedule() -> VPDiscrete:
     """DDPM linear betas, 1000 steps, ``alphas_cumprod`` accumulated in float32 as diffusers does."""
@@ -323,14 +454,22 @@ def reference(problem: Problem, x_T: torch.Tensor, times, rtol: float) -> tuple[
     tight = probability_flow_reference(model, x_T, grid, rtol=rtol, atol=rtol)
     loose = probability_flow_reference(problem.model(), x_T, grid, rtol=100 * rtol, atol=100 * rtol)
     est = max(rms_error(a, b) for a, b in zip(tight[1:], loose[1:]))
-    info = {"method": "dopri5", "rtol": rtol, "atol": rtol, "times": len(ts), "nfe": model.nfe,
-            "error_estimate": est, "seconds": time.perf_counter() - t0}
+    info = {
+        "method": "dopri5",
+        "rtol": rtol,
+        "atol": rtol,
+        "times": len(ts),
+        "nfe": model.nfe,
+        "error_estimate": est,
+        "seconds": time.perf_counter() - t0,
+    }
     return {_key(t): tight[i] for i, t in enumerate(ts)}, info
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # our runs
 # ---------------------------------------------------------------------------------------------------------------------
+
 
 def _errors(x: torch.Tensor, target: torch.Tensor) -> dict:
     if not bool(torch.isfinite(x).all()):
@@ -360,15 +499,19 @@ def _targets(problem: Problem, ref: dict) -> tuple[torch.Tensor, torch.Tensor]:
     return state, denoise(problem, state, problem.t_end)
 
 
-def _records(problem: Problem, base: dict, res, steps: int, budget: int, fail: str | None, targets, want_state,
-             want_x0) -> list[dict]:
+def _records(
+    problem: Problem, base: dict, res, steps: int, budget: int, fail: str | None, targets, want_state, want_x0
+) -> list[dict]:
     """The ``state`` record of a run at ``budget`` (if wanted) and its ``x0`` record at ``budget + 1`` (the run,
     then the exact denoising at ``t_min``; if wanted)."""
     out = []
     if budget in want_state:
         rec = {**base, "output": "state", "nfe_budget": budget, "steps": steps}
-        rec.update({"nfe": res.nfe, **_errors(res.x, targets[0])} if res is not None else
-                   {"nfe": None, "error": None, "error_median": None, "failed": fail})
+        rec.update(
+            {"nfe": res.nfe, **_errors(res.x, targets[0])}
+            if res is not None
+            else {"nfe": None, "error": None, "error_median": None, "failed": fail}
+        )
         out.append(rec)
     if budget in want_x0:
         rec = {**base, "output": "x0", "nfe_budget": budget + 1, "steps": steps}
@@ -381,8 +524,17 @@ def _records(problem: Problem, base: dict, res, steps: int, budget: int, fail: s
 
 
 def _base(problem: Problem, spec, grid: str) -> dict:
-    return dict(library="ours", problem=problem.name, schedule=problem.schedule_name, config=spec.label,
-                family=spec.name, grid=grid, t_start=problem.t_start, t_end=problem.t_end, eligible=True)
+    return dict(
+        library="ours",
+        problem=problem.name,
+        schedule=problem.schedule_name,
+        config=spec.label,
+        family=spec.name,
+        grid=grid,
+        t_start=problem.t_start,
+        t_end=problem.t_end,
+        eligible=True,
+    )
 
 
 def run_ours(problem: Problem, x_T: torch.Tensor, ref: dict, settings: Settings) -> list[dict]:
@@ -403,14 +555,16 @@ def run_ours(problem: Problem, x_T: torch.Tensor, ref: dict, settings: Settings)
                     fail = None
                 if res is None and fail is None:
                     continue  # the budget is too small for this solver
-                out += _records(problem, _base(problem, spec, grid), res, steps, budget, fail, targets, want_state,
-                                want_x0)
+                out += _records(
+                    problem, _base(problem, spec, grid), res, steps, budget, fail, targets, want_state, want_x0
+                )
     return out
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # our runs on optimised grids
 # ---------------------------------------------------------------------------------------------------------------------
+
 
 class PilotProblem(Problem):
     """The benchmark problem with its torchdiffeq reference at ``t_min`` memoised and exposed as the "exact flow",
@@ -468,18 +622,37 @@ def run_optimised(problem: Problem, x_T: torch.Tensor, ref: dict, settings: Sett
             pilot_err[g] = e if math.isfinite(e) else math.inf
         init = min(pilot_err, key=pilot_err.get)
         t0 = time.perf_counter()
-        opt = optimise_grid(pilot, config, budget, init=init, pilot=n_pilot, heldout=settings.opt_heldout,
-                            seed=settings.opt_seed, reference="exact", min_step=settings.opt_min_step,
-                            max_evals=settings.opt_max_evals, progress=False)
+        opt = optimise_grid(
+            pilot,
+            config,
+            budget,
+            init=init,
+            pilot=n_pilot,
+            heldout=settings.opt_heldout,
+            seed=settings.opt_seed,
+            reference="exact",
+            min_step=settings.opt_min_step,
+            max_evals=settings.opt_max_evals,
+            progress=False,
+        )
         seconds = time.perf_counter() - t0
         accepted = opt.heldout_error < opt.heldout_error_init
         res_init = sample(problem.model(), x_T, solver=spec.build(), steps=steps, grid=init)
         res = sample(problem.model(), x_T, solver=spec.build(), steps=steps, grid=opt.grid) if accepted else res_init
-        base = {**_base(problem, spec, "optimised"), "init_grid": init, "pilot_seed": settings.opt_seed,
-                "pilot_n": n_pilot, "pilot_error_init": opt.pilot_error_init, "pilot_error": opt.pilot_error,
-                "opt_heldout_error_init": opt.heldout_error_init, "opt_heldout_error": opt.heldout_error,
-                "opt_evaluations": opt.evaluations, "opt_seconds": seconds, "accepted": accepted,
-                "grid_times": (opt.grid if accepted else opt.init_grid).tolist()}
+        base = {
+            **_base(problem, spec, "optimised"),
+            "init_grid": init,
+            "pilot_seed": settings.opt_seed,
+            "pilot_n": n_pilot,
+            "pilot_error_init": opt.pilot_error_init,
+            "pilot_error": opt.pilot_error,
+            "opt_heldout_error_init": opt.heldout_error_init,
+            "opt_heldout_error": opt.heldout_error,
+            "opt_evaluations": opt.evaluations,
+            "opt_seconds": seconds,
+            "accepted": accepted,
+            "grid_times": (opt.grid if accepted else opt.init_grid).tolist(),
+        }
         recs = _records(problem, base, res, steps, budget, None, targets, want_state, want_x0)
         init_recs = _records(problem, base, res_init, steps, budget, None, targets, want_state, want_x0)
         for r, ri in zip(recs, init_recs):
@@ -508,17 +681,28 @@ def run_precision(problem: Problem, x_T: torch.Tensor, ref: dict, settings: Sett
 
                 model = Model(fn, problem.schedule, "eps")
                 res = _our_solve(problem, spec, settings.precision_grid, budget, x_T.float(), model)[0]
-                out.append(dict(problem=problem.name, schedule=problem.schedule_name, config=spec.label,
-                                grid=settings.precision_grid, nfe_budget=budget, nfe=res.nfe, model_dtype=name,
-                                state_dtype="float32", error_vs_float64=rms_error(res.x, res64.x),
-                                median_vs_float64=median_error(res.x, res64.x),
-                                solver_error=rms_error(res64.x, target)))
+                out.append(
+                    dict(
+                        problem=problem.name,
+                        schedule=problem.schedule_name,
+                        config=spec.label,
+                        grid=settings.precision_grid,
+                        nfe_budget=budget,
+                        nfe=res.nfe,
+                        model_dtype=name,
+                        state_dtype="float32",
+                        error_vs_float64=rms_error(res.x, res64.x),
+                        median_vs_float64=median_error(res.x, res64.x),
+                        solver_error=rms_error(res64.x, target),
+                    )
+                )
     return out
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # diffusers
 # ---------------------------------------------------------------------------------------------------------------------
+
 
 @contextlib.contextmanager
 def _quiet():
@@ -590,8 +774,15 @@ def plan_diffusers(cfg: DiffusersConfig, budget: int, problem: Problem) -> Diffu
         calls = len(sched.timesteps)
         if calls <= budget:
             t_out = problem.t_end if cfg.output == "state" else _time_of(cfg, sched, calls - 1, problem)
-            return DiffusersPlan(cfg, budget, steps, calls, _time_of(cfg, sched, 0, problem), t_out,
-                                 abs(t_out / problem.t_end - 1.0) < 1e-9)
+            return DiffusersPlan(
+                cfg,
+                budget,
+                steps,
+                calls,
+                _time_of(cfg, sched, 0, problem),
+                t_out,
+                abs(t_out / problem.t_end - 1.0) < 1e-9,
+            )
     return None
 
 
@@ -622,12 +813,23 @@ def _diffusers_loop(plan: DiffusersPlan, problem: Problem, x_start: torch.Tensor
 def run_diffusers_one(plan: DiffusersPlan, problem: Problem, ref: dict) -> dict:
     """One diffusers run; float64 state and default dtype where diffusers allows it, else float32 defaults."""
     cfg = plan.cfg
-    target = ref[_key(problem.t_end)] if cfg.output == "state" else denoise(problem, ref[_key(plan.t_out)],
-                                                                              plan.t_out)
-    rec = dict(library="diffusers", problem=problem.name, schedule=problem.schedule_name, config=cfg.label,
-               family=cfg.cls, grid=cfg.grid, output=cfg.output, nfe_budget=plan.budget, nfe=plan.nfe,
-               steps=plan.steps, t_start=plan.t_start, t_end=plan.t_out, eligible=plan.at_t_min,
-               state_dtype="float32 (rounded in step)" if cfg.cls in ROUNDS_STATE else "float64")
+    target = ref[_key(problem.t_end)] if cfg.output == "state" else denoise(problem, ref[_key(plan.t_out)], plan.t_out)
+    rec = dict(
+        library="diffusers",
+        problem=problem.name,
+        schedule=problem.schedule_name,
+        config=cfg.label,
+        family=cfg.cls,
+        grid=cfg.grid,
+        output=cfg.output,
+        nfe_budget=plan.budget,
+        nfe=plan.nfe,
+        steps=plan.steps,
+        t_start=plan.t_start,
+        t_end=plan.t_out,
+        eligible=plan.at_t_min,
+        state_dtype="float32 (rounded in step)" if cfg.cls in ROUNDS_STATE else "float64",
+    )
     x_start = ref[_key(plan.t_start)]
     for dtype in (torch.float64, torch.float32):
         try:
@@ -674,6 +876,7 @@ def check_vp_table() -> bool:
 # ---------------------------------------------------------------------------------------------------------------------
 # the units of work (one process each)
 # ---------------------------------------------------------------------------------------------------------------------
+
 
 def _setup_worker():
     torch.set_num_threads(1)
@@ -733,8 +936,9 @@ def run_benchmark(settings: Settings, jobs: int = 1, log=print) -> dict:
     version = diffusers_version() if settings.diffusers else None
     settings = Settings(**{**settings.__dict__, "diffusers": version is not None})
     units = [(p, s) for p in sorted(settings.problems, key=lambda p: p != "gmm64") for s in settings.schedules]
-    parts = ["ours", *(f"optimised:{c}" for c in settings.opt_configs), "precision"] + \
-        (["diffusers"] if settings.diffusers else [])
+    parts = ["ours", *(f"optimised:{c}" for c in settings.opt_configs), "precision"] + (
+        ["diffusers"] if settings.diffusers else []
+    )
     pool = ProcessPoolExecutor(jobs) if jobs > 1 else None
 
     def submit(fn, *args):
@@ -752,9 +956,18 @@ def run_benchmark(settings: Settings, jobs: int = 1, log=print) -> dict:
     runs, precision, skipped, problems, seconds = [], [], [], [], {}
     for u in units:
         problem = make_problem(*u)
-        problems.append({"problem": u[0], "schedule": u[1], "description": problem.description, "dim": problem.dim,
-                         "n": settings.n(u[0]), "t_start": problem.t_start, "t_end": problem.t_end,
-                         "reference": refs[u]["info"]})
+        problems.append(
+            {
+                "problem": u[0],
+                "schedule": u[1],
+                "description": problem.description,
+                "dim": problem.dim,
+                "n": settings.n(u[0]),
+                "t_start": problem.t_start,
+                "t_end": problem.t_end,
+                "reference": refs[u]["info"],
+            }
+        )
         for part in parts:
             r = done[(u, part)]
             runs += r["runs"]
@@ -762,14 +975,27 @@ def run_benchmark(settings: Settings, jobs: int = 1, log=print) -> dict:
             skipped += [{"problem": u[0], "schedule": u[1], **s} for s in r["skipped"]]
             seconds[f"{u[0]}/{u[1]}/{part}"] = r["seconds"]
     result = {
-        "schema_version": SCHEMA_VERSION, "kind": KIND,
-        "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in settings.__dict__.items()
-                     if k not in ("ours", "batch", "opt_pilot")} |
-                    {"batch": dict(settings.batch), "ours": list(settings.ours), "opt_pilot": dict(settings.opt_pilot)},
-        "environment": {"python": platform.python_version(), "torch": torch.__version__, "diffusers": version,
-                        "platform": platform.platform(), "jobs": jobs, "cpus": os.cpu_count(),
-                        "vp_table_matches_diffusers": check_vp_table() if version else None},
-        "problems": problems, "runs": runs, "precision": precision, "diffusers_skipped": skipped,
+        "schema_version": SCHEMA_VERSION,
+        "kind": KIND,
+        "settings": {
+            k: (list(v) if isinstance(v, tuple) else v)
+            for k, v in settings.__dict__.items()
+            if k not in ("ours", "batch", "opt_pilot")
+        }
+        | {"batch": dict(settings.batch), "ours": list(settings.ours), "opt_pilot": dict(settings.opt_pilot)},
+        "environment": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "diffusers": version,
+            "platform": platform.platform(),
+            "jobs": jobs,
+            "cpus": os.cpu_count(),
+            "vp_table_matches_diffusers": check_vp_table() if version else None,
+        },
+        "problems": problems,
+        "runs": runs,
+        "precision": precision,
+        "diffusers_skipped": skipped,
     }
     result["summary"] = summarise(result)
     result["timing"] = {"total_s": time.perf_counter() - t0, "parts_s": seconds}
@@ -779,6 +1005,7 @@ def run_benchmark(settings: Settings, jobs: int = 1, log=print) -> dict:
 # ---------------------------------------------------------------------------------------------------------------------
 # summaries
 # ---------------------------------------------------------------------------------------------------------------------
+
 
 def _ok(r: dict) -> bool:
     e = r.get("error")
@@ -814,8 +1041,11 @@ def _geo(xs) -> float:
 def _short(r: dict | None) -> dict | None:
     if r is None:
         return None
-    return {k: r.get(k) for k in ("config", "grid", "error", "error_median", "nfe", "steps", "t_start",
-                                  "state_dtype", "default_dtype") if k in r}
+    return {
+        k: r.get(k)
+        for k in ("config", "grid", "error", "error_median", "nfe", "steps", "t_start", "state_dtype", "default_dtype")
+        if k in r
+    }
 
 
 def _regrets(runs: list[dict], output: str, metric: str = "error") -> dict:
@@ -855,12 +1085,20 @@ def rank_ours(runs: list[dict], cells, output: str, nfes, metric: str = "error")
 
 
 #: configurations compared in the "Recommended defaults" table (those present in a run are reported)
-CANDIDATES = ("deis:variant=logrho,order=3", "dpm_solver:order=3,multistep=true,variant=exact", "ipndm:order=3",
-              "ipndm:order=4", "unipc:order=2,variant=bh1,prediction=eps", "unipc:order=3,variant=bh2,prediction=eps",
-              "unipc:order=2,variant=bh2,lower_order_final=true", "unipc:order=3,variant=bh2,lower_order_final=true",
-              "dpm_solver++:order=2,multistep=true,variant=paper,lower_order_final=true",
-              "dpm_solver++:order=3,multistep=true,variant=paper,lower_order_final=true", "heun:variable=sigma",
-              "ddim")
+CANDIDATES = (
+    "deis:variant=logrho,order=3",
+    "dpm_solver:order=3,multistep=true,variant=exact",
+    "ipndm:order=3",
+    "ipndm:order=4",
+    "unipc:order=2,variant=bh1,prediction=eps",
+    "unipc:order=3,variant=bh2,prediction=eps",
+    "unipc:order=2,variant=bh2,lower_order_final=true",
+    "unipc:order=3,variant=bh2,lower_order_final=true",
+    "dpm_solver++:order=2,multistep=true,variant=paper,lower_order_final=true",
+    "dpm_solver++:order=3,multistep=true,variant=paper,lower_order_final=true",
+    "heun:variable=sigma",
+    "ddim",
+)
 
 
 def candidate_table(runs: list[dict], cells, nfes, output: str = "state", grids=("logsnr", "karras")) -> list[dict]:
@@ -885,8 +1123,12 @@ def lof_effect(runs: list[dict], grids=None) -> list[dict]:
     problem, schedule, output; only ``grids`` if given)."""
     by = {}
     for r in runs:
-        if r["library"] == "ours" and _ok(r) and "lower_order_final=" in r["config"] and \
-                (grids is None or r["grid"] in grids):
+        if (
+            r["library"] == "ours"
+            and _ok(r)
+            and "lower_order_final=" in r["config"]
+            and (grids is None or r["grid"] in grids)
+        ):
             by[(r["config"], r["grid"], r["problem"], r["schedule"], r["output"], r["nfe_budget"])] = r["error"]
     acc: dict = defaultdict(list)
     for (c, g, p, s, o, n), e in by.items():
@@ -894,8 +1136,9 @@ def lof_effect(runs: list[dict], grids=None) -> list[dict]:
             other = by.get((c.replace("lower_order_final=true", "lower_order_final=false"), g, p, s, o, n))
             if other:
                 acc[(c.split(":")[0] + ":" + c.split(":")[1].split(",")[0], n)].append(e / other)
-    return [{"family": f, "nfe": n, "ratio_true_over_false": _geo(v), "cases": len(v)}
-            for (f, n), v in sorted(acc.items())]
+    return [
+        {"family": f, "nfe": n, "ratio_true_over_false": _geo(v), "cases": len(v)} for (f, n), v in sorted(acc.items())
+    ]
 
 
 def grid_wins(runs: list[dict]) -> list[dict]:
@@ -909,20 +1152,33 @@ def grid_wins(runs: list[dict]) -> list[dict]:
     count: dict = defaultdict(lambda: defaultdict(int))
     for (_, _, s, n), (g, _) in best.items():
         count[(s, n)][g] += 1
-    return [{"schedule": s, "nfe": n, "wins": dict(sorted(c.items(), key=lambda kv: -kv[1]))}
-            for (s, n), c in sorted(count.items())]
+    return [
+        {"schedule": s, "nfe": n, "wins": dict(sorted(c.items(), key=lambda kv: -kv[1]))}
+        for (s, n), c in sorted(count.items())
+    ]
 
 
 #: diffusers' out-of-the-box choice: ``DPMSolverMultistepScheduler()`` (DPM-Solver++(2M), midpoint, "linspace",
 #: ``final_sigmas_type="zero"``, ``lower_order_final=True``)
-DIFFUSERS_DEFAULT = _dc("DPMSolverMultistepScheduler", "linspace", "x0", algorithm_type="dpmsolver++", solver_order=2,
-                        solver_type="midpoint", final_sigmas_type="zero", lower_order_final=True,
-                        timestep_spacing="linspace")
+DIFFUSERS_DEFAULT = _dc(
+    "DPMSolverMultistepScheduler",
+    "linspace",
+    "x0",
+    algorithm_type="dpmsolver++",
+    solver_order=2,
+    solver_type="midpoint",
+    final_sigmas_type="zero",
+    lower_order_final=True,
+    timestep_spacing="linspace",
+)
 
 
 def _lookup(runs: list[dict], library: str, config: str, grid: str) -> dict:
-    return {(r["problem"], r["schedule"], r["output"], r["nfe_budget"]): r for r in runs
-            if r["library"] == library and r["config"] == config and r["grid"] == grid}
+    return {
+        (r["problem"], r["schedule"], r["output"], r["nfe_budget"]): r
+        for r in runs
+        if r["library"] == library and r["config"] == config and r["grid"] == grid
+    }
 
 
 def failures(runs: list[dict]) -> list[dict]:
@@ -930,21 +1186,47 @@ def failures(runs: list[dict]) -> list[dict]:
     count: dict = defaultdict(lambda: [0, set(), ""])
     for r in runs:
         if r.get("failed"):
-            final = next((f for f in ("final_sigmas_type=zero", "final_sigmas_type=sigma_min") if f in r["config"]),
-                         "")
+            final = next((f for f in ("final_sigmas_type=zero", "final_sigmas_type=sigma_min") if f in r["config"]), "")
             c = count[(r["library"], r["family"], r["grid"], final)]
             c[0] += 1
             c[1].add(r["nfe_budget"])
             c[2] = r["failed"][:80]
-    return [{"library": k[0], "family": k[1], "grid": k[2], "final": k[3], "runs": v[0], "nfe": sorted(v[1]),
-             "reason": v[2]} for k, v in sorted(count.items())]
+    return [
+        {
+            "library": k[0],
+            "family": k[1],
+            "grid": k[2],
+            "final": k[3],
+            "runs": v[0],
+            "nfe": sorted(v[1]),
+            "reason": v[2],
+        }
+        for k, v in sorted(count.items())
+    ]
 
 
 def optimised_table(runs: list[dict]) -> list[dict]:
     """Each optimised-grid run with the error of its starting (pilot-chosen fixed) grid on the evaluation batch."""
-    keys = ("problem", "schedule", "output", "nfe_budget", "config", "init_grid", "pilot_n", "pilot_error_init",
-            "pilot_error", "opt_heldout_error_init", "opt_heldout_error", "accepted", "opt_evaluations", "opt_seconds",
-            "error_init_grid", "error", "error_median_init_grid", "error_median")
+    keys = (
+        "problem",
+        "schedule",
+        "output",
+        "nfe_budget",
+        "config",
+        "init_grid",
+        "pilot_n",
+        "pilot_error_init",
+        "pilot_error",
+        "opt_heldout_error_init",
+        "opt_heldout_error",
+        "accepted",
+        "opt_evaluations",
+        "opt_seconds",
+        "error_init_grid",
+        "error",
+        "error_median_init_grid",
+        "error_median",
+    )
     rows = [{k: r.get(k) for k in keys} for r in runs if r["grid"] == "optimised"]
     for r in rows:
         r["improvement"] = r["error_init_grid"] / r["error"] if r["error"] and r["error_init_grid"] else None
@@ -956,11 +1238,14 @@ def summarise(result: dict) -> dict:
     fixed_runs = fixed(runs)
     ours, ours_opt, theirs = best_runs(fixed_runs, "ours"), best_runs(runs, "ours"), best_runs(runs, "diffusers")
     cells = _cells(result)
-    ranking = {out: {"target_nfe": rank_ours(fixed_runs, cells, out, settings["target_nfe"])[:15],
-                     "target_nfe_median": rank_ours(fixed_runs, cells, out, settings["target_nfe"],
-                                                    "error_median")[:8],
-                     **{f"nfe_{n}": rank_ours(fixed_runs, cells, out, (n,))[:5] for n in settings["nfe"]}}
-               for out in ("state", "x0")}
+    ranking = {
+        out: {
+            "target_nfe": rank_ours(fixed_runs, cells, out, settings["target_nfe"])[:15],
+            "target_nfe_median": rank_ours(fixed_runs, cells, out, settings["target_nfe"], "error_median")[:8],
+            **{f"nfe_{n}": rank_ours(fixed_runs, cells, out, (n,))[:5] for n in settings["nfe"]},
+        }
+        for out in ("state", "x0")
+    }
     top = ranking["state"]["target_nfe"][0] if ranking["state"]["target_nfe"] else None
     top_runs = _lookup(runs, "ours", top["config"], top["grid"]) if top else {}
     dd_runs = _lookup(runs, "diffusers", DIFFUSERS_DEFAULT.label, DIFFUSERS_DEFAULT.grid)
@@ -973,24 +1258,38 @@ def summarise(result: dict) -> dict:
                 ratio = o["error"] / d["error"] if o and d else None
                 ratio_opt = oo["error"] / d["error"] if oo and d else None
                 target = n in settings["target_nfe"]
-                head.append({"problem": p, "schedule": s, "output": output, "nfe": n, "ours": _short(o),
-                             "ours_optimised": _short(oo), "diffusers": _short(d), "ratio": ratio,
-                             "ratio_optimised": ratio_opt,
-                             "target_met": (ratio <= 0.5) if ratio is not None and target else None,
-                             "target_met_optimised": (ratio_opt <= 0.5) if ratio_opt is not None and target
-                             else None,
-                             "top_ranked": _short(t) if t and _ok(t) else None,
-                             "top_ranked_ratio": t["error"] / d["error"] if t and _ok(t) and d else None,
-                             "diffusers_default": ({**_short(dd), "t_end": dd["t_end"],
-                                                    "error_vs_t_min": dd.get("error_vs_t_min")}
-                                                   if dd and _ok(dd) else None)})
+                head.append(
+                    {
+                        "problem": p,
+                        "schedule": s,
+                        "output": output,
+                        "nfe": n,
+                        "ours": _short(o),
+                        "ours_optimised": _short(oo),
+                        "diffusers": _short(d),
+                        "ratio": ratio,
+                        "ratio_optimised": ratio_opt,
+                        "target_met": (ratio <= 0.5) if ratio is not None and target else None,
+                        "target_met_optimised": (ratio_opt <= 0.5) if ratio_opt is not None and target else None,
+                        "top_ranked": _short(t) if t and _ok(t) else None,
+                        "top_ranked_ratio": t["error"] / d["error"] if t and _ok(t) and d else None,
+                        "diffusers_default": (
+                            {**_short(dd), "t_end": dd["t_end"], "error_vs_t_min": dd.get("error_vs_t_min")}
+                            if dd and _ok(dd)
+                            else None
+                        ),
+                    }
+                )
     target = [h for h in head if h["target_met"] is not None]
     return {
         "headline": head,
-        "target": {"criterion": "best of ours <= 0.5 x best of diffusers at NFE in target_nfe, per problem, "
-                                "schedule and output", "cells": len(target),
-                   "met": sum(bool(h["target_met"]) for h in target),
-                   "met_optimised": sum(bool(h["target_met_optimised"]) for h in target)},
+        "target": {
+            "criterion": "best of ours <= 0.5 x best of diffusers at NFE in target_nfe, per problem, "
+            "schedule and output",
+            "cells": len(target),
+            "met": sum(bool(h["target_met"]) for h in target),
+            "met_optimised": sum(bool(h["target_met_optimised"]) for h in target),
+        },
         "ranking": ranking,
         "candidates": candidate_table(fixed_runs, cells, settings["nfe"]),
         "optimised": optimised_table(runs),
@@ -1005,6 +1304,7 @@ def summarise(result: dict) -> dict:
 # ---------------------------------------------------------------------------------------------------------------------
 # markdown
 # ---------------------------------------------------------------------------------------------------------------------
+
 
 def _e(x) -> str:
     return "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.2e}"
@@ -1021,8 +1321,9 @@ def _cfg(r: dict | None) -> str:
 
 
 def _table(header: list[str], rows: list[list]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + \
-        ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
+        "| " + " | ".join(str(c) for c in row) + " |" for row in rows
+    ]
 
 
 _MET = {True: "met", False: "**not met**", None: ""}
@@ -1030,43 +1331,104 @@ _MET = {True: "met", False: "**not met**", None: ""}
 
 def _md_target(result: dict) -> list[str]:
     s, summ = result["settings"], result["summary"]
-    lines = ["## Target cells", "",
-             "Ratio = best of ours / best of diffusers (RMS), at NFE " + ", ".join(map(str, s["target_nfe"]))
-             + "; fixed = our named grids only; optimised = also our grids optimised on a pilot batch (seed "
-             f"{s['opt_seed']}, not the evaluation batch's seed {s['seed']}; see 'Optimised grids').", ""]
-    rows = [[h["problem"], h["schedule"], h["output"], h["nfe"], _ratio(h["ratio"]), _MET[h["target_met"]],
-             _ratio(h["ratio_optimised"]), _MET[h["target_met_optimised"]],
-             _cfg(h["ours_optimised"]) if h["ours_optimised"] != h["ours"] else "(fixed grid)"]
-            for h in summ["headline"] if h["target_met"] is not None]
-    return lines + _table(["problem", "schedule", "output", "NFE", "ratio (fixed)", "target", "ratio (optimised)",
-                           "target", "best with optimised grids"], rows)
+    lines = [
+        "## Target cells",
+        "",
+        "Ratio = best of ours / best of diffusers (RMS), at NFE "
+        + ", ".join(map(str, s["target_nfe"]))
+        + "; fixed = our named grids only; optimised = also our grids optimised on a pilot batch (seed "
+        f"{s['opt_seed']}, not the evaluation batch's seed {s['seed']}; see 'Optimised grids').",
+        "",
+    ]
+    rows = [
+        [
+            h["problem"],
+            h["schedule"],
+            h["output"],
+            h["nfe"],
+            _ratio(h["ratio"]),
+            _MET[h["target_met"]],
+            _ratio(h["ratio_optimised"]),
+            _MET[h["target_met_optimised"]],
+            _cfg(h["ours_optimised"]) if h["ours_optimised"] != h["ours"] else "(fixed grid)",
+        ]
+        for h in summ["headline"]
+        if h["target_met"] is not None
+    ]
+    return lines + _table(
+        [
+            "problem",
+            "schedule",
+            "output",
+            "NFE",
+            "ratio (fixed)",
+            "target",
+            "ratio (optimised)",
+            "target",
+            "best with optimised grids",
+        ],
+        rows,
+    )
 
 
 def _md_head(result: dict) -> list[str]:
     s, summ = result["settings"], result["summary"]
     top = summ["top_ranked"]
-    lines = ["", "## Best of ours vs best of diffusers", "",
-             "RMS error at the common end time (`state`: the state at `t_min`; `x0`: the data prediction at `t_min`), "
-             "median over the batch in parentheses; ours = our best on a fixed grid; ratio = ours / diffusers, "
-             "target <= 0.5 at NFE " + ", ".join(map(str, s["target_nfe"])) + "; ratio (opt.) = the same with our "
-             "optimised-grid runs included."
-             + (f" Top-ranked = our top-ranked configuration (`{top['config']}` @ {top['grid']}, see the ranking), "
-                "its error and its ratio to diffusers' best." if top else "")
-             + f" diffusers default = `{DIFFUSERS_DEFAULT.label}`: its last evaluation (time in parentheses) is "
-             "above t_min, so it is not eligible; shown is the distance of its output to the x0 target (the exact "
-             "denoised state at t_min).", ""]
+    lines = [
+        "",
+        "## Best of ours vs best of diffusers",
+        "",
+        "RMS error at the common end time (`state`: the state at `t_min`; `x0`: the data prediction at `t_min`), "
+        "median over the batch in parentheses; ours = our best on a fixed grid; ratio = ours / diffusers, "
+        "target <= 0.5 at NFE " + ", ".join(map(str, s["target_nfe"])) + "; ratio (opt.) = the same with our "
+        "optimised-grid runs included."
+        + (
+            f" Top-ranked = our top-ranked configuration (`{top['config']}` @ {top['grid']}, see the ranking), "
+            "its error and its ratio to diffusers' best."
+            if top
+            else ""
+        )
+        + f" diffusers default = `{DIFFUSERS_DEFAULT.label}`: its last evaluation (time in parentheses) is "
+        "above t_min, so it is not eligible; shown is the distance of its output to the x0 target (the exact "
+        "denoised state at t_min).",
+        "",
+    ]
     rows = []
     for h in summ["headline"]:
         o, d, t, dd = h["ours"], h["diffusers"], h["top_ranked"], h["diffusers_default"]
-        rows.append([h["problem"], h["schedule"], h["output"], h["nfe"],
-                     f"{_cfg(o)}: {_e(o and o['error'])} ({_e(o and o['error_median'])})",
-                     f"{_cfg(d)}: {_e(d and d['error'])} ({_e(d and d['error_median'])})", _ratio(h["ratio"]),
-                     _MET[h["target_met"]], _ratio(h["ratio_optimised"]), _MET[h["target_met_optimised"]],
-                     f"{_e(t and t['error'])} ({_ratio(h['top_ranked_ratio'])})",
-                     f"{_e(dd['error_vs_t_min'])} (t = {dd['t_end']:.3g})" if dd else "-"])
-    return lines + _table(["problem", "schedule", "output", "NFE", "ours: best fixed grid (error, median)",
-                           "diffusers: best (error, median)", "ratio", "target", "ratio (opt.)", "target (opt.)",
-                           "top-ranked (ratio)", "diffusers default"], rows)
+        rows.append(
+            [
+                h["problem"],
+                h["schedule"],
+                h["output"],
+                h["nfe"],
+                f"{_cfg(o)}: {_e(o and o['error'])} ({_e(o and o['error_median'])})",
+                f"{_cfg(d)}: {_e(d and d['error'])} ({_e(d and d['error_median'])})",
+                _ratio(h["ratio"]),
+                _MET[h["target_met"]],
+                _ratio(h["ratio_optimised"]),
+                _MET[h["target_met_optimised"]],
+                f"{_e(t and t['error'])} ({_ratio(h['top_ranked_ratio'])})",
+                f"{_e(dd['error_vs_t_min'])} (t = {dd['t_end']:.3g})" if dd else "-",
+            ]
+        )
+    return lines + _table(
+        [
+            "problem",
+            "schedule",
+            "output",
+            "NFE",
+            "ours: best fixed grid (error, median)",
+            "diffusers: best (error, median)",
+            "ratio",
+            "target",
+            "ratio (opt.)",
+            "target (opt.)",
+            "top-ranked (ratio)",
+            "diffusers default",
+        ],
+        rows,
+    )
 
 
 def _md_optimised(result: dict) -> list[str]:
@@ -1074,24 +1436,56 @@ def _md_optimised(result: dict) -> list[str]:
     if not rows:
         return []
     pilot = ", ".join(f"{k} {v}" for k, v in s["opt_pilot"].items())
-    lines = ["", "## Optimised grids", "",
-             f"`optimise_grid` (coordinate descent on the interior lambda knots) on a pilot batch ({pilot} samples, "
-             f"seed {s['opt_seed']}; evaluation batch seed {s['seed']}), at most {s['opt_max_evals']} pilot solves, "
-             f"min_step {s['opt_min_step']}, pilot reference rtol {s['opt_rtol']:g}; started from the fixed grid with "
-             f"the smallest pilot error, and kept only if it also lowers the error on a validation batch "
-             f"({s['opt_heldout']} samples, seed {s['opt_seed'] + 1}; else the start grid is used: kept = no). The "
-             "`x0` row at NFE n uses the grid optimised for the state at n - 1. Errors on the evaluation batch "
-             "(RMS, median in parentheses): start grid -> optimised grid; gain = start / optimised; pilot and "
-             "validation: RMS, start -> optimised.", ""]
+    lines = [
+        "",
+        "## Optimised grids",
+        "",
+        f"`optimise_grid` (coordinate descent on the interior lambda knots) on a pilot batch ({pilot} samples, "
+        f"seed {s['opt_seed']}; evaluation batch seed {s['seed']}), at most {s['opt_max_evals']} pilot solves, "
+        f"min_step {s['opt_min_step']}, pilot reference rtol {s['opt_rtol']:g}; started from the fixed grid with "
+        f"the smallest pilot error, and kept only if it also lowers the error on a validation batch "
+        f"({s['opt_heldout']} samples, seed {s['opt_seed'] + 1}; else the start grid is used: kept = no). The "
+        "`x0` row at NFE n uses the grid optimised for the state at n - 1. Errors on the evaluation batch "
+        "(RMS, median in parentheses): start grid -> optimised grid; gain = start / optimised; pilot and "
+        "validation: RMS, start -> optimised.",
+        "",
+    ]
     return lines + _table(
-        ["problem", "schedule", "output", "NFE", "configuration", "start grid", "error: start -> optimised", "gain",
-         "pilot", "validation", "kept", "solves", "s"],
-        [[r["problem"], r["schedule"], r["output"], r["nfe_budget"], f"`{r['config']}`", r["init_grid"],
-          f"{_e(r['error_init_grid'])} ({_e(r['error_median_init_grid'])}) -> {_e(r['error'])} "
-          f"({_e(r['error_median'])})", _ratio(r["improvement"]),
-          f"{_e(r['pilot_error_init'])} -> {_e(r['pilot_error'])}",
-          f"{_e(r['opt_heldout_error_init'])} -> {_e(r['opt_heldout_error'])}", "yes" if r["accepted"] else "no",
-          r["opt_evaluations"], f"{r['opt_seconds']:.1f}"] for r in rows])
+        [
+            "problem",
+            "schedule",
+            "output",
+            "NFE",
+            "configuration",
+            "start grid",
+            "error: start -> optimised",
+            "gain",
+            "pilot",
+            "validation",
+            "kept",
+            "solves",
+            "s",
+        ],
+        [
+            [
+                r["problem"],
+                r["schedule"],
+                r["output"],
+                r["nfe_budget"],
+                f"`{r['config']}`",
+                r["init_grid"],
+                f"{_e(r['error_init_grid'])} ({_e(r['error_median_init_grid'])}) -> {_e(r['error'])} "
+                f"({_e(r['error_median'])})",
+                _ratio(r["improvement"]),
+                f"{_e(r['pilot_error_init'])} -> {_e(r['pilot_error'])}",
+                f"{_e(r['opt_heldout_error_init'])} -> {_e(r['opt_heldout_error'])}",
+                "yes" if r["accepted"] else "no",
+                r["opt_evaluations"],
+                f"{r['opt_seconds']:.1f}",
+            ]
+            for r in rows
+        ],
+    )
 
 
 def _md_ranking(result: dict) -> list[str]:
@@ -1099,17 +1493,34 @@ def _md_ranking(result: dict) -> list[str]:
     nfes = ", ".join(map(str, s["target_nfe"]))
     for out in ("state", "x0"):
         rk = summ["ranking"][out]
-        lines += ["", f"## Our configurations ranked ({out} output)", "",
-                  "Regret = geometric mean over problems x schedules x NFE of error / (best error of ours in that "
-                  "cell); worst = the largest such ratio.", "", f"By RMS error, NFE {nfes}:", ""]
-        lines += _table(["rank", "configuration", "grid", "regret", "worst"],
-                        [[i + 1, f"`{r['config']}`", r["grid"], f"{r['regret']:.2f}", f"{r['worst']:.1f}"]
-                         for i, r in enumerate(rk["target_nfe"])])
-        lines += ["", f"By median error, NFE {nfes}: " + "; ".join(
-            f"`{r['config']}` @ {r['grid']} ({r['regret']:.2f})" for r in rk["target_nfe_median"])]
+        lines += [
+            "",
+            f"## Our configurations ranked ({out} output)",
+            "",
+            "Regret = geometric mean over problems x schedules x NFE of error / (best error of ours in that "
+            "cell); worst = the largest such ratio.",
+            "",
+            f"By RMS error, NFE {nfes}:",
+            "",
+        ]
+        lines += _table(
+            ["rank", "configuration", "grid", "regret", "worst"],
+            [
+                [i + 1, f"`{r['config']}`", r["grid"], f"{r['regret']:.2f}", f"{r['worst']:.1f}"]
+                for i, r in enumerate(rk["target_nfe"])
+            ],
+        )
+        lines += [
+            "",
+            f"By median error, NFE {nfes}: "
+            + "; ".join(f"`{r['config']}` @ {r['grid']} ({r['regret']:.2f})" for r in rk["target_nfe_median"]),
+        ]
         for n in s["nfe"]:
-            lines += ["", f"Top 5 at NFE {n}: " + "; ".join(f"`{r['config']}` @ {r['grid']} ({r['regret']:.2f})"
-                                                           for r in rk[f"nfe_{n}"])]
+            lines += [
+                "",
+                f"Top 5 at NFE {n}: "
+                + "; ".join(f"`{r['config']}` @ {r['grid']} ({r['regret']:.2f})" for r in rk[f"nfe_{n}"]),
+            ]
     return lines
 
 
@@ -1117,11 +1528,25 @@ def _md_candidates(result: dict) -> list[str]:
     s, rows = result["settings"], result["summary"]["candidates"]
     if not rows:
         return []
-    lines = ["", "## Candidate defaults", "", "Regret (state output) at each NFE separately, over all problems and "
-             "schedules: RMS-error regret / median-error regret (1 = the best of ours in every cell).", ""]
-    return lines + _table(["configuration", "grid", *(f"NFE {n}" for n in s["nfe"])],
-                          [[f"`{r['config']}`", r["grid"], *(f"{_ratio(r[f'rms_{n}'])} / {_ratio(r[f'median_{n}'])}"
-                                                              for n in s["nfe"])] for r in rows])
+    lines = [
+        "",
+        "## Candidate defaults",
+        "",
+        "Regret (state output) at each NFE separately, over all problems and "
+        "schedules: RMS-error regret / median-error regret (1 = the best of ours in every cell).",
+        "",
+    ]
+    return lines + _table(
+        ["configuration", "grid", *(f"NFE {n}" for n in s["nfe"])],
+        [
+            [
+                f"`{r['config']}`",
+                r["grid"],
+                *(f"{_ratio(r[f'rms_{n}'])} / {_ratio(r[f'median_{n}'])}" for n in s["nfe"]),
+            ]
+            for r in rows
+        ],
+    )
 
 
 def _md_precision(result: dict) -> list[str]:
@@ -1131,62 +1556,136 @@ def _md_precision(result: dict) -> list[str]:
         k = (r["problem"], r["schedule"], r["config"], r["nfe_budget"])
         prec[k][r["model_dtype"]] = f"{_e(r['error_vs_float64'])} ({_e(r.get('median_vs_float64'))})"
         prec[k]["solver"] = r["solver_error"]
-    lines = ["", "## Precision of the network output", "",
-             f"Network output cast to the dtype and back (float32 state), grid {s['precision_grid']}: RMS (median) "
-             "difference to the float64 run of the same configuration; solver error = float64 run vs reference.", ""]
-    return lines + _table(["problem", "schedule", "configuration", "NFE", "solver error", *MODEL_DTYPES],
-                          [[p, sc, f"`{c}`", n, _e(v["solver"]), *(v.get(d, "-") for d in MODEL_DTYPES)]
-                           for (p, sc, c, n), v in prec.items()])
+    lines = [
+        "",
+        "## Precision of the network output",
+        "",
+        f"Network output cast to the dtype and back (float32 state), grid {s['precision_grid']}: RMS (median) "
+        "difference to the float64 run of the same configuration; solver error = float64 run vs reference.",
+        "",
+    ]
+    return lines + _table(
+        ["problem", "schedule", "configuration", "NFE", "solver error", *MODEL_DTYPES],
+        [
+            [p, sc, f"`{c}`", n, _e(v["solver"]), *(v.get(d, "-") for d in MODEL_DTYPES)]
+            for (p, sc, c, n), v in prec.items()
+        ],
+    )
 
 
 def _md_notes(result: dict) -> list[str]:
     runs, summ = result["runs"], result["summary"]
     f32 = sorted({r["family"] for r in runs if r.get("default_dtype") == "float32"})
-    lines = ["", "## lower_order_final", "", "Geometric mean of error(true) / error(false) over grids, problems, "
-             "schedules and outputs.", ""]
+    lines = [
+        "",
+        "## lower_order_final",
+        "",
+        "Geometric mean of error(true) / error(false) over grids, problems, schedules and outputs.",
+        "",
+    ]
     logsnr = {(r["family"], r["nfe"]): r["ratio_true_over_false"] for r in summ["lower_order_final_logsnr"]}
-    lines += _table(["family", "NFE", "ratio (all grids)", "cases", "ratio (logsnr grid)"],
-                    [[f"`{r['family']}`", r["nfe"], f"{r['ratio_true_over_false']:.3f}", r["cases"],
-                      _ratio(logsnr.get((r["family"], r["nfe"])))] for r in summ["lower_order_final"]])
-    lines += ["", "## Which grid wins", "", "Number of our configurations whose best grid is each grid "
-              "(state output, summed over problems).", ""]
-    lines += _table(["schedule", "NFE", "wins"], [[r["schedule"], r["nfe"], ", ".join(f"{g} {c}" for g, c in
-                                                                                    r["wins"].items())]
-                                                  for r in summ["grid_wins"]])
+    lines += _table(
+        ["family", "NFE", "ratio (all grids)", "cases", "ratio (logsnr grid)"],
+        [
+            [
+                f"`{r['family']}`",
+                r["nfe"],
+                f"{r['ratio_true_over_false']:.3f}",
+                r["cases"],
+                _ratio(logsnr.get((r["family"], r["nfe"]))),
+            ]
+            for r in summ["lower_order_final"]
+        ],
+    )
+    lines += [
+        "",
+        "## Which grid wins",
+        "",
+        "Number of our configurations whose best grid is each grid (state output, summed over problems).",
+        "",
+    ]
+    lines += _table(
+        ["schedule", "NFE", "wins"],
+        [[r["schedule"], r["nfe"], ", ".join(f"{g} {c}" for g, c in r["wins"].items())] for r in summ["grid_wins"]],
+    )
     lines += ["", "## Failed runs", ""]
-    lines += _table(["library", "family", "grid", "final", "runs", "NFE", "reason"],
-                    [[f["library"], f["family"], f["grid"], f["final"] or "-", f["runs"],
-                      ", ".join(map(str, f["nfe"])), f["reason"]] for f in summ["failures"]]) \
-        if summ["failures"] else ["none"]
+    lines += (
+        _table(
+            ["library", "family", "grid", "final", "runs", "NFE", "reason"],
+            [
+                [
+                    f["library"],
+                    f["family"],
+                    f["grid"],
+                    f["final"] or "-",
+                    f["runs"],
+                    ", ".join(map(str, f["nfe"])),
+                    f["reason"],
+                ]
+                for f in summ["failures"]
+            ],
+        )
+        if summ["failures"]
+        else ["none"]
+    )
     skipped = defaultdict(set)
     for k in result["diffusers_skipped"]:
         skipped[k["reason"][:100]].add(k["config"].split("(")[0])
-    lines += ["", "## Notes", "",
-              f"- diffusers runs: {sum(r['library'] == 'diffusers' for r in runs)} "
-              f"({sum(r['library'] == 'diffusers' and not r['eligible'] for r in runs)} whose last evaluation is "
-              f"above t_min: not eligible as best); ours: {sum(r['library'] == 'ours' for r in runs)}.",
-              f"- diffusers classes that round the state to float32 inside `step`: {', '.join(ROUNDS_STATE)}; every "
-              "diffusers sigma table is float32.",
-              f"- diffusers classes that fail with a float64 default dtype (run with float32 defaults, float64 "
-              f"state): {', '.join(f32) if f32 else 'none'}."]
-    lines += [f"- skipped diffusers (config, budget) pairs ({', '.join(sorted(v))}): {k}"
-              for k, v in skipped.items()]
+    lines += [
+        "",
+        "## Notes",
+        "",
+        f"- diffusers runs: {sum(r['library'] == 'diffusers' for r in runs)} "
+        f"({sum(r['library'] == 'diffusers' and not r['eligible'] for r in runs)} whose last evaluation is "
+        f"above t_min: not eligible as best); ours: {sum(r['library'] == 'ours' for r in runs)}.",
+        f"- diffusers classes that round the state to float32 inside `step`: {', '.join(ROUNDS_STATE)}; every "
+        "diffusers sigma table is float32.",
+        f"- diffusers classes that fail with a float64 default dtype (run with float32 defaults, float64 "
+        f"state): {', '.join(f32) if f32 else 'none'}.",
+    ]
+    lines += [f"- skipped diffusers (config, budget) pairs ({', '.join(sorted(v))}): {k}" for k, v in skipped.items()]
     return lines + [""]
 
 
 def to_markdown(result: dict) -> str:
     env, summ = result["environment"], result["summary"]
-    lines = ["# Accuracy benchmark", "",
-             f"Command: `{result.get('command', 'python benchmarks/accuracy.py')}` -- "
-             f"{result['timing']['total_s']:.0f} s ({env['jobs']} processes, {env['cpus']} CPUs), torch "
-             f"{env['torch']}, diffusers {env['diffusers']}.", "",
-             f"Target: {summ['target']['criterion']} -- met in **{summ['target']['met']} of "
-             f"{summ['target']['cells']}** cells with fixed grids, **{summ['target']['met_optimised']} of "
-             f"{summ['target']['cells']}** with optimised grids included.", "", "## Problems and references", ""]
-    lines += _table(["problem", "schedule", "dim", "batch", "t_start -> t_end", "reference (dopri5) NFE",
-                     "reference error estimate"],
-                    [[p["problem"], p["schedule"], p["dim"], p["n"], f"{p['t_start']:g} -> {p['t_end']:g}",
-                      p["reference"]["nfe"], _e(p["reference"]["error_estimate"])] for p in result["problems"]])
+    lines = [
+        "# Accuracy benchmark",
+        "",
+        f"Command: `{result.get('command', 'python benchmarks/accuracy.py')}` -- "
+        f"{result['timing']['total_s']:.0f} s ({env['jobs']} processes, {env['cpus']} CPUs), torch "
+        f"{env['torch']}, diffusers {env['diffusers']}.",
+        "",
+        f"Target: {summ['target']['criterion']} -- met in **{summ['target']['met']} of "
+        f"{summ['target']['cells']}** cells with fixed grids, **{summ['target']['met_optimised']} of "
+        f"{summ['target']['cells']}** with optimised grids included.",
+        "",
+        "## Problems and references",
+        "",
+    ]
+    lines += _table(
+        [
+            "problem",
+            "schedule",
+            "dim",
+            "batch",
+            "t_start -> t_end",
+            "reference (dopri5) NFE",
+            "reference error estimate",
+        ],
+        [
+            [
+                p["problem"],
+                p["schedule"],
+                p["dim"],
+                p["n"],
+                f"{p['t_start']:g} -> {p['t_end']:g}",
+                p["reference"]["nfe"],
+                _e(p["reference"]["error_estimate"]),
+            ]
+            for p in result["problems"]
+        ],
+    )
     lines.append("")
     for part in (_md_target, _md_head, _md_optimised, _md_ranking, _md_candidates, _md_precision, _md_notes):
         lines += part(result)
@@ -1196,6 +1695,7 @@ def to_markdown(result: dict) -> str:
 # ---------------------------------------------------------------------------------------------------------------------
 # entry point
 # ---------------------------------------------------------------------------------------------------------------------
+
 
 def _json_safe(o):
     """Non-finite floats to ``None``, floats to 7 significant digits (the file holds ~10^4 runs)."""

@@ -37,10 +37,26 @@ from sde_diffusion.train import train  # noqa: E402
 
 SIZES = {
     # name: (image size, unet kwargs, train steps, batch, sample batch, NFE list, ref tol, sde dt)
-    "full": dict(size=16, unet=dict(base_channels=32, channel_mults=(1, 2)), steps=1500, batch=128, n=16,
-                 nfe=(10, 20, 50), tol=1e-7, sde_dt=2e-3),
-    "small": dict(size=8, unet=dict(base_channels=8, channel_mults=(1, 2), groups=4), steps=5, batch=8, n=2,
-                  nfe=(6, 12), tol=1e-5, sde_dt=2e-2),
+    "full": dict(
+        size=16,
+        unet=dict(base_channels=32, channel_mults=(1, 2)),
+        steps=1500,
+        batch=128,
+        n=16,
+        nfe=(10, 20, 50),
+        tol=1e-7,
+        sde_dt=2e-3,
+    ),
+    "small": dict(
+        size=8,
+        unet=dict(base_channels=8, channel_mults=(1, 2), groups=4),
+        steps=5,
+        batch=8,
+        n=2,
+        nfe=(6, 12),
+        tol=1e-5,
+        sde_dt=2e-2,
+    ),
 }
 
 
@@ -94,8 +110,16 @@ def run(device: str, size: str, out: Path, seed: int = 0) -> dict:
     schedule = sd.VPLinear()
     net = UNet(in_channels=1, **cfg["unet"]).to(dev)
     t0 = time.perf_counter()
-    result = train(net, schedule, lambda n, g: shapes(n, g, size=cfg["size"]), steps=cfg["steps"],
-                   batch_size=cfg["batch"], lr=2e-3, progress=False, device=dev)
+    result = train(
+        net,
+        schedule,
+        lambda n, g: shapes(n, g, size=cfg["size"]),
+        steps=cfg["steps"],
+        batch_size=cfg["batch"],
+        lr=2e-3,
+        progress=False,
+        device=dev,
+    )
     train_s = time.perf_counter() - t0
     print(f"trained {cfg['steps']} steps in {train_s:.1f} s", flush=True)
     ema = result.ema_net if hasattr(result, "ema_net") else net
@@ -106,14 +130,19 @@ def run(device: str, size: str, out: Path, seed: int = 0) -> dict:
     models = {dt: sd.Model(n, schedule, "eps") for dt, n in nets.items()}
 
     g = torch.Generator().manual_seed(seed)
-    x_T64 = sd.ForwardSDE(schedule).prior_sample((cfg["n"], 1, cfg["size"], cfg["size"]), g,
-                                                 dtype=torch.float64).to(dev)
+    x_T64 = (
+        sd.ForwardSDE(schedule).prior_sample((cfg["n"], 1, cfg["size"], cfg["size"]), g, dtype=torch.float64).to(dev)
+    )
     ts = [schedule.t_max, schedule.t_min]
     with torch.no_grad():
-        ref_s, ref = _timed(lambda: probability_flow_reference(models[torch.float64], x_T64, ts, rtol=cfg["tol"],
-                                                               atol=cfg["tol"])[-1], dev, repeats=1)
-        ref_lo = probability_flow_reference(models[torch.float64], x_T64, ts, rtol=cfg["tol"] * 100,
-                                            atol=cfg["tol"] * 100)[-1]
+        ref_s, ref = _timed(
+            lambda: probability_flow_reference(models[torch.float64], x_T64, ts, rtol=cfg["tol"], atol=cfg["tol"])[-1],
+            dev,
+            repeats=1,
+        )
+        ref_lo = probability_flow_reference(
+            models[torch.float64], x_T64, ts, rtol=cfg["tol"] * 100, atol=cfg["tol"] * 100
+        )[-1]
     ref_accuracy = float((ref - ref_lo).pow(2).mean().sqrt())
 
     # bare model time per call (float32)
@@ -133,8 +162,12 @@ def run(device: str, size: str, out: Path, seed: int = 0) -> dict:
                 key = "fp32" if dt == torch.float32 else "fp64"
                 try:
                     with torch.no_grad():
-                        secs, res = _timed(lambda s=solver, d=dt, k=nfe: sd.sample(
-                            models[d], x_T64.to(d), solver=s, steps=_steps_for(s, k), sync_debug=True), dev)
+                        secs, res = _timed(
+                            lambda s=solver, d=dt, k=nfe: sd.sample(
+                                models[d], x_T64.to(d), solver=s, steps=_steps_for(s, k), sync_debug=True
+                            ),
+                            dev,
+                        )
                     err = float((res.x.double() - ref).pow(2).mean().sqrt())
                     row[f"err_{key}"] = err
                     row["nfe"] = res.nfe
@@ -147,16 +180,19 @@ def run(device: str, size: str, out: Path, seed: int = 0) -> dict:
                     row["sync_free"] = "synchroniz" not in str(e)
                     row["error"] = str(e).splitlines()[0][:200]
             rows.append(row)
-            print(f"  {name} {opts} nfe={nfe}: err fp32 {row.get('err_fp32')} sync_free {row.get('sync_free')}",
-                  flush=True)
+            print(
+                f"  {name} {opts} nfe={nfe}: err fp32 {row.get('err_fp32')} sync_free {row.get('sync_free')}",
+                flush=True,
+            )
 
     # stochastic solvers: strong error against torchsde on one Brownian path
     sde_rows = []
     xf = x_T64.reshape(cfg["n"], -1)
     bm = brownian_path(xf, schedule.t_min, schedule.t_max, seed=seed)
     with torch.no_grad():
-        sde_s, sde_ref = _timed(lambda: reverse_sde_reference(models[torch.float64], x_T64, ts, bm,
-                                                              dt=cfg["sde_dt"])[-1], dev, repeats=1)
+        sde_s, sde_ref = _timed(
+            lambda: reverse_sde_reference(models[torch.float64], x_T64, ts, bm, dt=cfg["sde_dt"])[-1], dev, repeats=1
+        )
     for name, opts, solver in _solver_configs():
         if not solver.stochastic:
             continue
@@ -164,9 +200,16 @@ def run(device: str, size: str, out: Path, seed: int = 0) -> dict:
             row = {"solver": name, "options": opts, "nfe_budget": nfe}
             try:
                 with torch.no_grad():
-                    res = sd.sample(models[torch.float64], x_T64, solver=solver, steps=_steps_for(solver, nfe),
-                                    grid="time_uniform", noise=bm, generator=torch.Generator(device=dev).manual_seed(1),
-                                    sync_debug=False)
+                    res = sd.sample(
+                        models[torch.float64],
+                        x_T64,
+                        solver=solver,
+                        steps=_steps_for(solver, nfe),
+                        grid="time_uniform",
+                        noise=bm,
+                        generator=torch.Generator(device=dev).manual_seed(1),
+                        sync_debug=False,
+                    )
                 row["strong_err"] = float((res.x - sde_ref).pow(2).mean().sqrt())
                 row["ref_rms"] = float(sde_ref.pow(2).mean().sqrt())
                 row["nfe"] = res.nfe
@@ -176,11 +219,16 @@ def run(device: str, size: str, out: Path, seed: int = 0) -> dict:
 
     report = {
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
-        "torch": torch.__version__, "size": size, "train_seconds": train_s,
+        "torch": torch.__version__,
+        "size": size,
+        "train_seconds": train_s,
         "final_loss": float(result.losses[-1]) if getattr(result, "losses", None) else None,
-        "reference_seconds": ref_s, "reference_rms_change_tol_x100": ref_accuracy,
-        "sde_reference_seconds": sde_s, "bare_model_ms": 1e3 * bare,
-        "ode": rows, "sde": sde_rows,
+        "reference_seconds": ref_s,
+        "reference_rms_change_tol_x100": ref_accuracy,
+        "sde_reference_seconds": sde_s,
+        "bare_model_ms": 1e3 * bare,
+        "ode": rows,
+        "sde": sde_rows,
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "gpu_check.json").write_text(json.dumps(report, indent=2))
@@ -213,12 +261,18 @@ def _markdown(r: dict) -> str:
         lines.append(
             f"| {row['solver']} | {row['options'] or ''} | {row.get('nfe', row['nfe_budget'])} | "
             f"{_fmt(row.get('err_fp32'))} | {_fmt(row.get('err_fp64'))} | {_fmt(row.get('ms_per_nfe'), '.3f')} | "
-            f"{_fmt(row.get('overhead_vs_model'), '.2f')} | {row.get('sync_free')} {row.get('error', '')} |")
-    lines += ["", "| stochastic solver | options | NFE | strong RMS err vs torchsde | RMS of reference |",
-              "|---|---|---:|---:|---:|"]
+            f"{_fmt(row.get('overhead_vs_model'), '.2f')} | {row.get('sync_free')} {row.get('error', '')} |"
+        )
+    lines += [
+        "",
+        "| stochastic solver | options | NFE | strong RMS err vs torchsde | RMS of reference |",
+        "|---|---|---:|---:|---:|",
+    ]
     for row in r["sde"]:
-        lines.append(f"| {row['solver']} | {row['options'] or ''} | {row.get('nfe', row['nfe_budget'])} | "
-                     f"{_fmt(row.get('strong_err'))} {row.get('error', '')} | {_fmt(row.get('ref_rms'))} |")
+        lines.append(
+            f"| {row['solver']} | {row['options'] or ''} | {row.get('nfe', row['nfe_budget'])} | "
+            f"{_fmt(row.get('strong_err'))} {row.get('error', '')} | {_fmt(row.get('ref_rms'))} |"
+        )
     return "\n".join(lines) + "\n"
 
 

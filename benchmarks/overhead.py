@@ -181,8 +181,16 @@ def measure(steps: int = 50, repeats: int = 100, shapes=SHAPES, device: str = "c
             row[3][shape] = (off, on)
         for lab, make in diffusers_schedulers() if peers_too else []:
             peers.setdefault(lab, {})[shape] = time_diffusers(make, x, out, steps, repeats)
-    return {"steps": steps, "repeats": repeats, "shapes": shapes, "floor": floors, "rows": rows, "peers": peers,
-            "torch": torch.__version__, "device": device}
+    return {
+        "steps": steps,
+        "repeats": repeats,
+        "shapes": shapes,
+        "floor": floors,
+        "rows": rows,
+        "peers": peers,
+        "torch": torch.__version__,
+        "device": device,
+    }
 
 
 def _us(v):
@@ -258,8 +266,10 @@ def main(argv=None):
     p.add_argument("--no-peers", action="store_true", help="skip diffusers")
     args = p.parse_args(argv)
     res = measure(args.steps, args.repeats, device=args.device, only=args.solvers, peers_too=not args.no_peers)
-    print(f"torch {res['torch']}, {args.device}, float32, 1 thread, {args.steps} steps, min of {args.repeats} calls; "
-          "us per step (check_finite off / on)\n")
+    print(
+        f"torch {res['torch']}, {args.device}, float32, 1 thread, {args.steps} steps, min of {args.repeats} calls; "
+        "us per step (check_finite off / on)\n"
+    )
     print(format_table(res, args.markdown))
     if not args.no_targets:
         print()

@@ -78,8 +78,10 @@ def plot(exact, floor: float, results, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [(f"exact samples of p(t_min)\n(sampling floor of sliced W2: {floor:.3f})", exact, None, None, None),
-              *results]
+    panels = [
+        (f"exact samples of p(t_min)\n(sampling floor of sliced W2: {floor:.3f})", exact, None, None, None),
+        *results,
+    ]
     cols = 4
     rows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
@@ -92,7 +94,7 @@ def plot(exact, floor: float, results, path: str) -> None:
         ax.set_aspect("equal")
         ax.set_xticks([])
         ax.set_yticks([])
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -81,10 +81,21 @@ def main(argv=None) -> None:
     sch = VPLinear()
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()
-    result = train(MLPScoreNet(), sch, "ring", prediction="eps", steps=args.steps, batch_size=args.batch_size,
-                   seed=args.seed, checkpoint=args.checkpoint, progress=args.progress or None)
-    print(f"trained {result.step} steps in {time.perf_counter() - t0:.1f} s; "
-          f"loss {sum(result.losses[:50]) / 50:.3f} (first 50) -> {sum(result.losses[-50:]) / 50:.3f} (last 50)")
+    result = train(
+        MLPScoreNet(),
+        sch,
+        "ring",
+        prediction="eps",
+        steps=args.steps,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        checkpoint=args.checkpoint,
+        progress=args.progress or None,
+    )
+    print(
+        f"trained {result.step} steps in {time.perf_counter() - t0:.1f} s; "
+        f"loss {sum(result.losses[:50]) / 50:.3f} (first 50) -> {sum(result.losses[-50:]) / 50:.3f} (last 50)"
+    )
     model = load_model(args.checkpoint) if args.checkpoint else result.model
 
     g = torch.Generator().manual_seed(args.seed + 1)

@@ -96,7 +96,7 @@ class AnalyticDistribution:
 
     def _flat(self, x: torch.Tensor) -> torch.Tensor:
         n = len(self.event_shape)
-        if tuple(x.shape[x.ndim - n:]) != tuple(self.event_shape):
+        if tuple(x.shape[x.ndim - n :]) != tuple(self.event_shape):
             raise ValueError(f"x has shape {tuple(x.shape)}; expected (..., {', '.join(map(str, self.event_shape))})")
         return x.reshape(x.shape[: x.ndim - n] + (-1,))
 
@@ -226,8 +226,9 @@ class GaussianMixture(AnalyticDistribution):
 
     def _params_like(self, x):
         k = self.means.shape[0]
-        return self._like(x, "params", lambda: (self.means.reshape(k, -1), self.stds.reshape(k, -1),
-                                                torch.log(self.weights)))
+        return self._like(
+            x, "params", lambda: (self.means.reshape(k, -1), self.stds.reshape(k, -1), torch.log(self.weights))
+        )
 
     def _components(self, x, a, s):
         """Flattened x (B, d), per-component residuals (B, K, d), variances, and log-responsibility logits."""

@@ -41,6 +41,7 @@ class _Parser(argparse.ArgumentParser):
 # shared argument handling
 # ---------------------------------------------------------------------------------------------------------------------
 
+
 def _int_list(text: str) -> list[int]:
     try:
         values = [int(v) for v in text.replace(",", " ").split()]
@@ -130,6 +131,7 @@ def _new_out_dir(out: str | None, prefix: str) -> Path:
 # schedules
 # ---------------------------------------------------------------------------------------------------------------------
 
+
 def _add_schedules(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=["float32", "float64"], default="float64")
 
@@ -165,6 +167,7 @@ def cmd_schedules(args) -> int:
 # solvers
 # ---------------------------------------------------------------------------------------------------------------------
 
+
 def _add_solvers(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the table as JSON")
 
@@ -179,24 +182,35 @@ def cmd_solvers(args) -> int:
         try:
             info = solver_info(cls())
         except Exception:  # a solver without defaults for every option: its class attributes
-            info = {"name": name, "options": {}, "order": float(cls.order), "nfe_per_step": int(cls.nfe_per_step),
-                    "strong_order": None if cls.strong_order is None else float(cls.strong_order),
-                    "stochastic": bool(cls.stochastic), "memory": int(cls.memory), "reference": cls.reference,
-                    "adaptive": bool(getattr(cls, "adaptive", False))}
+            info = {
+                "name": name,
+                "options": {},
+                "order": float(cls.order),
+                "nfe_per_step": int(cls.nfe_per_step),
+                "strong_order": None if cls.strong_order is None else float(cls.strong_order),
+                "stochastic": bool(cls.stochastic),
+                "memory": int(cls.memory),
+                "reference": cls.reference,
+                "adaptive": bool(getattr(cls, "adaptive", False)),
+            }
         info["option_names"] = solver_option_names(cls)
         rows.append(info)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    head = (f"{'name':<20} {'order':>5} {'strong':>6} {'NFE/step':>8} {'stochastic':>10} {'memory':>6}  "
-            f"{'reference':<18} options")
+    head = (
+        f"{'name':<20} {'order':>5} {'strong':>6} {'NFE/step':>8} {'stochastic':>10} {'memory':>6}  "
+        f"{'reference':<18} options"
+    )
     print(head)
     print("-" * len(head))
     for r in rows:
         strong = "-" if r["strong_order"] is None else f"{r['strong_order']:g}"
         opts = ", ".join(f"{k}={v!r}" for k, v in r["options"].items()) or "-"
-        print(f"{r['name']:<20} {r['order']:>5g} {strong:>6} {r['nfe_per_step']:>8} "
-              f"{'yes' if r['stochastic'] else 'no':>10} {r['memory']:>6}  {r['reference'] or '-':<18} {opts}")
+        print(
+            f"{r['name']:<20} {r['order']:>5g} {strong:>6} {r['nfe_per_step']:>8} "
+            f"{'yes' if r['stochastic'] else 'no':>10} {r['memory']:>6}  {r['reference'] or '-':<18} {opts}"
+        )
     return 0
 
 
@@ -214,20 +228,29 @@ def _add_study(p: argparse.ArgumentParser) -> None:
     from .studies.problems import PROBLEMS
 
     _add_common(p)
-    p.add_argument("--solvers", nargs="+", metavar="SOLVER",
-                   help="solver configurations, e.g. ddim heun 'dpm_solver++:order=3,multistep=true' "
-                        "(default: ddim, heun and the registered high-order solvers)")
+    p.add_argument(
+        "--solvers",
+        nargs="+",
+        metavar="SOLVER",
+        help="solver configurations, e.g. ddim heun 'dpm_solver++:order=3,multistep=true' "
+        "(default: ddim, heun and the registered high-order solvers)",
+    )
     p.add_argument("--nfe", type=_int_list, nargs="+", help=f"NFE budgets (default {_MAIN_NFE})")
     p.add_argument("--n", type=int, help="batch size (default 512; 128 with --quick)")
     p.add_argument("--reference", default="auto", help="auto | exact | torchdiffeq | none")
     p.add_argument("--rtol", type=float, help="torchdiffeq reference tolerance (default 1e-10; 1e-8 with --quick)")
     p.add_argument("--repeats", type=int, default=1, help="wall time = minimum over this many runs (default 1)")
-    p.add_argument("--order-problem", default="gauss2d",
-                   help="problem of the order study in the asymptotic range, or 'none' (default gauss2d)")
+    p.add_argument(
+        "--order-problem",
+        default="gauss2d",
+        help="problem of the order study in the asymptotic range, or 'none' (default gauss2d)",
+    )
     p.add_argument("--order-nfe", type=_int_list, nargs="+", help=f"NFE of the order study (default {_ORDER_NFE})")
-    p.add_argument("--stochastic", action="store_true",
-                   help="add a study of the stochastic solvers on --order-problem, n=1024 (strong and distributional "
-                        "errors)")
+    p.add_argument(
+        "--stochastic",
+        action="store_true",
+        help="add a study of the stochastic solvers on --order-problem, n=1024 (strong and distributional errors)",
+    )
     p.add_argument("--figures", action="store_true", help="also write one PNG per study, samples and trajectories")
     p.add_argument("--quick", action="store_true", help="a reduced study for CI (a few seconds)")
     p.add_argument("--out", help="output folder (default ./study-YYYYmmdd-HHMMSS)")
@@ -270,20 +293,42 @@ def cmd_study(args) -> int:
     nfe = _flatten(args.nfe) or quick.get("nfe", _MAIN_NFE)
     order_nfe = _flatten(args.order_nfe) or quick.get("order_nfe", _ORDER_NFE)
     out = _new_out_dir(args.out, "study")
-    common = dict(grid=args.grid, seed=args.seed, dtype=args.dtype, device=args.device, progress=_progress(args),
-                  repeats=max(args.repeats, 1))
+    common = dict(
+        grid=args.grid,
+        seed=args.seed,
+        dtype=args.dtype,
+        device=args.device,
+        progress=_progress(args),
+        repeats=max(args.repeats, 1),
+    )
     t0 = time.perf_counter()
-    studies = {"main": _run_study(args.problem, args.schedule, specs, nfe, n=n, rtol=rtol,
-                                  reference=args.reference, **common)}
+    studies = {
+        "main": _run_study(args.problem, args.schedule, specs, nfe, n=n, rtol=rtol, reference=args.reference, **common)
+    }
     if args.order_problem != "none":
-        studies["order"] = _run_study(args.order_problem, args.schedule, specs, order_nfe, n=min(n, 256),
-                                      rtol=rtol, reference=args.reference, **common)
+        studies["order"] = _run_study(
+            args.order_problem,
+            args.schedule,
+            specs,
+            order_nfe,
+            n=min(n, 256),
+            rtol=rtol,
+            reference=args.reference,
+            **common,
+        )
     if args.stochastic:
         sto_nfe = quick.get("nfe", _STOCHASTIC_NFE)
-        studies["stochastic"] = _run_study(args.order_problem if args.order_problem != "none" else "gauss2d",
-                                           args.schedule, _solver_specs(_stochastic_solvers()), sto_nfe,
-                                           n=128 if args.quick else 1024, rtol=rtol, reference=args.reference,
-                                           sde_substeps=20 if args.quick else 50, **common)
+        studies["stochastic"] = _run_study(
+            args.order_problem if args.order_problem != "none" else "gauss2d",
+            args.schedule,
+            _solver_specs(_stochastic_solvers()),
+            sto_nfe,
+            n=128 if args.quick else 1024,
+            rtol=rtol,
+            reference=args.reference,
+            sde_substeps=20 if args.quick else 50,
+            **common,
+        )
     elapsed = time.perf_counter() - t0
     for name, res in studies.items():
         print(f"## {name} study\n")
@@ -316,8 +361,12 @@ def _write_study(out: Path, studies: dict, args, elapsed: float) -> None:
     )
     from .studies.report import bundle
 
-    meta = {"sde_diffusion_version": __version__, "command": "sde-diffusion " + " ".join(sys.argv[1:]),
-            "created": _dt.datetime.now().isoformat(timespec="seconds"), "elapsed_s": round(elapsed, 3)}
+    meta = {
+        "sde_diffusion_version": __version__,
+        "command": "sde-diffusion " + " ".join(sys.argv[1:]),
+        "created": _dt.datetime.now().isoformat(timespec="seconds"),
+        "elapsed_s": round(elapsed, 3),
+    }
     (out / "study.json").write_text(json.dumps(bundle(studies, **meta), indent=2))
     save_figure(study_figure(studies["main"], studies.get("order")), out / "study.png")
     if not args.figures:
@@ -350,6 +399,7 @@ def _problem(args):
 # sample
 # ---------------------------------------------------------------------------------------------------------------------
 
+
 def _add_sample(p: argparse.ArgumentParser) -> None:
     _add_common(p)
     p.add_argument("--solver", default="ddim", help="solver configuration, e.g. 'dpm_solver++:order=2'")
@@ -357,8 +407,11 @@ def _add_sample(p: argparse.ArgumentParser) -> None:
     g.add_argument("--nfe", type=int, help="NFE budget (default 10)")
     g.add_argument("--steps", type=int, help="number of steps (instead of --nfe)")
     p.add_argument("--n", type=int, default=2048, help="number of samples (default 2048)")
-    p.add_argument("--checkpoint", help="sample a checkpoint written by `sde-diffusion train` instead of a built-in "
-                                        "problem (its schedule and prediction type come from the checkpoint)")
+    p.add_argument(
+        "--checkpoint",
+        help="sample a checkpoint written by `sde-diffusion train` instead of a built-in "
+        "problem (its schedule and prediction type come from the checkpoint)",
+    )
     p.add_argument("--out", help="output folder (default ./samples-YYYYmmdd-HHMMSS)")
 
 
@@ -384,8 +437,9 @@ def _model_source(args):
         shape = tuple(state.get("data_shape") or ())
         if not shape:
             raise UsageError(f"--checkpoint {str(path)!r} records no data shape")
-        x_T = ForwardSDE(model.schedule).prior_sample((args.n, *shape), torch.Generator().manual_seed(args.seed),
-                                                      dtype=getattr(torch, args.dtype))
+        x_T = ForwardSDE(model.schedule).prior_sample(
+            (args.n, *shape), torch.Generator().manual_seed(args.seed), dtype=getattr(torch, args.dtype)
+        )
         return model, x_T.to(args.device), None
     _check_problem(args)
     problem = get_problem(args.problem, args.schedule)
@@ -419,30 +473,56 @@ def cmd_sample(args) -> int:
             raise UsageError(f"--nfe {nfe} is too small for solver {spec.label!r}")
     gen = torch.Generator(device=args.device).manual_seed(args.seed + 1)
     t0 = time.perf_counter()
-    res = sample(model, x_T, solver=solver, steps=steps, grid=args.grid,
-                 generator=gen if solver.stochastic else None)
+    res = sample(model, x_T, solver=solver, steps=steps, grid=args.grid, generator=gen if solver.stochastic else None)
     wall = time.perf_counter() - t0
     x = res.x.detach().to("cpu", torch.float64)
     out = _new_out_dir(args.out, "samples")
     if problem is None:  # a trained checkpoint
         name, sched = Path(args.checkpoint).name, type(model.schedule).__name__
-        torch.save({"x": x, "ts": res.ts, "nfe": res.nfe, "solver": spec.label, "checkpoint": str(args.checkpoint),
-                    "grid": args.grid, "seed": args.seed}, out / "samples.pt")
+        torch.save(
+            {
+                "x": x,
+                "ts": res.ts,
+                "nfe": res.nfe,
+                "solver": spec.label,
+                "checkpoint": str(args.checkpoint),
+                "grid": args.grid,
+                "seed": args.seed,
+            },
+            out / "samples.pt",
+        )
         data, dist_text = _checkpoint_data(args, x)
-        _plot_samples(x, data, f"{name} / {sched}: {spec.label}, NFE {res.nfe}", out / "samples.png",
-                      label=spec.label)
+        _plot_samples(x, data, f"{name} / {sched}: {spec.label}, NFE {res.nfe}", out / "samples.png", label=spec.label)
         print(f"{name} / {sched}: {spec.label}, {steps} steps, NFE {res.nfe}, {wall * 1e3:.1f} ms{dist_text}")
         print(f"wrote {out / 'samples.pt'} and {out / 'samples.png'}")
         return 0
     target = problem.target_samples(args.n, torch.Generator().manual_seed(args.seed + 2))
     metric_name, metric = _dist_metric(problem, target)
     dist = metric(x)
-    torch.save({"x": x, "ts": res.ts, "nfe": res.nfe, "solver": spec.label, "problem": problem.name,
-                "schedule": problem.schedule_name, "grid": args.grid, "seed": args.seed}, out / "samples.pt")
-    _plot_samples(x, target, f"{problem.name} / {problem.schedule_name}: {spec.label}, NFE {res.nfe}",
-                  out / "samples.png", label=spec.label)
-    print(f"{problem.name} / {problem.schedule_name}: {spec.label}, {steps} steps, NFE {res.nfe}, "
-          f"{wall * 1e3:.1f} ms; {metric_name} to exact samples {dist:.3e}")
+    torch.save(
+        {
+            "x": x,
+            "ts": res.ts,
+            "nfe": res.nfe,
+            "solver": spec.label,
+            "problem": problem.name,
+            "schedule": problem.schedule_name,
+            "grid": args.grid,
+            "seed": args.seed,
+        },
+        out / "samples.pt",
+    )
+    _plot_samples(
+        x,
+        target,
+        f"{problem.name} / {problem.schedule_name}: {spec.label}, NFE {res.nfe}",
+        out / "samples.png",
+        label=spec.label,
+    )
+    print(
+        f"{problem.name} / {problem.schedule_name}: {spec.label}, {steps} steps, NFE {res.nfe}, "
+        f"{wall * 1e3:.1f} ms; {metric_name} to exact samples {dist:.3e}"
+    )
     print(f"wrote {out / 'samples.pt'} and {out / 'samples.png'}")
     return 0
 
@@ -492,9 +572,13 @@ def _plot_samples(x, target, title: str, path: Path, label: str = "samples") -> 
 # train
 # ---------------------------------------------------------------------------------------------------------------------
 
+
 def _add_train(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default="ring", help="data set: ring | moons | swiss_roll | checkerboard | shapes "
-                                                  "| digits (default ring)")
+    p.add_argument(
+        "--data",
+        default="ring",
+        help="data set: ring | moons | swiss_roll | checkerboard | shapes | digits (default ring)",
+    )
     p.add_argument("--steps", type=int, default=2000, help="optimizer steps (default 2000)")
     p.add_argument("--out", default="run", help="output folder; the checkpoint is OUT/ckpt.pt (default ./run)")
     p.add_argument("--schedule", default="vp-linear", help="vp-linear | vp-cosine | vp-discrete | ve | edm")
@@ -532,13 +616,26 @@ def cmd_train(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    res = train(net.to(torch.float32), get_schedule(args.schedule), args.data, prediction=args.prediction,
-                checkpoint=out / "ckpt.pt", resume=not args.no_resume, device=args.device,
-                progress=_progress(args), steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                seed=args.seed, checkpoint_every=args.checkpoint_every)
-    tail = res.losses[-min(100, len(res.losses)):]
-    print(f"trained {args.data} for {res.step} steps in {time.perf_counter() - t0:.1f} s; "
-          f"mean loss of the last {len(tail)} steps {sum(tail) / max(len(tail), 1):.4f}")
+    res = train(
+        net.to(torch.float32),
+        get_schedule(args.schedule),
+        args.data,
+        prediction=args.prediction,
+        checkpoint=out / "ckpt.pt",
+        resume=not args.no_resume,
+        device=args.device,
+        progress=_progress(args),
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+    )
+    tail = res.losses[-min(100, len(res.losses)) :]
+    print(
+        f"trained {args.data} for {res.step} steps in {time.perf_counter() - t0:.1f} s; "
+        f"mean loss of the last {len(tail)} steps {sum(tail) / max(len(tail), 1):.4f}"
+    )
     print(f"wrote {res.checkpoint}")
     return 0
 
@@ -546,6 +643,7 @@ def cmd_train(args) -> int:
 # ---------------------------------------------------------------------------------------------------------------------
 # optimise-grid
 # ---------------------------------------------------------------------------------------------------------------------
+
 
 def _add_optimise_grid(p: argparse.ArgumentParser) -> None:
     _add_common(p)
@@ -571,18 +669,34 @@ def cmd_optimise_grid(args) -> int:
         raise UsageError("--nfe, --pilot, --heldout and --max-evals must be positive")
     pilot, heldout, max_evals = (32, 128, 40) if args.quick else (args.pilot, args.heldout, args.max_evals)
     try:
-        res = optimise_grid(args.problem, spec, args.nfe, schedule=args.schedule, init=args.grid, pilot=pilot,
-                            heldout=heldout, seed=args.seed, max_evals=max_evals, rtol=1e-8 if args.quick else 1e-10,
-                            device=args.device, dtype=args.dtype, progress=_progress(args))
+        res = optimise_grid(
+            args.problem,
+            spec,
+            args.nfe,
+            schedule=args.schedule,
+            init=args.grid,
+            pilot=pilot,
+            heldout=heldout,
+            seed=args.seed,
+            max_evals=max_evals,
+            rtol=1e-8 if args.quick else 1e-10,
+            device=args.device,
+            dtype=args.dtype,
+            progress=_progress(args),
+        )
     except ValueError as e:
         if "too small" in str(e):
             raise UsageError(str(e)) from None
         raise
-    print(f"{res.problem} / {res.schedule}: {res.solver}, NFE budget {res.nfe} ({res.steps} steps), "
-          f"{res.evaluations} solves")
+    print(
+        f"{res.problem} / {res.schedule}: {res.solver}, NFE budget {res.nfe} ({res.steps} steps), "
+        f"{res.evaluations} solves"
+    )
     print(f"pilot RMS error     {res.init:<13} {res.pilot_error_init:.3e}  optimised {res.pilot_error:.3e}")
-    print(f"held-out RMS error  {res.init:<13} {res.heldout_error_init:.3e}  optimised {res.heldout_error:.3e}  "
-          f"({res.improvement:.2f}x)")
+    print(
+        f"held-out RMS error  {res.init:<13} {res.heldout_error_init:.3e}  optimised {res.heldout_error:.3e}  "
+        f"({res.improvement:.2f}x)"
+    )
     print("grid t: " + ", ".join(f"{t:.10g}" for t in res.grid.tolist()))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -597,8 +711,11 @@ COMMANDS: dict[str, tuple[Callable, Callable, str]] = {
     "schedules": (_add_schedules, cmd_schedules, "table of the built-in noise schedules"),
     "solvers": (_add_solvers, cmd_solvers, "registered solvers with order, NFE per step, stochasticity, reference"),
     "study": (_add_study, cmd_study, "convergence and order studies; writes study.json and study.png"),
-    "sample": (_add_sample, cmd_sample, "sample a built-in problem or a trained checkpoint with one solver; writes "
-                                        "samples.pt/.png"),
+    "sample": (
+        _add_sample,
+        cmd_sample,
+        "sample a built-in problem or a trained checkpoint with one solver; writes samples.pt/.png",
+    ),
     "train": (_add_train, cmd_train, "train a score network on a synthetic data set; writes OUT/ckpt.pt"),
     "optimise-grid": (_add_optimise_grid, cmd_optimise_grid, "optimise the time grid of a solver at an NFE budget"),
 }

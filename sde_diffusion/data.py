@@ -65,6 +65,7 @@ def _check_n(n: int) -> int:
 # 2-D sets
 # ---------------------------------------------------------------------------------------------------------------------
 
+
 def ring_distribution(n_modes: int = 8, radius: float = 2.0, std: float = 0.05) -> GaussianMixture:
     r"""The ring as an exact oracle: ``(1/K) sum_k N(radius (cos 2 pi k/K, sin 2 pi k/K), std^2 I)``."""
     ang = 2 * math.pi * torch.arange(n_modes, dtype=torch.float64) / n_modes
@@ -72,8 +73,16 @@ def ring_distribution(n_modes: int = 8, radius: float = 2.0, std: float = 0.05) 
     return GaussianMixture(means, torch.full((n_modes,), float(std), dtype=torch.float64))
 
 
-def ring(n: int, generator: torch.Generator | None = None, *, n_modes: int = 8, radius: float = 2.0,
-         std: float = 0.05, dtype: torch.dtype | None = None, device=None) -> torch.Tensor:
+def ring(
+    n: int,
+    generator: torch.Generator | None = None,
+    *,
+    n_modes: int = 8,
+    radius: float = 2.0,
+    std: float = 0.05,
+    dtype: torch.dtype | None = None,
+    device=None,
+) -> torch.Tensor:
     r"""``n`` samples of the ring of ``n_modes`` Gaussians (radius 2, std 0.05 by default)."""
     _check_n(n)
     k = torch.randint(0, n_modes, (n,), generator=generator, device=_gen_device(generator))
@@ -82,8 +91,14 @@ def ring(n: int, generator: torch.Generator | None = None, *, n_modes: int = 8, 
     return _finish(centres + std * _randn((n, 2), generator), dtype, device)
 
 
-def two_moons(n: int, generator: torch.Generator | None = None, *, noise: float = 0.05,
-              dtype: torch.dtype | None = None, device=None) -> torch.Tensor:
+def two_moons(
+    n: int,
+    generator: torch.Generator | None = None,
+    *,
+    noise: float = 0.05,
+    dtype: torch.dtype | None = None,
+    device=None,
+) -> torch.Tensor:
     r"""Two interleaved half circles (upper: ``(cos u, sin u)``, lower: ``(1 - cos u, 1/2 - sin u)``,
     ``u ~ U[0, pi]``), plus ``N(0, noise^2)``, centred at the origin and scaled by 1.5."""
     _check_n(n)
@@ -95,8 +110,14 @@ def two_moons(n: int, generator: torch.Generator | None = None, *, noise: float 
     return _finish(1.5 * pts, dtype, device)
 
 
-def swiss_roll(n: int, generator: torch.Generator | None = None, *, noise: float = 0.05,
-               dtype: torch.dtype | None = None, device=None) -> torch.Tensor:
+def swiss_roll(
+    n: int,
+    generator: torch.Generator | None = None,
+    *,
+    noise: float = 0.05,
+    dtype: torch.dtype | None = None,
+    device=None,
+) -> torch.Tensor:
     r"""A 2-D Swiss roll: ``u ~ U[1.5 pi, 4.5 pi]``, ``(u cos u, u sin u)/5`` plus ``N(0, noise^2)``."""
     _check_n(n)
     u = 1.5 * math.pi * (1.0 + 2.0 * _rand(n, generator))
@@ -104,8 +125,15 @@ def swiss_roll(n: int, generator: torch.Generator | None = None, *, noise: float
     return _finish(pts + noise * _randn((n, 2), generator), dtype, device)
 
 
-def checkerboard(n: int, generator: torch.Generator | None = None, *, cells: int = 4, size: float = 4.0,
-                 dtype: torch.dtype | None = None, device=None) -> torch.Tensor:
+def checkerboard(
+    n: int,
+    generator: torch.Generator | None = None,
+    *,
+    cells: int = 4,
+    size: float = 4.0,
+    dtype: torch.dtype | None = None,
+    device=None,
+) -> torch.Tensor:
     r"""Uniform on the "black" cells of a ``cells x cells`` board covering ``[-size/2, size/2]^2``: cell
     ``(i, j)`` is black when ``i + j`` is even."""
     _check_n(n)
@@ -123,6 +151,7 @@ def checkerboard(n: int, generator: torch.Generator | None = None, *, cells: int
 # ---------------------------------------------------------------------------------------------------------------------
 # procedural images
 # ---------------------------------------------------------------------------------------------------------------------
+
 
 def _grid(size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Pixel centres in ``[-1, 1]``: ``(yy, xx)`` of shape ``(size, size)``."""
@@ -145,8 +174,9 @@ def _coverage(dist_inside: torch.Tensor, pixel: float) -> torch.Tensor:
     return (0.5 - dist_inside / pixel).clamp(0.0, 1.0)
 
 
-def shapes(n: int, generator: torch.Generator | None = None, *, size: int = 16, dtype: torch.dtype | None = None,
-           device=None) -> torch.Tensor:
+def shapes(
+    n: int, generator: torch.Generator | None = None, *, size: int = 16, dtype: torch.dtype | None = None, device=None
+) -> torch.Tensor:
     r"""``n`` images ``(n, 1, size, size)`` in ``[-1, 1]``, one white shape each on a black background: a disc,
     square (rotated), triangle, cross or ring, with random centre, size and rotation, drawn from signed distance
     functions with a one-pixel anti-aliasing ramp."""
@@ -160,13 +190,17 @@ def shapes(n: int, generator: torch.Generator | None = None, *, size: int = 16, 
     b = (slice(None), None, None)
     px, py = xx[None] - cx[b], yy[None] - cy[b]
     c, s = torch.cos(rot)[b], torch.sin(rot)[b]
-    u, v = c * px + s * py, -s * px + c * py                       # rotated coordinates
+    u, v = c * px + s * py, -s * px + c * py  # rotated coordinates
     rr = r[b]
     disc = torch.sqrt(px * px + py * py) - rr
     square = torch.maximum(u.abs(), v.abs()) - 0.8 * rr
     # equilateral triangle via the max of three half-plane distances
-    tri = torch.stack([(u * math.cos(a) + v * math.sin(a)) for a in (math.pi / 2, math.pi * 7 / 6, math.pi * 11 / 6)],
-                      0).amax(0) - 0.5 * rr
+    tri = (
+        torch.stack(
+            [(u * math.cos(a) + v * math.sin(a)) for a in (math.pi / 2, math.pi * 7 / 6, math.pi * 11 / 6)], 0
+        ).amax(0)
+        - 0.5 * rr
+    )
     bar = 0.25 * rr
     cross = torch.minimum(torch.maximum(u.abs() - rr, v.abs() - bar), torch.maximum(v.abs() - rr, u.abs() - bar))
     ring_ = (torch.sqrt(px * px + py * py) - 0.75 * rr).abs() - 0.22 * rr
@@ -191,8 +225,16 @@ _SEG_NAMES = "abcdefg"
 _DIGIT_MASK = torch.tensor([[name in segs for name in _SEG_NAMES] for segs in _DIGIT_SEGMENTS])
 
 
-def digits(n: int, generator: torch.Generator | None = None, *, size: int = 16, labels: torch.Tensor | None = None,
-           return_labels: bool = False, dtype: torch.dtype | None = None, device=None):
+def digits(
+    n: int,
+    generator: torch.Generator | None = None,
+    *,
+    size: int = 16,
+    labels: torch.Tensor | None = None,
+    return_labels: bool = False,
+    dtype: torch.dtype | None = None,
+    device=None,
+):
     r"""``n`` digit images ``(n, 1, size, size)`` in ``[-1, 1]``: the seven-segment strokes of a random digit
     (or of ``labels``), slanted, scaled, shifted and of random thickness, anti-aliased.
 
@@ -207,22 +249,23 @@ def digits(n: int, generator: torch.Generator | None = None, *, size: int = 16, 
         if labels.shape != (n,) or bool(((labels < 0) | (labels > 9)).any()):
             raise ValueError("labels must have shape (n,) with values in 0..9")
     yy, xx = _grid(size, dev)
-    scale = 0.45 + 0.15 * _rand(n, generator)                        # half height of the digit
+    scale = 0.45 + 0.15 * _rand(n, generator)  # half height of the digit
     aspect = 0.9 + 0.4 * _rand(n, generator)
     slant = 0.25 * (_rand(n, generator) - 0.5)
-    thick = (0.07 + 0.06 * _rand(n, generator))
+    thick = 0.07 + 0.06 * _rand(n, generator)
     cx = (_rand(n, generator) - 0.5) * 0.3
     cy = (_rand(n, generator) - 0.5) * 0.3
     ends = torch.tensor([_SEGMENTS[k] for k in _SEG_NAMES], dtype=torch.float64, device=dev)  # (7, 2, 2)
     b = (slice(None), None, None, None)
     px = xx[None, None] - cx[b]
-    py = -(yy[None, None]) - cy[b]                                   # y up
-    sx, sy = ends[None, :, :, 0], ends[None, :, :, 1]                # (1, 7, 2)
+    py = -(yy[None, None]) - cy[b]  # y up
+    sx, sy = ends[None, :, :, 0], ends[None, :, :, 1]  # (1, 7, 2)
     hx = (sx * aspect[:, None, None] * 0.55 + slant[:, None, None] * sy) * scale[:, None, None]
     hy = sy * scale[:, None, None]
-    dist = _segment_distance(px, py, hx[..., 0, None, None], hy[..., 0, None, None], hx[..., 1, None, None],
-                             hy[..., 1, None, None])                # (n, 7, size, size)
-    mask = _DIGIT_MASK.to(dev)[labels]                               # (n, 7)
+    dist = _segment_distance(
+        px, py, hx[..., 0, None, None], hy[..., 0, None, None], hx[..., 1, None, None], hy[..., 1, None, None]
+    )  # (n, 7, size, size)
+    mask = _DIGIT_MASK.to(dev)[labels]  # (n, 7)
     dist = torch.where(mask[:, :, None, None], dist, torch.full_like(dist, math.inf)).amin(1)
     img = 2.0 * _coverage(dist - thick[:, None, None], 2.0 / size) - 1.0
     img = _finish(img[:, None], dtype, device)

@@ -107,8 +107,16 @@ def validate_grid(schedule: NoiseSchedule, ts, *, decreasing: bool = True) -> to
     return ts
 
 
-def make_grid(schedule: NoiseSchedule, grid="logsnr", steps: int | None = None, t_start=None, t_end=None,
-              *, rho: float = 7.0, decreasing: bool = True) -> torch.Tensor:
+def make_grid(
+    schedule: NoiseSchedule,
+    grid="logsnr",
+    steps: int | None = None,
+    t_start=None,
+    t_end=None,
+    *,
+    rho: float = 7.0,
+    decreasing: bool = True,
+) -> torch.Tensor:
     """A validated float64 grid from a name in :data:`GRIDS` or an explicit tensor of times.
 
     For an explicit tensor, ``steps``/``t_start``/``t_end`` are taken from it (when also given they must agree).

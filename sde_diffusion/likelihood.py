@@ -66,8 +66,14 @@ class LikelihoodResult:
     nfe: int
 
 
-def divergence(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, trace: str = "exact",
-               probes: torch.Tensor | None = None, create_graph: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def divergence(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    *,
+    trace: str = "exact",
+    probes: torch.Tensor | None = None,
+    create_graph: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
     r"""``v = fn(x)`` and its divergence ``sum_i dv_i/dx_i`` per sample.
 
     ``trace="exact"``: one vector-Jacobian product per dimension, returns ``(v, div)`` with ``div`` of shape ``(B,)``.
@@ -97,8 +103,13 @@ def divergence(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, t
     raise ValueError(f"trace must be 'exact' or 'hutchinson', got {trace!r}")
 
 
-def dequantize(x: torch.Tensor, *, num_bins: int = 256, data_range: tuple[float, float] = (-1.0, 1.0),
-               generator: torch.Generator | None = None) -> torch.Tensor:
+def dequantize(
+    x: torch.Tensor,
+    *,
+    num_bins: int = 256,
+    data_range: tuple[float, float] = (-1.0, 1.0),
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     r"""Uniform dequantisation. ``x`` holds quantised values ``lo + k (hi - lo)/(num_bins - 1)``,
     ``k = 0..num_bins-1`` (e.g. 8-bit images scaled to ``[-1, 1]`` as ``k/127.5 - 1``); returns
     ``y = lo + (k + u) (hi - lo)/num_bins`` with ``u ~ U[0, 1)``, so ``y`` lies in bin ``k`` of ``[lo, hi)``."""
@@ -110,8 +121,9 @@ def dequantize(x: torch.Tensor, *, num_bins: int = 256, data_range: tuple[float,
     return lo + (k + u) * ((hi - lo) / num_bins)
 
 
-def bits_per_dim(log_prob: torch.Tensor, dim: int, *, num_bins: int | None = None,
-                 data_range: tuple[float, float] = (-1.0, 1.0)) -> torch.Tensor:
+def bits_per_dim(
+    log_prob: torch.Tensor, dim: int, *, num_bins: int | None = None, data_range: tuple[float, float] = (-1.0, 1.0)
+) -> torch.Tensor:
     r"""``-(log_prob + dim log Delta)/(dim log 2)`` with ``Delta = (hi - lo)/num_bins`` (``Delta = 1`` when
     ``num_bins`` is ``None``: plain nats-to-bits of a density)."""
     offset = 0.0 if num_bins is None else dim * math.log((data_range[1] - data_range[0]) / num_bins)
@@ -138,13 +150,28 @@ def _model_dtype(model: Model) -> torch.dtype | None:
     return None
 
 
-def log_likelihood(model: Model, x: torch.Tensor, *, trace: str = "exact", rtol: float = 1e-5, atol: float = 1e-5,
-                   method: str = "dopri5", n_probes: int = 1, probe: str = "rademacher",
-                   t_min: float | None = None, t_max: float | None = None, dtype: torch.dtype = torch.float64,
-                   model_dtype: torch.dtype | None = None, prior: Callable | None = None,
-                   dequantize_data: bool = False, num_bins: int | None = None,
-                   data_range: tuple[float, float] = (-1.0, 1.0), generator: torch.Generator | None = None,
-                   step_at_knots: bool = True, options: dict | None = None) -> LikelihoodResult:
+def log_likelihood(
+    model: Model,
+    x: torch.Tensor,
+    *,
+    trace: str = "exact",
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    method: str = "dopri5",
+    n_probes: int = 1,
+    probe: str = "rademacher",
+    t_min: float | None = None,
+    t_max: float | None = None,
+    dtype: torch.dtype = torch.float64,
+    model_dtype: torch.dtype | None = None,
+    prior: Callable | None = None,
+    dequantize_data: bool = False,
+    num_bins: int | None = None,
+    data_range: tuple[float, float] = (-1.0, 1.0),
+    generator: torch.Generator | None = None,
+    step_at_knots: bool = True,
+    options: dict | None = None,
+) -> LikelihoodResult:
     r"""``log p_{t_min}(x)`` of the model's probability-flow ODE (see the module docstring).
 
     Args:

@@ -67,6 +67,7 @@ _LOG_2PI = math.log(2.0 * math.pi)
 # helpers
 # ---------------------------------------------------------------------------------------------------------------------
 
+
 def _reduce(values: torch.Tensor, reduction: str) -> torch.Tensor:
     if reduction == "mean":
         return values.mean()
@@ -99,8 +100,14 @@ def _step_range(schedule: VPDiscrete) -> tuple[int, int]:
     return lo, hi
 
 
-def sample_time(schedule: NoiseSchedule, n: int, *, kind: str = "uniform", generator: torch.Generator | None = None,
-                device: torch.device | str | None = None) -> torch.Tensor:
+def sample_time(
+    schedule: NoiseSchedule,
+    n: int,
+    *,
+    kind: str = "uniform",
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
     r"""Draw ``n`` training times (float64, shape ``(n,)``).
 
     Args:
@@ -160,8 +167,9 @@ def _eps_factor2(prediction: str, a: torch.Tensor, s: torch.Tensor) -> torch.Ten
     raise ValueError(f"unknown prediction {prediction!r}")
 
 
-def _native_sq_error(model: Model, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, a64: torch.Tensor,
-                     s64: torch.Tensor) -> torch.Tensor:
+def _native_sq_error(
+    model: Model, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, a64: torch.Tensor, s64: torch.Tensor
+) -> torch.Tensor:
     """``||out - target||^2`` per sample, in the model's parametrisation, at ``x_t = alpha x0 + sigma noise``."""
     a = broadcast_coeff(a64.to(x0.dtype), x0)
     s = broadcast_coeff(s64.to(x0.dtype), x0)
@@ -204,9 +212,17 @@ def _prepare(model: Model, x0: torch.Tensor, t, noise, generator, kind: str):
     return t, noise, a64, s64
 
 
-def eps_weighted_loss(model: Model, x0: torch.Tensor, weight: Callable, *, generator: torch.Generator | None = None,
-                      t: torch.Tensor | None = None, noise: torch.Tensor | None = None,
-                      time_sampling: str = "uniform", reduction: str = "mean") -> torch.Tensor:
+def eps_weighted_loss(
+    model: Model,
+    x0: torch.Tensor,
+    weight: Callable,
+    *,
+    generator: torch.Generator | None = None,
+    t: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
+    time_sampling: str = "uniform",
+    reduction: str = "mean",
+) -> torch.Tensor:
     r"""The general form ``w(t) ||eps_hat(x_t, t) - eps||^2`` with ``x_t = alpha(t) x0 + sigma(t) eps``.
 
     Args:
@@ -229,9 +245,17 @@ def eps_weighted_loss(model: Model, x0: torch.Tensor, weight: Callable, *, gener
 # continuous-time objectives
 # ---------------------------------------------------------------------------------------------------------------------
 
-def simple_loss(model: Model, x0: torch.Tensor, *, generator: torch.Generator | None = None,
-                t: torch.Tensor | None = None, noise: torch.Tensor | None = None, time_sampling: str | None = None,
-                reduction: str = "mean") -> torch.Tensor:
+
+def simple_loss(
+    model: Model,
+    x0: torch.Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    t: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
+    time_sampling: str | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
     r"""Ho et al.'s simplified objective (arXiv:2006.11239, eq. 14):
     ``L_simple = E_{t, x0, eps} ||eps - eps_hat(alpha_t x0 + sigma_t eps, t)||^2``.
 
@@ -242,8 +266,16 @@ def simple_loss(model: Model, x0: torch.Tensor, *, generator: torch.Generator | 
     """
     if time_sampling is None:
         time_sampling = "discrete" if isinstance(_check_model(model).schedule, VPDiscrete) else "uniform"
-    return eps_weighted_loss(model, x0, lambda t, a, s: torch.ones_like(t), generator=generator, t=t, noise=noise,
-                             time_sampling=time_sampling, reduction=reduction)
+    return eps_weighted_loss(
+        model,
+        x0,
+        lambda t, a, s: torch.ones_like(t),
+        generator=generator,
+        t=t,
+        noise=noise,
+        time_sampling=time_sampling,
+        reduction=reduction,
+    )
 
 
 def _dsm_weight(schedule: NoiseSchedule, weighting) -> Callable:
@@ -256,10 +288,17 @@ def _dsm_weight(schedule: NoiseSchedule, weighting) -> Callable:
     raise ValueError(f"weighting must be one of {DSM_WEIGHTINGS} or a callable, got {weighting!r}")
 
 
-def dsm_loss(model: Model, x0: torch.Tensor, *, weighting: str | Callable = "sigma2",
-             generator: torch.Generator | None = None, t: torch.Tensor | None = None,
-             noise: torch.Tensor | None = None, time_sampling: str = "uniform",
-             reduction: str = "mean") -> torch.Tensor:
+def dsm_loss(
+    model: Model,
+    x0: torch.Tensor,
+    *,
+    weighting: str | Callable = "sigma2",
+    generator: torch.Generator | None = None,
+    t: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
+    time_sampling: str = "uniform",
+    reduction: str = "mean",
+) -> torch.Tensor:
     r"""Continuous-time denoising score matching (Song et al. 2021, arXiv:2011.13456, eq. 7):
 
     ``J(theta; lambda) = 1/2 int_{t_min}^{t_max} lambda(t) E ||s_theta(x_t, t) - grad log q(x_t | x0)||^2 dt``,
@@ -284,26 +323,50 @@ def dsm_loss(model: Model, x0: torch.Tensor, *, weighting: str | Callable = "sig
     def weight(t, a, s):
         return lam(t, a, s) / (2.0 * time_density(sch, t, time_sampling) * s * s)
 
-    return eps_weighted_loss(model, x0, weight, generator=generator, t=t, noise=noise, time_sampling=time_sampling,
-                             reduction=reduction)
+    return eps_weighted_loss(
+        model, x0, weight, generator=generator, t=t, noise=noise, time_sampling=time_sampling, reduction=reduction
+    )
 
 
-def v_loss(model: Model, x0: torch.Tensor, *, generator: torch.Generator | None = None,
-           t: torch.Tensor | None = None, noise: torch.Tensor | None = None, time_sampling: str = "uniform",
-           reduction: str = "mean") -> torch.Tensor:
+def v_loss(
+    model: Model,
+    x0: torch.Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    t: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
+    time_sampling: str = "uniform",
+    reduction: str = "mean",
+) -> torch.Tensor:
     r"""v-prediction loss (Salimans & Ho 2022, arXiv:2202.00512): ``E_t ||v_hat - v||^2`` with
     ``v = alpha eps - sigma x0``.
 
     Since ``v_hat - v = ((alpha^2 + sigma^2)/alpha)(eps_hat - eps)``, it is the eps-loss weighted by
     ``(alpha^2+sigma^2)^2/alpha^2``; for VP schedules ``1/alpha^2 = 1 + 1/SNR``, i.e. ``(1 + SNR) ||x0_hat - x0||^2``.
     """
-    return eps_weighted_loss(model, x0, lambda t, a, s: ((a * a + s * s) / a) ** 2, generator=generator, t=t,
-                             noise=noise, time_sampling=time_sampling, reduction=reduction)
+    return eps_weighted_loss(
+        model,
+        x0,
+        lambda t, a, s: ((a * a + s * s) / a) ** 2,
+        generator=generator,
+        t=t,
+        noise=noise,
+        time_sampling=time_sampling,
+        reduction=reduction,
+    )
 
 
-def min_snr_loss(model: Model, x0: torch.Tensor, *, gamma: float = 5.0, generator: torch.Generator | None = None,
-                 t: torch.Tensor | None = None, noise: torch.Tensor | None = None, time_sampling: str = "uniform",
-                 reduction: str = "mean") -> torch.Tensor:
+def min_snr_loss(
+    model: Model,
+    x0: torch.Tensor,
+    *,
+    gamma: float = 5.0,
+    generator: torch.Generator | None = None,
+    t: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
+    time_sampling: str = "uniform",
+    reduction: str = "mean",
+) -> torch.Tensor:
     r"""Min-SNR-gamma weighting (Hang et al. 2023, arXiv:2303.09556):
     ``E_t min(SNR(t), gamma) ||x0_hat - x0||^2``.
 
@@ -320,13 +383,15 @@ def min_snr_loss(model: Model, x0: torch.Tensor, *, gamma: float = 5.0, generato
         snr = (a / s) ** 2
         return torch.clamp(snr, max=gamma) / snr
 
-    return eps_weighted_loss(model, x0, weight, generator=generator, t=t, noise=noise, time_sampling=time_sampling,
-                             reduction=reduction)
+    return eps_weighted_loss(
+        model, x0, weight, generator=generator, t=t, noise=noise, time_sampling=time_sampling, reduction=reduction
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # the discrete variational bound
 # ---------------------------------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class VLBCoefficients:
@@ -361,7 +426,7 @@ def vlb_coefficients(schedule: VPDiscrete, variance: str = "beta") -> VLBCoeffic
     sch = _discrete_steps(schedule)
     if variance not in VLB_VARIANCES:
         raise ValueError(f"variance must be one of {VLB_VARIANCES}, got {variance!r}")
-    log_ab = 2.0 * sch._log_alpha_grid                      # log alpha_bar_k, k = 1..N
+    log_ab = 2.0 * sch._log_alpha_grid  # log alpha_bar_k, k = 1..N
     log_ab_prev = torch.cat([log_ab.new_zeros(1), log_ab[:-1]])
     ab = torch.exp(log_ab)
     beta = -torch.expm1(log_ab - log_ab_prev)
@@ -391,8 +456,15 @@ def prior_kl(schedule: VPDiscrete, x0: torch.Tensor) -> torch.Tensor:
     return 0.5 * (ab * sq - d * (ab + math.log(-math.expm1(log_ab))))
 
 
-def vlb_term(model: Model, x0: torch.Tensor, k: torch.Tensor, noise: torch.Tensor, *,
-             variance: str = "beta", coefficients: VLBCoefficients | None = None) -> torch.Tensor:
+def vlb_term(
+    model: Model,
+    x0: torch.Tensor,
+    k: torch.Tensor,
+    noise: torch.Tensor,
+    *,
+    variance: str = "beta",
+    coefficients: VLBCoefficients | None = None,
+) -> torch.Tensor:
     r"""One term of the bound per sample: ``L_{k-1}`` evaluated at ``x_k = sqrt(alpha_bar_k) x0 +
     sqrt(1 - alpha_bar_k) noise`` (step ``k`` in ``1..N``, one per sample).
 
@@ -416,8 +488,14 @@ def vlb_term(model: Model, x0: torch.Tensor, k: torch.Tensor, noise: torch.Tenso
     return (d * c.const.to(x0.device)[idx]).to(sq.dtype) + coeff.to(sq.dtype) * sq
 
 
-def vlb_terms(model: Model, x0: torch.Tensor, *, variance: str = "beta", generator: torch.Generator | None = None,
-              steps_per_call: int = 64) -> torch.Tensor:
+def vlb_terms(
+    model: Model,
+    x0: torch.Tensor,
+    *,
+    variance: str = "beta",
+    generator: torch.Generator | None = None,
+    steps_per_call: int = 64,
+) -> torch.Tensor:
     r"""All terms of the bound, shape ``(B, N + 1)``: columns ``0..N-1`` hold ``L_0, ..., L_{N-1}`` (step
     ``k = column + 1``, each with its own noise draw), column ``N`` holds ``L_T``. Their row sum is the exact
     full-sum VLB estimator (exact in ``k``, one Monte Carlo draw of ``x_k`` per term).
@@ -439,9 +517,17 @@ def vlb_terms(model: Model, x0: torch.Tensor, *, variance: str = "beta", generat
     return torch.cat(cols, dim=1)
 
 
-def vlb(model: Model, x0: torch.Tensor, *, variance: str = "beta", estimator: str = "mc",
-        generator: torch.Generator | None = None, k: torch.Tensor | None = None, noise: torch.Tensor | None = None,
-        reduction: str = "mean") -> torch.Tensor:
+def vlb(
+    model: Model,
+    x0: torch.Tensor,
+    *,
+    variance: str = "beta",
+    estimator: str = "mc",
+    generator: torch.Generator | None = None,
+    k: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
     r"""Variational bound on ``-log p_theta(x0)`` (nats) of the discrete chain of a
     :class:`~sde_diffusion.schedules.VPDiscrete` schedule (Sohl-Dickstein et al. 2015, arXiv:1503.03585;
     Ho et al. 2020, arXiv:2006.11239, eq. 5):

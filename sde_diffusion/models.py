@@ -133,8 +133,15 @@ class Model:
     ``nfe`` counts calls of ``fn`` through this wrapper (one guided evaluation counts once).
     """
 
-    def __init__(self, fn: Callable, schedule: NoiseSchedule, prediction: str = "eps", *,
-                 time_input: str | Callable = "continuous", thresholding: DynamicThresholding | None = None):
+    def __init__(
+        self,
+        fn: Callable,
+        schedule: NoiseSchedule,
+        prediction: str = "eps",
+        *,
+        time_input: str | Callable = "continuous",
+        thresholding: DynamicThresholding | None = None,
+    ):
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {type(fn).__name__}")
         if not isinstance(schedule, NoiseSchedule):
@@ -213,8 +220,15 @@ class Model:
         return self.predict(x, t, "score", alpha, sigma)
 
     @classmethod
-    def guided(cls, cond_fn: Callable, uncond_fn: Callable, scale: float, schedule: NoiseSchedule,
-               prediction: str = "eps", **kwargs) -> Model:
+    def guided(
+        cls,
+        cond_fn: Callable,
+        uncond_fn: Callable,
+        scale: float,
+        schedule: NoiseSchedule,
+        prediction: str = "eps",
+        **kwargs,
+    ) -> Model:
         """Classifier-free guidance (Ho & Salimans 2022, arXiv:2207.12598):
         ``out = uncond + scale (cond - uncond)``, applied in the network's own parametrisation
         (``scale = 1`` is the conditional model, ``0`` the unconditional one). One guided call counts as one NFE.

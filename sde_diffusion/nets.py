@@ -41,8 +41,16 @@ class FourierTimeEmbedding(nn.Module):
         seed: seed of the random frequencies (so a rebuilt network has the same ones; they are also a buffer).
     """
 
-    def __init__(self, dim: int = 64, kind: str = "random", *, scale: float = 16.0, min_freq: float = 0.1,
-                 max_freq: float = 100.0, seed: int = 0):
+    def __init__(
+        self,
+        dim: int = 64,
+        kind: str = "random",
+        *,
+        scale: float = 16.0,
+        min_freq: float = 0.1,
+        max_freq: float = 100.0,
+        seed: int = 0,
+    ):
         super().__init__()
         if dim < 2 or dim % 2:
             raise ValueError(f"dim must be a positive even number, got {dim!r}")
@@ -119,11 +127,26 @@ class MLPScoreNet(nn.Module):
         seed: seed of the random frequencies.
     """
 
-    def __init__(self, dim: int = 2, hidden: int = 128, depth: int = 3, embed_dim: int = 64,
-                 fourier: str = "random", fourier_scale: float = 16.0, seed: int = 0):
+    def __init__(
+        self,
+        dim: int = 2,
+        hidden: int = 128,
+        depth: int = 3,
+        embed_dim: int = 64,
+        fourier: str = "random",
+        fourier_scale: float = 16.0,
+        seed: int = 0,
+    ):
         super().__init__()
-        self.config = dict(dim=dim, hidden=hidden, depth=depth, embed_dim=embed_dim, fourier=fourier,
-                           fourier_scale=fourier_scale, seed=seed)
+        self.config = dict(
+            dim=dim,
+            hidden=hidden,
+            depth=depth,
+            embed_dim=embed_dim,
+            fourier=fourier,
+            fourier_scale=fourier_scale,
+            seed=seed,
+        )
         self.dim = dim
         self.time = FourierTimeEmbedding(embed_dim, fourier, scale=fourier_scale, seed=seed)
         self.time_mlp = nn.Sequential(nn.Linear(embed_dim, embed_dim), nn.SiLU(), nn.Linear(embed_dim, embed_dim))
@@ -217,20 +240,40 @@ class UNet(nn.Module):
         dropout: dropout in the residual blocks.
     """
 
-    def __init__(self, in_channels: int = 1, base_channels: int = 32, channel_mults: tuple[int, ...] = (1, 2),
-                 num_res_blocks: int = 1, attn_heads: int = 1, groups: int = 8, embed_dim: int | None = None,
-                 fourier: str = "fixed", fourier_scale: float = 16.0, dropout: float = 0.0):
+    def __init__(
+        self,
+        in_channels: int = 1,
+        base_channels: int = 32,
+        channel_mults: tuple[int, ...] = (1, 2),
+        num_res_blocks: int = 1,
+        attn_heads: int = 1,
+        groups: int = 8,
+        embed_dim: int | None = None,
+        fourier: str = "fixed",
+        fourier_scale: float = 16.0,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         channel_mults = tuple(int(m) for m in channel_mults)
         if not channel_mults or num_res_blocks < 1:
             raise ValueError("channel_mults must be non-empty and num_res_blocks >= 1")
         emb = embed_dim or 4 * base_channels
-        self.config = dict(in_channels=in_channels, base_channels=base_channels, channel_mults=list(channel_mults),
-                           num_res_blocks=num_res_blocks, attn_heads=attn_heads, groups=groups, embed_dim=emb,
-                           fourier=fourier, fourier_scale=fourier_scale, dropout=dropout)
+        self.config = dict(
+            in_channels=in_channels,
+            base_channels=base_channels,
+            channel_mults=list(channel_mults),
+            num_res_blocks=num_res_blocks,
+            attn_heads=attn_heads,
+            groups=groups,
+            embed_dim=emb,
+            fourier=fourier,
+            fourier_scale=fourier_scale,
+            dropout=dropout,
+        )
         self.levels = len(channel_mults)
-        self.time = FourierTimeEmbedding(base_channels if base_channels % 2 == 0 else base_channels + 1, fourier,
-                                         scale=fourier_scale)
+        self.time = FourierTimeEmbedding(
+            base_channels if base_channels % 2 == 0 else base_channels + 1, fourier, scale=fourier_scale
+        )
         self.time_mlp = nn.Sequential(nn.Linear(self.time.dim, emb), nn.SiLU(), nn.Linear(emb, emb))
         self.conv_in = nn.Conv2d(in_channels, base_channels, 3, padding=1)
 

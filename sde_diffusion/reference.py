@@ -32,8 +32,16 @@ def _as_times(ts) -> torch.Tensor:
     return ts
 
 
-def probability_flow_reference(model: Model, x_T: torch.Tensor, ts, *, method: str = "dopri5",
-                               rtol: float = 1e-10, atol: float = 1e-10, options: dict | None = None) -> torch.Tensor:
+def probability_flow_reference(
+    model: Model,
+    x_T: torch.Tensor,
+    ts,
+    *,
+    method: str = "dopri5",
+    rtol: float = 1e-10,
+    atol: float = 1e-10,
+    options: dict | None = None,
+) -> torch.Tensor:
     """Solve the probability-flow ODE from ``ts[0]`` through every time in ``ts`` (either direction).
 
     Returns a tensor of shape ``(len(ts), *x_T.shape)``; entry 0 is ``x_T``. The state is integrated in float64
@@ -57,8 +65,9 @@ def probability_flow_reference(model: Model, x_T: torch.Tensor, ts, *, method: s
         return -torch.exp(-lam) * eps
 
     y0 = x / torch.exp(sch._log_alpha(ts[:1])).to(x.device)
-    opts = {"step_t": lams.to(x.device)} if method in ("dopri5", "dopri8", "bosh3", "adaptive_heun", "fehlberg2") \
-        else {}
+    opts = (
+        {"step_t": lams.to(x.device)} if method in ("dopri5", "dopri8", "bosh3", "adaptive_heun", "fehlberg2") else {}
+    )
     opts.update(options or {})
     ys = odeint(field, y0, lams.to(x.device), method=method, rtol=rtol, atol=atol, options=opts)
     alphas = torch.exp(sch._log_alpha(ts)).to(x.device).reshape((-1,) + (1,) * x.ndim)
@@ -67,19 +76,38 @@ def probability_flow_reference(model: Model, x_T: torch.Tensor, ts, *, method: s
     return out
 
 
-def brownian_path(x_like: torch.Tensor, t_min: float, t_max: float, *, seed: int = 0, tol: float = 1e-8,
-                  levy_area: str = "space-time"):
+def brownian_path(
+    x_like: torch.Tensor, t_min: float, t_max: float, *, seed: int = 0, tol: float = 1e-8, levy_area: str = "space-time"
+):
     """A ``torchsde.BrownianInterval`` over ``s = -t`` in ``[-t_max, -t_min]`` with the shape of ``x_like``
     (flattened to ``(B, d)``), reproducible from ``seed``. Query increments with ``bm(-t_a, -t_b)``."""
     import torchsde
 
     flat = x_like.reshape(x_like.shape[0], -1)
-    return torchsde.BrownianInterval(t0=-float(t_max), t1=-float(t_min), size=tuple(flat.shape), dtype=flat.dtype,
-                                     device=flat.device, entropy=seed, tol=tol, levy_area_approximation=levy_area)
+    return torchsde.BrownianInterval(
+        t0=-float(t_max),
+        t1=-float(t_min),
+        size=tuple(flat.shape),
+        dtype=flat.dtype,
+        device=flat.device,
+        entropy=seed,
+        tol=tol,
+        levy_area_approximation=levy_area,
+    )
 
 
-def reverse_sde_reference(model: Model, x_T: torch.Tensor, ts, bm, *, method: str = "srk", dt: float = 1e-3,
-                          adaptive: bool = False, rtol: float = 1e-6, atol: float = 1e-6) -> torch.Tensor:
+def reverse_sde_reference(
+    model: Model,
+    x_T: torch.Tensor,
+    ts,
+    bm,
+    *,
+    method: str = "srk",
+    dt: float = 1e-3,
+    adaptive: bool = False,
+    rtol: float = 1e-6,
+    atol: float = 1e-6,
+) -> torch.Tensor:
     """Solve the reverse SDE from ``ts[0]`` down through ``ts`` on the Brownian path ``bm`` (indexed by ``s = -t``,
     of shape ``(B, d)`` with ``d`` the flattened event size, e.g. from :func:`brownian_path`).
 
@@ -98,7 +126,8 @@ def reverse_sde_reference(model: Model, x_T: torch.Tensor, ts, bm, *, method: st
     # torchsde clips its last step to the final time only and *interpolates* linearly at earlier output times,
     # which on a Brownian path is off by O(sqrt(dt)); integrating segment by segment steps onto every time.
     for i in range(len(ts) - 1):
-        seg = torchsde.sdeint(sde, ys[-1], ss[i : i + 2], bm=bm, method=method, dt=dt, adaptive=adaptive,
-                              rtol=rtol, atol=atol)
+        seg = torchsde.sdeint(
+            sde, ys[-1], ss[i : i + 2], bm=bm, method=method, dt=dt, adaptive=adaptive, rtol=rtol, atol=atol
+        )
         ys.append(seg[-1])
     return torch.stack(ys).reshape((len(ts),) + tuple(x_T.shape))

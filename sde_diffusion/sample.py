@@ -96,9 +96,21 @@ class Sampler:
     Args mirror :func:`sample`. The plan (coefficients for the grid) is computed once, in float64, on creation.
     """
 
-    def __init__(self, model: Model, x_like: torch.Tensor, *, solver="ddim", steps: int | None = None,
-                 grid="logsnr", t_start=None, t_end=None, rho: float = 7.0, generator=None, noise=None,
-                 **solver_options):
+    def __init__(
+        self,
+        model: Model,
+        x_like: torch.Tensor,
+        *,
+        solver="ddim",
+        steps: int | None = None,
+        grid="logsnr",
+        t_start=None,
+        t_end=None,
+        rho: float = 7.0,
+        generator=None,
+        noise=None,
+        **solver_options,
+    ):
         if not isinstance(model, Model):
             raise TypeError(f"model must be a sde_diffusion.Model, got {type(model).__name__}")
         self.model = model
@@ -137,12 +149,26 @@ class Sampler:
         return self.model.predict(x, f.t, "x0", f.alpha, f.sigma)
 
 
-def sample(model: Model, x_T: torch.Tensor, *, solver: str | type[Solver] | Solver = "ddim", steps: int | None = None,
-           grid: str | torch.Tensor = "logsnr", t_start: float | None = None, t_end: float | None = None,
-           rho: float = 7.0, denoise_to_zero: bool = False, generator: torch.Generator | None = None,
-           noise: torch.Tensor | NoiseSource | Callable | None = None, callback: Callable | None = None,
-           return_trajectory: bool = False, progress: bool = False, check_finite: bool = True,
-           sync_debug: bool = False, **solver_options) -> SampleResult:
+def sample(
+    model: Model,
+    x_T: torch.Tensor,
+    *,
+    solver: str | type[Solver] | Solver = "ddim",
+    steps: int | None = None,
+    grid: str | torch.Tensor = "logsnr",
+    t_start: float | None = None,
+    t_end: float | None = None,
+    rho: float = 7.0,
+    denoise_to_zero: bool = False,
+    generator: torch.Generator | None = None,
+    noise: torch.Tensor | NoiseSource | Callable | None = None,
+    callback: Callable | None = None,
+    return_trajectory: bool = False,
+    progress: bool = False,
+    check_finite: bool = True,
+    sync_debug: bool = False,
+    **solver_options,
+) -> SampleResult:
     """Integrate from ``t_start`` (default ``t_max``) to ``t_end`` (default ``t_min``) with one solver.
 
     Args:
@@ -174,10 +200,29 @@ def sample(model: Model, x_T: torch.Tensor, *, solver: str | type[Solver] | Solv
     solver = get_solver(solver, **solver_options)
     if getattr(solver, "adaptive", False):
         return solver.solve(
-            model, x_T, t_start=t_start, t_end=t_end, denoise_to_zero=denoise_to_zero, callback=callback,
-            return_trajectory=return_trajectory, check_finite=check_finite, generator=generator, noise=noise)
-    s = Sampler(model, x_T, solver=solver, steps=steps, grid=grid, t_start=t_start, t_end=t_end, rho=rho,
-                generator=generator, noise=noise)
+            model,
+            x_T,
+            t_start=t_start,
+            t_end=t_end,
+            denoise_to_zero=denoise_to_zero,
+            callback=callback,
+            return_trajectory=return_trajectory,
+            check_finite=check_finite,
+            generator=generator,
+            noise=noise,
+        )
+    s = Sampler(
+        model,
+        x_T,
+        solver=solver,
+        steps=steps,
+        grid=grid,
+        t_start=t_start,
+        t_end=t_end,
+        rho=rho,
+        generator=generator,
+        noise=noise,
+    )
     nfe0 = model.nfe
     x, state = s.init(x_T)
     trajectory = [x] if return_trajectory else None

@@ -109,9 +109,7 @@ class NoiseSchedule:
             value = t[bad].flatten()[0].item()
             lb = "(" if self._open_lo else "["
             rb = ")" if self._open_hi else "]"
-            raise ValueError(
-                f"{name}={value!r} is outside the domain {lb}{lo}, {hi}{rb} of {type(self).__name__}"
-            )
+            raise ValueError(f"{name}={value!r} is outside the domain {lb}{lo}, {hi}{rb} of {type(self).__name__}")
         return t
 
     _open_lo = True
@@ -243,8 +241,9 @@ class VPLinear(_LinearBeta, VPSchedule):
 
     domain = (0.0, math.inf)
 
-    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, *, t_min: float | None = None,
-                 t_max: float | None = None):
+    def __init__(
+        self, beta_min: float = 0.1, beta_max: float = 20.0, *, t_min: float | None = None, t_max: float | None = None
+    ):
         self._init_beta(beta_min, beta_max)
         self._set_range(t_min, t_max, (1e-3, 1.0))
 
@@ -308,8 +307,9 @@ class SubVPLinear(_LinearBeta, NoiseSchedule):
 
     domain = (0.0, math.inf)
 
-    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, *, t_min: float | None = None,
-                 t_max: float | None = None):
+    def __init__(
+        self, beta_min: float = 0.1, beta_max: float = 20.0, *, t_min: float | None = None, t_max: float | None = None
+    ):
         self._init_beta(beta_min, beta_max)
         self._set_range(t_min, t_max, (1e-3, 1.0))
 
@@ -371,8 +371,14 @@ class VEGeometric(_VarianceExploding):
     _open_lo = False
     _open_hi = False
 
-    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, *, t_min: float | None = None,
-                 t_max: float | None = None):
+    def __init__(
+        self,
+        sigma_min: float = 0.01,
+        sigma_max: float = 50.0,
+        *,
+        t_min: float | None = None,
+        t_max: float | None = None,
+    ):
         self._init_sigmas(sigma_min, sigma_max)
         self._log_ratio = math.log(self.sigma_max / self.sigma_min)
         self._set_range(t_min, t_max, (0.0, 1.0))
@@ -421,6 +427,7 @@ class EDM(_VarianceExploding):
 # Discrete-time (DDPM) schedules
 # ---------------------------------------------------------------------------------------------------------------------
 
+
 def _alpha_bar_cosine(t: torch.Tensor) -> torch.Tensor:
     return torch.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
 
@@ -448,9 +455,7 @@ def betas_from_config(config: Mapping[str, Any]) -> torch.Tensor:
         i = torch.arange(n, dtype=torch.float64)
         ratio = _alpha_bar_cosine((i + 1) / n) / _alpha_bar_cosine(i / n)
         return torch.clamp(1.0 - ratio, max=0.999)
-    raise ValueError(
-        f"beta_schedule must be one of 'linear', 'scaled_linear', 'squaredcos_cap_v2', got {kind!r}"
-    )
+    raise ValueError(f"beta_schedule must be one of 'linear', 'scaled_linear', 'squaredcos_cap_v2', got {kind!r}")
 
 
 class VPDiscrete(VPSchedule):
@@ -468,8 +473,9 @@ class VPDiscrete(VPSchedule):
     _open_lo = False
     _open_hi = False
 
-    def __init__(self, betas: Any = None, *, alphas_cumprod: Any = None, t_min: float | None = None,
-                 t_max: float | None = None):
+    def __init__(
+        self, betas: Any = None, *, alphas_cumprod: Any = None, t_min: float | None = None, t_max: float | None = None
+    ):
         if (betas is None) == (alphas_cumprod is None):
             raise ValueError("give exactly one of betas or alphas_cumprod")
         if betas is not None:

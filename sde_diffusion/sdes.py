@@ -53,8 +53,9 @@ class ForwardSDE:
         """``std[x_t | x_0] = sigma(t)``."""
         return self.schedule.sigma(t)
 
-    def sample_marginal(self, x0: torch.Tensor, t, noise: torch.Tensor | None = None,
-                        generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample_marginal(
+        self, x0: torch.Tensor, t, noise: torch.Tensor | None = None, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """Draw ``x_t = alpha(t) x_0 + sigma(t) eps``."""
         if noise is None:
             noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
@@ -69,8 +70,7 @@ class ForwardSDE:
         """Standard deviation of the prior ``N(0, sigma(t_max)^2 I)`` used to start sampling."""
         return float(self.schedule.sigma(self.schedule.t_max))
 
-    def prior_sample(self, shape, generator: torch.Generator | None = None, *, dtype=None,
-                     device=None) -> torch.Tensor:
+    def prior_sample(self, shape, generator: torch.Generator | None = None, *, dtype=None, device=None) -> torch.Tensor:
         """Sample the prior ``N(0, sigma(t_max)^2 I)``."""
         z = torch.randn(tuple(shape), generator=generator, dtype=dtype or torch.get_default_dtype())
         return (self.prior_std() * z).to(device)
@@ -100,8 +100,12 @@ class _ScoreField:
     def _coeffs(self, t, x):
         tv = _time_vector(t, x)
         sch = self.schedule
-        return (tv, broadcast_coeff(sch._f(tv), x), broadcast_coeff(sch._g2(tv), x),
-                *(broadcast_coeff(c, x) for c in sch._alpha_sigma(tv)))
+        return (
+            tv,
+            broadcast_coeff(sch._f(tv), x),
+            broadcast_coeff(sch._g2(tv), x),
+            *(broadcast_coeff(c, x) for c in sch._alpha_sigma(tv)),
+        )
 
     def _score_term(self, x, t):
         tv, f, g2, a, s = self._coeffs(t, x)

@@ -104,6 +104,7 @@ def _pick_positive(roots) -> sp.Expr:
 # Exponential-integrator weights
 # ---------------------------------------------------------------------------------------------------------------------
 
+
 def phi_symbolic(k: int, h: sp.Expr) -> sp.Expr:
     r"""``phi_k(h) = int_0^1 e^{(1-s) h} s^{k-1}/(k-1)! ds`` exactly (``phi_0 = e^h``)."""
     s = sp.symbols("s", real=True)
@@ -130,8 +131,9 @@ def lagrange_exp_weights(ratios: list, h: sp.Expr, sign: int = 1) -> list[sp.Exp
     return weights
 
 
-def deis_tab_weights(formulas: ScheduleFormulas, t_from, t_to, nodes: list, *, closed_form: bool = False,
-                     digits: int = 30) -> list[sp.Expr]:
+def deis_tab_weights(
+    formulas: ScheduleFormulas, t_from, t_to, nodes: list, *, closed_form: bool = False, digits: int = 30
+) -> list[sp.Expr]:
     r"""DEIS-tAB weights from their definition (Zhang & Chen 2022, arXiv:2204.13902, eq. for ``C_ij``):
 
     ``C_j = int_{t_from}^{t_to} (alpha(t_to)/alpha(tau)) g^2(tau)/(2 sigma(tau)) L_j(tau) dtau``, with ``L_j`` the

@@ -115,8 +115,16 @@ def _given(body: Callable, strategy, max_examples: int, argname: str = "data") -
     hypothesis, _ = _hyp()
 
     phases = [p for p in hypothesis.Phase if p.name != "explain"]  # (explain re-runs the failure many times)
-    @hypothesis.settings(max_examples=max_examples, deadline=None, database=None, derandomize=True, phases=phases,
-                         report_multiple_bugs=False, suppress_health_check=list(hypothesis.HealthCheck))
+
+    @hypothesis.settings(
+        max_examples=max_examples,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        phases=phases,
+        report_multiple_bugs=False,
+        suppress_health_check=list(hypothesis.HealthCheck),
+    )
     @hypothesis.given(**{argname: strategy})
     def run(**example):
         last.clear()
@@ -133,8 +141,9 @@ def _given(body: Callable, strategy, max_examples: int, argname: str = "data") -
         raise
 
 
-def _run_checks(props: dict[str, Callable], names: Iterable[str], args: tuple, error: type[PropertyCheckError],
-                report: CheckReport) -> CheckReport:
+def _run_checks(
+    props: dict[str, Callable], names: Iterable[str], args: tuple, error: type[PropertyCheckError], report: CheckReport
+) -> CheckReport:
     for name in names:
         try:
             props[name](*args)
@@ -163,6 +172,7 @@ def _select(available: Iterable[str], properties: Iterable[str] | None, default:
 # ---------------------------------------------------------------------------------------------------------------------
 # strategies
 # ---------------------------------------------------------------------------------------------------------------------
+
 
 def _floats(st, lo, hi, log=False):
     if log:
@@ -208,7 +218,8 @@ def schedules(kinds: tuple[str, ...] | None = None):
         b0 = draw(_floats(st, 1e-5, 1e-3, log=True))
         b1 = draw(_floats(st, 2e-3, 0.05, log=True))
         return VPDiscrete.from_config(
-            {"num_train_timesteps": n, "beta_start": b0, "beta_end": b1, "beta_schedule": kind})
+            {"num_train_timesteps": n, "beta_start": b0, "beta_end": b1, "beta_schedule": kind}
+        )
 
     table: dict[str, Any] = {
         "vp_linear": linear_pair(VPLinear),
@@ -234,7 +245,7 @@ def times(schedule: NoiseSchedule, *, size: int | None = None):
     _, st = _hyp()
     lo, hi = schedule.t_min, schedule.t_max
     span = hi - lo
-    near = st.integers(1, 15).map(lambda k: span * 10.0 ** -k)
+    near = st.integers(1, 15).map(lambda k: span * 10.0**-k)
     one = st.one_of(
         st.sampled_from([lo, hi]),
         near.map(lambda d: lo + d),
@@ -250,8 +261,16 @@ GRID_KINDS = ("time_uniform", "time_quadratic", "logsnr", "karras", "explicit")
 """The kinds :func:`grids` draws from: the named grids of :mod:`sde_diffusion.grids` and explicit grids."""
 
 
-def grids(schedule: NoiseSchedule, max_steps: int = 20, *, min_steps: int = 1, kinds: tuple[str, ...] | None = None,
-          batch: int | None = None, decreasing: bool = True, sub_intervals: bool = True):
+def grids(
+    schedule: NoiseSchedule,
+    max_steps: int = 20,
+    *,
+    min_steps: int = 1,
+    kinds: tuple[str, ...] | None = None,
+    batch: int | None = None,
+    decreasing: bool = True,
+    sub_intervals: bool = True,
+):
     """Strategy over valid float64 time grids for ``schedule``.
 
     Each grid is a named grid (``time_uniform``, ``time_quadratic`` -- only when ``t_min >= 0`` --, ``logsnr``,
@@ -322,7 +341,8 @@ def analytic_data(event_shape: tuple[int, ...] = (2,), kinds: tuple[str, ...] | 
     def arrays(lo, hi, lead=(), log=False):
         n = math.prod(lead) * size
         return st.lists(_floats(st, lo, hi, log), min_size=n, max_size=n).map(
-            lambda v: torch.tensor(v, dtype=F64).reshape(lead + shape))
+            lambda v: torch.tensor(v, dtype=F64).reshape(lead + shape)
+        )
 
     @st.composite
     def mixture(draw):
@@ -351,19 +371,23 @@ def predictions():
 
 SOLVER_OPTIONS: dict[str, Callable[[Any], Any]] = {
     "ddim": lambda st: st.fixed_dictionaries(
-        {"eta": st.one_of(st.just(0.0), st.just(1.0), st.floats(0.0, 1.0, allow_nan=False))}),
+        {"eta": st.one_of(st.just(0.0), st.just(1.0), st.floats(0.0, 1.0, allow_nan=False))}
+    ),
     "ddpm": lambda st: st.fixed_dictionaries({"variance": st.sampled_from(["beta_tilde", "beta"])}),
     "euler": lambda st: st.fixed_dictionaries({"variable": st.sampled_from(["t", "sigma"])}),
     "heun": lambda st: st.fixed_dictionaries({"variable": st.sampled_from(["t", "sigma"])}),
-    "pc": lambda st: st.fixed_dictionaries({
-        "predictor": st.sampled_from(["reverse_diffusion", "euler_maruyama"]),
-        "snr": st.floats(0.01, 0.5, allow_nan=False),
-        "n_corrector": st.integers(0, 2),
-    }),
+    "pc": lambda st: st.fixed_dictionaries(
+        {
+            "predictor": st.sampled_from(["reverse_diffusion", "euler_maruyama"]),
+            "snr": st.floats(0.01, 0.5, allow_nan=False),
+            "n_corrector": st.integers(0, 2),
+        }
+    ),
     "dpm_solver": lambda st: st.fixed_dictionaries({"order": st.integers(1, 3), "multistep": st.booleans()}),
     "dpm_solver++": lambda st: st.fixed_dictionaries({"order": st.integers(1, 3), "multistep": st.booleans()}),
     "sde_dpm_solver++": lambda st: st.fixed_dictionaries(
-        {"order": st.integers(1, 2), "eta": st.one_of(st.just(0.0), st.floats(0.0, 1.0, allow_nan=False))}),
+        {"order": st.integers(1, 2), "eta": st.one_of(st.just(0.0), st.floats(0.0, 1.0, allow_nan=False))}
+    ),
     "unipc": lambda st: st.fixed_dictionaries({"order": st.integers(1, 3), "variant": st.sampled_from(["bh1", "bh2"])}),
     "pndm": lambda st: st.fixed_dictionaries({"variant": st.sampled_from(["s", "f"])}),
 }
@@ -372,8 +396,12 @@ SOLVER_OPTIONS: dict[str, Callable[[Any], Any]] = {
 solver is covered; add an entry to explore its options."""
 
 
-def solvers(names: Iterable[str] | None = None, *, options: dict[str, Callable[[Any], Any]] | None = None,
-            stochastic: bool | None = None):
+def solvers(
+    names: Iterable[str] | None = None,
+    *,
+    options: dict[str, Callable[[Any], Any]] | None = None,
+    stochastic: bool | None = None,
+):
     """Strategy over registered solvers (read from :func:`~sde_diffusion.solvers.registered_solvers` when called)
     built with valid options.
 
@@ -399,6 +427,7 @@ def solvers(names: Iterable[str] | None = None, *, options: dict[str, Callable[[
 # ---------------------------------------------------------------------------------------------------------------------
 # schedule properties: each takes (schedule, t) with t a float64 tensor of times, raises AssertionError on failure
 # ---------------------------------------------------------------------------------------------------------------------
+
 
 def _close(a: torch.Tensor, b: torch.Tensor, rtol: float, atol: float, what: str, at: torch.Tensor | None = None):
     bad = ~torch.isclose(a, b, rtol=rtol, atol=atol)
@@ -433,8 +462,13 @@ def _prop_contract(s: NoiseSchedule, t):
     if not isinstance(s.is_vp, bool):
         raise AssertionError(f"is_vp must be a bool, got {s.is_vp!r}")
     with torch.no_grad():
-        for method, needs in (("_log_alpha", "_log_alpha"), ("_log_sigma", "_log_sigma"), ("_f", "_f"),
-                              ("_g2", "_dlog_sigma or _g2"), ("_lambda", "_log_alpha and _log_sigma")):
+        for method, needs in (
+            ("_log_alpha", "_log_alpha"),
+            ("_log_sigma", "_log_sigma"),
+            ("_f", "_f"),
+            ("_g2", "_dlog_sigma or _g2"),
+            ("_lambda", "_log_alpha and _log_sigma"),
+        ):
             try:
                 getattr(s, method)(t)
             except NotImplementedError:
@@ -454,8 +488,10 @@ def _prop_finite(s: NoiseSchedule, t):
     pos = (s.alpha(t) > 0) & (s.sigma(t) > 0)
     if not bool(pos.all()):
         i = int((~pos).flatten().nonzero()[0])
-        raise AssertionError(f"alpha and sigma must be positive; at t={t[i].item()!r} alpha={s.alpha(t[i]).item()!r}, "
-                             f"sigma={s.sigma(t[i]).item()!r}")
+        raise AssertionError(
+            f"alpha and sigma must be positive; at t={t[i].item()!r} alpha={s.alpha(t[i]).item()!r}, "
+            f"sigma={s.sigma(t[i]).item()!r}"
+        )
     for name in ("lambda_min", "lambda_max"):
         if not math.isfinite(getattr(s, name)):
             raise AssertionError(f"{name} = {getattr(s, name)!r}")
@@ -474,8 +510,9 @@ def _prop_lambda_decreasing(s: NoiseSchedule, t):
     bad = (lam[1:] >= lam[:-1]) & (ts[1:] - ts[:-1] > 1e-12 * (s.t_max - s.t_min))
     if bool(bad.any()):
         i = int(bad.nonzero()[0])
-        raise AssertionError(f"lambda({ts[i].item()!r}) = {lam[i].item()!r} <= lambda({ts[i + 1].item()!r}) = "
-                             f"{lam[i + 1].item()!r}")
+        raise AssertionError(
+            f"lambda({ts[i].item()!r}) = {lam[i].item()!r} <= lambda({ts[i + 1].item()!r}) = {lam[i + 1].item()!r}"
+        )
     if not s.lambda_max > s.lambda_min:
         raise AssertionError(f"lambda(t_min) = {s.lambda_max!r} must exceed lambda(t_max) = {s.lambda_min!r}")
 
@@ -483,8 +520,14 @@ def _prop_lambda_decreasing(s: NoiseSchedule, t):
 def _prop_inverse_lambda(s: NoiseSchedule, t):
     back = s.inverse_lambda(s.lambda_(t))
     span = s.t_max - s.t_min
-    _close(back, t, rtol=0, atol=1e-9 * max(span, 1e-300) + 1e-9 * t.abs().max().item(),
-           what="inverse_lambda(lambda_(t)) vs t", at=t)
+    _close(
+        back,
+        t,
+        rtol=0,
+        atol=1e-9 * max(span, 1e-300) + 1e-9 * t.abs().max().item(),
+        what="inverse_lambda(lambda_(t)) vs t",
+        at=t,
+    )
 
 
 def _prop_f_autograd(s: NoiseSchedule, t):
@@ -493,8 +536,14 @@ def _prop_f_autograd(s: NoiseSchedule, t):
 
 def _prop_g2_autograd(s: NoiseSchedule, t):
     want = _derivative(lambda u: s.sigma(u) ** 2, t) - 2 * s.f(t) * s.sigma(t) ** 2
-    _close(s.g2(t), want, rtol=1e-6, atol=1e-9 * float(want.abs().max()) + 1e-12,
-           what="g2(t) vs d sigma^2/dt - 2 f sigma^2 (autograd)", at=t)
+    _close(
+        s.g2(t),
+        want,
+        rtol=1e-6,
+        atol=1e-9 * float(want.abs().max()) + 1e-12,
+        what="g2(t) vs d sigma^2/dt - 2 f sigma^2 (autograd)",
+        at=t,
+    )
     g2 = s.g2(t)
     if not bool((g2 > 0).all()):
         i = int((~(g2 > 0)).nonzero()[0])
@@ -502,8 +551,9 @@ def _prop_g2_autograd(s: NoiseSchedule, t):
 
 
 def _prop_vp_identity(s: NoiseSchedule, t):
-    _close(s.alpha(t) ** 2 + s.sigma(t) ** 2, torch.ones_like(t), rtol=0, atol=1e-12,
-           what="alpha^2 + sigma^2 vs 1", at=t)
+    _close(
+        s.alpha(t) ** 2 + s.sigma(t) ** 2, torch.ones_like(t), rtol=0, atol=1e-12, what="alpha^2 + sigma^2 vs 1", at=t
+    )
 
 
 def _prop_sigma_ve(s: NoiseSchedule, t):
@@ -521,17 +571,22 @@ def _prop_tensor_semantics(s: NoiseSchedule, t):
             for name in ("alpha", "sigma", "lambda_", "sigma_ve", "f", "g2"):
                 v = getattr(s, name)(x)
                 if v.dtype != dtype or v.shape != x.shape or v.device != x.device:
-                    raise AssertionError(f"{name} returned {v.dtype}, shape {tuple(v.shape)} on {v.device} for "
-                                         f"{dtype} input of shape {tuple(x.shape)} on {device}")
+                    raise AssertionError(
+                        f"{name} returned {v.dtype}, shape {tuple(v.shape)} on {v.device} for "
+                        f"{dtype} input of shape {tuple(x.shape)} on {device}"
+                    )
             lam = s.lambda_(x)
             back = s.inverse_lambda(lam)
             if back.dtype != dtype or back.shape != lam.shape or back.device != lam.device:
-                raise AssertionError(f"inverse_lambda returned {back.dtype}, shape {tuple(back.shape)} on "
-                                     f"{back.device} for {dtype} input of shape {tuple(lam.shape)} on {device}")
+                raise AssertionError(
+                    f"inverse_lambda returned {back.dtype}, shape {tuple(back.shape)} on "
+                    f"{back.device} for {dtype} input of shape {tuple(lam.shape)} on {device}"
+                )
     scalar = s.alpha(float(t.flatten()[0]))
     if scalar.ndim != 0 or scalar.dtype != F64:
-        raise AssertionError(f"a Python float must give a 0-d float64 tensor, got {scalar.dtype} of shape "
-                             f"{tuple(scalar.shape)}")
+        raise AssertionError(
+            f"a Python float must give a 0-d float64 tensor, got {scalar.dtype} of shape {tuple(scalar.shape)}"
+        )
 
 
 def _prop_moment_ode(s: NoiseSchedule, t):
@@ -576,8 +631,9 @@ schedules). Each is ``prop(schedule, t) -> None`` raising ``AssertionError``, wi
 from :func:`times`; call them inside your own ``@given`` tests as well."""
 
 
-def check_schedule(schedule: NoiseSchedule, *, vp: bool | None = None, max_examples: int = 50,
-                   properties: Iterable[str] | None = None) -> CheckReport:
+def check_schedule(
+    schedule: NoiseSchedule, *, vp: bool | None = None, max_examples: int = 50, properties: Iterable[str] | None = None
+) -> CheckReport:
     """Run the schedule property suite on any :class:`NoiseSchedule`, built-in or user-defined.
 
     Each property is run by Hypothesis on ``max_examples`` draws of six times from :func:`times` (derandomised, so
@@ -620,6 +676,7 @@ def _schedule_runner(prop: Callable, schedule: NoiseSchedule, max_examples: int)
 # solver checks
 # ---------------------------------------------------------------------------------------------------------------------
 
+
 class _TableNoise(NoiseSource):
     """Pre-drawn standard normals indexed by (step, draw, sample column): a sample sees the same numbers whether it
     runs alone or in a batch (``cols`` picks the columns of the batch being run)."""
@@ -641,8 +698,9 @@ class _TableNoise(NoiseSource):
 
     def normal(self, i, k, x):
         if k >= self.extra.shape[1]:
-            raise ValueError(f"the check provides {self.extra.shape[1]} extra normals per step; the solver asked for "
-                             f"draw {k}")
+            raise ValueError(
+                f"the check provides {self.extra.shape[1]} extra normals per step; the solver asked for draw {k}"
+            )
         return self.extra[i, k, self.cols].to(device=x.device, dtype=x.dtype)
 
 
@@ -710,8 +768,9 @@ def _describe(data: AnalyticDistribution) -> str:
     if isinstance(data, Gaussian):
         return f"Gaussian(mean={data.mean.tolist()}, std={data.std.tolist()})"
     if isinstance(data, GaussianMixture):
-        return (f"GaussianMixture(means={data.means.tolist()}, stds={data.stds.tolist()}, "
-                f"weights={data.weights.tolist()})")
+        return (
+            f"GaussianMixture(means={data.means.tolist()}, stds={data.stds.tolist()}, weights={data.weights.tolist()})"
+        )
     return repr(data)
 
 
@@ -755,8 +814,10 @@ def _prop_nfe(case: _SolverCase):
         ts = _oriented(case.solver, make_grid(schedule, "logsnr", steps))
         res = _solve(case.solver, model, x, ts, _TableNoise(steps, 2, x.shape[1:], 0))
         if res.nfe != case.solver.final_nfe(steps):
-            raise AssertionError(f"{steps} steps spent {res.nfe} model evaluations; final_nfe({steps}) says "
-                                 f"{case.solver.final_nfe(steps)}")
+            raise AssertionError(
+                f"{steps} steps spent {res.nfe} model evaluations; final_nfe({steps}) says "
+                f"{case.solver.final_nfe(steps)}"
+            )
 
 
 def _run_seeded(solver, model, x, schedule, seed):
@@ -804,8 +865,10 @@ def _prop_finite_low_precision(case: _SolverCase):
         out = run(Model(lambda x, t, d=out_dtype: oracle(x, t).to(d), schedule, "eps"), x32)
         what = f"float32 state with {str(out_dtype).removeprefix('torch.')} model outputs"
         if out.dtype != torch.float32 or out.shape != x32.shape:
-            raise AssertionError(f"{what}: the result is {out.dtype} of shape {tuple(out.shape)}; expected "
-                                 f"torch.float32 of shape {tuple(x32.shape)}")
+            raise AssertionError(
+                f"{what}: the result is {out.dtype} of shape {tuple(out.shape)}; expected "
+                f"torch.float32 of shape {tuple(x32.shape)}"
+            )
         if not bool(torch.isfinite(out).all()):
             raise AssertionError(f"{what}: non-finite result")
         err = float((out.double() - ref).abs().max())
@@ -843,8 +906,9 @@ def _prop_point_mass_exact(case: _SolverCase):
         scale = max(1.0, float(x.abs().max()), float(want.abs().max()))
         err = float((out - want).abs().max())
         if not err <= 1e-9 * scale:
-            raise AssertionError(f"the solver is not exact for point-mass data: max |x - exact| = {err!r} "
-                                 f"(tolerance {1e-9 * scale:.3g})")
+            raise AssertionError(
+                f"the solver is not exact for point-mass data: max |x - exact| = {err!r} (tolerance {1e-9 * scale:.3g})"
+            )
 
     _given(body, st.data(), case.max_examples)
 
@@ -865,18 +929,22 @@ def _prop_per_sample_times(case: _SolverCase):
         noise = _TableNoise(ts.shape[0] - 1, batch, x.shape[1:], 6)
         together = _solve(solver, model, x, ts, noise.select(slice(None))).x
         for j in range(batch):
-            alone = _solve(solver, model, x[j:j + 1], ts[:, j].contiguous(), noise.select(slice(j, j + 1))).x
-            mine, finite = together[j:j + 1], torch.isfinite(alone)
+            alone = _solve(solver, model, x[j : j + 1], ts[:, j].contiguous(), noise.select(slice(j, j + 1))).x
+            mine, finite = together[j : j + 1], torch.isfinite(alone)
             if not torch.equal(torch.isfinite(mine), finite):
-                raise AssertionError(f"sample {j}: the batched run and the run alone differ in which entries are "
-                                     f"finite ({mine.tolist()} vs {alone.tolist()})")
+                raise AssertionError(
+                    f"sample {j}: the batched run and the run alone differ in which entries are "
+                    f"finite ({mine.tolist()} vs {alone.tolist()})"
+                )
             if not bool(finite.any()):
                 continue
             scale = max(1.0, float(alone[finite].abs().max()))
             err = float((mine - alone)[finite].abs().max())
             if not err <= 1e-9 * scale:
-                raise AssertionError(f"sample {j} of a batch with per-sample grids differs from its run alone on its "
-                                     f"own grid: max |difference| = {err!r}")
+                raise AssertionError(
+                    f"sample {j} of a batch with per-sample grids differs from its run alone on its "
+                    f"own grid: max |difference| = {err!r}"
+                )
 
     _given(body, st.data(), case.max_examples)
 
@@ -966,8 +1034,10 @@ def _weak_error(solver, schedule, data: Gaussian, ts) -> tuple[int, float]:
     C = out[2:-1] - b
     pred = A * x[-1] + b + sum(C[j] * values[k][-1] for j, k in enumerate(keys))
     if not bool(torch.allclose(out[-1], pred, rtol=1e-7, atol=1e-9 * max(1.0, float(out.abs().max())))):
-        raise _Skip("the solver is not affine in its noise on Gaussian data (e.g. a step size that depends on the "
-                    "state's norm), so the exact-moment weak error does not apply; weak order not measured")
+        raise _Skip(
+            "the solver is not affine in its noise on Gaussian data (e.g. a step size that depends on the "
+            "state's norm), so the exact-moment weak error does not apply; weak order not measured"
+        )
     t0, t1 = torch.tensor(float(ts[0]), dtype=F64), torch.tensor(float(ts[-1]), dtype=F64)
     (a0, s0), (a1, s1) = schedule._alpha_sigma(t0), schedule._alpha_sigma(t1)
     mu0, v0 = a0 * data.mean, a0**2 * data.std**2 + s0**2
@@ -999,8 +1069,10 @@ def _measure_order(solver: Solver, nfes: list[int]) -> OrderMeasurement:
     if not solver.stochastic:
         return _fit_order(*_global_errors(solver, schedule, data, nfes), "global")
     _skip_coupled(solver, "the exact-moment weak error treats the batch columns as independent runs")
-    pts = [_weak_error(solver, schedule, data, _oriented(solver, make_grid(schedule, "logsnr", _steps_for(solver, n))))
-           for n in nfes]
+    pts = [
+        _weak_error(solver, schedule, data, _oriented(solver, make_grid(schedule, "logsnr", _steps_for(solver, n))))
+        for n in nfes
+    ]
     return _fit_order([p[0] for p in pts], [p[1] for p in pts], "weak")
 
 
@@ -1027,9 +1099,16 @@ SOLVER_PROPERTIES: dict[str, Callable] = {
 """Every solver property by name, in the order :func:`check_solver` runs them."""
 
 
-def check_solver(solver: str | type[Solver] | Solver, *, order: float | None = None, order_tol: float = 0.2,
-                 exact_for_point_mass: bool | None = None, max_examples: int = 10,
-                 nfe: Iterable[int] = ORDER_NFE, properties: Iterable[str] | None = None) -> CheckReport:
+def check_solver(
+    solver: str | type[Solver] | Solver,
+    *,
+    order: float | None = None,
+    order_tol: float = 0.2,
+    exact_for_point_mass: bool | None = None,
+    max_examples: int = 10,
+    nfe: Iterable[int] = ORDER_NFE,
+    properties: Iterable[str] | None = None,
+) -> CheckReport:
     r"""Run the solver property suite on a solver (registry name, class or instance -- registered or not).
 
     Properties (:data:`SOLVER_PROPERTIES`, in this order):
@@ -1072,7 +1151,14 @@ def check_solver(solver: str | type[Solver] | Solver, *, order: float | None = N
         SolverCheckError: naming the first failed property, with Hypothesis' shrunk counterexample where one applies.
     """
     solver = get_solver(solver)
-    case = _SolverCase(solver, float(solver.order if order is None else order), order_tol, exact_for_point_mass,
-                       max_examples, tuple(nfe), CheckReport(repr(solver)))
+    case = _SolverCase(
+        solver,
+        float(solver.order if order is None else order),
+        order_tol,
+        exact_for_point_mass,
+        max_examples,
+        tuple(nfe),
+        CheckReport(repr(solver)),
+    )
     names = _select(SOLVER_PROPERTIES, properties, list(SOLVER_PROPERTIES))
     return _run_checks(SOLVER_PROPERTIES, names, (case,), SolverCheckError, case.report)

@@ -57,8 +57,19 @@ __all__ = [
 
 CHECKPOINT_FORMAT = "sde_diffusion.train/1"
 # fields that must agree between a checkpoint and the run that resumes from it
-_RESUME_KEYS = ("batch_size", "loss", "loss_options", "seed", "lr", "weight_decay", "adam_betas", "warmup_steps",
-                "lr_schedule", "ema_decay", "grad_clip")
+_RESUME_KEYS = (
+    "batch_size",
+    "loss",
+    "loss_options",
+    "seed",
+    "lr",
+    "weight_decay",
+    "adam_betas",
+    "warmup_steps",
+    "lr_schedule",
+    "ema_decay",
+    "grad_clip",
+)
 
 
 @dataclass
@@ -159,16 +170,22 @@ class TrainResult:
 # schedules <-> plain data
 # ---------------------------------------------------------------------------------------------------------------------
 
-_SCHEDULE_CLASSES = {name: getattr(_schedules, name) for name in
-                     ("VPLinear", "VPCosine", "VPDiscrete", "SubVPLinear", "VEGeometric", "EDM")}
+_SCHEDULE_CLASSES = {
+    name: getattr(_schedules, name)
+    for name in ("VPLinear", "VPCosine", "VPDiscrete", "SubVPLinear", "VEGeometric", "EDM")
+}
 
 
 def schedule_spec(schedule: NoiseSchedule) -> dict[str, Any]:
     """A plain-data description of a built-in schedule (class name and constructor arguments)."""
     name = type(schedule).__name__
     if isinstance(schedule, VPDiscrete):
-        return {"class": name, "alphas_cumprod": schedule.alphas_cumprod.clone(), "t_min": schedule.t_min,
-                "t_max": schedule.t_max}
+        return {
+            "class": name,
+            "alphas_cumprod": schedule.alphas_cumprod.clone(),
+            "t_min": schedule.t_min,
+            "t_max": schedule.t_max,
+        }
     return {"class": name, **schedule._params()}
 
 
@@ -209,6 +226,7 @@ def time_input_map(schedule: NoiseSchedule, kind: str = "t") -> str | Callable:
 # checkpoints
 # ---------------------------------------------------------------------------------------------------------------------
 
+
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write ``state`` with ``torch.save`` atomically: to a temporary file in the same directory, flushed and
     fsync'ed, then ``os.replace``-d over ``path`` (so a crash never leaves a truncated checkpoint)."""
@@ -236,9 +254,15 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | 
     return state
 
 
-def load_model(path: str | os.PathLike, *, net: nn.Module | None = None, schedule: NoiseSchedule | None = None,
-               ema: bool = True, device: str | torch.device | None = None,
-               dtype: torch.dtype | None = None) -> Model:
+def load_model(
+    path: str | os.PathLike,
+    *,
+    net: nn.Module | None = None,
+    schedule: NoiseSchedule | None = None,
+    ema: bool = True,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> Model:
     """Rebuild the trained :class:`~sde_diffusion.models.Model` from a checkpoint: the EMA weights (or the raw ones
     with ``ema=False``), the recorded schedule and prediction type.
 
@@ -273,6 +297,7 @@ def load_model(path: str | os.PathLike, *, net: nn.Module | None = None, schedul
 # ---------------------------------------------------------------------------------------------------------------------
 # the loop
 # ---------------------------------------------------------------------------------------------------------------------
+
 
 def _show_progress(progress: bool | None) -> bool:
     if progress is None:
@@ -321,10 +346,22 @@ def _set_rng_state(gen: torch.Generator, state: dict[str, Any], device: torch.de
         torch.cuda.set_rng_state(state["cuda"].cpu(), device)
 
 
-def train(net: nn.Module, schedule: NoiseSchedule, data: str | Callable, *, prediction: str = "eps",
-          config: TrainConfig | None = None, checkpoint: str | os.PathLike | None = None, resume: bool = True,
-          device: str | torch.device | None = None, progress: bool | None = None, stop_at: int | None = None,
-          data_options: dict | None = None, time_input: str = "t", **overrides: Any) -> TrainResult:
+def train(
+    net: nn.Module,
+    schedule: NoiseSchedule,
+    data: str | Callable,
+    *,
+    prediction: str = "eps",
+    config: TrainConfig | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    resume: bool = True,
+    device: str | torch.device | None = None,
+    progress: bool | None = None,
+    stop_at: int | None = None,
+    data_options: dict | None = None,
+    time_input: str = "t",
+    **overrides: Any,
+) -> TrainResult:
     """Train ``net`` as a ``prediction``-type denoiser for ``schedule`` on ``data``.
 
     Args:
@@ -405,8 +442,9 @@ def train(net: nn.Module, schedule: NoiseSchedule, data: str | Callable, *, pred
             "rng": _rng_state(gen, device),
             "config": cfg.to_dict(),
             "losses": list(losses),
-            "schedule": schedule_spec(schedule) if type(schedule).__name__ in _SCHEDULE_CLASSES else
-            {"class": type(schedule).__name__},
+            "schedule": schedule_spec(schedule)
+            if type(schedule).__name__ in _SCHEDULE_CLASSES
+            else {"class": type(schedule).__name__},
             "prediction": prediction,
             "time_input": time_input,
             "net_class": type(net).__name__,
@@ -464,5 +502,6 @@ def train(net: nn.Module, schedule: NoiseSchedule, data: str | Callable, *, pred
             bar.close()
     net.eval()
     ema_net.eval()
-    return TrainResult(Model(ema_net, schedule, prediction, time_input=time_map), net, ema_net, losses, step, cfg,
-                       written)
+    return TrainResult(
+        Model(ema_net, schedule, prediction, time_input=time_map), net, ema_net, losses, step, cfg, written
+    )

@@ -15,8 +15,14 @@ F64 = torch.float64
 
 def all_schedules():
     """One instance of every built-in schedule (default parameters; DDPM's linear betas for the discrete one)."""
-    return [VPLinear(), VPCosine(), VPDiscrete.from_config({"num_train_timesteps": 1000}), SubVPLinear(),
-            VEGeometric(), EDM()]
+    return [
+        VPLinear(),
+        VPCosine(),
+        VPDiscrete.from_config({"num_train_timesteps": 1000}),
+        SubVPLinear(),
+        VEGeometric(),
+        EDM(),
+    ]
 
 
 SCHEDULE_IDS = ["vp_linear", "vp_cosine", "vp_discrete", "subvp_linear", "ve_geometric", "edm"]

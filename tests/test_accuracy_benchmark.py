@@ -35,8 +35,23 @@ def quick(acc, tmp_path_factory):
     return out, json.loads((out / "accuracy.json").read_text()), (out / "accuracy.md").read_text()
 
 
-RUN_KEYS = {"library", "problem", "schedule", "config", "family", "grid", "output", "nfe_budget", "nfe", "steps",
-            "t_start", "t_end", "eligible", "error", "error_median"}
+RUN_KEYS = {
+    "library",
+    "problem",
+    "schedule",
+    "config",
+    "family",
+    "grid",
+    "output",
+    "nfe_budget",
+    "nfe",
+    "steps",
+    "t_start",
+    "t_end",
+    "eligible",
+    "error",
+    "error_median",
+}
 
 
 def test_quick_run_schema(acc, quick):
@@ -62,9 +77,20 @@ def test_quick_run_schema(acc, quick):
     assert "## Target cells" in md and "## Optimised grids" in md
 
 
-OPT_KEYS = {"init_grid", "pilot_seed", "pilot_n", "pilot_error_init", "pilot_error", "opt_evaluations",
-            "grid_times", "error_init_grid", "error_median_init_grid", "accepted", "opt_heldout_error",
-            "opt_heldout_error_init"}
+OPT_KEYS = {
+    "init_grid",
+    "pilot_seed",
+    "pilot_n",
+    "pilot_error_init",
+    "pilot_error",
+    "opt_evaluations",
+    "grid_times",
+    "error_init_grid",
+    "error_median_init_grid",
+    "accepted",
+    "opt_heldout_error",
+    "opt_heldout_error_init",
+}
 
 
 def test_quick_optimised_runs(acc, quick):
@@ -75,8 +101,13 @@ def test_quick_optimised_runs(acc, quick):
     _, res, _ = quick
     s = res["settings"]
     opt = [r for r in res["runs"] if r["grid"] == "optimised"]
-    want = {(p["problem"], p["schedule"], c, o, n) for p in res["problems"] for c in s["opt_configs"]
-            for o in ("state", "x0") for n in s["opt_nfe"]}
+    want = {
+        (p["problem"], p["schedule"], c, o, n)
+        for p in res["problems"]
+        for c in s["opt_configs"]
+        for o in ("state", "x0")
+        for n in s["opt_nfe"]
+    }
     assert {(r["problem"], r["schedule"], r["config"], r["output"], r["nfe_budget"]) for r in opt} == want
     for r in opt:
         assert OPT_KEYS <= set(r) and r["library"] == "ours" and r["eligible"]
@@ -130,8 +161,13 @@ def test_pilot_problem_memoises_the_reference(acc):
 def test_quick_summary_follows_from_runs(quick):
     _, res, _ = quick
     for h in res["summary"]["headline"]:
-        cell = [r for r in res["runs"] if (r["problem"], r["schedule"], r["output"], r["nfe_budget"]) ==
-                (h["problem"], h["schedule"], h["output"], h["nfe"]) and r["eligible"]]
+        cell = [
+            r
+            for r in res["runs"]
+            if (r["problem"], r["schedule"], r["output"], r["nfe_budget"])
+            == (h["problem"], h["schedule"], h["output"], h["nfe"])
+            and r["eligible"]
+        ]
         ours = min(r["error"] for r in cell if r["library"] == "ours" and r["grid"] != "optimised")
         ours_opt = min(r["error"] for r in cell if r["library"] == "ours")
         assert h["ours"]["error"] == ours and h["ours_optimised"]["error"] == ours_opt <= ours
@@ -148,9 +184,15 @@ def test_quick_summary_follows_from_runs(quick):
     ratios = []
     for h in res["summary"]["headline"]:
         if h["output"] == "state" and h["nfe"] in res["settings"]["target_nfe"]:
-            mine = next(r for r in res["runs"] if r["library"] == "ours" and r["config"] == top["config"] and
-                        r["grid"] == top["grid"] and r["output"] == "state" and
-                        (r["problem"], r["schedule"], r["nfe_budget"]) == (h["problem"], h["schedule"], h["nfe"]))
+            mine = next(
+                r
+                for r in res["runs"]
+                if r["library"] == "ours"
+                and r["config"] == top["config"]
+                and r["grid"] == top["grid"]
+                and r["output"] == "state"
+                and (r["problem"], r["schedule"], r["nfe_budget"]) == (h["problem"], h["schedule"], h["nfe"])
+            )
             ratios.append(mine["error"] / h["ours"]["error"])
     assert top["regret"] == pytest.approx(math.exp(sum(map(math.log, ratios)) / len(ratios)))
     assert top["worst"] == pytest.approx(max(ratios))
@@ -175,6 +217,7 @@ def test_x0_output_is_denoised_state(acc):
 # the harness against diffusers
 # ---------------------------------------------------------------------------------------------------------------------
 
+
 def _diffusers_grid(acc, cfg, plan, problem):
     sched = acc._make_scheduler(cfg)
     with acc._quiet():
@@ -188,21 +231,61 @@ def _diffusers_grid(acc, cfg, plan, problem):
 
 
 PARITY = [
-    ("vp-discrete", dict(cls="DPMSolverMultistepScheduler", grid="trailing", output="state", space="vp",
-                         kwargs=dict(timestep_spacing="trailing", solver_order=2, final_sigmas_type="sigma_min")),
-     dict(solver="dpm_solver++", order=2)),
-    ("vp-discrete", dict(cls="UniPCMultistepScheduler", grid="trailing", output="state", space="vp",
-                         kwargs=dict(timestep_spacing="trailing", solver_order=3, final_sigmas_type="sigma_min")),
-     dict(solver="unipc", order=3, lower_order_final=True)),
-    ("vp-discrete", dict(cls="EulerDiscreteScheduler", grid="trailing", output="state", space="ve",
-                         kwargs=dict(timestep_spacing="trailing", final_sigmas_type="sigma_min")),
-     dict(solver="ddim")),
-    ("edm", dict(cls="EDMDPMSolverMultistepScheduler", grid="karras", output="state", space="edm",
-                 kwargs=dict(solver_order=2, final_sigmas_type="sigma_min")),
-     dict(solver="dpm_solver++", order=2, lower_order_final=False)),
-    ("edm", dict(cls="EDMEulerScheduler", grid="karras", output="state", space="edm",
-                 kwargs=dict(final_sigmas_type="sigma_min")),
-     dict(solver="ddim")),
+    (
+        "vp-discrete",
+        dict(
+            cls="DPMSolverMultistepScheduler",
+            grid="trailing",
+            output="state",
+            space="vp",
+            kwargs=dict(timestep_spacing="trailing", solver_order=2, final_sigmas_type="sigma_min"),
+        ),
+        dict(solver="dpm_solver++", order=2),
+    ),
+    (
+        "vp-discrete",
+        dict(
+            cls="UniPCMultistepScheduler",
+            grid="trailing",
+            output="state",
+            space="vp",
+            kwargs=dict(timestep_spacing="trailing", solver_order=3, final_sigmas_type="sigma_min"),
+        ),
+        dict(solver="unipc", order=3, lower_order_final=True),
+    ),
+    (
+        "vp-discrete",
+        dict(
+            cls="EulerDiscreteScheduler",
+            grid="trailing",
+            output="state",
+            space="ve",
+            kwargs=dict(timestep_spacing="trailing", final_sigmas_type="sigma_min"),
+        ),
+        dict(solver="ddim"),
+    ),
+    (
+        "edm",
+        dict(
+            cls="EDMDPMSolverMultistepScheduler",
+            grid="karras",
+            output="state",
+            space="edm",
+            kwargs=dict(solver_order=2, final_sigmas_type="sigma_min"),
+        ),
+        dict(solver="dpm_solver++", order=2, lower_order_final=False),
+    ),
+    (
+        "edm",
+        dict(
+            cls="EDMEulerScheduler",
+            grid="karras",
+            output="state",
+            space="edm",
+            kwargs=dict(final_sigmas_type="sigma_min"),
+        ),
+        dict(solver="ddim"),
+    ),
 ]
 
 

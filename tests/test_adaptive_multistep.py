@@ -82,15 +82,34 @@ def test_end_points_callback_trajectory_and_denoise():
     g, x_T, _ = _gaussian_problem(sch, n=4)
     model = g.model(sch)
     seen = []
-    r = sample(model, x_T, solver="adaptive_multistep", order=2, rtol=1e-3, atol=1e-3, t_start=0.8, t_end=0.01,
-               return_trajectory=True, callback=lambda i, t, x: seen.append((i, float(t))))
+    r = sample(
+        model,
+        x_T,
+        solver="adaptive_multistep",
+        order=2,
+        rtol=1e-3,
+        atol=1e-3,
+        t_start=0.8,
+        t_end=0.01,
+        return_trajectory=True,
+        callback=lambda i, t, x: seen.append((i, float(t))),
+    )
     assert float(r.ts[0]) == 0.8 and float(r.ts[-1]) == 0.01
     assert torch.all(r.ts[1:] < r.ts[:-1])
     assert len(r.trajectory) == len(r.ts) and [i for i, _ in seen] == list(range(len(r.ts) - 1))
     assert seen[-1][1] == 0.01
     torch.testing.assert_close(r.x, g.flow(x_T, 0.8, 0.01, sch), rtol=0, atol=2e-2)
-    d = sample(model, x_T, solver="adaptive_multistep", order=2, rtol=1e-3, atol=1e-3, t_start=0.8, t_end=0.01,
-               denoise_to_zero=True)
+    d = sample(
+        model,
+        x_T,
+        solver="adaptive_multistep",
+        order=2,
+        rtol=1e-3,
+        atol=1e-3,
+        t_start=0.8,
+        t_end=0.01,
+        denoise_to_zero=True,
+    )
     assert d.nfe == r.nfe + 1
 
 
@@ -102,8 +121,15 @@ def test_controller_formula_and_clamps():
 
 
 def test_validation():
-    for bad in (dict(order=4), dict(order=1), dict(rtol=-1.0), dict(rtol=0.0, atol=0.0), dict(h_init=0.0),
-                dict(safety=1.5), dict(fac_max=0.5)):
+    for bad in (
+        dict(order=4),
+        dict(order=1),
+        dict(rtol=-1.0),
+        dict(rtol=0.0, atol=0.0),
+        dict(h_init=0.0),
+        dict(safety=1.5),
+        dict(fac_max=0.5),
+    ):
         with pytest.raises(ValueError):
             AdaptiveMultistep(**bad)
     solver = AdaptiveMultistep()

@@ -88,8 +88,9 @@ def test_tweedie_posterior_means(name, data):
     x0_err = (dist.x0(x, t, s) - (x + sig**2 * grad) / a).abs()
     assert float((x0_err / (scale / a)).max()) <= 1e-11
     # and x = alpha E[x0|x] + sigma E[eps|x] exactly (the two oracle outputs are consistent)
-    torch.testing.assert_close(a * dist.x0(x, t, s) + sig * dist.eps(x, t, s), x, rtol=1e-12,
-                               atol=1e-12 * float(scale.max()))
+    torch.testing.assert_close(
+        a * dist.x0(x, t, s) + sig * dist.eps(x, t, s), x, rtol=1e-12, atol=1e-12 * float(scale.max())
+    )
 
 
 @LIMIT
@@ -105,8 +106,9 @@ def test_log_prob_closed_forms(data):
     want = torch.distributions.Normal(a * gs.mean, torch.sqrt(a**2 * gs.std**2 + sig**2)).log_prob(x).sum(-1)
     torch.testing.assert_close(gs.log_prob(x, t, s), want, rtol=1e-12, atol=1e-9)
     mix = DISTRIBUTIONS["mixture"]
-    comp = torch.distributions.Normal(a[:, None] * mix.means, torch.sqrt(a[:, None] ** 2 * mix.stds**2
-                                                                         + sig[:, None] ** 2))
+    comp = torch.distributions.Normal(
+        a[:, None] * mix.means, torch.sqrt(a[:, None] ** 2 * mix.stds**2 + sig[:, None] ** 2)
+    )
     per = comp.log_prob(x[:, None]).sum(-1)  # (B, K)
     want = torch.log((mix.weights * torch.exp(per - per.max(-1, keepdim=True).values)).sum(-1)) + per.max(-1).values
     torch.testing.assert_close(mix.log_prob(x, t, s), want, rtol=1e-12, atol=1e-9)
@@ -126,14 +128,16 @@ def test_single_component_mixture_is_gaussian(data):
     mix = GaussianMixture(gs.mean[None], gs.std[None])
     x, a, sig = _points(gs, s, t, g)
     torch.testing.assert_close(mix.log_prob(x, t, s), gs.log_prob(x, t, s), rtol=1e-13, atol=1e-12)
-    torch.testing.assert_close(mix.score(x, t, s), gs.score(x, t, s), rtol=1e-12,
-                               atol=1e-13 * float(_score_scale(x, a, sig).max()))
+    torch.testing.assert_close(
+        mix.score(x, t, s), gs.score(x, t, s), rtol=1e-12, atol=1e-13 * float(_score_scale(x, a, sig).max())
+    )
     torch.testing.assert_close(mix.x0(x, t, s), gs.x0(x, t, s), rtol=1e-12, atol=1e-12)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # the exact Gaussian flow
 # ---------------------------------------------------------------------------------------------------------------------
+
 
 @settings(max_examples=60, deadline=None)
 @given(data=st.data())
@@ -147,8 +151,9 @@ def test_gaussian_flow_solves_probability_flow_ode(data):
     tt = t.clone().requires_grad_(True)
     y_graph = gs.flow(x, t0, tt, s)
     # sample i depends only on t_i, so the gradient of a column sum w.r.t. t is that column's d/dt_i
-    dydt = torch.stack([torch.autograd.grad(y_graph[:, j].sum(), tt, retain_graph=True)[0]
-                        for j in range(y_graph.shape[1])], dim=1)
+    dydt = torch.stack(
+        [torch.autograd.grad(y_graph[:, j].sum(), tt, retain_graph=True)[0] for j in range(y_graph.shape[1])], dim=1
+    )
     y = y_graph.detach()
     prediction = data.draw(st.sampled_from(PREDICTIONS), label="prediction")
     field = ProbabilityFlowODE(s, gs.model(s, prediction)).vector_field(y, t)
@@ -168,8 +173,14 @@ def test_gaussian_flow_round_trip_and_transport(data):
     torch.testing.assert_close(back, x, rtol=1e-10, atol=1e-10 * float(x.abs().max() + 1))
     torch.testing.assert_close(gs.flow(x, t, t, s), x, rtol=1e-14, atol=1e-14)
     # the flow transports p_t to p_t1: log p_t1(y) = log p_t(x) - log|det dy/dx|, with the Jacobian by autograd
-    jac = torch.stack([torch.autograd.functional.jacobian(
-        lambda xi, i=i: gs.flow(xi[None], t[i:i + 1], t1[i:i + 1], s)[0], x[i]) for i in range(x.shape[0])])
+    jac = torch.stack(
+        [
+            torch.autograd.functional.jacobian(
+                lambda xi, i=i: gs.flow(xi[None], t[i : i + 1], t1[i : i + 1], s)[0], x[i]
+            )
+            for i in range(x.shape[0])
+        ]
+    )
     logdet = torch.linalg.slogdet(jac).logabsdet
     torch.testing.assert_close(gs.log_prob(y, t1, s), gs.log_prob(x, t, s) - logdet, rtol=1e-10, atol=1e-9)
 
@@ -178,12 +189,21 @@ def test_gaussian_flow_round_trip_and_transport(data):
 # stability of the mixture score
 # ---------------------------------------------------------------------------------------------------------------------
 
+
 def _single_component_score(mean, std, x, a, sig):
     return -(x - a * mean) / (a * a * std * std + sig * sig)
 
 
-@pytest.mark.parametrize("schedule", [EDM(sigma_min=1e-7, sigma_max=80.0), VPLinear(t_min=1e-9),
-                                      VEGeometric(sigma_min=1e-6, sigma_max=50.0), VPCosine(t_min=1e-10)], ids=repr)
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        EDM(sigma_min=1e-7, sigma_max=80.0),
+        VPLinear(t_min=1e-9),
+        VEGeometric(sigma_min=1e-6, sigma_max=50.0),
+        VPCosine(t_min=1e-10),
+    ],
+    ids=repr,
+)
 def test_mixture_score_stable_for_tiny_sigma(schedule):
     # narrow components (std 1e-6) and sigma(t_min) ~ 1e-9..1e-5: exp(log N) underflows for every component but the
     # nearest, and the naive ratio of densities would be 0/0
@@ -205,8 +225,9 @@ def test_mixture_score_stable_for_tiny_sigma(schedule):
         assert bool(torch.isfinite(mix.log_prob(x, tt, schedule)).all())
     # half-way between two components both responsibilities are 1/2: still finite, the average of the two scores
     mid = a * 0.5 * (means[0] + means[1])[None]
-    two = 0.5 * (_single_component_score(means[0], std, mid, a, sig) + _single_component_score(means[1], std, mid, a,
-                                                                                                 sig))
+    two = 0.5 * (
+        _single_component_score(means[0], std, mid, a, sig) + _single_component_score(means[1], std, mid, a, sig)
+    )
     torch.testing.assert_close(mix.score(mid, t, schedule), two, rtol=1e-9, atol=1e-9 * float(two.abs().max()))
 
 
@@ -234,6 +255,7 @@ def test_mixture_score_stable_far_away(schedule, direction):
 # ---------------------------------------------------------------------------------------------------------------------
 # the Model built from an oracle
 # ---------------------------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", sorted(DISTRIBUTIONS))
 @settings(max_examples=25, deadline=None)
@@ -273,6 +295,7 @@ def test_point_mass_is_exact_denoiser():
 # sampling the data distributions
 # ---------------------------------------------------------------------------------------------------------------------
 
+
 def test_samples_have_the_right_moments():
     # 5 standard errors, estimated from the sample itself (fixed seed)
     n = 40000
@@ -297,17 +320,21 @@ def test_samples_have_the_right_moments():
 # bad input
 # ---------------------------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("make", "match"), [
-    (lambda: Gaussian([0.0, 1.0], [1.0, 0.0]), "std"),
-    (lambda: Gaussian([0.0, float("nan")], [1.0, 1.0]), "mean"),
-    (lambda: PointMass([0.0, float("inf")]), "x0"),
-    (lambda: GaussianMixture([0.0, 1.0], [1.0, 1.0]), "means"),
-    (lambda: GaussianMixture([[0.0], [1.0]], [1.0, 1.0, 1.0]), "stds"),
-    (lambda: GaussianMixture([[0.0], [1.0]], [[1.0, 1.0]]), "stds"),
-    (lambda: GaussianMixture([[0.0], [1.0]], [1.0, -1.0]), "stds"),
-    (lambda: GaussianMixture([[0.0], [1.0]], [1.0, 1.0], [0.5, -0.5]), "weights"),
-    (lambda: GaussianMixture([[0.0], [1.0]], [1.0, 1.0], [0.5]), "weights"),
-])
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda: Gaussian([0.0, 1.0], [1.0, 0.0]), "std"),
+        (lambda: Gaussian([0.0, float("nan")], [1.0, 1.0]), "mean"),
+        (lambda: PointMass([0.0, float("inf")]), "x0"),
+        (lambda: GaussianMixture([0.0, 1.0], [1.0, 1.0]), "means"),
+        (lambda: GaussianMixture([[0.0], [1.0]], [1.0, 1.0, 1.0]), "stds"),
+        (lambda: GaussianMixture([[0.0], [1.0]], [[1.0, 1.0]]), "stds"),
+        (lambda: GaussianMixture([[0.0], [1.0]], [1.0, -1.0]), "stds"),
+        (lambda: GaussianMixture([[0.0], [1.0]], [1.0, 1.0], [0.5, -0.5]), "weights"),
+        (lambda: GaussianMixture([[0.0], [1.0]], [1.0, 1.0], [0.5]), "weights"),
+    ],
+)
 def test_bad_distribution_parameters(make, match):
     with pytest.raises(ValueError, match=match):
         make()

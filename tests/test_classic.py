@@ -102,14 +102,16 @@ def test_euler_maruyama_increment_scaling():
 def test_pc_runs_with_the_right_number_of_evaluations(n_corrector):
     sch = VEGeometric()
     model = gaussian_2d().model(sch, "score")
-    out = sample(model, prior(sch, 8), solver="pc", n_corrector=n_corrector, steps=10,
-                 generator=torch.Generator().manual_seed(0))
+    out = sample(
+        model, prior(sch, 8), solver="pc", n_corrector=n_corrector, steps=10, generator=torch.Generator().manual_seed(0)
+    )
     assert out.nfe == 10 * (1 + n_corrector) == PredictorCorrector(n_corrector=n_corrector).final_nfe(10)
     assert bool(torch.isfinite(out.x).all())
 
 
 @pytest.mark.parametrize(
-    ("schedule", "predictor"), [(VPLinear(), "euler_maruyama"), (VEGeometric(), "reverse_diffusion")],
+    ("schedule", "predictor"),
+    [(VPLinear(), "euler_maruyama"), (VEGeometric(), "reverse_diffusion")],
     ids=["vp-em", "ve-reverse_diffusion"],
 )
 def test_pc_output_matches_the_exact_marginal(schedule, predictor):
@@ -129,8 +131,9 @@ def test_pc_output_matches_the_exact_marginal(schedule, predictor):
 
     m_T, v_T = marginal(schedule.t_max)
     x_T = m_T + v_T.sqrt() * torch.randn(n, 1, generator=g, dtype=F64)
-    out = sample(model, x_T, solver="pc", predictor=predictor, n_corrector=1, steps=200, grid="time_uniform",
-                 generator=g)
+    out = sample(
+        model, x_T, solver="pc", predictor=predictor, n_corrector=1, steps=200, grid="time_uniform", generator=g
+    )
     m_0, v_0 = marginal(schedule.t_min)
     se_mean, se_var = math.sqrt(float(v_0) / n), float(v_0) * math.sqrt(2.0 / n)
     assert abs(float(out.x.mean()) - float(m_0)) <= 5 * se_mean + 0.01

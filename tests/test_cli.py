@@ -24,8 +24,14 @@ ROOT = Path(__file__).resolve().parents[1]
 def _run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    return subprocess.run([sys.executable, "-m", "sde_diffusion.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "sde_diffusion.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=300,
+    )
 
 
 def test_solvers_lists_every_registered_solver():
@@ -64,8 +70,29 @@ def test_study_quick_writes_json_and_png_with_fitted_orders(tmp_path):
 def test_study_default_folder_and_options_in_process(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     second = "dpm_solver++:order=2" if "dpm_solver++" in registered_solvers() else "euler"
-    assert cli.main(["study", "--quick", "--problem", "gauss16", "--schedule", "edm", "--solvers", "ddim", second,
-                     "--nfe", "4,8", "--order-problem", "none", "--dtype", "float32", "--figures"]) == 0
+    assert (
+        cli.main(
+            [
+                "study",
+                "--quick",
+                "--problem",
+                "gauss16",
+                "--schedule",
+                "edm",
+                "--solvers",
+                "ddim",
+                second,
+                "--nfe",
+                "4,8",
+                "--order-problem",
+                "none",
+                "--dtype",
+                "float32",
+                "--figures",
+            ]
+        )
+        == 0
+    )
     assert "| `ddim` |" in capsys.readouterr().out
     (folder,) = tmp_path.glob("study-*")
     (main,) = load_bundle((folder / "study.json").read_text()).values()
@@ -99,20 +126,23 @@ def test_unknown_solver_is_one_line_exit_2_as_a_subprocess():
     assert r.stderr.count("\n") == 1 and "valid solvers:" in r.stderr and "ddim" in r.stderr
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["study", "--problem", "moons"], "valid problems: point, gauss2d, gauss16, ring, gmm64"),
-    (["study", "--schedule", "vp-square"], "valid schedules: vp-linear"),
-    (["study", "--grid", "nosuch"], "valid grids: time_uniform"),
-    (["study", "--order-problem", "x"], "valid problems:"),
-    (["study", "--solvers", "ddim:bogus=1"], "valid options: eta"),
-    (["study", "--solvers", "ddim:eta"], "key=value"),
-    (["study", "--reference", "magic"], "valid references: auto"),
-    (["sample", "--solver", "nosuch"], "valid solvers:"),
-    (["sample", "--checkpoint", "model.pt"], "no such file"),
-    (["sample", "--nfe", "1", "--solver", "heun:variable=sigma", "--problem", "nosuch"], "valid problems"),
-    (["optimise-grid", "--solver", "ddpm"], "deterministic"),
-    (["optimize-grid", "--problem", "moons"], "valid problems"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["study", "--problem", "moons"], "valid problems: point, gauss2d, gauss16, ring, gmm64"),
+        (["study", "--schedule", "vp-square"], "valid schedules: vp-linear"),
+        (["study", "--grid", "nosuch"], "valid grids: time_uniform"),
+        (["study", "--order-problem", "x"], "valid problems:"),
+        (["study", "--solvers", "ddim:bogus=1"], "valid options: eta"),
+        (["study", "--solvers", "ddim:eta"], "key=value"),
+        (["study", "--reference", "magic"], "valid references: auto"),
+        (["sample", "--solver", "nosuch"], "valid solvers:"),
+        (["sample", "--checkpoint", "model.pt"], "no such file"),
+        (["sample", "--nfe", "1", "--solver", "heun:variable=sigma", "--problem", "nosuch"], "valid problems"),
+        (["optimise-grid", "--solver", "ddpm"], "deterministic"),
+        (["optimize-grid", "--problem", "moons"], "valid problems"),
+    ],
+)
 def test_usage_errors_are_one_line_with_exit_status_2(argv, message, capsys):
     assert cli.main(argv) == 2
     err = capsys.readouterr().err

@@ -37,7 +37,7 @@ def _parse_table(stdout: str) -> dict[str, list[tuple[float, float, float, float
     assert lines[head - 1].split()[:5] == ["name", "t", "alpha", "sigma", "lambda"]
     rows: dict[str, list] = {}
     name = None
-    for line in lines[head + 1:]:
+    for line in lines[head + 1 :]:
         tokens = line.split()
         if not line.startswith(" "):
             name, tokens = tokens[0], tokens[1:]

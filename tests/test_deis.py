@@ -31,6 +31,7 @@ def _id(opts):
 # construction, metadata
 # ---------------------------------------------------------------------------------------------------------------------
 
+
 def test_bad_options():
     with pytest.raises(ValueError, match="variant"):
         DEIS(variant="ab")
@@ -110,6 +111,7 @@ def test_custom_tableau_instance():
 # weights
 # ---------------------------------------------------------------------------------------------------------------------
 
+
 def _random_grid(schedule, n, seed):
     g = torch.Generator().manual_seed(seed)
     u = torch.sort(torch.rand(n - 2, generator=g), descending=True).values
@@ -117,11 +119,14 @@ def _random_grid(schedule, n, seed):
     return torch.cat([torch.tensor([schedule.t_max]), inner, torch.tensor([schedule.t_min])]).to(torch.float64)
 
 
-@pytest.mark.parametrize("name,schedule,closed_form", [
-    ("edm", EDM(), True),
-    ("ve_geometric", VEGeometric(), True),
-    ("vp_linear", VPLinear(), False),
-])
+@pytest.mark.parametrize(
+    "name,schedule,closed_form",
+    [
+        ("edm", EDM(), True),
+        ("ve_geometric", VEGeometric(), True),
+        ("vp_linear", VPLinear(), False),
+    ],
+)
 def test_tab_weights_equal_sympy(name, schedule, closed_form):
     """Numeric tAB weights (Gauss--Legendre in lambda) == the defining integral
     ``int (alpha_s/alpha_tau) g^2/(2 sigma) L_j(tau) dtau`` from sympy (closed form for EDM/VE; 30-digit mpmath
@@ -173,8 +178,17 @@ def test_per_sample_grids(variant):
 # identities and exactness
 # ---------------------------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("opts", [dict(variant="tab", order=1), dict(variant="rhoab", order=1),
-                                  dict(variant="logrho", order=1), dict(variant="rhork", tableau="euler")], ids=_id)
+
+@pytest.mark.parametrize(
+    "opts",
+    [
+        dict(variant="tab", order=1),
+        dict(variant="rhoab", order=1),
+        dict(variant="logrho", order=1),
+        dict(variant="rhork", tableau="euler"),
+    ],
+    ids=_id,
+)
 def test_first_order_is_ddim(opts):
     """DEIS-1 (every variant) == DDIM(eta=0) == DPM-Solver-1: coefficients and samples to 1e-12."""
     sch = VPLinear()
@@ -198,8 +212,10 @@ def test_first_step_is_lower_order():
     x = torch.randn(4, 2, generator=torch.Generator().manual_seed(2))
     ts = make_grid(sch, "logsnr", 6)
     for variant in ("tab", "rhoab", "logrho"):
-        r = {k: sample(model, x, solver="deis", grid=ts[:3], variant=variant, order=k, return_trajectory=True)
-             for k in (1, 2, 3)}
+        r = {
+            k: sample(model, x, solver="deis", grid=ts[:3], variant=variant, order=k, return_trajectory=True)
+            for k in (1, 2, 3)
+        }
         assert torch.equal(r[3].trajectory[1], r[1].trajectory[1])
         assert torch.allclose(r[3].x, r[2].x, rtol=1e-13, atol=1e-13)
         assert not torch.allclose(r[2].x, r[1].x, rtol=1e-6)
@@ -269,8 +285,9 @@ def test_order_logrho3_mixture():
     problem cannot show its order."""
     model, x, ref = _gmm_problem()
     ns = [64, 96, 128, 192, 256]
-    errors = [float((sample(model, x, solver="deis", steps=n, variant="logrho", order=3).x - ref).abs().max())
-              for n in ns]
+    errors = [
+        float((sample(model, x, solver="deis", steps=n, variant="logrho", order=3).x - ref).abs().max()) for n in ns
+    ]
     assert abs(_slope(ns, errors) - 3) < 0.15, errors
 
 
@@ -305,6 +322,7 @@ def test_warmup_limits_gaussian_order():
 # low precision
 # ---------------------------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("half", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 @pytest.mark.parametrize("opts", ALL, ids=_id)
 def test_half_precision_model_outputs(opts, half):
@@ -326,8 +344,9 @@ def _discrete_problem():
     """A DDPM schedule, a Gaussian-mixture network taking integer labels, and its ``Model`` wrapper."""
     sch = VPDiscrete.from_config(CONFIG)
     n = sch.num_steps
-    gm = GaussianMixture(torch.tensor([[-1.0, 0.5, 0.2], [1.0, -0.5, 0.0], [0.3, 1.2, -0.8]]),
-                         torch.tensor([0.3, 0.5, 0.4]))
+    gm = GaussianMixture(
+        torch.tensor([[-1.0, 0.5, 0.2], [1.0, -0.5, 0.0], [0.3, 1.2, -0.8]]), torch.tensor([0.3, 0.5, 0.4])
+    )
 
     def net(x, label):
         a, s = sch._alpha_sigma((torch.round(label.double()) + 1) / n)

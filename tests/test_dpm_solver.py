@@ -99,13 +99,17 @@ def _order_errors(name, opts, problem, nfes):
     return solver, used, errs
 
 
-@pytest.mark.parametrize("name,opts,problem,nfes,want", ORDER_CASES,
-                         ids=[f"{c[0]}-{'-'.join(f'{k}={v}' for k, v in c[1].items())}-{c[3][0]}" for c in ORDER_CASES])
+@pytest.mark.parametrize(
+    "name,opts,problem,nfes,want",
+    ORDER_CASES,
+    ids=[f"{c[0]}-{'-'.join(f'{k}={v}' for k, v in c[1].items())}-{c[3][0]}" for c in ORDER_CASES],
+)
 def test_order_slope_on_gaussian(name, opts, problem, nfes, want):
     solver, used, errs = _order_errors(name, opts, problem, nfes)
     slope = _fit_slope(used, errs)
-    print(f"\n{name} {opts}: NFE {used} max|err| {[f'{e:.2e}' for e in errs]} slope {slope:.3f} (declared "
-          f"{solver.order})")
+    print(
+        f"\n{name} {opts}: NFE {used} max|err| {[f'{e:.2e}' for e in errs]} slope {slope:.3f} (declared {solver.order})"
+    )
     assert solver.order == want
     assert min(errs) > 1e-12  # above round-off: the slope measures truncation error
     assert abs(slope - want) <= 0.15
@@ -127,8 +131,9 @@ def test_third_order_multistep_local_error(prediction):
         for h in hs:
             ts = VP.inverse_lambda(torch.tensor([lam_end - 3 * h, lam_end - 2 * h, lam_end - h, lam_end]))
             xs = [g.flow(x_T, 1.0, float(t), VP) for t in ts]
-            s = sd.Sampler(model, x_T, solver=name, grid=ts, order=3, multistep=True, variant=variant,
-                           lower_order_final=False)
+            s = sd.Sampler(
+                model, x_T, solver=name, grid=ts, order=3, multistep=True, variant=variant, lower_order_final=False
+            )
             outs = [model.predict(xs[i], ts[i], prediction) for i in (1, 0)]  # most recent first
             x3, _ = s.step(xs[2], tuple(outs), 2)
             errs.append(float((x3 - xs[3]).abs().max()))
@@ -140,6 +145,7 @@ def test_third_order_multistep_local_error(prediction):
 # ---------------------------------------------------------------------------------------------------------------------
 # update weights: every rule against its closed form
 # ---------------------------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("sign", [1, -1])
 def test_rules_equal_published_closed_forms(sign):
@@ -162,11 +168,15 @@ def test_rules_equal_published_closed_forms(sign):
         d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)
         d2 = (d1_0 - d1_1) / (r0 + r1)
         if sign > 0:
-            want = (math.exp(h) - 1) * m[0] + ((math.exp(h) - 1) / h - 1) * d1 + \
-                ((math.exp(h) - 1 - h) / h ** 2 - 0.5) * d2
+            want = (
+                (math.exp(h) - 1) * m[0] + ((math.exp(h) - 1) / h - 1) * d1 + ((math.exp(h) - 1 - h) / h**2 - 0.5) * d2
+            )
         else:
-            want = -(math.exp(-h) - 1) * m[0] + ((math.exp(-h) - 1) / h + 1) * d1 - \
-                ((math.exp(-h) - 1 + h) / h ** 2 - 0.5) * d2
+            want = (
+                -(math.exp(-h) - 1) * m[0]
+                + ((math.exp(-h) - 1) / h + 1) * d1
+                - ((math.exp(-h) - 1 + h) / h**2 - 0.5) * d2
+            )
         got = update_weights(torch.tensor([0.0, -r0, -(r0 + r1)]), torch.tensor(h), sign, "ref3")
         assert torch.allclose(got, want, rtol=1e-12, atol=1e-14)
         exact = update_weights(torch.tensor([0.0, -r0, -(r0 + r1)]), torch.tensor(h), sign, "exact")
@@ -228,10 +238,19 @@ def test_multistep_first_steps_equal_lower_order(name, order):
     ss1 = sd.sample(model, x_T, solver=name, order=1, multistep=False, steps=1).x
     assert float((one - ss1).abs().max()) <= 1e-13
     grid = sd.make_grid(VP, "logsnr", 20)
-    a = sd.sample(model, x_T, solver=name, order=order, multistep=True, grid=grid, return_trajectory=True,
-                  lower_order_final=False).trajectory
-    b = sd.sample(model, x_T, solver=name, order=order - 1, multistep=True, grid=grid, return_trajectory=True,
-                  lower_order_final=False).trajectory
+    a = sd.sample(
+        model, x_T, solver=name, order=order, multistep=True, grid=grid, return_trajectory=True, lower_order_final=False
+    ).trajectory
+    b = sd.sample(
+        model,
+        x_T,
+        solver=name,
+        order=order - 1,
+        multistep=True,
+        grid=grid,
+        return_trajectory=True,
+        lower_order_final=False,
+    ).trajectory
     assert float((a[1] - b[1]).abs().max()) <= 1e-13
     assert float((a[order - 1] - b[order - 1]).abs().max()) <= 1e-13
     assert float((a[order] - b[order]).abs().max()) > 1e-8  # from here on the orders differ
@@ -264,10 +283,29 @@ def test_grid_stages_on_logsnr_grid_equal_paper_stages():
     x_T = _xT(8, 2)
     model = MIX.model(VP, "eps")
     for name, variant in (("dpm_solver", "paper"), ("dpm_solver++", "midpoint"), ("dpm_solver", "heun")):
-        paper = sd.sample(model, x_T, solver=name, order=3, multistep=False, steps=6, variant=variant,
-                          lower_order_final=False, return_trajectory=True).trajectory
-        grid = sd.sample(model, x_T, solver=name, order=3, multistep=False, steps=18, stages="grid",
-                         variant=variant, lower_order_final=False, return_trajectory=True).trajectory
+        paper = sd.sample(
+            model,
+            x_T,
+            solver=name,
+            order=3,
+            multistep=False,
+            steps=6,
+            variant=variant,
+            lower_order_final=False,
+            return_trajectory=True,
+        ).trajectory
+        grid = sd.sample(
+            model,
+            x_T,
+            solver=name,
+            order=3,
+            multistep=False,
+            steps=18,
+            stages="grid",
+            variant=variant,
+            lower_order_final=False,
+            return_trajectory=True,
+        ).trajectory
         for i in range(7):
             assert float((paper[i] - grid[3 * i]).abs().max()) <= 1e-12, (name, variant, i)
 
@@ -323,8 +361,10 @@ def test_point_mass_exact_every_solver(schedule, prediction):
     m = torch.tensor([0.7, -1.3])
     pm = sd.PointMass(m)
     model = pm.model(schedule, prediction)
-    x_T = _xT(5, 2, seed=4) * float(schedule.sigma(torch.tensor(schedule.t_max))) + \
-        float(schedule.alpha(torch.tensor(schedule.t_max))) * m
+    x_T = (
+        _xT(5, 2, seed=4) * float(schedule.sigma(torch.tensor(schedule.t_max)))
+        + float(schedule.alpha(torch.tensor(schedule.t_max))) * m
+    )
     exact = _point_mass_flow(m, x_T, schedule, schedule.t_max, schedule.t_min)
     for steps in (1, 2, 5, 7):
         for name, opts in DETERMINISTIC:
@@ -353,8 +393,7 @@ def test_sde_point_mass_exact_in_distribution(eta, order):
     z = torch.zeros(steps, steps + 2, 1)
     for i in range(steps):
         z[i, 2 + i] = 1.0
-    x = sd.sample(model, a_T * m + s_T * xi, solver="sde_dpm_solver++", order=order, eta=eta, steps=steps,
-                  noise=z).x
+    x = sd.sample(model, a_T * m + s_T * xi, solver="sde_dpm_solver++", order=order, eta=eta, steps=steps, noise=z).x
     coeff = (x - a_0 * m) / s_0
     assert abs(float(coeff[0])) <= 1e-12
     assert abs(float((coeff[1:] ** 2).sum()) - 1.0) <= 1e-12
@@ -364,8 +403,11 @@ def test_sde_point_mass_exact_in_distribution(eta, order):
 # thresholding, adaptive step size, low precision
 # ---------------------------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name,opts", [("dpm_solver++", dict(order=2)), ("dpm_solver", dict(order=3)),
-                                       ("dpm_solver++", dict(order=3, multistep=False))])
+
+@pytest.mark.parametrize(
+    "name,opts",
+    [("dpm_solver++", dict(order=2)), ("dpm_solver", dict(order=3)), ("dpm_solver++", dict(order=3, multistep=False))],
+)
 def test_dynamic_thresholding_is_applied(name, opts):
     """Point mass at 3: thresholding (max_value 1) turns every x0 prediction into 1, so the solver must follow the
     exact flow of a point mass at 1 (and without thresholding, that of the point mass at 3)."""
@@ -395,22 +437,26 @@ def test_adaptive_reports_and_tracks_tolerance(order):
         assert len(res.ts) == info["accepted"] + 1 and float(res.ts[-1]) == t1
         errs.append(float((res.x - exact).abs().max()))
         nfes.append(res.nfe)
-    print(f"\nadaptive order {order}: NFE {nfes} errors {[f'{e:.1e}' for e in errs]} "
-          f"slope {_fit_slope(nfes, errs):.2f}")
+    print(
+        f"\nadaptive order {order}: NFE {nfes} errors {[f'{e:.1e}' for e in errs]} slope {_fit_slope(nfes, errs):.2f}"
+    )
     assert errs[0] > errs[1] > errs[2] and nfes[0] < nfes[1] < nfes[2]
     assert errs[2] < 1e-4
 
 
-ALL_SOLVERS = DETERMINISTIC + [("sde_dpm_solver++", dict(order=1, eta=1.0)),
-                               ("sde_dpm_solver++", dict(order=2, eta=1.0))]
+ALL_SOLVERS = DETERMINISTIC + [
+    ("sde_dpm_solver++", dict(order=1, eta=1.0)),
+    ("sde_dpm_solver++", dict(order=2, eta=1.0)),
+]
 
 
 @pytest.mark.parametrize("half", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 def test_low_precision_model_outputs_stay_finite(half):
     """float32 state, model outputs rounded to fp16/bf16: every solver stays finite down to t_min."""
-    ring = sd.GaussianMixture(torch.stack([torch.tensor([math.cos(a), math.sin(a)]) for a in
-                                           torch.arange(8) * (2 * math.pi / 8)]).float(),
-                              torch.full((8,), 0.05))
+    ring = sd.GaussianMixture(
+        torch.stack([torch.tensor([math.cos(a), math.sin(a)]) for a in torch.arange(8) * (2 * math.pi / 8)]).float(),
+        torch.full((8,), 0.05),
+    )
     exact = ring.model(VP, "eps")
     model = sd.Model(lambda x, t: exact.fn(x, t).to(half).to(torch.float32), VP, "eps")
     x_T = torch.randn(64, 2, generator=torch.Generator().manual_seed(0)).float()
@@ -428,6 +474,7 @@ def test_low_precision_model_outputs_stay_finite(half):
 # options and plumbing
 # ---------------------------------------------------------------------------------------------------------------------
 
+
 def test_bad_options_raise():
     with pytest.raises(ValueError):
         sd.get_solver("dpm_solver", order=4)
@@ -442,8 +489,9 @@ def test_bad_options_raise():
     with pytest.raises(ValueError):
         sd.sample(MIX.model(VP), _xT(2, 2), solver="dpm_solver", orders=(3, 2), steps=3)
     with pytest.raises(ValueError):
-        sd.sample(MIX.model(VP), _xT(2, 2), solver="dpm_solver", order=3, stages="grid", lower_order_final=False,
-                  steps=10)
+        sd.sample(
+            MIX.model(VP), _xT(2, 2), solver="dpm_solver", order=3, stages="grid", lower_order_final=False, steps=10
+        )
 
 
 def test_per_sample_grids_match_shared_grid():
@@ -460,6 +508,7 @@ def test_per_sample_grids_match_shared_grid():
 # ---------------------------------------------------------------------------------------------------------------------
 # agreement with diffusers (exact mixture eps as the network on both sides)
 # ---------------------------------------------------------------------------------------------------------------------
+
 
 def _diffusers():
     try:
@@ -532,8 +581,12 @@ def _diffusers_case(kind, alg, order, st, lof, n, dtype, exact_sigmas):
         name, opts = "sde_dpm_solver++", dict(order=order, eta=1.0, variant=st, lower_order_final=lof)
     else:
         name = "dpm_solver++" if alg == "dpmsolver++" else "dpm_solver"
-        opts = dict(order=order, multistep=kind == "multistep", variant=st,
-                    lower_order_final=bool(sched.config.lower_order_final))  # diffusers may switch it on
+        opts = dict(
+            order=order,
+            multistep=kind == "multistep",
+            variant=st,
+            lower_order_final=bool(sched.config.lower_order_final),
+        )  # diffusers may switch it on
         if kind == "singlestep":
             opts["stages"] = "grid"
     ours = _ours(vp, fn, x.to(dtype), ks, name, None if noise is None else noise.to(dtype), **opts)
@@ -541,14 +594,26 @@ def _diffusers_case(kind, alg, order, st, lof, n, dtype, exact_sigmas):
     return ours, theirs, ours64
 
 
-MULTISTEP_DIFFUSERS = [("multistep", alg, order, st, lof, n) for alg in ("dpmsolver++", "dpmsolver")
-                       for order in (1, 2, 3) for st in ("midpoint", "heun") for lof in (True, False)
-                       for n in (10, 20)] + \
-                      [("multistep", "sde-dpmsolver++", order, st, True, n) for order in (1, 2)
-                       for st in ("midpoint", "heun") for n in (10, 20)]
-SINGLESTEP_DIFFUSERS = [("singlestep", alg, order, st, lof, n) for alg in ("dpmsolver++", "dpmsolver")
-                        for order in (1, 2, 3) for st in ("midpoint", "heun")
-                        for lof, n in ((True, 9), (True, 10), (False, 12), (True, 20), (False, 18))]
+MULTISTEP_DIFFUSERS = [
+    ("multistep", alg, order, st, lof, n)
+    for alg in ("dpmsolver++", "dpmsolver")
+    for order in (1, 2, 3)
+    for st in ("midpoint", "heun")
+    for lof in (True, False)
+    for n in (10, 20)
+] + [
+    ("multistep", "sde-dpmsolver++", order, st, True, n)
+    for order in (1, 2)
+    for st in ("midpoint", "heun")
+    for n in (10, 20)
+]
+SINGLESTEP_DIFFUSERS = [
+    ("singlestep", alg, order, st, lof, n)
+    for alg in ("dpmsolver++", "dpmsolver")
+    for order in (1, 2, 3)
+    for st in ("midpoint", "heun")
+    for lof, n in ((True, 9), (True, 10), (False, 12), (True, 20), (False, 18))
+]
 
 
 @pytest.mark.parametrize("kind,alg,order,st,lof,n", SINGLESTEP_DIFFUSERS)
@@ -581,8 +646,11 @@ def test_multistep_steps_equal_diffusers_updates(kind, alg, order, st, lof, n):
         opts = dict(order=order, multistep=True, variant=st, lower_order_final=lof)
     model = sd.Model(fn, vp, "eps", time_input="label")
     s = sd.Sampler(model, x, solver=name, grid=_our_grid(ks), noise=noise, **opts)
-    updates = {1: sched.dpm_solver_first_order_update, 2: sched.multistep_dpm_solver_second_order_update,
-               3: sched.multistep_dpm_solver_third_order_update}
+    updates = {
+        1: sched.dpm_solver_first_order_update,
+        2: sched.multistep_dpm_solver_second_order_update,
+        3: sched.multistep_dpm_solver_third_order_update,
+    }
     x, state = s.init(x)
     outs = []
     for i, (k, p) in enumerate(zip(ks, s.solver.step_orders(n))):
@@ -596,16 +664,19 @@ def test_multistep_steps_equal_diffusers_updates(kind, alg, order, st, lof, n):
         assert float((x - want).abs().max()) <= 1e-12, (i, p)
 
 
-@pytest.mark.parametrize("kind,alg,order,st,lof,n", [c for c in MULTISTEP_DIFFUSERS + SINGLESTEP_DIFFUSERS
-                                                     if c[-1] >= 18])
+@pytest.mark.parametrize(
+    "kind,alg,order,st,lof,n", [c for c in MULTISTEP_DIFFUSERS + SINGLESTEP_DIFFUSERS if c[-1] >= 18]
+)
 def test_agrees_with_diffusers_float32(kind, alg, order, st, lof, n):
     """float32 end to end, diffusers as shipped: agreement to 1e-5 beyond the float32 round-off of the problem
     itself (``|ours32 - ours64|``, which reaches ~2e-5 for third-order runs)."""
     ours, theirs, ours64 = _diffusers_case(kind, alg, order, st, lof, n, torch.float32, exact_sigmas=False)
     d = float((ours.double() - theirs.double()).abs().max())
     roundoff = float((ours.double() - ours64).abs().max())
-    print(f"\n{kind} {alg} order={order} {st} lof={lof} n={n}: float32 |ours - diffusers| = {d:.1e} "
-          f"(our float32 round-off {roundoff:.1e})")
+    print(
+        f"\n{kind} {alg} order={order} {st} lof={lof} n={n}: float32 |ours - diffusers| = {d:.1e} "
+        f"(our float32 round-off {roundoff:.1e})"
+    )
     assert d <= 1e-5 + 2 * roundoff
 
 
@@ -613,19 +684,28 @@ def test_agrees_with_diffusers_float32(kind, alg, order, st, lof, n):
 # sharp mixture: pre-asymptotic slopes against the torchdiffeq reference (reported, not asserted tightly)
 # ---------------------------------------------------------------------------------------------------------------------
 
+
 def test_report_slopes_on_sharp_ring():
     """Pre-asymptotic slopes on a sharp mixture (8 modes, std 0.05) against the torchdiffeq reference: printed
     (``-s``) and recorded in docs/theory/dpm_solver.md; asserted only to decrease."""
-    ring = sd.GaussianMixture(torch.stack([torch.tensor([math.cos(a), math.sin(a)]) for a in
-                                           torch.arange(8) * (2 * math.pi / 8)]), torch.full((8,), 0.05))
+    ring = sd.GaussianMixture(
+        torch.stack([torch.tensor([math.cos(a), math.sin(a)]) for a in torch.arange(8) * (2 * math.pi / 8)]),
+        torch.full((8,), 0.05),
+    )
     model = ring.model(VP, "eps")
     x_T = torch.randn(32, 2, generator=torch.Generator().manual_seed(0))
     ref = probability_flow_reference(model, x_T, [VP.t_max, VP.t_min], rtol=1e-10, atol=1e-10)[-1]
-    cases = [("dpm_solver", dict(order=1)), ("dpm_solver", dict(order=2)), ("dpm_solver", dict(order=3)),
-             ("dpm_solver", dict(order=3, multistep=True, variant="exact")),
-             ("dpm_solver++", dict(order=2)), ("dpm_solver++", dict(order=3, multistep=True)),
-             ("dpm_solver++", dict(order=3, multistep=True, variant="exact")),
-             ("dpm_solver++", dict(order=2, multistep=False)), ("dpm_solver++", dict(order=3, multistep=False))]
+    cases = [
+        ("dpm_solver", dict(order=1)),
+        ("dpm_solver", dict(order=2)),
+        ("dpm_solver", dict(order=3)),
+        ("dpm_solver", dict(order=3, multistep=True, variant="exact")),
+        ("dpm_solver++", dict(order=2)),
+        ("dpm_solver++", dict(order=3, multistep=True)),
+        ("dpm_solver++", dict(order=3, multistep=True, variant="exact")),
+        ("dpm_solver++", dict(order=2, multistep=False)),
+        ("dpm_solver++", dict(order=3, multistep=False)),
+    ]
     for name, opts in cases:
         solver = sd.get_solver(name, **opts)
         nfes, errs = [], []

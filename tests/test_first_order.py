@@ -72,8 +72,9 @@ def test_ancestral_steps_are_exact_in_distribution_on_point_mass_data(schedule, 
     a_T, s_T = schedule.alpha(schedule.t_max), schedule.sigma(schedule.t_max)
     a_0, s_0 = schedule.alpha(schedule.t_min), schedule.sigma(schedule.t_min)
     for steps in (1, 7):
-        m, v = exact_moments(model, solver, make_grid(schedule, "logsnr", steps), a_T * M, s_T**2 * torch.ones(2),
-                             **options)
+        m, v = exact_moments(
+            model, solver, make_grid(schedule, "logsnr", steps), a_T * M, s_T**2 * torch.ones(2), **options
+        )
         torch.testing.assert_close(m, a_0 * M, rtol=0, atol=1e-12)
         torch.testing.assert_close(v, s_0**2 * torch.ones(2, dtype=F64), rtol=1e-12, atol=1e-15)
 
@@ -126,8 +127,10 @@ def test_ddpm_variances_on_the_training_grid(variance):
     torch.testing.assert_close(noise_var, want, rtol=1e-12, atol=0)
 
 
-@pytest.mark.parametrize(("solver", "options"), [("ddpm", {}), ("ddpm", {"variance": "beta"}), ("ddim", {"eta": 0.5}),
-                                                 ("ddim", {"eta": 1.0})])
+@pytest.mark.parametrize(
+    ("solver", "options"),
+    [("ddpm", {}), ("ddpm", {"variance": "beta"}), ("ddim", {"eta": 0.5}), ("ddim", {"eta": 1.0})],
+)
 def test_weak_order_one_on_gaussian_data_exact_moments(solver, options):
     # measure_order runs the solver on a 3-D Gaussian (VPLinear, logSNR grids, NFE 48..240), started from the exact
     # marginal, and computes the output's mean and variance exactly (the chain is linear-Gaussian: one batched run

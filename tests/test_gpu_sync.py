@@ -23,9 +23,11 @@ DEV = "cuda"
 def _problem(dtype=torch.float32):
     """A Gaussian-mixture oracle whose parameters already live on the device (so the model itself never copies)."""
     sch = VPLinear()
-    mix = GaussianMixture(torch.tensor([[1.0, -1.0], [-2.0, 0.5]], dtype=dtype, device=DEV),
-                          torch.tensor([0.3, 0.5], dtype=dtype, device=DEV),
-                          torch.tensor([0.5, 0.5], dtype=dtype, device=DEV))
+    mix = GaussianMixture(
+        torch.tensor([[1.0, -1.0], [-2.0, 0.5]], dtype=dtype, device=DEV),
+        torch.tensor([0.3, 0.5], dtype=dtype, device=DEV),
+        torch.tensor([0.5, 0.5], dtype=dtype, device=DEV),
+    )
     x = torch.randn(4, 2, dtype=dtype, device=DEV, generator=torch.Generator(device=DEV).manual_seed(0))
     return sch, mix.model(sch, "eps"), x
 
@@ -46,8 +48,9 @@ def test_shared_grid_loop_does_not_synchronise(name):
 @pytest.mark.parametrize("name", FIXED)
 def test_per_sample_grid_loop_does_not_synchronise(name):
     sch, model, x = _problem()
-    grids = torch.stack([make_grid(sch, "logsnr", 6, t_start=1.0 - 0.1 * b, t_end=1e-3 * (b + 1)) for b in range(4)],
-                        dim=1)
+    grids = torch.stack(
+        [make_grid(sch, "logsnr", 6, t_start=1.0 - 0.1 * b, t_end=1e-3 * (b + 1)) for b in range(4)], dim=1
+    )
     if get_solver(name).direction == "forward":  # inversion runs t_min -> t_max
         grids = grids.flip(0)
     try:
@@ -62,8 +65,15 @@ def test_host_noise_tensor_is_moved_once_without_synchronising(name):
     sch, model, x = _problem()
     noise = torch.randn(6, *x.shape)  # pageable host memory, float64
     # (a corrector's extra normals come from a device generator)
-    r = sample(model, x, solver=name, steps=6, noise=noise, sync_debug=True,
-               generator=torch.Generator(device=DEV).manual_seed(0))
+    r = sample(
+        model,
+        x,
+        solver=name,
+        steps=6,
+        noise=noise,
+        sync_debug=True,
+        generator=torch.Generator(device=DEV).manual_seed(0),
+    )
     assert bool(torch.isfinite(r.x).all())
 
 

@@ -40,18 +40,38 @@ def test_optimised_grid_beats_logsnr_uniform_on_held_out_data(solver):
     from sde_diffusion.reference import probability_flow_reference
 
     ref = probability_flow_reference(p.model(), x, res.grid[[0, -1]], rtol=1e-9, atol=1e-9)[-1]
-    out = sample(p.model(), x, solver=res.solver.split(":")[0], grid=res.grid,
-                 **({"order": 2, "multistep": True} if "dpm" in res.solver else {}))
+    out = sample(
+        p.model(),
+        x,
+        solver=res.solver.split(":")[0],
+        grid=res.grid,
+        **({"order": 2, "multistep": True} if "dpm" in res.solver else {}),
+    )
     assert out.nfe == 10
     assert rms_error(out.x, ref) == pytest.approx(res.heldout_error, rel=1e-9)
 
 
 @settings(max_examples=12, deadline=None)
-@given(schedule=st.sampled_from(list(SCHEDULES)), nfe=st.integers(2, 7), seed=st.integers(0, 3),
-       step=st.floats(0.05, 0.95), solver=st.sampled_from(["ddim", "heun"] + SOLVERS[1:]))
+@given(
+    schedule=st.sampled_from(list(SCHEDULES)),
+    nfe=st.integers(2, 7),
+    seed=st.integers(0, 3),
+    step=st.floats(0.05, 0.95),
+    solver=st.sampled_from(["ddim", "heun"] + SOLVERS[1:]),
+)
 def test_never_returns_an_invalid_grid(schedule, nfe, seed, step, solver):
-    res = optimise_grid("gauss2d", solver, nfe, schedule=schedule, pilot=8, heldout=8, seed=seed, step=step,
-                        max_evals=12, progress=False)
+    res = optimise_grid(
+        "gauss2d",
+        solver,
+        nfe,
+        schedule=schedule,
+        pilot=8,
+        heldout=8,
+        seed=seed,
+        step=step,
+        max_evals=12,
+        progress=False,
+    )
     _check_valid(res, get_problem("gauss2d", schedule).schedule)
     assert res.pilot_error <= res.pilot_error_init
 
@@ -81,7 +101,6 @@ def test_result_json_round_trip_and_errors():
 
 def test_optimise_grid_for_a_bare_model_uses_the_prior_and_torchdiffeq():
     model = get_problem("gauss2d").model()
-    res = optimise_grid(model, "ddim", 4, x_shape=(2,), pilot=16, heldout=16, max_evals=10, rtol=1e-8,
-                        progress=False)
+    res = optimise_grid(model, "ddim", 4, x_shape=(2,), pilot=16, heldout=16, max_evals=10, rtol=1e-8, progress=False)
     _check_valid(res, model.schedule)
     assert res.problem == "model" and res.pilot_error <= res.pilot_error_init

@@ -102,6 +102,7 @@ def test_time_quadratic_rejects_negative_times():
 # bad input
 # ---------------------------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("steps", [0, -3])
 def test_steps_below_one_is_an_error(steps):
     with pytest.raises(ValueError, match="steps must be >= 1"):

@@ -56,8 +56,9 @@ def test_every_parametrisation_gives_the_same_likelihood(prediction):
     data = random_gaussian(d, 2)
     sch = VPLinear()
     x = data.sample(4, torch.Generator().manual_seed(3))
-    res = log_likelihood(data.model(sch, prediction), x, rtol=1e-7, atol=1e-7,
-                         prior=lambda z: data.log_prob(z, sch.t_max, sch))
+    res = log_likelihood(
+        data.model(sch, prediction), x, rtol=1e-7, atol=1e-7, prior=lambda z: data.log_prob(z, sch.t_max, sch)
+    )
     assert float((res.log_prob - data.log_prob(x, sch.t_min, sch)).abs().max()) / d < 1e-5
 
 
@@ -67,8 +68,9 @@ def test_discrete_schedule_with_knots():
     sch = VPDiscrete(betas)
     data = random_gaussian(4, 4)
     x = data.sample(5, torch.Generator().manual_seed(5))
-    res = log_likelihood(data.model(sch, "eps"), x, rtol=1e-8, atol=1e-8,
-                         prior=lambda z: data.log_prob(z, sch.t_max, sch))
+    res = log_likelihood(
+        data.model(sch, "eps"), x, rtol=1e-8, atol=1e-8, prior=lambda z: data.log_prob(z, sch.t_max, sch)
+    )
     assert float((res.log_prob - data.log_prob(x, sch.t_min, sch)).abs().max()) / 4 < 1e-6
 
 
@@ -88,8 +90,9 @@ def test_hutchinson_is_unbiased_within_its_error(probe):
     exact = log_likelihood(model, x, rtol=1e-7, atol=1e-7, prior=prior)
     assert float((exact.log_prob - want).abs().max()) / d < 1e-5
     gen = torch.Generator().manual_seed(9)
-    est = log_likelihood(model, x, trace="hutchinson", n_probes=16, probe=probe, rtol=1e-7, atol=1e-7, prior=prior,
-                         generator=gen)
+    est = log_likelihood(
+        model, x, trace="hutchinson", n_probes=16, probe=probe, rtol=1e-7, atol=1e-7, prior=prior, generator=gen
+    )
     assert bool((est.std_err > 0).all())
     z = (est.log_prob - want) / est.std_err
     assert float(z.abs().max()) < 4.0, z
@@ -105,8 +108,9 @@ def test_rademacher_is_exact_for_a_diagonal_jacobian():
     x = data.sample(3, torch.Generator().manual_seed(11))
     model = data.model(sch, "v")
     a = log_likelihood(model, x, rtol=1e-7, atol=1e-7)
-    b = log_likelihood(model, x, trace="hutchinson", n_probes=3, rtol=1e-7, atol=1e-7,
-                       generator=torch.Generator().manual_seed(0))
+    b = log_likelihood(
+        model, x, trace="hutchinson", n_probes=3, rtol=1e-7, atol=1e-7, generator=torch.Generator().manual_seed(0)
+    )
     torch.testing.assert_close(b.log_prob, a.log_prob, rtol=0, atol=1e-7)
     assert float(b.std_err.max()) < 1e-9
 
@@ -125,13 +129,15 @@ def test_divergence_helper():
 def test_dequantize_and_bits_per_dim():
     gen = torch.Generator().manual_seed(0)
     k = torch.randint(0, 256, (1000, 3), generator=gen)
-    x = k / 127.5 - 1                               # 8-bit images on [-1, 1]
+    x = k / 127.5 - 1  # 8-bit images on [-1, 1]
     y = dequantize(x, generator=gen)
     width = 2 / 256
     assert bool((torch.floor((y + 1) / width) == k).all())
     assert float(y.min()) >= -1 and float(y.max()) < 1
-    torch.testing.assert_close(dequantize(x, generator=torch.Generator().manual_seed(1)),
-                               dequantize(x, generator=torch.Generator().manual_seed(1)))
+    torch.testing.assert_close(
+        dequantize(x, generator=torch.Generator().manual_seed(1)),
+        dequantize(x, generator=torch.Generator().manual_seed(1)),
+    )
     lp = torch.tensor([-100.0, 3.0])
     torch.testing.assert_close(bits_per_dim(lp, 3, num_bins=256), -lp / (3 * math.log(2)) + 7)
     torch.testing.assert_close(bits_per_dim(lp, 3), -lp / (3 * math.log(2)))
@@ -146,9 +152,16 @@ def test_dequantized_likelihood_bounds_the_discrete_probability():
     k = torch.tensor([3, 7, 8, 12])
     x = (-1 + k * 2 / (nb - 1)).reshape(-1, 1).to(torch.float64)
     reps = 64
-    res = log_likelihood(data.model(sch, "eps"), x.repeat(reps, 1), rtol=1e-7, atol=1e-7, dequantize_data=True,
-                         num_bins=nb, generator=torch.Generator().manual_seed(0),
-                         prior=lambda z: data.log_prob(z, sch.t_max, sch))
+    res = log_likelihood(
+        data.model(sch, "eps"),
+        x.repeat(reps, 1),
+        rtol=1e-7,
+        atol=1e-7,
+        dequantize_data=True,
+        num_bins=nb,
+        generator=torch.Generator().manual_seed(0),
+        prior=lambda z: data.log_prob(z, sch.t_max, sch),
+    )
     per_draw = -(res.bpd * math.log(2)).reshape(reps, -1)  # log p(y) + log Delta, one dequantisation draw each
     bound, se = per_draw.mean(0), per_draw.std(0) / math.sqrt(reps)
     width = 2 / nb
@@ -168,8 +181,9 @@ def test_network_in_float32_with_float64_state():
     x = torch.randn(4, 3)
     exact = log_likelihood(model, x, rtol=1e-5, atol=1e-5)
     assert exact.log_prob.dtype == torch.float64 and bool(torch.isfinite(exact.log_prob).all())
-    est = log_likelihood(model, x, trace="hutchinson", n_probes=8, rtol=1e-5, atol=1e-5,
-                         generator=torch.Generator().manual_seed(0))
+    est = log_likelihood(
+        model, x, trace="hutchinson", n_probes=8, rtol=1e-5, atol=1e-5, generator=torch.Generator().manual_seed(0)
+    )
     assert float(((est.log_prob - exact.log_prob) / est.std_err).abs().max()) < 4.5
 
 

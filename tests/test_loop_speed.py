@@ -41,6 +41,7 @@ def _run(model, x, name, steps=6, **kw):
 # caches
 # ---------------------------------------------------------------------------------------------------------------------
 
+
 def test_repeated_calls_hit_the_plan_cache_and_coefficients_are_computed_once(monkeypatch):
     sch = VPLinear()
     model = PointMass(torch.tensor([0.5, -0.5])).model(sch)
@@ -86,8 +87,18 @@ def test_repeated_calls_hit_the_plan_cache_and_coefficients_are_computed_once(mo
 # ---------------------------------------------------------------------------------------------------------------------
 
 #: operators that read device data on the host (a device synchronisation on CUDA) or copy host data to the device
-HOST_READS = {"_local_scalar_dense", "nonzero", "masked_select", "_unique2", "unique_dim", "unique_consecutive",
-              "lift_fresh", "lift_fresh_copy", "equal", "is_nonzero"}
+HOST_READS = {
+    "_local_scalar_dense",
+    "nonzero",
+    "masked_select",
+    "_unique2",
+    "unique_dim",
+    "unique_consecutive",
+    "lift_fresh",
+    "lift_fresh_copy",
+    "equal",
+    "is_nonzero",
+}
 
 
 class _HostReadRecorder(TorchDispatchMode):
@@ -143,6 +154,7 @@ def test_host_read_recorder_catches_an_item_call(monkeypatch):
 # torch.compile
 # ---------------------------------------------------------------------------------------------------------------------
 
+
 def _compile_case(name, opts, backend):
     torch._dynamo.reset()
     sch = VPLinear()
@@ -185,6 +197,7 @@ def test_step_compiles_with_inductor(name, opts):
 # memory
 # ---------------------------------------------------------------------------------------------------------------------
 
+
 def _tracked_model(schedule, prediction):
     """A model whose raw outputs are fresh tensors, each tracked by a weak reference."""
     oracle = _mixture().model(schedule, prediction)
@@ -213,9 +226,15 @@ def test_solvers_keep_no_more_model_outputs_than_their_memory(name, prediction):
         assert alive <= s.solver.memory, (name, i, alive, s.solver.memory)
 
 
-MULTISTEP = [("plms", {}, 4), ("pndm", {"variant": "s"}, 2), ("pndm", {"variant": "f"}, 4), ("ipndm", {"order": 3}, 3),
-             ("dpm_solver++", {"order": 2, "multistep": True}, 2),
-             ("dpm_solver++", {"order": 3, "multistep": True}, 3), ("deis", {"order": 3}, 3)]
+MULTISTEP = [
+    ("plms", {}, 4),
+    ("pndm", {"variant": "s"}, 2),
+    ("pndm", {"variant": "f"}, 4),
+    ("ipndm", {"order": 3}, 3),
+    ("dpm_solver++", {"order": 2, "multistep": True}, 2),
+    ("dpm_solver++", {"order": 3, "multistep": True}, 3),
+    ("deis", {"order": 3}, 3),
+]
 
 
 @pytest.mark.parametrize("name,opts,k", MULTISTEP, ids=[f"{n}-{k}" for n, _, k in MULTISTEP])
@@ -240,6 +259,7 @@ def test_k_step_methods_keep_at_most_k_minus_one_past_outputs(name, opts, k):
 # ---------------------------------------------------------------------------------------------------------------------
 # the fast linear combination
 # ---------------------------------------------------------------------------------------------------------------------
+
 
 def test_lincomb_matches_the_plain_expression_for_float_tensor_and_unit_coefficients():
     g = torch.Generator().manual_seed(0)

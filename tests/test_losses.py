@@ -59,6 +59,7 @@ def model_from_eps(eps_fn, schedule, prediction):
 # the discrete VLB against closed forms
 # ---------------------------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("prediction", PREDICTIONS)
 @pytest.mark.parametrize("variance", ["beta", "beta_tilde"])
 def test_vlb_terms_equal_gaussian_kls(prediction, variance):
@@ -81,7 +82,7 @@ def test_vlb_terms_equal_gaussian_kls(prediction, variance):
     abk, abp, bk = ab[k][:, None], ab[k - 1][:, None], betas[k - 1][:, None]
     xk = abk.sqrt() * x0 + (1 - abk).sqrt() * noise
     eps_hat = gaussian_eps(xk, abk.sqrt(), (1 - abk).sqrt(), wrong_mean, wrong_std)
-    mu_p = (xk - bk / (1 - abk).sqrt() * eps_hat) / (1 - bk).sqrt()              # Ho et al. eq. 11
+    mu_p = (xk - bk / (1 - abk).sqrt() * eps_hat) / (1 - bk).sqrt()  # Ho et al. eq. 11
     mu_q = abp.sqrt() * bk / (1 - abk) * x0 + (1 - bk).sqrt() * (1 - abp) / (1 - abk) * xk
     var_q = (1 - abp) / (1 - abk) * bk
     beta_tilde_2 = (1 - ab[1]) / (1 - ab[2]) * betas[1]
@@ -102,12 +103,12 @@ def expected_vlb_gaussian(ab, betas, variance, x0, mean, std):
     E||x0 - x0_hat||^2 = (s^2/v)^2 (x0-mean)^2 + (a std^2 s / v)^2. The KL mean term is
     ||mu_q - mu_p||^2/(2 var_p) with mu_q - mu_p = sqrt(ab_{k-1}) beta_k/(1-ab_k) (x0 - x0_hat)."""
     n = betas.numel()
-    x0 = torch.atleast_2d(x0)[None]                                                  # (1, B, d)
+    x0 = torch.atleast_2d(x0)[None]  # (1, B, d)
     kk = torch.arange(1, n + 1)
     abk, abp, bk = (c.reshape(n, 1, 1) for c in (ab[kk], ab[kk - 1], betas))
     a2, s2 = abk, 1 - abk
     v = a2 * std**2 + s2
-    e_sq = (s2 / v) ** 2 * (x0 - mean) ** 2 + a2 * std**4 * s2 / v**2                # (N, B, d)
+    e_sq = (s2 / v) ** 2 * (x0 - mean) ** 2 + a2 * std**4 * s2 / v**2  # (N, B, d)
     var_q = (1 - abp) / (1 - abk) * bk
     if variance == "beta":
         var_p, dec_var = bk.clone(), betas[0]
@@ -185,8 +186,10 @@ def test_vlb_monte_carlo_of_library_agrees_with_the_data_average():
     x0 = data.sample(20_000, gen)
     vals = vlb(data.model(sch, "x0"), x0, estimator="full", generator=gen, reduction="none")
     ab = chain_from_betas(sch.betas)
-    want = (expected_vlb_gaussian(ab, sch.betas, "beta", mean + std, mean, std)
-            + expected_vlb_gaussian(ab, sch.betas, "beta", mean - std, mean, std)) / 2
+    want = (
+        expected_vlb_gaussian(ab, sch.betas, "beta", mean + std, mean, std)
+        + expected_vlb_gaussian(ab, sch.betas, "beta", mean - std, mean, std)
+    ) / 2
     se = float(vals.std() / math.sqrt(vals.numel()))
     assert abs(float(vals.mean() - want)) < 4.5 * se
     nll = -data.data_log_prob(x0)
@@ -207,6 +210,7 @@ def test_prior_kl_closed_form():
 # ---------------------------------------------------------------------------------------------------------------------
 # the weightings and how they relate
 # ---------------------------------------------------------------------------------------------------------------------
+
 
 def perturbed_eps(x, t, a, s):
     """A fixed non-optimal eps function."""
@@ -294,18 +298,24 @@ def test_continuous_weightings_relations(schedule):
         simple = simple_loss(model, x0, **kw)
         eps_hat = perturbed_eps(a[:, None] * x0 + s[:, None] * noise, t, a[:, None], s[:, None])
         torch.testing.assert_close(simple, ((eps_hat - noise) ** 2).sum(1), rtol=1e-9, atol=1e-12)
-        torch.testing.assert_close(dsm_loss(model, x0, weighting="sigma2", **kw), span / 2 * simple, rtol=1e-9,
-                                   atol=0)
-        torch.testing.assert_close(dsm_loss(model, x0, weighting="likelihood", **kw), span * (-dlam) * simple,
-                                   rtol=1e-7, atol=0)
+        torch.testing.assert_close(dsm_loss(model, x0, weighting="sigma2", **kw), span / 2 * simple, rtol=1e-9, atol=0)
+        torch.testing.assert_close(
+            dsm_loss(model, x0, weighting="likelihood", **kw), span * (-dlam) * simple, rtol=1e-7, atol=0
+        )
         lam_span = schedule.lambda_max - schedule.lambda_min
-        torch.testing.assert_close(dsm_loss(model, x0, weighting="likelihood", time_sampling="logsnr", **kw),
-                                   lam_span * simple, rtol=1e-7, atol=0)
-        torch.testing.assert_close(dsm_loss(model, x0, weighting=lambda u: u * 0 + 2.0, **kw),
-                                   span * simple / s**2, rtol=1e-9, atol=0)
+        torch.testing.assert_close(
+            dsm_loss(model, x0, weighting="likelihood", time_sampling="logsnr", **kw),
+            lam_span * simple,
+            rtol=1e-7,
+            atol=0,
+        )
+        torch.testing.assert_close(
+            dsm_loss(model, x0, weighting=lambda u: u * 0 + 2.0, **kw), span * simple / s**2, rtol=1e-9, atol=0
+        )
         torch.testing.assert_close(v_loss(model, x0, **kw), ((a * a + s * s) / a) ** 2 * simple, rtol=1e-9, atol=0)
-        torch.testing.assert_close(min_snr_loss(model, x0, gamma=5.0, **kw),
-                                   torch.clamp(snr, max=5.0) / snr * simple, rtol=1e-9, atol=0)
+        torch.testing.assert_close(
+            min_snr_loss(model, x0, gamma=5.0, **kw), torch.clamp(snr, max=5.0) / snr * simple, rtol=1e-9, atol=0
+        )
         torch.testing.assert_close(min_snr_loss(model, x0, gamma=math.inf, **kw), simple, rtol=1e-9, atol=0)
 
 
@@ -354,27 +364,34 @@ def test_simple_loss_uses_the_chain_for_discrete_schedules():
 # the exact model is a stationary point of every loss
 # ---------------------------------------------------------------------------------------------------------------------
 
+
 def direction(x, t):
     return torch.sin(1.3 * x + t.reshape(-1, *([1] * (x.ndim - 1)))) + 0.5
 
 
-MIXTURE = GaussianMixture(torch.tensor([[-1.5, 0.0], [1.0, 1.0], [0.5, -1.2]]), torch.tensor([0.3, 0.5, 0.2]),
-                          torch.tensor([0.5, 0.3, 0.2]))
+MIXTURE = GaussianMixture(
+    torch.tensor([[-1.5, 0.0], [1.0, 1.0], [0.5, -1.2]]), torch.tensor([0.3, 0.5, 0.2]), torch.tensor([0.5, 0.3, 0.2])
+)
 
 CASES = {
     "simple": (VPLinear(), lambda m, x, g: simple_loss(m, x, generator=g, reduction="none")),
-    "simple_discrete": (discrete_from_vp_linear(100), lambda m, x, g: simple_loss(m, x, generator=g,
-                                                                                  reduction="none")),
+    "simple_discrete": (discrete_from_vp_linear(100), lambda m, x, g: simple_loss(m, x, generator=g, reduction="none")),
     "dsm_sigma2": (VPLinear(), lambda m, x, g: dsm_loss(m, x, generator=g, reduction="none")),
-    "dsm_likelihood": (VPLinear(), lambda m, x, g: dsm_loss(m, x, weighting="likelihood", generator=g,
-                                                            time_sampling="logsnr", reduction="none")),
-    "dsm_likelihood_ve": (EDM(), lambda m, x, g: dsm_loss(m, x, weighting="likelihood", generator=g,
-                                                          time_sampling="logsnr", reduction="none")),
+    "dsm_likelihood": (
+        VPLinear(),
+        lambda m, x, g: dsm_loss(m, x, weighting="likelihood", generator=g, time_sampling="logsnr", reduction="none"),
+    ),
+    "dsm_likelihood_ve": (
+        EDM(),
+        lambda m, x, g: dsm_loss(m, x, weighting="likelihood", generator=g, time_sampling="logsnr", reduction="none"),
+    ),
     "v": (VPLinear(), lambda m, x, g: v_loss(m, x, generator=g, reduction="none")),
     "min_snr": (VPLinear(), lambda m, x, g: min_snr_loss(m, x, gamma=5.0, generator=g, reduction="none")),
     "vlb_beta": (discrete_from_vp_linear(100), lambda m, x, g: vlb(m, x, generator=g, reduction="none")),
-    "vlb_beta_tilde": (discrete_from_vp_linear(100), lambda m, x, g: vlb(m, x, variance="beta_tilde", generator=g,
-                                                                          reduction="none")),
+    "vlb_beta_tilde": (
+        discrete_from_vp_linear(100),
+        lambda m, x, g: vlb(m, x, variance="beta_tilde", generator=g, reduction="none"),
+    ),
 }
 
 

@@ -77,10 +77,12 @@ def test_convert_round_trips(data):
 def test_to_eps_and_to_x0_agree_with_convert(data):
     s, x, a, sig, truth = _draw_state(data)
     for kind in PREDICTIONS:
-        torch.testing.assert_close(to_eps(truth[kind], x, a, sig, kind),
-                                   convert(truth[kind], x, a, sig, kind, "eps"), rtol=0, atol=0)
-        torch.testing.assert_close(to_x0(truth[kind], x, a, sig, kind),
-                                   convert(truth[kind], x, a, sig, kind, "x0"), rtol=0, atol=0)
+        torch.testing.assert_close(
+            to_eps(truth[kind], x, a, sig, kind), convert(truth[kind], x, a, sig, kind, "eps"), rtol=0, atol=0
+        )
+        torch.testing.assert_close(
+            to_x0(truth[kind], x, a, sig, kind), convert(truth[kind], x, a, sig, kind, "x0"), rtol=0, atol=0
+        )
 
 
 @LIMIT
@@ -105,6 +107,7 @@ def test_broadcast_coeff_shapes():
 # ---------------------------------------------------------------------------------------------------------------------
 # Model
 # ---------------------------------------------------------------------------------------------------------------------
+
 
 @LIMIT
 @given(data=st.data())
@@ -198,6 +201,7 @@ def test_thresholded_model_clips_x0():
 # bad input
 # ---------------------------------------------------------------------------------------------------------------------
 
+
 def test_unknown_prediction_type_raises():
     sch = VPLinear()
     with pytest.raises(ValueError, match="prediction"):
@@ -216,12 +220,15 @@ def test_unknown_prediction_type_raises():
         m.predict(x, 0.5, "noise")
 
 
-@pytest.mark.parametrize("bad", [
-    lambda x, t: x[:, :1],
-    lambda x, t: x.reshape(-1),
-    lambda x, t: x.sum(),
-    lambda x, t: x.numpy(),
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        lambda x, t: x[:, :1],
+        lambda x, t: x.reshape(-1),
+        lambda x, t: x.sum(),
+        lambda x, t: x.numpy(),
+    ],
+)
 def test_shape_mismatch_raises(bad):
     m = Model(bad, VPLinear())
     with pytest.raises(ValueError, match="shape"):
@@ -243,12 +250,15 @@ def test_model_argument_types():
         Model(lambda x, t: x, VPLinear()).eps(torch.zeros(2, 2), 0.0)
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [
-    ({"percentile": 0.0}, "percentile"),
-    ({"percentile": 1.5}, "percentile"),
-    ({"max_value": 0.5}, "max_value"),
-    ({"max_value": float("nan")}, "max_value"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"percentile": 0.0}, "percentile"),
+        ({"percentile": 1.5}, "percentile"),
+        ({"max_value": 0.5}, "max_value"),
+        ({"max_value": float("nan")}, "max_value"),
+    ],
+)
 def test_dynamic_thresholding_bad_parameters(kwargs, match):
     with pytest.raises(ValueError, match=match):
         DynamicThresholding(**kwargs)

@@ -45,7 +45,7 @@ def test_mlp_shapes_dtypes_and_batch_independence(fourier):
     t = torch.rand(5, dtype=torch.float32)
     out = net(x, t)
     assert out.shape == x.shape and out.dtype == torch.float32
-    rows = torch.cat([net(x[i:i + 1], t[i:i + 1]) for i in range(5)])
+    rows = torch.cat([net(x[i : i + 1], t[i : i + 1]) for i in range(5)])
     torch.testing.assert_close(out, rows)
     # float64 input to a float32 network: computed in float32, returned in float64
     out64 = net(x.double(), t.double())
@@ -78,8 +78,10 @@ def test_networks_work_as_any_parametrisation(prediction):
 
 CONFIGS = {
     "16x16": (dict(in_channels=1, base_channels=16, channel_mults=(1, 2), num_res_blocks=1), (3, 1, 16, 16)),
-    "32x32": (dict(in_channels=3, base_channels=8, channel_mults=(1, 2, 2), num_res_blocks=1, attn_heads=2,
-                   fourier="random"), (2, 3, 32, 32)),
+    "32x32": (
+        dict(in_channels=3, base_channels=8, channel_mults=(1, 2, 2), num_res_blocks=1, attn_heads=2, fourier="random"),
+        (2, 3, 32, 32),
+    ),
 }
 
 
@@ -97,7 +99,7 @@ def test_unet(name):
     out = net(x, t).detach()
     assert float(out.abs().max()) > 0
     # each sample is processed on its own (GroupNorm and attention are per sample)
-    rows = torch.cat([net(x[i:i + 1], t[i:i + 1]) for i in range(shape[0])])
+    rows = torch.cat([net(x[i : i + 1], t[i : i + 1]) for i in range(shape[0])])
     torch.testing.assert_close(out, rows, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(net(x, torch.zeros_like(t)), net(x, torch.ones_like(t)))
     # gradients reach every parameter

@@ -122,10 +122,14 @@ def test_warm_up_steps_of_plms_and_s_pndm_and_ipndm_agree_where_the_methods_agre
     g, x_T, _ = _gaussian_problem(sch)
     model = g.model(sch)
     for steps in (1, 2):
-        torch.testing.assert_close(sample(model, x_T, solver="plms", steps=steps).x,
-                                   sample(model, x_T, solver="pndm", variant="s", steps=steps).x)
-        torch.testing.assert_close(sample(model, x_T, solver="ipndm", order=2, steps=steps).x,
-                                   sample(model, x_T, solver="ipndm", order=4, steps=steps).x)
+        torch.testing.assert_close(
+            sample(model, x_T, solver="plms", steps=steps).x,
+            sample(model, x_T, solver="pndm", variant="s", steps=steps).x,
+        )
+        torch.testing.assert_close(
+            sample(model, x_T, solver="ipndm", order=2, steps=steps).x,
+            sample(model, x_T, solver="ipndm", order=4, steps=steps).x,
+        )
 
 
 def test_pseudo_rk4_is_classical_rk4_in_sigma_ve():
@@ -163,8 +167,13 @@ def test_plms_steady_state_step_is_ab4_on_eps_with_ddim_transfer():
     ts = make_grid(sch, "logsnr", 5)
     traj = sample(model, x_T, solver="plms", grid=ts, return_trajectory=True).trajectory
     eps = [g.eps(traj[i], ts[i], sch) for i in range(5)]
-    base = {"h": sch.lambda_(ts[5]) - sch.lambda_(ts[4]), "alpha": sch.alpha(ts[4]), "sigma": sch.sigma(ts[4]),
-            "alpha_next": sch.alpha(ts[5]), "sigma_next": sch.sigma(ts[5])}
+    base = {
+        "h": sch.lambda_(ts[5]) - sch.lambda_(ts[4]),
+        "alpha": sch.alpha(ts[4]),
+        "sigma": sch.sigma(ts[4]),
+        "alpha_next": sch.alpha(ts[5]),
+        "sigma_next": sch.sigma(ts[5]),
+    }
     d = ddim_coefficients(base, 0.0)
     e_prime = (55 * eps[4] - 59 * eps[3] + 37 * eps[2] - 9 * eps[1]) / 24
     torch.testing.assert_close(traj[5], d["ratio"] * traj[4] + d["c_eps"] * e_prime, rtol=1e-12, atol=1e-12)
@@ -175,8 +184,10 @@ def test_per_sample_grids_match_separate_runs(name, opts):
     sch = VPLinear()
     g, x_T, _ = _gaussian_problem(sch, n=3)
     model = g.model(sch)
-    grids = torch.stack([make_grid(sch, "logsnr", 6, t_start=ts, t_end=te)
-                         for ts, te in ((1.0, 1e-3), (0.9, 0.01), (0.7, 0.002))], dim=1)
+    grids = torch.stack(
+        [make_grid(sch, "logsnr", 6, t_start=ts, t_end=te) for ts, te in ((1.0, 1e-3), (0.9, 0.01), (0.7, 0.002))],
+        dim=1,
+    )
     joint = sample(model, x_T, solver=name, grid=grids, **opts)
     for b in range(3):
         alone = sample(model, x_T[b : b + 1], solver=name, grid=grids[:, b], **opts)

@@ -38,8 +38,9 @@ def test_probability_flow_reference_works_in_float64_and_casts_back():
     ts = torch.tensor([sch.t_max, sch.t_min], dtype=F64)
     out32 = probability_flow_reference(data.model(sch), x_T.float(), ts)
     assert out32.dtype == torch.float32
-    torch.testing.assert_close(out32[-1].double(), data.flow(x_T.float().double(), sch.t_max, sch.t_min, sch),
-                               rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(
+        out32[-1].double(), data.flow(x_T.float().double(), sch.t_max, sch.t_min, sch), rtol=1e-6, atol=1e-6
+    )
 
 
 def test_probability_flow_reference_with_a_fixed_step_method():

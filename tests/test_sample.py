@@ -46,6 +46,7 @@ def setup():
 # NFE accounting and the final denoising
 # ---------------------------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(("name", "options", "random", "nfe"), SOLVERS, ids=SOLVER_IDS)
 @pytest.mark.parametrize("steps", [1, 5])
 def test_nfe_is_exact(setup, name, options, random, nfe, steps):
@@ -88,8 +89,10 @@ def test_same_seed_same_output(setup, name, options):
     assert not torch.allclose(a, c)
 
 
-@pytest.mark.parametrize(("name", "options", "random"), [("ddim", {}, False), ("heun", {}, False), ("ddpm", {}, True),
-                                                         ("pc", {"n_corrector": 1}, True)])
+@pytest.mark.parametrize(
+    ("name", "options", "random"),
+    [("ddim", {}, False), ("heun", {}, False), ("ddpm", {}, True), ("pc", {"n_corrector": 1}, True)],
+)
 def test_manual_sampler_loop_equals_sample(setup, name, options, random):
     sch, model, x = setup
     kw = {"generator": _gen(9)} if random else {}
@@ -114,10 +117,17 @@ def _per_sample_grid(sch, steps, batch):
     return torch.stack(cols, dim=1)
 
 
-@pytest.mark.parametrize(("name", "options", "random"), [("ddim", {}, False), ("heun", {"variable": "t"}, False),
-                                                         ("euler", {"variable": "sigma"}, False),
-                                                         ("ddpm", {}, True), ("euler_maruyama", {}, True),
-                                                         ("ddim", {"eta": 1.0}, True)])
+@pytest.mark.parametrize(
+    ("name", "options", "random"),
+    [
+        ("ddim", {}, False),
+        ("heun", {"variable": "t"}, False),
+        ("euler", {"variable": "sigma"}, False),
+        ("ddpm", {}, True),
+        ("euler_maruyama", {}, True),
+        ("ddim", {"eta": 1.0}, True),
+    ],
+)
 def test_per_sample_grid_equals_running_samples_one_by_one(setup, name, options, random):
     sch, model, x = setup
     steps, batch = 9, x.shape[0]
@@ -148,6 +158,7 @@ def test_brownian_noise_needs_a_shared_grid(setup):
 # ---------------------------------------------------------------------------------------------------------------------
 # solver resolution, trajectory, callback, plan cache
 # ---------------------------------------------------------------------------------------------------------------------
+
 
 def test_solver_by_name_class_or_instance(setup):
     sch, model, x = setup
@@ -203,6 +214,7 @@ def test_plan_cache_is_hit_by_repeated_calls():
 # ---------------------------------------------------------------------------------------------------------------------
 # bad input
 # ---------------------------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("steps", [0, -1])
 def test_steps_below_one(setup, steps):

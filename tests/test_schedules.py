@@ -39,6 +39,7 @@ def _t(values) -> torch.Tensor:
 # the public property suite, over random schedules (Hypothesis) and on the default schedules (check_schedule)
 # ---------------------------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("prop", sorted(testing.SCHEDULE_PROPERTIES))
 @settings(max_examples=40, deadline=None)
 @given(data=st.data())
@@ -50,7 +51,11 @@ def test_schedule_property_random_parameters(prop, data):
 
 
 DEFAULT_SCHEDULES = [
-    VPLinear(), VPCosine(), SubVPLinear(), VEGeometric(), EDM(),
+    VPLinear(),
+    VPCosine(),
+    SubVPLinear(),
+    VEGeometric(),
+    EDM(),
     VPDiscrete.from_config({"num_train_timesteps": 1000, "beta_schedule": "linear"}),
     VPDiscrete.from_config({"num_train_timesteps": 1000, "beta_schedule": "squaredcos_cap_v2"}),
 ]
@@ -78,12 +83,15 @@ class _WrongG2(SubVPLinear):
         return 1.001 * super()._g2(t)
 
 
-@pytest.mark.parametrize(("schedule", "prop"), [
-    (_WrongDrift(), "f_autograd"),
-    (_WrongInverse(), "inverse_lambda"),
-    (_WrongG2(), "g2_autograd"),
-    (_WrongG2(), "moment_ode"),
-])
+@pytest.mark.parametrize(
+    ("schedule", "prop"),
+    [
+        (_WrongDrift(), "f_autograd"),
+        (_WrongInverse(), "inverse_lambda"),
+        (_WrongG2(), "g2_autograd"),
+        (_WrongG2(), "moment_ode"),
+    ],
+)
 def test_check_schedule_detects_broken_schedules(schedule, prop):
     # the suite must be able to fail: each broken schedule is caught by the property that concerns it
     with pytest.raises(testing.ScheduleCheckError, match=prop):
@@ -93,6 +101,7 @@ def test_check_schedule_detects_broken_schedules(schedule, prop):
 # ---------------------------------------------------------------------------------------------------------------------
 # properties the public suite does not have
 # ---------------------------------------------------------------------------------------------------------------------
+
 
 @LIMIT
 @given(data=st.data())
@@ -212,6 +221,7 @@ def test_variance_exploding_closed_forms(data):
 
 # ---- the discrete (DDPM) schedule -----------------------------------------------------------------------------------
 
+
 @LIMIT
 @given(data=st.data())
 def test_vp_discrete_exact_at_grid_points(data):
@@ -275,6 +285,7 @@ def test_vp_discrete_labels(n):
 
 # ---- config constructor ----------------------------------------------------------------------------------------------
 
+
 def _independent_betas(kind: str, n: int, b0: float, b1: float) -> list[float]:
     """The three diffusers beta schedules, written out element by element."""
     if kind == "linear":
@@ -290,19 +301,24 @@ def _independent_betas(kind: str, n: int, b0: float, b1: float) -> list[float]:
 
 
 BETA_KINDS = ("linear", "scaled_linear", "squaredcos_cap_v2")
-configs = st.fixed_dictionaries({
-    "num_train_timesteps": st.integers(2, 1200),
-    "beta_start": st.floats(math.log(1e-5), math.log(1e-3)).map(math.exp),
-    "beta_end": st.floats(math.log(2e-3), math.log(5e-2)).map(math.exp),
-    "beta_schedule": st.sampled_from(BETA_KINDS),
-})
+configs = st.fixed_dictionaries(
+    {
+        "num_train_timesteps": st.integers(2, 1200),
+        "beta_start": st.floats(math.log(1e-5), math.log(1e-3)).map(math.exp),
+        "beta_end": st.floats(math.log(2e-3), math.log(5e-2)).map(math.exp),
+        "beta_schedule": st.sampled_from(BETA_KINDS),
+    }
+)
 
 
 @LIMIT
 @given(configs)
 def test_config_betas_match_independent_formula(config):
-    want = _t(_independent_betas(config["beta_schedule"], config["num_train_timesteps"], config["beta_start"],
-                                 config["beta_end"]))
+    want = _t(
+        _independent_betas(
+            config["beta_schedule"], config["num_train_timesteps"], config["beta_start"], config["beta_end"]
+        )
+    )
     torch.testing.assert_close(betas_from_config(config), want, rtol=1e-12, atol=1e-17)
     s = VPDiscrete.from_config(config)
     torch.testing.assert_close(s.betas, want, rtol=1e-9, atol=1e-15)
@@ -330,51 +346,54 @@ def test_config_betas_match_diffusers(config):
 def test_config_defaults_and_trained_betas():
     torch.testing.assert_close(betas_from_config({}), _t(_independent_betas("linear", 1000, 1e-4, 0.02)))
     trained = [0.01, 0.02, 0.05]
-    torch.testing.assert_close(betas_from_config({"trained_betas": trained, "beta_schedule": "nonsense"}),
-                               _t(trained))
+    torch.testing.assert_close(betas_from_config({"trained_betas": trained, "beta_schedule": "nonsense"}), _t(trained))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # bad input
 # ---------------------------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("make", "exc", "match"), [
-    (lambda: VPLinear(beta_min=5.0, beta_max=5.0), ValueError, "beta_max"),
-    (lambda: VPLinear(beta_min=1.0, beta_max=0.5), ValueError, "beta_max"),
-    (lambda: SubVPLinear(beta_min=2.0, beta_max=1.0), ValueError, "beta_max"),
-    (lambda: VPLinear(beta_min=-0.1), ValueError, "beta_min"),
-    (lambda: VPLinear(beta_max=float("nan")), ValueError, "beta_max"),
-    (lambda: VPLinear(beta_min=float("nan")), ValueError, "beta_min"),
-    (lambda: VPLinear(beta_max=float("inf")), ValueError, "beta_max"),
-    (lambda: VPLinear(beta_min="0.1"), TypeError, "beta_min"),
-    (lambda: VPLinear(t_min=0.5, t_max=0.5), ValueError, "t_min"),
-    (lambda: VPLinear(t_min=0.0), ValueError, "t_min"),
-    (lambda: VPLinear(t_max=float("nan")), ValueError, "t_max"),
-    (lambda: VPCosine(s=-0.008), ValueError, "s must"),
-    (lambda: VPCosine(s=float("nan")), ValueError, "s must"),
-    (lambda: VPCosine(t_max=1.0), ValueError, "t_min/t_max"),
-    (lambda: VEGeometric(sigma_min=1.0, sigma_max=1.0), ValueError, "sigma_min"),
-    (lambda: VEGeometric(sigma_min=50.0, sigma_max=0.01), ValueError, "sigma_min"),
-    (lambda: VEGeometric(sigma_min=-0.01), ValueError, "sigma_min"),
-    (lambda: VEGeometric(sigma_max=float("nan")), ValueError, "sigma_max"),
-    (lambda: EDM(sigma_min=80.0, sigma_max=0.002), ValueError, "sigma_min"),
-    (lambda: EDM(sigma_min=0.0), ValueError, "sigma_min"),
-    (lambda: VPDiscrete([0.1, 1.0]), ValueError, "betas"),
-    (lambda: VPDiscrete([0.0, 0.1]), ValueError, "betas"),
-    (lambda: VPDiscrete([-0.1, 0.1]), ValueError, "betas"),
-    (lambda: VPDiscrete([0.1, float("nan")]), ValueError, "betas"),
-    (lambda: VPDiscrete([0.1]), ValueError, "betas"),
-    (lambda: VPDiscrete(), ValueError, "betas"),
-    (lambda: VPDiscrete([0.1, 0.2], alphas_cumprod=[0.9, 0.8]), ValueError, "betas"),
-    (lambda: VPDiscrete(alphas_cumprod=[0.9, 0.95]), ValueError, "alphas_cumprod"),
-    (lambda: VPDiscrete(alphas_cumprod=[1.0, 0.5]), ValueError, "alphas_cumprod"),
-    (lambda: VPDiscrete.from_config({"beta_end": 1.5}), ValueError, "betas"),
-    (lambda: betas_from_config({"beta_schedule": "quadratic"}), ValueError, "beta_schedule"),
-    (lambda: betas_from_config({"num_train_timesteps": 0}), ValueError, "num_train_timesteps"),
-    (lambda: betas_from_config({"num_train_timesteps": 10.5}), ValueError, "num_train_timesteps"),
-    (lambda: betas_from_config({"beta_start": -1e-4}), ValueError, "beta_start"),
-    (lambda: betas_from_config({"beta_end": float("nan")}), ValueError, "beta_end"),
-])
+
+@pytest.mark.parametrize(
+    ("make", "exc", "match"),
+    [
+        (lambda: VPLinear(beta_min=5.0, beta_max=5.0), ValueError, "beta_max"),
+        (lambda: VPLinear(beta_min=1.0, beta_max=0.5), ValueError, "beta_max"),
+        (lambda: SubVPLinear(beta_min=2.0, beta_max=1.0), ValueError, "beta_max"),
+        (lambda: VPLinear(beta_min=-0.1), ValueError, "beta_min"),
+        (lambda: VPLinear(beta_max=float("nan")), ValueError, "beta_max"),
+        (lambda: VPLinear(beta_min=float("nan")), ValueError, "beta_min"),
+        (lambda: VPLinear(beta_max=float("inf")), ValueError, "beta_max"),
+        (lambda: VPLinear(beta_min="0.1"), TypeError, "beta_min"),
+        (lambda: VPLinear(t_min=0.5, t_max=0.5), ValueError, "t_min"),
+        (lambda: VPLinear(t_min=0.0), ValueError, "t_min"),
+        (lambda: VPLinear(t_max=float("nan")), ValueError, "t_max"),
+        (lambda: VPCosine(s=-0.008), ValueError, "s must"),
+        (lambda: VPCosine(s=float("nan")), ValueError, "s must"),
+        (lambda: VPCosine(t_max=1.0), ValueError, "t_min/t_max"),
+        (lambda: VEGeometric(sigma_min=1.0, sigma_max=1.0), ValueError, "sigma_min"),
+        (lambda: VEGeometric(sigma_min=50.0, sigma_max=0.01), ValueError, "sigma_min"),
+        (lambda: VEGeometric(sigma_min=-0.01), ValueError, "sigma_min"),
+        (lambda: VEGeometric(sigma_max=float("nan")), ValueError, "sigma_max"),
+        (lambda: EDM(sigma_min=80.0, sigma_max=0.002), ValueError, "sigma_min"),
+        (lambda: EDM(sigma_min=0.0), ValueError, "sigma_min"),
+        (lambda: VPDiscrete([0.1, 1.0]), ValueError, "betas"),
+        (lambda: VPDiscrete([0.0, 0.1]), ValueError, "betas"),
+        (lambda: VPDiscrete([-0.1, 0.1]), ValueError, "betas"),
+        (lambda: VPDiscrete([0.1, float("nan")]), ValueError, "betas"),
+        (lambda: VPDiscrete([0.1]), ValueError, "betas"),
+        (lambda: VPDiscrete(), ValueError, "betas"),
+        (lambda: VPDiscrete([0.1, 0.2], alphas_cumprod=[0.9, 0.8]), ValueError, "betas"),
+        (lambda: VPDiscrete(alphas_cumprod=[0.9, 0.95]), ValueError, "alphas_cumprod"),
+        (lambda: VPDiscrete(alphas_cumprod=[1.0, 0.5]), ValueError, "alphas_cumprod"),
+        (lambda: VPDiscrete.from_config({"beta_end": 1.5}), ValueError, "betas"),
+        (lambda: betas_from_config({"beta_schedule": "quadratic"}), ValueError, "beta_schedule"),
+        (lambda: betas_from_config({"num_train_timesteps": 0}), ValueError, "num_train_timesteps"),
+        (lambda: betas_from_config({"num_train_timesteps": 10.5}), ValueError, "num_train_timesteps"),
+        (lambda: betas_from_config({"beta_start": -1e-4}), ValueError, "beta_start"),
+        (lambda: betas_from_config({"beta_end": float("nan")}), ValueError, "beta_end"),
+    ],
+)
 def test_bad_parameters_raise(make, exc, match):
     with pytest.raises(exc, match=match):
         make()
@@ -383,20 +402,23 @@ def test_bad_parameters_raise(make, exc, match):
 _DISCRETE = VPDiscrete.from_config({"num_train_timesteps": 100})
 
 
-@pytest.mark.parametrize(("schedule", "t"), [
-    (VPLinear(), 0.0),
-    (VPLinear(), -0.5),
-    (SubVPLinear(), 0.0),
-    (VPCosine(), 1.0),
-    (VPCosine(), 1.5),
-    (VPCosine(), 0.0),
-    (_DISCRETE, 0.5 / 100),
-    (_DISCRETE, 1.0 + 1e-9),
-    (EDM(), 0.0),
-    (EDM(), -1.0),
-    (VPLinear(), float("nan")),
-    (VEGeometric(), float("nan")),
-])
+@pytest.mark.parametrize(
+    ("schedule", "t"),
+    [
+        (VPLinear(), 0.0),
+        (VPLinear(), -0.5),
+        (SubVPLinear(), 0.0),
+        (VPCosine(), 1.0),
+        (VPCosine(), 1.5),
+        (VPCosine(), 0.0),
+        (_DISCRETE, 0.5 / 100),
+        (_DISCRETE, 1.0 + 1e-9),
+        (EDM(), 0.0),
+        (EDM(), -1.0),
+        (VPLinear(), float("nan")),
+        (VEGeometric(), float("nan")),
+    ],
+)
 @pytest.mark.parametrize("method", ["alpha", "sigma", "log_alpha", "lambda_", "sigma_ve", "f", "g2"])
 def test_time_outside_domain_raises(schedule, t, method):
     with pytest.raises(ValueError, match=r"t=.* outside the domain"):

@@ -20,9 +20,14 @@ from sde_diffusion.sdes import ForwardSDE, ProbabilityFlowODE, ReverseSDE
 LIMIT = settings(max_examples=min(50, settings.default.max_examples))
 
 SCHEDULES = [
-    VPLinear(), VPCosine(), SubVPLinear(), VEGeometric(), EDM(),
-    VPDiscrete.from_config({"num_train_timesteps": 1000, "beta_schedule": "scaled_linear",
-                            "beta_start": 0.00085, "beta_end": 0.012}),
+    VPLinear(),
+    VPCosine(),
+    SubVPLinear(),
+    VEGeometric(),
+    EDM(),
+    VPDiscrete.from_config(
+        {"num_train_timesteps": 1000, "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
+    ),
 ]
 
 
@@ -112,13 +117,20 @@ def test_reverse_sde_euler_maruyama_recovers_gaussian_data(schedule):
     for j in range(DIM):
         assert abs(float(em_mean[j] - exact_mean[j])) <= 0.05 * float(exact_std[j])
         assert abs(float(em_var[j].sqrt() - exact_std[j])) <= 0.05 * float(exact_std[j])
-        _check_moments(x[:, j], float(em_mean[j]), float(em_var[j].sqrt()), float(exact_mean[j]),
-                       float(exact_std[j]), f"coordinate {j}")
+        _check_moments(
+            x[:, j],
+            float(em_mean[j]),
+            float(em_var[j].sqrt()),
+            float(exact_mean[j]),
+            float(exact_std[j]),
+            f"coordinate {j}",
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # closed forms
 # ---------------------------------------------------------------------------------------------------------------------
+
 
 @LIMIT
 @given(data=st.data())
@@ -138,8 +150,9 @@ def test_sample_marginal_and_marginal_moments(data):
     torch.testing.assert_close(sde.marginal_std(t), s.sigma(t), rtol=0, atol=0)
     # a scalar time applies to the whole batch
     t0 = float(t[0])
-    torch.testing.assert_close(sde.sample_marginal(x0, t0, noise=noise),
-                               s.alpha(t0) * x0 + s.sigma(t0) * noise, rtol=1e-14, atol=0)
+    torch.testing.assert_close(
+        sde.sample_marginal(x0, t0, noise=noise), s.alpha(t0) * x0 + s.sigma(t0) * noise, rtol=1e-14, atol=0
+    )
 
 
 @LIMIT
@@ -218,6 +231,7 @@ def test_torchsde_wrapper_reshapes_events():
 # ---------------------------------------------------------------------------------------------------------------------
 # bad input
 # ---------------------------------------------------------------------------------------------------------------------
+
 
 def test_bad_sde_arguments():
     s = VPLinear()

@@ -288,8 +288,9 @@ def test_ring_study_with_torchdiffeq_reference_and_json_round_trip():
 def test_strong_error_of_stochastic_solvers_on_the_same_brownian_path():
     """Euler--Maruyama has strong order 1 on the reverse SDE (additive noise), measured against torchsde SRK on the
     same Brownian path; the SDE reference reports its sub-step sweep."""
-    res = convergence_study("gauss2d", ["euler_maruyama"], [16, 32, 64, 128], n=32, sde_segments=8,
-                            sde_substeps=24, progress=False)
+    res = convergence_study(
+        "gauss2d", ["euler_maruyama"], [16, 32, 64, 128], n=32, sde_segments=8, sde_substeps=24, progress=False
+    )
     sde = res.reference["sde"]
     assert sde["kind"] == "torchsde" and sde["error_estimate"] < 1e-3 and res.reference["ode"] is None
     fit = res.fit("euler_maruyama")

@@ -55,8 +55,11 @@ def _rel_err(numeric: float, exact) -> float:
     return float(abs(mpmath.mpf(numeric) - exact) / max(1, abs(exact)))
 
 
-@pytest.mark.parametrize(("name", "params", "schedule"), CASES,
-                         ids=[f"{n}-{'-'.join(f'{k}={v}' for k, v in p.items()) or 'default'}" for n, p, _ in CASES])
+@pytest.mark.parametrize(
+    ("name", "params", "schedule"),
+    CASES,
+    ids=[f"{n}-{'-'.join(f'{k}={v}' for k, v in p.items()) or 'default'}" for n, p, _ in CASES],
+)
 def test_schedule_matches_symbolic_derivation(name, params, schedule):
     formulas = symbolic.schedule_formulas(name, **params)
     exact = formulas.numeric()
@@ -69,8 +72,10 @@ def test_schedule_matches_symbolic_derivation(name, params, schedule):
         lams = _points(schedule.lambda_min, schedule.lambda_max, N_POINTS)
         num = schedule.inverse_lambda(torch.tensor(lams, dtype=torch.float64)).tolist()
         errors["inverse_lambda"] = max(_rel_err(v, exact["inverse_lambda"](mpmath.mpf(li))) for v, li in zip(num, lams))
-    print(f"\n[symbolic] {schedule!r}: max error rel. to max(1,|value|): "
-          + ", ".join(f"{q}={e:.2e}" for q, e in errors.items()))
+    print(
+        f"\n[symbolic] {schedule!r}: max error rel. to max(1,|value|): "
+        + ", ".join(f"{q}={e:.2e}" for q, e in errors.items())
+    )
     bad = {q: e for q, e in errors.items() if not e <= TOL}
     assert not bad, f"{schedule!r}: {bad}"
 

@@ -29,6 +29,7 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "check_custom_sched
 # strategies
 # ---------------------------------------------------------------------------------------------------------------------
 
+
 @settings(max_examples=60, deadline=None)
 @given(data=st.data())
 def test_grids_are_valid_time_grids(data):
@@ -115,6 +116,7 @@ def test_solvers_strategy_covers_every_registered_name():
 # ---------------------------------------------------------------------------------------------------------------------
 # check_schedule: a correct user-defined schedule passes, broken ones are rejected under the right property
 # ---------------------------------------------------------------------------------------------------------------------
+
 
 class ShiftedCosine(NoiseSchedule):
     r"""Shifted cosine VP schedule (Hoogeboom et al. 2023, arXiv:2301.11093): ``lambda = -log tan(pi t/2) - log k``.
@@ -209,13 +211,17 @@ class MissingInverse(VPLinear):
         return NoiseSchedule._inverse_lambda(self, lam)
 
 
-@pytest.mark.parametrize(("schedule", "prop"), [
-    (WigglyLambda(), "lambda_decreasing"),
-    (DriftOffByFactor(), "f_autograd"),
-    (InverseDriftsNearTmax(), "inverse_lambda"),
-    (NaNSigmaNearTmin(), "finite"),
-    (MissingInverse(), "contract"),
-], ids=lambda v: type(v).__name__ if isinstance(v, NoiseSchedule) else v)
+@pytest.mark.parametrize(
+    ("schedule", "prop"),
+    [
+        (WigglyLambda(), "lambda_decreasing"),
+        (DriftOffByFactor(), "f_autograd"),
+        (InverseDriftsNearTmax(), "inverse_lambda"),
+        (NaNSigmaNearTmin(), "finite"),
+        (MissingInverse(), "contract"),
+    ],
+    ids=lambda v: type(v).__name__ if isinstance(v, NoiseSchedule) else v,
+)
 def test_check_schedule_rejects_broken_schedule_naming_the_property(schedule, prop):
     with pytest.raises(testing.ScheduleCheckError) as err:
         testing.check_schedule(schedule, max_examples=30)
@@ -239,6 +245,7 @@ def test_check_schedule_rejects_unknown_property_names():
 # ---------------------------------------------------------------------------------------------------------------------
 # check_solver: every registered solver passes; known-exact solvers are exact; broken solvers are rejected
 # ---------------------------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", sorted(registered_solvers()))
 def test_check_solver_passes_on_registered_solver(name):
@@ -337,17 +344,21 @@ class TooMuchNoise(DDPM):
         return c
 
 
-@pytest.mark.parametrize(("solver", "prop", "kwargs"), [
-    (FakeSecondOrder(), "order", {}),
-    (MixesUpEpsAndX0(), "order", {}),
-    (MixesUpEpsAndX0(), "point_mass_exact", {"exact_for_point_mass": True}),
-    (Jittery(), "determinism", {}),
-    (MixesTheBatch(), "per_sample_times", {}),
-    (MiscountsNFE(), "nfe", {}),
-    (HalfPrecisionState(), "finite_low_precision", {}),
-    (IgnoresItsNoise(), "determinism", {}),
-    (TooMuchNoise(), "order", {}),
-], ids=lambda v: type(v).__name__ if not isinstance(v, (str, dict)) else str(v))
+@pytest.mark.parametrize(
+    ("solver", "prop", "kwargs"),
+    [
+        (FakeSecondOrder(), "order", {}),
+        (MixesUpEpsAndX0(), "order", {}),
+        (MixesUpEpsAndX0(), "point_mass_exact", {"exact_for_point_mass": True}),
+        (Jittery(), "determinism", {}),
+        (MixesTheBatch(), "per_sample_times", {}),
+        (MiscountsNFE(), "nfe", {}),
+        (HalfPrecisionState(), "finite_low_precision", {}),
+        (IgnoresItsNoise(), "determinism", {}),
+        (TooMuchNoise(), "order", {}),
+    ],
+    ids=lambda v: type(v).__name__ if not isinstance(v, (str, dict)) else str(v),
+)
 def test_check_solver_rejects_broken_solver_naming_the_property(solver, prop, kwargs):
     with pytest.raises(testing.SolverCheckError) as err:
         testing.check_solver(solver, **kwargs)

@@ -107,7 +107,7 @@ def test_short_run_loss_decreases_reproducible_and_resume_is_exact(tmp_path):
     path = tmp_path / "resumed.pt"
     part = train(small_net(), sch, "ring", checkpoint=path, checkpoint_every=40, stop_at=100, **SHORT)
     assert part.step == 100 and load_checkpoint(path)["step"] == 100
-    resumed = train(small_net(seed=123), sch, "ring", checkpoint=path, **SHORT)   # the init is overwritten
+    resumed = train(small_net(seed=123), sch, "ring", checkpoint=path, **SHORT)  # the init is overwritten
     assert resumed.step == 200
     assert resumed.losses == full.losses
     a, b = load_checkpoint(path), load_checkpoint(tmp_path / "full.pt")
@@ -124,8 +124,19 @@ def test_short_run_loss_decreases_reproducible_and_resume_is_exact(tmp_path):
 
 def test_load_model_rebuilds_the_ema_model(tmp_path):
     sch = VPDiscrete.from_config({"num_train_timesteps": 50, "beta_start": 1e-3, "beta_end": 0.2})
-    res = train(small_net(), sch, "moons", prediction="v", checkpoint=tmp_path / "m.pt", steps=30, batch_size=64,
-                progress=False, loss="min_snr", loss_options={"gamma": 5.0}, time_input="logsnr")
+    res = train(
+        small_net(),
+        sch,
+        "moons",
+        prediction="v",
+        checkpoint=tmp_path / "m.pt",
+        steps=30,
+        batch_size=64,
+        progress=False,
+        loss="min_snr",
+        loss_options={"gamma": 5.0},
+        time_input="logsnr",
+    )
     model = load_model(tmp_path / "m.pt")
     assert model.prediction == "v" and isinstance(model.schedule, VPDiscrete)
     # the network is fed u = (lambda_max - lambda(t))/(lambda_max - lambda_min): 0 at t_min, 1 at t_max
@@ -203,8 +214,9 @@ def test_custom_callable_data_and_other_losses():
         return 0.5 + 0.1 * torch.randn(n, 2, generator=generator)
 
     for loss, options in (("dsm", {"weighting": "likelihood", "time_sampling": "logsnr"}), ("v", {})):
-        res = train(small_net(), VPLinear(), data, loss=loss, loss_options=options, steps=60, batch_size=64,
-                    progress=False)
+        res = train(
+            small_net(), VPLinear(), data, loss=loss, loss_options=options, steps=60, batch_size=64, progress=False
+        )
         assert all(math.isfinite(v) for v in res.losses)
         assert sum(res.losses[-20:]) < sum(res.losses[:20])
 
@@ -218,8 +230,13 @@ def ring_metrics(model: Model, x_t: torch.Tensor, reference: torch.Tensor, data:
     dist = torch.cdist(samples, ring_distribution().means)
     near = dist.min(1).values < 5 * 0.05
     counts = torch.bincount(dist.argmin(1)[near], minlength=8).double() / len(samples)
-    return dict(sw=sliced_w1(samples, data), paired_ok=float((paired < 0.25).double().mean()),
-                paired_median=float(paired.median()), near=float(near.double().mean()), counts=counts)
+    return dict(
+        sw=sliced_w1(samples, data),
+        paired_ok=float((paired < 0.25).double().mean()),
+        paired_median=float(paired.median()),
+        near=float(near.double().mean()),
+        counts=counts,
+    )
 
 
 def test_ring_training_produces_samples_close_to_the_data():
@@ -253,6 +270,7 @@ def test_ring_training_produces_samples_close_to_the_data():
 # data sets
 # ---------------------------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", list(DATASETS))
 def test_datasets_are_reproducible(name):
     fn = get_dataset(name)
@@ -278,8 +296,10 @@ def test_ring_statistics():
     assert float((freq - 1 / 8).abs().max()) < 4 * math.sqrt(1 / 8 * 7 / 8 / len(x))
     # and the exact mixture oracle describes the same distribution: mean log density matches its entropy estimate
     lp = mix.log_prob(x, VPLinear().t_min, VPLinear())
-    assert float(lp.mean()) == pytest.approx(float(mix.log_prob(mix.sample(40_000, torch.Generator().manual_seed(1)),
-                                                                VPLinear().t_min, VPLinear()).mean()), abs=0.03)
+    assert float(lp.mean()) == pytest.approx(
+        float(mix.log_prob(mix.sample(40_000, torch.Generator().manual_seed(1)), VPLinear().t_min, VPLinear()).mean()),
+        abs=0.03,
+    )
 
 
 def test_two_moons_and_swiss_roll_geometry():

@@ -18,8 +18,11 @@ from sde_diffusion.solvers.unipc import UniPC, unipc_weights
 from sde_diffusion.testing import measure_order
 
 CONFIGS = [dict(order=p, variant=v, prediction=m) for m in ("x0", "eps") for v in ("bh1", "bh2") for p in (1, 2, 3)]
-EXTRA = [dict(order=3, disable_corrector=True), dict(order=3, prediction="eps", disable_corrector=True),
-         dict(order=3, lower_order_final=True)]
+EXTRA = [
+    dict(order=3, disable_corrector=True),
+    dict(order=3, prediction="eps", disable_corrector=True),
+    dict(order=3, lower_order_final=True),
+]
 
 
 def _id(opts):
@@ -33,6 +36,7 @@ def _mixture_model(sch, prediction="eps"):
 # ---------------------------------------------------------------------------------------------------------------------
 # construction, metadata
 # ---------------------------------------------------------------------------------------------------------------------
+
 
 def test_bad_options():
     for bad in (dict(order=0), dict(order=4), dict(order=True), dict(variant="bh3"), dict(prediction="v")):
@@ -60,6 +64,7 @@ def test_metadata_and_nfe(p):
 # ---------------------------------------------------------------------------------------------------------------------
 # weights
 # ---------------------------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("nodes", [[-0.8, -1.7], [-1.3, 1.0], [-0.9, -2.1, 1.0]])
 @pytest.mark.parametrize("variant", ["bh1", "bh2"])
@@ -90,6 +95,7 @@ def test_single_unknown_is_one_half():
 # ---------------------------------------------------------------------------------------------------------------------
 # identities
 # ---------------------------------------------------------------------------------------------------------------------
+
 
 def _lam(sch, t):
     return float(sch.lambda_(t))
@@ -163,7 +169,8 @@ def test_unip3_eps_is_deis_logrho3():
         ts = make_grid(sch, grid, 9)
         base = base_coefficients(sch, ts)
         u = UniPC(order=3, prediction="eps", disable_corrector=True, lower_order_final=False).coefficients(
-            sch, ts, dict(base))
+            sch, ts, dict(base)
+        )
         d = DEIS(order=3, variant="logrho").coefficients(sch, ts, dict(base))
         assert torch.allclose(u["p_x"], d["ratio"], rtol=1e-15)
         for j in range(3):
@@ -222,8 +229,11 @@ def test_point_mass_exact(opts, schedule):
 ORDER_NFE = (96, 128, 160, 240, 320, 480)
 
 
-@pytest.mark.parametrize("opts", CONFIGS + [dict(order=p, prediction=m, disable_corrector=True)
-                                            for p in (1, 2) for m in ("x0", "eps")], ids=_id)
+@pytest.mark.parametrize(
+    "opts",
+    CONFIGS + [dict(order=p, prediction=m, disable_corrector=True) for p in (1, 2) for m in ("x0", "eps")],
+    ids=_id,
+)
 def test_order_gaussian(opts):
     """Gaussian data, exact flow, VP linear, logSNR grid: the slope is within 0.15 of the declared order
     (``p + 1`` with the corrector, the last step uncorrected), as a plain slope and with the ``1/N`` term."""
@@ -239,8 +249,14 @@ def test_order_unip3_mixture(prediction):
     it is super-convergent in the bulk and its order-1 warm-up step dominates (see test_deis)."""
     model, x, ref = _gmm_problem()
     ns = [64, 96, 128, 192, 256]
-    errors = [float((sample(model, x, solver="unipc", steps=n, order=3, prediction=prediction,
-                            disable_corrector=True).x - ref).abs().max()) for n in ns]
+    errors = [
+        float(
+            (sample(model, x, solver="unipc", steps=n, order=3, prediction=prediction, disable_corrector=True).x - ref)
+            .abs()
+            .max()
+        )
+        for n in ns
+    ]
     assert abs(_slope(ns, errors) - 3) < 0.15, errors
 
 
@@ -253,14 +269,24 @@ def test_lower_order_final_costs_second_order(p):
     data = Gaussian(torch.tensor([0.5, -1.0, 2.0]), torch.tensor([0.3, 0.8, 1.5]))
     x = torch.randn(8, 3, generator=torch.Generator().manual_seed(0))
     ns = [128, 160, 240, 320, 480]
-    diff = [float((sample(data.model(sch), x, solver="unipc", steps=n, order=p, lower_order_final=True).x
-                   - sample(data.model(sch), x, solver="unipc", steps=n, order=p).x).abs().max()) for n in ns]
+    diff = [
+        float(
+            (
+                sample(data.model(sch), x, solver="unipc", steps=n, order=p, lower_order_final=True).x
+                - sample(data.model(sch), x, solver="unipc", steps=n, order=p).x
+            )
+            .abs()
+            .max()
+        )
+        for n in ns
+    ]
     assert abs(_slope(ns, diff) - 2) < 0.15, diff
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # low precision
 # ---------------------------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("half", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 @pytest.mark.parametrize("opts", CONFIGS + [dict(order=3, lower_order_final=True)], ids=_id)
@@ -283,14 +309,28 @@ CONFIG = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_sch
 
 
 def _scheduler(diffusers, order, variant="bh2", prediction="x0", lower_order_final=True, final="sigma_min"):
-    return diffusers.UniPCMultistepScheduler(**CONFIG, solver_order=order, solver_type=variant,
-                                             predict_x0=prediction == "x0", lower_order_final=lower_order_final,
-                                             final_sigmas_type=final)
+    return diffusers.UniPCMultistepScheduler(
+        **CONFIG,
+        solver_order=order,
+        solver_type=variant,
+        predict_x0=prediction == "x0",
+        lower_order_final=lower_order_final,
+        final_sigmas_type=final,
+    )
 
 
 def _ours(model, x, ts, order, variant="bh2", prediction="x0", lower_order_final=True, **kw):
-    return sample(model, x, solver="unipc", grid=ts, order=order, variant=variant, prediction=prediction,
-                  lower_order_final=lower_order_final, **kw).x
+    return sample(
+        model,
+        x,
+        solver="unipc",
+        grid=ts,
+        order=order,
+        variant=variant,
+        prediction=prediction,
+        lower_order_final=lower_order_final,
+        **kw,
+    ).x
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -301,8 +341,9 @@ def test_diffusers_unipc_exact_algorithm():
     diffusers = pytest.importorskip("diffusers")
     sch, net, model = _discrete_problem()
     x = torch.randn(16, 3, generator=torch.Generator().manual_seed(0))
-    for steps, order, variant, prediction, lof in itertools.product((5, 16), (1, 2, 3), ("bh1", "bh2"),
-                                                                    ("x0", "eps"), (False, True)):
+    for steps, order, variant, prediction, lof in itertools.product(
+        (5, 16), (1, 2, 3), ("bh1", "bh2"), ("x0", "eps"), (False, True)
+    ):
         opts = dict(variant=variant, prediction=prediction, lower_order_final=lof)
         ref, ts = _diffusers_run(_scheduler(diffusers, order, **opts), steps, net, x.clone(), sch)
         assert _rel(_ours(model, x, ts, order, **opts), ref) < 1e-12, (steps, order, opts)

@@ -22,8 +22,18 @@ import math
 
 import torch
 
-__all__ = ["LONG_STEP", "expm1_h_consistent", "phi", "phis", "lagrange_basis_coefficients", "lagrange_weights",
-           "SERIES_THRESHOLD", "lagrange_poly_weights", "gauss_legendre", "exp_weighted_quadrature"]
+__all__ = [
+    "LONG_STEP",
+    "expm1_h_consistent",
+    "phi",
+    "phis",
+    "lagrange_basis_coefficients",
+    "lagrange_weights",
+    "SERIES_THRESHOLD",
+    "lagrange_poly_weights",
+    "gauss_legendre",
+    "exp_weighted_quadrature",
+]
 
 SERIES_THRESHOLD = 1.0
 _SERIES_TERMS = 30

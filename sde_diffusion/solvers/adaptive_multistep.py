@@ -51,8 +51,9 @@ from .base import Solver, lincomb, register
 __all__ = ["AdaptiveMultistep", "pi_factor"]
 
 
-def pi_factor(err: float, err_prev: float, p: float, *, safety: float, b1: float, b2: float, fac_min: float,
-              fac_max: float) -> float:
+def pi_factor(
+    err: float, err_prev: float, p: float, *, safety: float, b1: float, b2: float, fac_min: float, fac_max: float
+) -> float:
     """Step-size factor of the PI controller, ``safety E_n^{-b1/p} E_{n-1}^{b2/p}`` clipped to
     ``[fac_min, fac_max]``."""
     err = max(err, 1e-10)
@@ -100,9 +101,19 @@ class AdaptiveMultistep(Solver):
     nfe_per_step = 1
     reference = "arXiv:2211.01095"
 
-    def __init__(self, order: int = 3, rtol: float = 1e-4, atol: float = 1e-4, h_init: float | None = None,
-                 safety: float = 0.9, fac_min: float = 0.2, fac_max: float = 2.0, b1: float = 0.7, b2: float = 0.4,
-                 max_steps: int = 100_000):
+    def __init__(
+        self,
+        order: int = 3,
+        rtol: float = 1e-4,
+        atol: float = 1e-4,
+        h_init: float | None = None,
+        safety: float = 0.9,
+        fac_min: float = 0.2,
+        fac_max: float = 2.0,
+        b1: float = 0.7,
+        b2: float = 0.4,
+        max_steps: int = 100_000,
+    ):
         if order not in (2, 3) or isinstance(order, bool):
             raise ValueError(f"order must be 2 or 3, got {order!r}")
         for name, v in (("rtol", rtol), ("atol", atol)):
@@ -122,8 +133,17 @@ class AdaptiveMultistep(Solver):
         self.max_steps = int(max_steps)
 
     def options(self):
-        return {"order": self.k, "rtol": self.rtol, "atol": self.atol, "h_init": self.h_init, "safety": self.safety,
-                "fac_min": self.fac_min, "fac_max": self.fac_max, "b1": self.b1, "b2": self.b2}
+        return {
+            "order": self.k,
+            "rtol": self.rtol,
+            "atol": self.atol,
+            "h_init": self.h_init,
+            "safety": self.safety,
+            "fac_min": self.fac_min,
+            "fac_max": self.fac_max,
+            "b1": self.b1,
+            "b2": self.b2,
+        }
 
     def step(self, model, x, state, c, noise):
         raise TypeError("adaptive_multistep chooses its own steps: call sample(...) (it dispatches to solve)")
@@ -134,11 +154,24 @@ class AdaptiveMultistep(Solver):
         return steps + (1 if steps == 1 else 0)
 
     def _controller(self, err, err_prev, p, fac_max):
-        return pi_factor(err, err_prev, p, safety=self.safety, b1=self.b1, b2=self.b2, fac_min=self.fac_min,
-                         fac_max=fac_max)
+        return pi_factor(
+            err, err_prev, p, safety=self.safety, b1=self.b1, b2=self.b2, fac_min=self.fac_min, fac_max=fac_max
+        )
 
-    def solve(self, model, x_T, *, t_start=None, t_end=None, denoise_to_zero=False, callback=None,
-              return_trajectory=False, check_finite=True, generator=None, noise=None):
+    def solve(
+        self,
+        model,
+        x_T,
+        *,
+        t_start=None,
+        t_end=None,
+        denoise_to_zero=False,
+        callback=None,
+        return_trajectory=False,
+        check_finite=True,
+        generator=None,
+        noise=None,
+    ):
         """Integrate the probability-flow ODE from ``t_start`` to ``t_end`` with adaptive steps.
 
         **This loop synchronises with the device once per attempted step** (it reads the scaled error estimate,
@@ -234,7 +267,15 @@ class AdaptiveMultistep(Solver):
         if denoise_to_zero:
             x = model.predict(x, t_dev(t1), "x0", a, s)
         nfe = model.nfe - nfe0
-        info = {"accepted": n_acc, "rejected": n_rej, "rejected_nfe": rej_nfe, "nfe": nfe, "h": hs,
-                "error_estimates": errs, "order": self.k, "rtol": self.rtol, "atol": self.atol}
-        return SampleResult(x=x, ts=torch.tensor(times, dtype=torch.float64), nfe=nfe, trajectory=trajectory,
-                            info=info)
+        info = {
+            "accepted": n_acc,
+            "rejected": n_rej,
+            "rejected_nfe": rej_nfe,
+            "nfe": nfe,
+            "h": hs,
+            "error_estimates": errs,
+            "order": self.k,
+            "rtol": self.rtol,
+            "atol": self.atol,
+        }
+        return SampleResult(x=x, ts=torch.tensor(times, dtype=torch.float64), nfe=nfe, trajectory=trajectory, info=info)

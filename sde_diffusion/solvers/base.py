@@ -83,8 +83,9 @@ class Solver:
     def init_state(self, x: torch.Tensor) -> tuple:
         return ()
 
-    def step(self, model: Model, x: torch.Tensor, state: tuple, c: SimpleNamespace,
-             noise: StepNoise | None) -> tuple[torch.Tensor, tuple]:
+    def step(
+        self, model: Model, x: torch.Tensor, state: tuple, c: SimpleNamespace, noise: StepNoise | None
+    ) -> tuple[torch.Tensor, tuple]:
         raise NotImplementedError
 
     def final_nfe(self, steps: int) -> int:
@@ -147,15 +148,21 @@ def get_solver(solver: str | type[Solver] | Solver = "ddim", **options: Any) -> 
 # coefficient plans
 # ---------------------------------------------------------------------------------------------------------------------
 
+
 def base_coefficients(schedule: NoiseSchedule, ts: torch.Tensor) -> dict[str, torch.Tensor]:
     """float64 per-step ``t, t_next, alpha, sigma, alpha_next, sigma_next, lam, lam_next, h`` for a grid."""
     log_a, log_s = schedule._log_alpha(ts), schedule._log_sigma(ts)
     lam = log_a - log_s
     return {
-        "t": ts[:-1], "t_next": ts[1:],
-        "alpha": torch.exp(log_a[:-1]), "alpha_next": torch.exp(log_a[1:]),
-        "sigma": torch.exp(log_s[:-1]), "sigma_next": torch.exp(log_s[1:]),
-        "lam": lam[:-1], "lam_next": lam[1:], "h": lam[1:] - lam[:-1],
+        "t": ts[:-1],
+        "t_next": ts[1:],
+        "alpha": torch.exp(log_a[:-1]),
+        "alpha_next": torch.exp(log_a[1:]),
+        "sigma": torch.exp(log_s[:-1]),
+        "sigma_next": torch.exp(log_s[1:]),
+        "lam": lam[:-1],
+        "lam_next": lam[1:],
+        "h": lam[1:] - lam[:-1],
     }
 
 
@@ -219,8 +226,17 @@ def prepare_plan(solver: Solver, schedule: NoiseSchedule, ts: torch.Tensor, x: t
     per_sample = ts.ndim == 2
     if per_sample and ts.shape[1] != x.shape[0]:
         raise ValueError(f"per-sample grid has {ts.shape[1]} columns for a batch of {x.shape[0]}")
-    key = (solver.key(), id(schedule), repr(schedule), ts.shape, hash(ts.numpy().tobytes()),
-           x.device, x.dtype, x.ndim, x.shape[0])
+    key = (
+        solver.key(),
+        id(schedule),
+        repr(schedule),
+        ts.shape,
+        hash(ts.numpy().tobytes()),
+        x.device,
+        x.dtype,
+        x.ndim,
+        x.shape[0],
+    )
     hit = _PLAN_CACHE.get(key)
     if hit is not None and hit[0] is schedule:
         _PLAN_CACHE.move_to_end(key)
@@ -235,8 +251,11 @@ def prepare_plan(solver: Solver, schedule: NoiseSchedule, ts: torch.Tensor, x: t
     # model-time input: device tensor (B,) per grid point, moved once
     tdev = ts.to(x.dtype)
     tdev = tdev[:, None].expand(-1, x.shape[0]) if not per_sample else tdev
-    tdev = (tdev.contiguous().pin_memory().to(x.device, non_blocking=True) if x.device.type == "cuda"
-            else tdev.contiguous().to(x.device))
+    tdev = (
+        tdev.contiguous().pin_memory().to(x.device, non_blocking=True)
+        if x.device.type == "cuda"
+        else tdev.contiguous().to(x.device)
+    )
     t_rows = list(tdev.unbind(0))
     steps = []
     for i in range(n):
@@ -246,8 +265,7 @@ def prepare_plan(solver: Solver, schedule: NoiseSchedule, ts: torch.Tensor, x: t
         c.t, c.t_next_dev = t_rows[i], t_rows[i + 1]
         steps.append(c)
     end = base_coefficients(schedule, ts[-1:].expand(2, *ts.shape[1:]).contiguous())
-    end_cols = {k: _to_step_values(end[k], 1, per_sample, x.device, x.dtype, x.ndim)[0]
-                for k in ("alpha", "sigma")}
+    end_cols = {k: _to_step_values(end[k], 1, per_sample, x.device, x.dtype, x.ndim)[0] for k in ("alpha", "sigma")}
     final = SimpleNamespace(t=t_rows[n], **end_cols)
     plan = Plan(ts=ts, steps=steps, final=final, per_sample=per_sample)
     _PLAN_CACHE[key] = (schedule, plan)
@@ -259,6 +277,7 @@ def prepare_plan(solver: Solver, schedule: NoiseSchedule, ts: torch.Tensor, x: t
 # ---------------------------------------------------------------------------------------------------------------------
 # noise sources
 # ---------------------------------------------------------------------------------------------------------------------
+
 
 class NoiseSource:
     """Where a stochastic solver's randomness comes from.
@@ -307,8 +326,9 @@ class TensorNoise(NoiseSource):
     else from ``generator``. The tensors are converted to the state's dtype and device once, at the first draw (not
     once per step)."""
 
-    def __init__(self, noise: torch.Tensor, extra: torch.Tensor | None = None,
-                 generator: torch.Generator | None = None):
+    def __init__(
+        self, noise: torch.Tensor, extra: torch.Tensor | None = None, generator: torch.Generator | None = None
+    ):
         self.noise, self.extra, self.generator = noise, extra, generator
 
     def increment(self, i, ts, x):
@@ -322,8 +342,10 @@ class TensorNoise(NoiseSource):
     def normal(self, i, k, x):
         if self.extra is None:
             if self.generator is None:
-                raise ValueError("this solver needs independent normals besides `noise`: pass generator= as well "
-                                 "(or TensorNoise(noise, extra))")
+                raise ValueError(
+                    "this solver needs independent normals besides `noise`: pass generator= as well "
+                    "(or TensorNoise(noise, extra))"
+                )
             return torch.randn(x.shape, generator=self.generator, device=x.device, dtype=x.dtype)
         self.extra = _like(self.extra, x)
         return self.extra[i][k]

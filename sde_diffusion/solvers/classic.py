@@ -30,7 +30,10 @@ def _ode_coefficients(schedule, ts, base):
     f, g2 = schedule._f(ts), schedule._g2(ts)
     return {
         "dt": ts[1:] - ts[:-1],
-        "f": f[:-1], "f_next": f[1:], "g2": g2[:-1], "g2_next": g2[1:],
+        "f": f[:-1],
+        "f_next": f[1:],
+        "g2": g2[:-1],
+        "g2_next": g2[1:],
         "dsig": torch.exp(-base["lam_next"]) - torch.exp(-base["lam"]),
     }
 
@@ -55,13 +58,25 @@ class _PFODE(Solver):
         if self.variable == "sigma":
             ratio = base["alpha_next"] / base["alpha"]
             a_eps = base["alpha_next"] * c["dsig"]
-            out = {"a_x": ratio, "a_eps": a_eps, "h_x": ratio, "h_pred": torch.zeros_like(ratio),
-                   "h_e1": 0.5 * a_eps, "h_e2": 0.5 * a_eps}
+            out = {
+                "a_x": ratio,
+                "a_eps": a_eps,
+                "h_x": ratio,
+                "h_pred": torch.zeros_like(ratio),
+                "h_e1": 0.5 * a_eps,
+                "h_e2": 0.5 * a_eps,
+            }
         else:
             dt = c["dt"]
             k, k_next = 0.5 * c["g2"] / base["sigma"], 0.5 * c["g2_next"] / base["sigma_next"]
-            out = {"a_x": 1.0 + dt * c["f"], "a_eps": dt * k, "h_x": 1.0 + 0.5 * dt * c["f"],
-                   "h_pred": 0.5 * dt * c["f_next"], "h_e1": 0.5 * dt * k, "h_e2": 0.5 * dt * k_next}
+            out = {
+                "a_x": 1.0 + dt * c["f"],
+                "a_eps": dt * k,
+                "h_x": 1.0 + 0.5 * dt * c["f"],
+                "h_pred": 0.5 * dt * c["f_next"],
+                "h_e1": 0.5 * dt * k,
+                "h_e2": 0.5 * dt * k_next,
+            }
         out["a_x"], out["h_x"] = host_scalars(out["a_x"]), host_scalars(out["h_x"])
         return out
 
@@ -171,8 +186,9 @@ class PredictorCorrector(Solver):
     stochastic = True
     reference = "arXiv:2011.13456"
 
-    def __init__(self, predictor: str = "reverse_diffusion", snr: float = 0.16, n_corrector: int = 1,
-                 norm: str = "batch"):
+    def __init__(
+        self, predictor: str = "reverse_diffusion", snr: float = 0.16, n_corrector: int = 1, norm: str = "batch"
+    ):
         if predictor not in ("reverse_diffusion", "euler_maruyama"):
             raise ValueError(f"predictor must be 'reverse_diffusion' or 'euler_maruyama', got {predictor!r}")
         if norm not in ("batch", "sample"):

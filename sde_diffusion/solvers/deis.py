@@ -61,8 +61,9 @@ TABLEAUS: dict[str, Tableau] = {
     "euler": Tableau(A=((),), b=(1.0,), c=(0.0,), order=1),
     "heun": Tableau(A=((), (1.0,)), b=(0.5, 0.5), c=(0.0, 1.0), order=2),
     "kutta3": Tableau(A=((), (0.5,), (-1.0, 2.0)), b=(1 / 6, 2 / 3, 1 / 6), c=(0.0, 0.5, 1.0), order=3),
-    "rk4": Tableau(A=((), (0.5,), (0.0, 0.5), (0.0, 0.0, 1.0)), b=(1 / 6, 1 / 3, 1 / 3, 1 / 6),
-                   c=(0.0, 0.5, 0.5, 1.0), order=4),
+    "rk4": Tableau(
+        A=((), (0.5,), (0.0, 0.5), (0.0, 0.0, 1.0)), b=(1 / 6, 1 / 3, 1 / 3, 1 / 6), c=(0.0, 0.5, 0.5, 1.0), order=4
+    ),
 }
 
 
@@ -109,8 +110,9 @@ def _past(values: torch.Tensor, idx: torch.Tensor, m: int) -> torch.Tensor:
     return torch.stack([values[idx - j] for j in range(m)], dim=-1)
 
 
-def deis_multistep_weights(schedule, ts: torch.Tensor, base: dict, variant: str, k: int,
-                           idx: torch.Tensor) -> torch.Tensor:
+def deis_multistep_weights(
+    schedule, ts: torch.Tensor, base: dict, variant: str, k: int, idx: torch.Tensor
+) -> torch.Tensor:
     """Weights ``C_j`` (``j = 0..k-1``, node ``j`` = grid point ``i - j``) of the steps ``i`` in ``idx``, each
     using ``k`` nodes. Shape ``(len(idx), [B], k)``; float64. See the module docstring for the formulas."""
     lam = torch.cat([base["lam"], base["lam_next"][-1:]])

@@ -74,6 +74,7 @@ _CONSISTENT_ABOVE = LONG_STEP
 # weights of one update
 # ---------------------------------------------------------------------------------------------------------------------
 
+
 def update_weights(r: torch.Tensor, h: torch.Tensor, sign: int, rule: str) -> torch.Tensor:
     r"""Weights ``W_j`` of one exponential-integrator update (float64).
 
@@ -146,8 +147,16 @@ def _frame(sign: int, la_a, ls_a, la_b, ls_b, h, eta: float = 0.0):
     return torch.exp(ls_b - ls_a - eta * h), torch.exp(la_b)
 
 
-def combination(sign: int, rule: str, lam_nodes: torch.Tensor, la_a: torch.Tensor, ls_a: torch.Tensor,
-                la_b: torch.Tensor, ls_b: torch.Tensor, eta: float = 0.0):
+def combination(
+    sign: int,
+    rule: str,
+    lam_nodes: torch.Tensor,
+    la_a: torch.Tensor,
+    ls_a: torch.Tensor,
+    la_b: torch.Tensor,
+    ls_b: torch.Tensor,
+    eta: float = 0.0,
+):
     r"""Coefficients of one update ``x_b = ratio x_a + sum_j c_j m_j`` (float64, any batch shape ``(...)``).
 
     Args:
@@ -185,6 +194,7 @@ def _logs(schedule, ts: torch.Tensor):
 # order schedules
 # ---------------------------------------------------------------------------------------------------------------------
 
+
 def _lower_final(orders: list[int], lower_order_final: bool) -> tuple[int, ...]:
     n = len(orders)
     if lower_order_final and n < LOWER_ORDER_FINAL_BELOW:
@@ -212,8 +222,9 @@ def grid_groups(order: int, steps: int, lower_order_final: bool = True) -> tuple
     :func:`fast_orders` is used on the fixed grid (order 2, even ``steps``: ``[2, ..., 2, 1, 1]``)."""
     if not lower_order_final:
         if steps % order:
-            raise ValueError(f"stages='grid' without lower_order_final needs steps divisible by order={order}, "
-                             f"got {steps}")
+            raise ValueError(
+                f"stages='grid' without lower_order_final needs steps divisible by order={order}, got {steps}"
+            )
         return (order,) * (steps // order)
     if order == 2 and steps % 2 == 0:
         return (2,) * (steps // 2 - 1) + (1, 1)
@@ -244,6 +255,7 @@ def fast_orders(nfe: int, order: int = 3) -> tuple[int, ...]:
 # coefficient tables (float64, host, vectorised over the grid)
 # ---------------------------------------------------------------------------------------------------------------------
 
+
 def _multistep_table(sign, variant, orders, lam, la, ls, eta=0.0) -> dict:
     """Per-step ``ratio`` and ``w0..w{K-1}`` (weight of the output ``j`` steps back) for the grid ``lam``."""
     n = lam.shape[0] - 1
@@ -265,8 +277,9 @@ def _multistep_table(sign, variant, orders, lam, la, ls, eta=0.0) -> dict:
     return table
 
 
-def _singlestep_table(schedule, sign, variant, orders, ts, lam, la, ls, nodes_of=STAGE_NODES,
-                      lower_order: bool = False) -> dict:
+def _singlestep_table(
+    schedule, sign, variant, orders, ts, lam, la, ls, nodes_of=STAGE_NODES, lower_order: bool = False
+) -> dict:
     """Stages and final update of singlestep steps with intermediate times at ``lambda + r h`` (``stages="lambda"``).
 
     Keys: ``order``; per stage ``j >= 1``: ``t_s{j}``, ``alpha_s{j}``, ``sigma_s{j}``, ``ratio_s{j}``,
@@ -289,8 +302,12 @@ def _singlestep_table(schedule, sign, variant, orders, ts, lam, la, ls, nodes_of
             la_j, ls_j = _logs(schedule, t_j)
             rule = update_rule(variant, False, j, final=False)
             ratio, c = combination(sign, rule, torch.stack(lam_nodes, -1), la[idx], ls[idx], la_j, ls_j)
-            for key, val in ((f"t_s{j}", t_j), (f"alpha_s{j}", torch.exp(la_j)), (f"sigma_s{j}", torch.exp(ls_j)),
-                             (f"ratio_s{j}", ratio)):
+            for key, val in (
+                (f"t_s{j}", t_j),
+                (f"alpha_s{j}", torch.exp(la_j)),
+                (f"sigma_s{j}", torch.exp(ls_j)),
+                (f"ratio_s{j}", ratio),
+            ):
                 if key not in table:
                     table[key] = _fill_stage(key, ts, la, ls)
                 table[key][idx] = val
@@ -301,8 +318,9 @@ def _singlestep_table(schedule, sign, variant, orders, ts, lam, la, ls, nodes_of
         finals = [("", k)] + ([("_low", k - 1)] if lower_order and k > 1 else [])
         for suffix, p in finals:
             rule = update_rule(variant, False, p, final=True)
-            ratio, c = combination(sign, rule, torch.stack(lam_nodes[:p], -1), la[idx], ls[idx], la[idx + 1],
-                                   ls[idx + 1])
+            ratio, c = combination(
+                sign, rule, torch.stack(lam_nodes[:p], -1), la[idx], ls[idx], la[idx + 1], ls[idx + 1]
+            )
             table.setdefault(f"ratio{suffix}", torch.zeros_like(like))[idx] = ratio
             for m in range(p):
                 table.setdefault(f"w{suffix}{m}", torch.zeros_like(like))[idx] = c[..., m]
@@ -351,13 +369,18 @@ def _grid_table(sign, variant, groups, lam, la, ls) -> dict:
         ratio_full[idx] = ratio
         for m in range(j + 1):
             ws[m][idx] = c[..., m]
-    return {"pos": pos_t, "group_end": torch.tensor([j + 1 == k for j, k in zip(pos, sizes)]),
-            "ratio": ratio_full, **{f"w{m}": w for m, w in enumerate(ws)}}
+    return {
+        "pos": pos_t,
+        "group_end": torch.tensor([j + 1 == k for j, k in zip(pos, sizes)]),
+        "ratio": ratio_full,
+        **{f"w{m}": w for m, w in enumerate(ws)},
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # step helpers
 # ---------------------------------------------------------------------------------------------------------------------
+
 
 def _time_like(t: torch.Tensor, value) -> torch.Tensor:
     """A model-time tensor shaped like ``t`` holding ``value`` (a float -> one fill kernel; a per-sample device
@@ -411,6 +434,7 @@ def _check_bool(name, value):
 # the solvers
 # ---------------------------------------------------------------------------------------------------------------------
 
+
 class _DPMBase(Solver):
     """Shared machinery of DPM-Solver (``sign = +1``, noise prediction) and DPM-Solver++ (``sign = -1``)."""
 
@@ -418,8 +442,15 @@ class _DPMBase(Solver):
     kind = "eps"
     exact_for_point_mass = True
 
-    def __init__(self, order: int = 2, multistep: bool = False, lower_order_final: bool = True,
-                 variant: str = "paper", stages: str = "lambda", orders=None):
+    def __init__(
+        self,
+        order: int = 2,
+        multistep: bool = False,
+        lower_order_final: bool = True,
+        variant: str = "paper",
+        stages: str = "lambda",
+        orders=None,
+    ):
         if isinstance(order, bool) or order not in (1, 2, 3):
             raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
         self.multistep = _check_bool("multistep", multistep)
@@ -447,8 +478,12 @@ class _DPMBase(Solver):
         self.memory = order - 1 if multistep or stages == "grid" else 0
 
     def options(self):
-        opts = {"order": self.order_option, "multistep": self.multistep, "lower_order_final": self.lower_order_final,
-                "variant": self.variant}
+        opts = {
+            "order": self.order_option,
+            "multistep": self.multistep,
+            "lower_order_final": self.lower_order_final,
+            "variant": self.variant,
+        }
         if not self.multistep:
             opts["stages"] = self.stages
         if self.orders is not None:
@@ -461,8 +496,11 @@ class _DPMBase(Solver):
         if self.multistep:
             return multistep_orders(self.order_option, steps, self.lower_order_final)
         if self.stages == "grid":
-            return self.orders if self.orders is not None else grid_groups(self.order_option, steps,
-                                                                           self.lower_order_final)
+            return (
+                self.orders
+                if self.orders is not None
+                else grid_groups(self.order_option, steps, self.lower_order_final)
+            )
         if self.orders is not None:
             if len(self.orders) != steps:
                 raise ValueError(f"orders has {len(self.orders)} entries for a grid of {steps} steps")
@@ -498,8 +536,11 @@ class _DPMBase(Solver):
         hist = (model.predict(x, c.t, self.kind, c.alpha, c.sigma),) + state
         x_next = final_update(c, x, hist, c.order)
         if z is not None:
-            x_next = x_next.add_(z, alpha=c.c_noise) if not isinstance(c.c_noise, torch.Tensor) \
+            x_next = (
+                x_next.add_(z, alpha=c.c_noise)
+                if not isinstance(c.c_noise, torch.Tensor)
                 else x_next.addcmul_(c.c_noise, z)
+            )
         return x_next, hist[: self.memory]
 
     def _grid_step(self, model, x, state, c):
@@ -542,38 +583,58 @@ _COMMON_DOC = r"""
 
 @register("dpm_solver")
 class DPMSolver(_DPMBase):
-    __doc__ = r"""DPM-Solver with noise prediction (Lu et al. 2022, arXiv:2206.00927).
+    __doc__ = (
+        r"""DPM-Solver with noise prediction (Lu et al. 2022, arXiv:2206.00927).
 
     Integrates ``x_s = (alpha_s/alpha_t) x_t - sigma_s int_0^h e^{h-u} eps(u) du`` (``h`` in the half log-SNR).
     DPM-Solver-1 is DDIM(eta=0) and DPM-Solver++-1; DPM-Solver-2/-3 are Algorithms 1/2 of the paper (singlestep,
     ``r_1 = 1/2``; ``r_1 = 1/3, r_2 = 2/3``); multistep 2/3 are the multistep DPM-Solver of the reference code
     and diffusers (``algorithm_type="dpmsolver"``).
-    """ + _COMMON_DOC
+    """
+        + _COMMON_DOC
+    )
     sign = 1
     kind = "eps"
     reference = "arXiv:2206.00927"
 
-    def __init__(self, order: int = 3, multistep: bool = False, lower_order_final: bool = True,
-                 variant: str = "paper", stages: str = "lambda", orders=None):
+    def __init__(
+        self,
+        order: int = 3,
+        multistep: bool = False,
+        lower_order_final: bool = True,
+        variant: str = "paper",
+        stages: str = "lambda",
+        orders=None,
+    ):
         super().__init__(order, multistep, lower_order_final, variant, stages, orders)
 
 
 @register("dpm_solver++")
 class DPMSolverPP(_DPMBase):
-    __doc__ = r"""DPM-Solver++ with data prediction (Lu et al. 2022, arXiv:2211.01095).
+    __doc__ = (
+        r"""DPM-Solver++ with data prediction (Lu et al. 2022, arXiv:2211.01095).
 
     Integrates ``x_s = (sigma_s/sigma_t) x_t + alpha_s int_0^h e^{-(h-u)} x0(u) du``; dynamic thresholding acts
     on the ``x0`` predictions through the model (``Model(..., thresholding=DynamicThresholding())``).
     DPM-Solver++-1 is DDIM(eta=0) and DPM-Solver-1; ``order=2, multistep=False`` is DPM-Solver++(2S) (Alg. 1),
     ``order=2, multistep=True`` DPM-Solver++(2M) (Alg. 2), ``order=3, multistep=True`` the 3M of the reference
     code and diffusers' ``DPMSolverMultistepScheduler(solver_order=3)``.
-    """ + _COMMON_DOC
+    """
+        + _COMMON_DOC
+    )
     sign = -1
     kind = "x0"
     reference = "arXiv:2211.01095"
 
-    def __init__(self, order: int = 2, multistep: bool = True, lower_order_final: bool = True,
-                 variant: str = "paper", stages: str = "lambda", orders=None):
+    def __init__(
+        self,
+        order: int = 2,
+        multistep: bool = True,
+        lower_order_final: bool = True,
+        variant: str = "paper",
+        stages: str = "lambda",
+        orders=None,
+    ):
         super().__init__(order, multistep, lower_order_final, variant, stages, orders)
 
 
@@ -616,8 +677,12 @@ class SDEDPMSolverPP(_DPMBase):
             self.order, self.strong_order = 1.0, 0.5
 
     def options(self):
-        return {"order": self.order_option, "eta": self.eta, "lower_order_final": self.lower_order_final,
-                "variant": self.variant}
+        return {
+            "order": self.order_option,
+            "eta": self.eta,
+            "lower_order_final": self.lower_order_final,
+            "variant": self.variant,
+        }
 
     def coefficients(self, schedule, ts, base):
         la, ls = _logs(schedule, ts)
@@ -670,16 +735,37 @@ class DPMSolverFast(Solver):
         """The singlestep DPM-Solver that does the work."""
         return DPMSolver(order=self.order_option, orders=self.orders, variant=self.variant)
 
-    def solve(self, model, x_T, *, t_start=None, t_end=None, denoise_to_zero=False, callback=None,
-              return_trajectory=False, check_finite=True, generator=None, noise=None):
+    def solve(
+        self,
+        model,
+        x_T,
+        *,
+        t_start=None,
+        t_end=None,
+        denoise_to_zero=False,
+        callback=None,
+        return_trajectory=False,
+        check_finite=True,
+        generator=None,
+        noise=None,
+    ):
         """Build the outer grid on the host and run :func:`~sde_diffusion.sample.sample` once (no extra loop, no
         synchronisation beyond that of ``sample``)."""
         from ..grids import make_grid
         from ..sample import sample
 
         ts = make_grid(model.schedule, self.grid, len(self.orders), t_start, t_end)
-        res = sample(model, x_T, solver=self.inner(), grid=ts, denoise_to_zero=denoise_to_zero, callback=callback,
-                     return_trajectory=return_trajectory, check_finite=check_finite, generator=generator,
-                     noise=noise)
+        res = sample(
+            model,
+            x_T,
+            solver=self.inner(),
+            grid=ts,
+            denoise_to_zero=denoise_to_zero,
+            callback=callback,
+            return_trajectory=return_trajectory,
+            check_finite=check_finite,
+            generator=generator,
+            noise=noise,
+        )
         res.info = {"orders": self.orders, "outer_steps": len(self.orders)}
         return res

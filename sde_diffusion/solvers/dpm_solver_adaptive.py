@@ -74,38 +74,74 @@ class DPMSolverAdaptive(Solver):
     kind = "eps"
     sign = 1
 
-    def __init__(self, order: int = 3, rtol: float = 0.05, atol: float = 0.0078, theta: float = 0.9,
-                 t_err: float = 1e-5, h_init: float = 0.05, variant: str = "paper", max_steps: int = 10_000):
+    def __init__(
+        self,
+        order: int = 3,
+        rtol: float = 0.05,
+        atol: float = 0.0078,
+        theta: float = 0.9,
+        t_err: float = 1e-5,
+        h_init: float = 0.05,
+        variant: str = "paper",
+        max_steps: int = 10_000,
+    ):
         if isinstance(order, bool) or order not in (2, 3):
             raise ValueError(f"order must be 2 or 3, got {order!r}")
         self.order = float(order)
         self.nfe_per_step = order
         self.rtol, self.atol = _positive("rtol", rtol), _positive("atol", atol)
-        self.theta, self.t_err, self.h_init = _positive("theta", theta), _positive("t_err", t_err), \
-            _positive("h_init", h_init)
+        self.theta, self.t_err, self.h_init = (
+            _positive("theta", theta),
+            _positive("t_err", t_err),
+            _positive("h_init", h_init),
+        )
         self.variant = _check_choice("variant", variant, VARIANTS)
         if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
             raise ValueError(f"max_steps must be a positive int, got {max_steps!r}")
         self.max_steps = max_steps
 
     def options(self):
-        return {"order": int(self.order), "rtol": self.rtol, "atol": self.atol, "theta": self.theta,
-                "t_err": self.t_err, "h_init": self.h_init, "variant": self.variant, "max_steps": self.max_steps}
+        return {
+            "order": int(self.order),
+            "rtol": self.rtol,
+            "atol": self.atol,
+            "theta": self.theta,
+            "t_err": self.t_err,
+            "h_init": self.h_init,
+            "variant": self.variant,
+            "max_steps": self.max_steps,
+        }
 
     def attempt_coefficients(self, schedule, s: float, t: float, x: torch.Tensor) -> SimpleNamespace:
         """Float64 coefficients of one attempt ``s -> t`` (stages, ``x_high`` and the embedded ``x_low``)."""
         ts = torch.tensor([s, t], dtype=torch.float64)
         la, ls = _logs(schedule, ts)
         k = int(self.order)
-        table = _singlestep_table(schedule, self.sign, self.variant, (k,), ts, la - ls, la, ls,
-                                  nodes_of=_NODES[k], lower_order=True)
+        table = _singlestep_table(
+            schedule, self.sign, self.variant, (k,), ts, la - ls, la, ls, nodes_of=_NODES[k], lower_order=True
+        )
         c = {key: (int(v[0]) if key == "order" else float(v[0])) for key, v in table.items()}
-        c.update(alpha=float(torch.exp(la[0])), sigma=float(torch.exp(ls[0])),
-                 t=torch.full((x.shape[0],), s, dtype=x.dtype, device=x.device))
+        c.update(
+            alpha=float(torch.exp(la[0])),
+            sigma=float(torch.exp(ls[0])),
+            t=torch.full((x.shape[0],), s, dtype=x.dtype, device=x.device),
+        )
         return SimpleNamespace(**c)
 
-    def solve(self, model, x_T, *, t_start=None, t_end=None, denoise_to_zero=False, callback=None,
-              return_trajectory=False, check_finite=True, generator=None, noise=None):
+    def solve(
+        self,
+        model,
+        x_T,
+        *,
+        t_start=None,
+        t_end=None,
+        denoise_to_zero=False,
+        callback=None,
+        return_trajectory=False,
+        check_finite=True,
+        generator=None,
+        noise=None,
+    ):
         """Run Algorithm 4 from ``t_start`` (default ``t_max``) to ``t_end`` (default ``t_min``).
 
         Synchronises once per attempted step (reading ``E``); everything else stays on the device. Raises
@@ -120,6 +156,7 @@ class DPMSolverAdaptive(Solver):
         sch._check_t(torch.tensor([s, t_end], dtype=torch.float64))
         if not s > t_end:
             raise ValueError(f"t_start={s} must be larger than t_end={t_end}")
+
         def lam_of(t: float) -> float:
             return float(sch._lambda(torch.tensor(t, dtype=torch.float64)))
 
@@ -132,8 +169,9 @@ class DPMSolverAdaptive(Solver):
         accepted = rejected = 0
         while abs(s - t_end) > self.t_err:
             if accepted + rejected >= self.max_steps:
-                raise RuntimeError(f"dpm_solver_adaptive: no convergence after {self.max_steps} attempts "
-                                   f"(t = {s:.6g}, h = {h:.3g})")
+                raise RuntimeError(
+                    f"dpm_solver_adaptive: no convergence after {self.max_steps} attempts (t = {s:.6g}, h = {h:.3g})"
+                )
             lam_t = torch.tensor(lam_s + h, dtype=torch.float64)
             t = t_end if lam_s + h >= lam_end else float(sch._inverse_lambda(lam_t))
             c = self.attempt_coefficients(sch, s, t, x)
@@ -160,8 +198,18 @@ class DPMSolverAdaptive(Solver):
             h = min(self.theta * h * max(err, 1e-12) ** (-1.0 / k), lam_end - lam_s)
         if denoise_to_zero:
             la, ls = _logs(sch, torch.tensor(s, dtype=torch.float64))
-            x = model.predict(x, torch.full((x.shape[0],), s, dtype=x.dtype, device=x.device), "x0",
-                              math.exp(float(la)), math.exp(float(ls)))
+            x = model.predict(
+                x,
+                torch.full((x.shape[0],), s, dtype=x.dtype, device=x.device),
+                "x0",
+                math.exp(float(la)),
+                math.exp(float(ls)),
+            )
         nfe = model.nfe - nfe0
-        return SampleResult(x=x, ts=torch.tensor(times, dtype=torch.float64), nfe=nfe, trajectory=trajectory,
-                            info={"nfe": nfe, "accepted": accepted, "rejected": rejected, "order": k})
+        return SampleResult(
+            x=x,
+            ts=torch.tensor(times, dtype=torch.float64),
+            nfe=nfe,
+            trajectory=trajectory,
+            info={"nfe": nfe, "accepted": accepted, "rejected": rejected, "order": k},
+        )

@@ -80,8 +80,13 @@ def _half_sigma_ve_midpoint(schedule, base: dict) -> dict[str, torch.Tensor]:
     t_mid = schedule._inverse_lambda(-torch.log(s_mid))
     log_a, log_s = schedule._log_alpha(t_mid), schedule._log_sigma(t_mid)
     a_mid, s_mid_ = torch.exp(log_a), torch.exp(log_s)
-    half = {"h": (log_a - log_s) - base["lam"], "alpha": base["alpha"], "sigma": base["sigma"],
-            "alpha_next": a_mid, "sigma_next": s_mid_}
+    half = {
+        "h": (log_a - log_s) - base["lam"],
+        "alpha": base["alpha"],
+        "sigma": base["sigma"],
+        "alpha_next": a_mid,
+        "sigma_next": s_mid_,
+    }
     d = ddim_coefficients(half, 0.0)
     return {"t_mid": t_mid, "alpha_mid": a_mid, "sigma_mid": s_mid_, "ratio_mid": d["ratio"], "c_eps_mid": d["c_eps"]}
 
@@ -120,16 +125,20 @@ class _PseudoMultistep(Solver):
         modes = self._modes(n)
         ddim = ddim_coefficients(base, 0.0)
         c_eps = ddim["c_eps"]
-        width = max(4 if any(m == RK4 for m, _ in modes) else 0, 2 if any(m == HEUN for m, _ in modes) else 0,
-                    self.ab_order)
+        width = max(
+            4 if any(m == RK4 for m, _ in modes) else 0, 2 if any(m == HEUN for m, _ in modes) else 0, self.ab_order
+        )
         table = torch.zeros(n, width, dtype=torch.float64)
         for i, (m, q) in enumerate(modes):
             row = adams_bashforth(q) if m == MULTISTEP else (HEUN_WEIGHTS if m == HEUN else RK4_WEIGHTS)
             table[i, : len(row)] = torch.tensor(row, dtype=torch.float64)
         table = table.reshape((n, width) + (1,) * (c_eps.ndim - 1))
-        out = {"ratio": host_scalars(ddim["ratio"]), "c_eps": c_eps,
-               "mode": torch.tensor([m for m, _ in modes], dtype=torch.int64),
-               "q": torch.tensor([q for _, q in modes], dtype=torch.int64)}
+        out = {
+            "ratio": host_scalars(ddim["ratio"]),
+            "c_eps": c_eps,
+            "mode": torch.tensor([m for m, _ in modes], dtype=torch.int64),
+            "q": torch.tensor([q for _, q in modes], dtype=torch.int64),
+        }
         for j in range(width):
             out[f"w{j}"] = c_eps * table[:, j]
         if any(m == RK4 for m, _ in modes):

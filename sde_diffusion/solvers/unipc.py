@@ -101,8 +101,14 @@ class UniPC(Solver):
     reference = "arXiv:2302.04867"
     exact_for_point_mass = True
 
-    def __init__(self, order: int = 2, variant: str = "bh2", prediction: str = "x0",
-                 lower_order_final: bool | str = "auto", disable_corrector: bool = False):
+    def __init__(
+        self,
+        order: int = 2,
+        variant: str = "bh2",
+        prediction: str = "x0",
+        lower_order_final: bool | str = "auto",
+        disable_corrector: bool = False,
+    ):
         if isinstance(order, bool) or order not in (1, 2, 3):
             raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
         if variant not in ("bh1", "bh2"):
@@ -120,15 +126,23 @@ class UniPC(Solver):
         self.memory = order
 
     def options(self):
-        return {"order": self.predictor_order, "variant": self.variant, "prediction": self.prediction,
-                "lower_order_final": self.lower_order_final, "disable_corrector": self.disable_corrector}
+        return {
+            "order": self.predictor_order,
+            "variant": self.variant,
+            "prediction": self.prediction,
+            "lower_order_final": self.lower_order_final,
+            "disable_corrector": self.disable_corrector,
+        }
 
     def _weights(self, base, lam, idx, k, extra_one):
         """``c_x`` and weights ``[w0, w1..w_{k-1}, (w_new)]`` of the steps starting at grid indices ``idx``."""
         h = base["h"][idx]
         data = self.prediction == "x0"
-        nodes = torch.stack([(lam[idx - j] - lam[idx]) / h for j in range(1, k)], dim=-1) if k > 1 \
+        nodes = (
+            torch.stack([(lam[idx - j] - lam[idx]) / h for j in range(1, k)], dim=-1)
+            if k > 1
             else h.new_zeros(h.shape + (0,))
+        )
         if extra_one:
             nodes = torch.cat([nodes, torch.ones_like(h)[..., None]], dim=-1)
         w0, w = unipc_weights(nodes, -h if data else h, self.variant)

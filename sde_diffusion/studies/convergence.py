@@ -54,8 +54,10 @@ DEFAULT_NFE = (5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50)
 # references
 # ---------------------------------------------------------------------------------------------------------------------
 
-def ode_reference(problem: Problem, x_T: torch.Tensor, *, kind: str = "auto", rtol: float = 1e-10,
-                  sweep: bool = True) -> tuple[torch.Tensor, dict]:
+
+def ode_reference(
+    problem: Problem, x_T: torch.Tensor, *, kind: str = "auto", rtol: float = 1e-10, sweep: bool = True
+) -> tuple[torch.Tensor, dict]:
     """The exact (closed form) or torchdiffeq solution at ``t_min`` of the probability-flow ODE from ``x_T`` (float64),
     and a dict describing it: ``kind``, ``rtol``, ``error_estimate`` and the tolerance ``sweep``."""
     x64 = x_T.to(torch.float64)
@@ -72,13 +74,19 @@ def ode_reference(problem: Problem, x_T: torch.Tensor, *, kind: str = "auto", rt
 
     ref = solve(rtol)
     rows = [{"rtol": rtol * f, "rms_diff": rms_error(solve(rtol * f), ref)} for f in ((1e2, 1e4) if sweep else ())]
-    info = {"kind": "torchdiffeq", "method": "dopri5", "rtol": rtol,
-            "error_estimate": rows[0]["rms_diff"] if rows else None, "sweep": rows}
+    info = {
+        "kind": "torchdiffeq",
+        "method": "dopri5",
+        "rtol": rtol,
+        "error_estimate": rows[0]["rms_diff"] if rows else None,
+        "sweep": rows,
+    }
     return ref, info
 
 
-def sde_reference(problem: Problem, x_T: torch.Tensor, bm, *, segments: int = 16, substeps: int = 50,
-                  sweep: bool = True) -> tuple[torch.Tensor, dict]:
+def sde_reference(
+    problem: Problem, x_T: torch.Tensor, bm, *, segments: int = 16, substeps: int = 50, sweep: bool = True
+) -> tuple[torch.Tensor, dict]:
     """The reverse-SDE solution at ``t_min`` on the Brownian path ``bm`` (torchsde SRK, float64), integrated in
     ``segments`` logSNR-uniform pieces of ``substeps`` steps each; and a dict with the sub-step ``sweep``."""
     x64 = x_T.to(torch.float64)
@@ -87,20 +95,28 @@ def sde_reference(problem: Problem, x_T: torch.Tensor, bm, *, segments: int = 16
     def solve(sub):
         y, model = x64, problem.model()
         for a, b in zip(knots[:-1].tolist(), knots[1:].tolist()):
-            y = reverse_sde_reference(model, y, torch.tensor([a, b], dtype=torch.float64), bm, method="srk",
-                                      dt=(a - b) / sub)[-1]
+            y = reverse_sde_reference(
+                model, y, torch.tensor([a, b], dtype=torch.float64), bm, method="srk", dt=(a - b) / sub
+            )[-1]
         return y
 
     ref = solve(substeps)
     rows = [{"substeps": substeps // 2, "rms_diff": rms_error(solve(substeps // 2), ref)}] if sweep else []
-    info = {"kind": "torchsde", "method": "srk", "segments": segments, "substeps": substeps,
-            "error_estimate": rows[0]["rms_diff"] if rows else None, "sweep": rows}
+    info = {
+        "kind": "torchsde",
+        "method": "srk",
+        "segments": segments,
+        "substeps": substeps,
+        "error_estimate": rows[0]["rms_diff"] if rows else None,
+        "sweep": rows,
+    }
     return ref, info
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # the study
 # ---------------------------------------------------------------------------------------------------------------------
+
 
 def _dtype(d) -> torch.dtype:
     if isinstance(d, torch.dtype):
@@ -130,13 +146,27 @@ def _progress(total: int, progress: bool | None, desc: str):
     return tqdm(total=total, desc=desc, disable=None if progress is None else not progress, leave=False)
 
 
-def convergence_study(problem: str | Problem = "ring", solvers: Sequence | None = None,
-                      nfe: Sequence[int] = DEFAULT_NFE, *, schedule: str = "vp-linear", grid: str = "logsnr",
-                      reference: str = "auto", seed: int = 0, n: int = 512, dtype: str | torch.dtype = "float64",
-                      device: str | torch.device = "cpu",
-                      rtol: float = 1e-10, sweep: bool = True, sde_segments: int = 16, sde_substeps: int = 50,
-                      distributional: bool = True, repeats: int = 1, progress: bool | None = None,
-                      keep_samples: bool | None = None) -> StudyResult:
+def convergence_study(
+    problem: str | Problem = "ring",
+    solvers: Sequence | None = None,
+    nfe: Sequence[int] = DEFAULT_NFE,
+    *,
+    schedule: str = "vp-linear",
+    grid: str = "logsnr",
+    reference: str = "auto",
+    seed: int = 0,
+    n: int = 512,
+    dtype: str | torch.dtype = "float64",
+    device: str | torch.device = "cpu",
+    rtol: float = 1e-10,
+    sweep: bool = True,
+    sde_segments: int = 16,
+    sde_substeps: int = 50,
+    distributional: bool = True,
+    repeats: int = 1,
+    progress: bool | None = None,
+    keep_samples: bool | None = None,
+) -> StudyResult:
     """Run every solver configuration at every NFE budget on one batch and measure errors and wall time.
 
     Args:
@@ -179,8 +209,9 @@ def convergence_study(problem: str | Problem = "ring", solvers: Sequence | None 
     metric_name, metric = _dist_metric(problem, target) if distributional else (None, None)
     dist_floor = None
     if metric is not None:
-        draws = [metric(problem.target_samples(n, torch.Generator().manual_seed(seed + 7919 * (k + 1))))
-                 for k in range(4)]
+        draws = [
+            metric(problem.target_samples(n, torch.Generator().manual_seed(seed + 7919 * (k + 1)))) for k in range(4)
+        ]
         dist_floor = math.sqrt(sum(v * v for v in draws) / len(draws))
 
     ref_info: dict = {"ode": None, "sde": None}
@@ -190,8 +221,9 @@ def convergence_study(problem: str | Problem = "ring", solvers: Sequence | None 
             ode_ref, ref_info["ode"] = ode_reference(problem, x_T, kind=reference, rtol=rtol, sweep=sweep)
         if any(solver.stochastic for _, solver in built):
             bm = brownian_path(x_T, problem.t_end, problem.t_start, seed=seed)
-            sde_ref, ref_info["sde"] = sde_reference(problem, x_T, bm, segments=sde_segments,
-                                                     substeps=sde_substeps, sweep=sweep)
+            sde_ref, ref_info["sde"] = sde_reference(
+                problem, x_T, bm, segments=sde_segments, substeps=sde_substeps, sweep=sweep
+            )
 
     x_dev = x_T.to(device=dev, dtype=dt)
     runs: list[Run] = []
@@ -210,12 +242,17 @@ def convergence_study(problem: str | Problem = "ring", solvers: Sequence | None 
                     continue
                 out, wall = _timed_sample(problem, solver, x_dev, steps, grid, seed, bm, repeats, dev)
                 ref = sde_ref if solver.stochastic else ode_ref
-                run = Run(spec.label, budget, steps, out.nfe,
-                          error=None if ref is None else rms_error(out.x, ref),
-                          error_max=None if ref is None else max_error(out.x, ref),
-                          dist_error=None if metric is None else metric(out.x),
-                          wall_time=wall,
-                          error_median=None if ref is None else median_error(out.x, ref))
+                run = Run(
+                    spec.label,
+                    budget,
+                    steps,
+                    out.nfe,
+                    error=None if ref is None else rms_error(out.x, ref),
+                    error_max=None if ref is None else max_error(out.x, ref),
+                    dist_error=None if metric is None else metric(out.x),
+                    wall_time=wall,
+                    error_median=None if ref is None else median_error(out.x, ref),
+                )
                 done[steps] = run
                 runs.append(run)
                 if keep:
@@ -224,10 +261,21 @@ def convergence_study(problem: str | Problem = "ring", solvers: Sequence | None 
         bar.close()
 
     result = StudyResult(
-        problem=problem.name, schedule=problem.schedule_name, grid=grid, seed=seed, n=n, dtype=str(dt)[6:],
-        device=str(dev), reference=ref_info, dist_metric=metric_name, dist_floor=dist_floor,
-        solvers={s.label: solver_info(solver) for s, solver in built}, runs=runs, samples=samples,
-        target=target if keep else None)
+        problem=problem.name,
+        schedule=problem.schedule_name,
+        grid=grid,
+        seed=seed,
+        n=n,
+        dtype=str(dt)[6:],
+        device=str(dev),
+        reference=ref_info,
+        dist_metric=metric_name,
+        dist_floor=dist_floor,
+        solvers={s.label: solver_info(solver) for s, solver in built},
+        runs=runs,
+        samples=samples,
+        target=target if keep else None,
+    )
     roundoff = 100.0 * torch.finfo(dt).eps * max(1.0, float(x_T.to(torch.float64).pow(2).mean().sqrt()))
     fit_study(result, roundoff=roundoff)
     return result

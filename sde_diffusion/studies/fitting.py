@@ -60,14 +60,17 @@ def fit_line(nfe: Sequence[float], err: Sequence[float]) -> LineFit:
     if n > 2:
         ssr = sum((y - (intercept + slope * x)) ** 2 for x, y in zip(xs, ys))
         stderr = math.sqrt(ssr / (n - 2) / sxx)
-    return LineFit(order=-slope, stderr=stderr, intercept=intercept, nfe_min=int(min(nfe)), nfe_max=int(max(nfe)),
-                   points=n)
+    return LineFit(
+        order=-slope, stderr=stderr, intercept=intercept, nfe_min=int(min(nfe)), nfe_max=int(max(nfe)), points=n
+    )
 
 
 def local_orders(nfe: Sequence[float], err: Sequence[float]) -> list[float]:
     """``-(log e_i - log e_{i-1}) / (log n_i - log n_{i-1})`` for consecutive points (sorted by NFE)."""
-    return [-(math.log(err[i]) - math.log(err[i - 1])) / (math.log(nfe[i]) - math.log(nfe[i - 1]))
-            for i in range(1, len(nfe))]
+    return [
+        -(math.log(err[i]) - math.log(err[i - 1])) / (math.log(nfe[i]) - math.log(nfe[i - 1]))
+        for i in range(1, len(nfe))
+    ]
 
 
 @dataclass
@@ -99,8 +102,13 @@ class OrderFit:
         def line(v):
             return None if v is None else LineFit(**v)
 
-        return cls(asymptotic=line(d["asymptotic"]), pre_asymptotic=line(d["pre_asymptotic"]), floor=d["floor"],
-                   excluded=list(d.get("excluded", [])), declared=d.get("declared"))
+        return cls(
+            asymptotic=line(d["asymptotic"]),
+            pre_asymptotic=line(d["pre_asymptotic"]),
+            floor=d["floor"],
+            excluded=list(d.get("excluded", [])),
+            declared=d.get("declared"),
+        )
 
     def describe(self) -> str:
         """``"2.01 ± 0.02 (NFE 48-240)"``-style summary of the asymptotic fit."""
@@ -114,9 +122,18 @@ def _describe(f: LineFit | None) -> str:
     return f"{f.order:.2f}{se} (NFE {f.nfe_min}-{f.nfe_max})"
 
 
-def fit_order(nfe: Sequence[float], err: Sequence[float | None], *, floor: float = 0.0, min_order: float = 0.25,
-              knee: float = 0.5, min_points: int = 3, tol: float = 0.3, asymptotic_from: float | None = None,
-              declared: float | None = None) -> OrderFit:
+def fit_order(
+    nfe: Sequence[float],
+    err: Sequence[float | None],
+    *,
+    floor: float = 0.0,
+    min_order: float = 0.25,
+    knee: float = 0.5,
+    min_points: int = 3,
+    tol: float = 0.3,
+    asymptotic_from: float | None = None,
+    declared: float | None = None,
+) -> OrderFit:
     """Fit the empirical order of convergence (see the module docstring for the algorithm).
 
     Args:
@@ -131,8 +148,7 @@ def fit_order(nfe: Sequence[float], err: Sequence[float | None], *, floor: float
         asymptotic_from: use exactly the points with ``nfe >= asymptotic_from`` as the asymptotic range.
         declared: the method's declared order (stored for reports).
     """
-    pts = sorted((int(n), float(e)) for n, e in zip(nfe, err)
-                 if e is not None and math.isfinite(e) and e > 0)
+    pts = sorted((int(n), float(e)) for n, e in zip(nfe, err) if e is not None and math.isfinite(e) and e > 0)
     pts = _merge_duplicates(pts)
     excluded = [n for n, e in pts if e <= floor]
     pts = [(n, e) for n, e in pts if e > floor]
@@ -168,7 +184,7 @@ def _asymptotic_start(ns: list[int], es: list[float], min_points: int, tol: floa
     start = max(len(ns) - max(min_points, 2), 0)
     fit = fit_line(ns[start:], es[start:])
     while start > 0:
-        p = local_orders(ns[start - 1:start + 1], es[start - 1:start + 1])[0]
+        p = local_orders(ns[start - 1 : start + 1], es[start - 1 : start + 1])[0]
         if abs(p - fit.order) > tol * max(1.0, abs(fit.order)):
             break
         start -= 1

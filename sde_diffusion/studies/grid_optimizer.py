@@ -69,8 +69,13 @@ class GridOptResult:
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in self.__dict__.items() if not isinstance(v, torch.Tensor)}
-        return {"schema_version": SCHEMA_VERSION, "kind": _KIND, **d, "grid": self.grid.tolist(),
-                "init_grid": self.init_grid.tolist()}
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "kind": _KIND,
+            **d,
+            "grid": self.grid.tolist(),
+            "init_grid": self.init_grid.tolist(),
+        }
 
     def to_json(self, **kwargs) -> str:
         kwargs.setdefault("indent", 2)
@@ -93,13 +98,27 @@ def grid_from_lambdas(schedule, lambdas: torch.Tensor, t_start: float, t_end: fl
     return validate_grid(schedule, ts, decreasing=t_start > t_end)
 
 
-def optimise_grid(target: str | Problem | Model = "ring", solver: str | Any = "ddim", nfe: int = 10, *,
-                  schedule: str = "vp-linear", init: str | torch.Tensor = "logsnr", pilot: int = 256,
-                  heldout: int = 1024, seed: int = 0, reference: str = "auto", rtol: float = 1e-10,
-                  step: float = 0.5, min_step: float = 0.02, max_sweeps: int = 30, max_evals: int = 1500,
-                  x_shape: tuple[int, ...] | None = None, device: str | torch.device = "cpu",
-                  dtype: str | torch.dtype = "float64",
-                  progress: bool | None = None) -> GridOptResult:
+def optimise_grid(
+    target: str | Problem | Model = "ring",
+    solver: str | Any = "ddim",
+    nfe: int = 10,
+    *,
+    schedule: str = "vp-linear",
+    init: str | torch.Tensor = "logsnr",
+    pilot: int = 256,
+    heldout: int = 1024,
+    seed: int = 0,
+    reference: str = "auto",
+    rtol: float = 1e-10,
+    step: float = 0.5,
+    min_step: float = 0.02,
+    max_sweeps: int = 30,
+    max_evals: int = 1500,
+    x_shape: tuple[int, ...] | None = None,
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype = "float64",
+    progress: bool | None = None,
+) -> GridOptResult:
     """Optimise the time grid of ``solver`` at budget ``nfe`` (see the module docstring for the method).
 
     Args:
@@ -150,14 +169,16 @@ def optimise_grid(target: str | Problem | Model = "ring", solver: str | Any = "d
         t0, t1 = prob.t_start, prob.t_end
         exact = prob.exact_flow if prob.has_exact_flow and reference in ("auto", "exact") else None
     if reference not in ("auto", "exact", "torchdiffeq") or (reference == "exact" and exact is None):
-        raise ValueError(f"reference must be 'auto', 'exact' (closed-form problems) or 'torchdiffeq', "
-                         f"got {reference!r}")
+        raise ValueError(
+            f"reference must be 'auto', 'exact' (closed-form problems) or 'torchdiffeq', got {reference!r}"
+        )
 
     def batch(k, s):
         x = start(k, torch.Generator().manual_seed(s)).to(torch.float64)
         ts = torch.tensor([t0, t1], dtype=torch.float64)
-        ref = exact(x) if exact is not None else probability_flow_reference(make_model(), x, ts, rtol=rtol,
-                                                                               atol=rtol)[-1]
+        ref = (
+            exact(x) if exact is not None else probability_flow_reference(make_model(), x, ts, rtol=rtol, atol=rtol)[-1]
+        )
         return x, ref
 
     (xp, rp), (xh, rh) = batch(pilot, seed), batch(heldout, seed + 1)
@@ -165,8 +186,9 @@ def optimise_grid(target: str | Problem | Model = "ring", solver: str | Any = "d
     xp, xh = xp.to(device=device, dtype=dt), xh.to(device=device, dtype=dt)
     init_grid = make_grid(sch, init, steps if isinstance(init, str) else None, t0, t1)
     if init_grid.ndim != 1 or init_grid.shape[0] != steps + 1:
-        raise ValueError(f"the initial grid must have {steps + 1} points (steps for NFE {nfe}), "
-                         f"got shape {tuple(init_grid.shape)}")
+        raise ValueError(
+            f"the initial grid must have {steps + 1} points (steps for NFE {nfe}), got shape {tuple(init_grid.shape)}"
+        )
 
     def error(grid, x, ref):
         return rms_error(sample(make_model(), x, solver=sol, steps=steps, grid=grid).x, ref)
@@ -202,10 +224,21 @@ def optimise_grid(target: str | Problem | Model = "ring", solver: str | Any = "d
         bar.close()
     grid = grid_from_lambdas(sch, lams, t0, t1) if steps > 1 else init_grid
     return GridOptResult(
-        grid=grid, init_grid=init_grid, solver=spec.label, nfe=nfe, steps=steps, problem=name, schedule=sch_name,
-        init=init if isinstance(init, str) else "custom", pilot_error=best, pilot_error_init=init_err,
-        heldout_error=error(grid, xh, rh), heldout_error_init=error(init_grid, xh, rh), evaluations=evals,
-        history=history)
+        grid=grid,
+        init_grid=init_grid,
+        solver=spec.label,
+        nfe=nfe,
+        steps=steps,
+        problem=name,
+        schedule=sch_name,
+        init=init if isinstance(init, str) else "custom",
+        pilot_error=best,
+        pilot_error_init=init_err,
+        heldout_error=error(grid, xh, rh),
+        heldout_error_init=error(init_grid, xh, rh),
+        evaluations=evals,
+        history=history,
+    )
 
 
 def _moves(lams: torch.Tensor, i: int, step: float) -> list[torch.Tensor]:

@@ -67,8 +67,9 @@ def sliced_w2(x: torch.Tensor, y: torch.Tensor, *, projections: int = 256, seed:
     random unit directions drawn from ``seed`` (the same directions for every call with the same seed)."""
     xf, yf = _flat64(x).cpu(), _flat64(y).cpu()
     if xf.shape != yf.shape:
-        raise ValueError(f"sliced_w2 needs equal sample counts and dimensions, got {tuple(xf.shape)} and "
-                         f"{tuple(yf.shape)}")
+        raise ValueError(
+            f"sliced_w2 needs equal sample counts and dimensions, got {tuple(xf.shape)} and {tuple(yf.shape)}"
+        )
     g = torch.Generator().manual_seed(seed)
     u = torch.randn(xf.shape[1], projections, generator=g, dtype=torch.float64)
     u = u / torch.linalg.vector_norm(u, dim=0, keepdim=True)

@@ -20,8 +20,16 @@ import torch
 
 from .results import StudyResult
 
-__all__ = ["new_figure", "plot_convergence", "plot_work_precision", "plot_samples", "plot_trajectories",
-           "study_figure", "save_figure", "short_label"]
+__all__ = [
+    "new_figure",
+    "plot_convergence",
+    "plot_work_precision",
+    "plot_samples",
+    "plot_trajectories",
+    "study_figure",
+    "save_figure",
+    "short_label",
+]
 
 
 def new_figure(nrows: int = 1, ncols: int = 1, *, size: tuple[float, float] | None = None, width_ratios=None):
@@ -77,12 +85,21 @@ def _reference_slopes(ax, ns: list[float], es: list[float], slopes: Sequence[int
         xs = [lo, hi]
         ys = [mid_e * (x / mid_n) ** (-p) for x in xs]
         ax.plot(xs, ys, ls="--", lw=0.8, color="0.55", zorder=0)
-        ax.annotate(f"$N^{{-{p}}}$", (xs[-1], ys[-1]), fontsize=8, color="0.4", xytext=(2, 0),
-                    textcoords="offset points", va="center", annotation_clip=True)
+        ax.annotate(
+            f"$N^{{-{p}}}$",
+            (xs[-1], ys[-1]),
+            fontsize=8,
+            color="0.4",
+            xytext=(2, 0),
+            textcoords="offset points",
+            va="center",
+            annotation_clip=True,
+        )
 
 
-def plot_convergence(result: StudyResult, *, metric: str = "error", ax=None, slopes: Sequence[int] = (1, 2, 3),
-                     title: str | None = None):
+def plot_convergence(
+    result: StudyResult, *, metric: str = "error", ax=None, slopes: Sequence[int] = (1, 2, 3), title: str | None = None
+):
     """Log-log ``metric`` against NFE for every solver of ``result``; returns the figure."""
     fig = ax.figure if ax is not None else None
     if ax is None:
@@ -98,8 +115,11 @@ def plot_convergence(result: StudyResult, *, metric: str = "error", ax=None, slo
         order = "" if fit is None or fit.order is None else f" (p≈{fit.order:.2f})"
         ax.loglog(ns, es, "o-", ms=3.5, lw=1.0, color=color, label=f"{short_label(label)}{order}")
         if fit is not None and fit.asymptotic is not None:
-            sel = [(n, e) for n, e in zip(ns, es) if fit.asymptotic.nfe_min <= n <= fit.asymptotic.nfe_max
-                   and n not in fit.excluded]
+            sel = [
+                (n, e)
+                for n, e in zip(ns, es)
+                if fit.asymptotic.nfe_min <= n <= fit.asymptotic.nfe_max and n not in fit.excluded
+            ]
             if len(sel) >= 2:
                 ax.loglog(*zip(*sel), "-", lw=2.6, alpha=0.45, color=color)
         all_n += ns
@@ -130,8 +150,7 @@ def plot_work_precision(result: StudyResult, *, metric: str = "error", ax=None, 
         fig, axes = new_figure()
         ax = axes[0, 0]
     for i, label in enumerate(result.labels):
-        pts = sorted((r.wall_time, getattr(r, metric)) for r in result.runs_of(label)
-                     if getattr(r, metric) is not None)
+        pts = sorted((r.wall_time, getattr(r, metric)) for r in result.runs_of(label) if getattr(r, metric) is not None)
         if pts:
             ax.loglog(*zip(*pts), "o-", ms=3.5, lw=1.0, color=f"C{i % 10}", label=short_label(label))
     ax.set_xlabel("wall time of sample() [s]")
@@ -147,8 +166,9 @@ def _scatter(ax, x: torch.Tensor, **kw) -> None:
     ax.scatter(x[:, 0].numpy(), x[:, 1].numpy(), s=kw.pop("s", 3), **kw)
 
 
-def plot_samples(result: StudyResult, budget: int | None = None, *, labels: Sequence[str] | None = None,
-                 max_points: int = 2000):
+def plot_samples(
+    result: StudyResult, budget: int | None = None, *, labels: Sequence[str] | None = None, max_points: int = 2000
+):
     """Scatter of the final samples (first two coordinates) of each solver at NFE ``budget`` over exact samples."""
     if not result.samples:
         raise ValueError("this study kept no samples (keep_samples=True, or a 2-D problem)")
@@ -164,13 +184,14 @@ def plot_samples(result: StudyResult, budget: int | None = None, *, labels: Sequ
         _scatter(ax, result.samples[(label, budget)][:max_points], color="C3", label=label)
         ax.set_title(f"{short_label(label)}, NFE {budget}", fontsize=9)
         ax.set_aspect("equal")
-    for ax in list(axes.flat)[len(labels):]:
+    for ax in list(axes.flat)[len(labels) :]:
         ax.set_visible(False)
     return fig
 
 
-def plot_trajectories(problem, solver="ddim", nfe: int = 10, *, n: int = 16, seed: int = 0, grid: str = "logsnr",
-                      ax=None):
+def plot_trajectories(
+    problem, solver="ddim", nfe: int = 10, *, n: int = 16, seed: int = 0, grid: str = "logsnr", ax=None
+):
     """Paths of ``n`` particles of a 2-D problem: the solver's states at its grid points (markers) over the
     reference paths (thin lines, torchdiffeq at the same times refined 8x). States are drawn scaled by
     ``1/sqrt(alpha^2 + sigma^2)`` so that VE and VP problems look alike."""
@@ -186,11 +207,19 @@ def plot_trajectories(problem, solver="ddim", nfe: int = 10, *, n: int = 16, see
         ax = axes[0, 0]
     fig = ax.figure
     x_T = problem.start(n, torch.Generator().manual_seed(seed))
-    out = sample(problem.model(), x_T, solver=solver, steps=max(steps_for_nfe(solver, nfe), 1), grid=grid,
-                 return_trajectory=True, generator=torch.Generator().manual_seed(seed + 1))
+    out = sample(
+        problem.model(),
+        x_T,
+        solver=solver,
+        steps=max(steps_for_nfe(solver, nfe), 1),
+        grid=grid,
+        return_trajectory=True,
+        generator=torch.Generator().manual_seed(seed + 1),
+    )
     traj = torch.stack(out.trajectory).to(torch.float64)
-    fine = torch.stack([torch.linspace(float(a), float(b), 9, dtype=torch.float64)[:-1]
-                        for a, b in zip(out.ts[:-1], out.ts[1:])]).flatten()
+    fine = torch.stack(
+        [torch.linspace(float(a), float(b), 9, dtype=torch.float64)[:-1] for a, b in zip(out.ts[:-1], out.ts[1:])]
+    ).flatten()
     fine = torch.cat([fine, out.ts[-1:]])
     ref = probability_flow_reference(problem.model(), x_T, fine, rtol=1e-8, atol=1e-8)
 
@@ -211,8 +240,13 @@ def plot_trajectories(problem, solver="ddim", nfe: int = 10, *, n: int = 16, see
     return fig
 
 
-def study_figure(main: StudyResult, order: StudyResult | None = None, *, budget: int | None = None,
-                 scatter_labels: Sequence[str] | None = None):
+def study_figure(
+    main: StudyResult,
+    order: StudyResult | None = None,
+    *,
+    budget: int | None = None,
+    scatter_labels: Sequence[str] | None = None,
+):
     """The summary figure: convergence of the main study, the order study (if any), and a scatter of samples of two
     solvers against exact samples (2-D main problem)."""
     ratios = [1.5] * (1 + (order is not None)) + [1.0] * bool(main.samples)
@@ -229,8 +263,13 @@ def study_figure(main: StudyResult, order: StudyResult | None = None, *, budget:
         if main.target is not None:
             _scatter(ax, main.target, color="0.8", label="exact")
         for label in labels:
-            _scatter(ax, main.samples[(label, budget)], color=f"C{main.labels.index(label) % 10}", alpha=0.6,
-                     label=short_label(label))
+            _scatter(
+                ax,
+                main.samples[(label, budget)],
+                color=f"C{main.labels.index(label) % 10}",
+                alpha=0.6,
+                label=short_label(label),
+            )
         ax.set_aspect("equal")
         ax.set_title(f"samples at NFE {budget}", fontsize=10)
         ax.legend(fontsize=7, markerscale=3)

@@ -35,13 +35,22 @@ from ..analytic import AnalyticDistribution, Gaussian, GaussianMixture, PointMas
 from ..models import Model
 from ..schedules import EDM, NoiseSchedule, VEGeometric, VPCosine, VPDiscrete, VPLinear
 
-__all__ = ["PROBLEMS", "SCHEDULES", "Problem", "get_problem", "get_schedule", "problem_names", "schedule_names",
-           "exact_gaussian_flow"]
+__all__ = [
+    "PROBLEMS",
+    "SCHEDULES",
+    "Problem",
+    "get_problem",
+    "get_schedule",
+    "problem_names",
+    "schedule_names",
+    "exact_gaussian_flow",
+]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # schedules
 # ---------------------------------------------------------------------------------------------------------------------
+
 
 def _vp_discrete() -> VPDiscrete:
     return VPDiscrete.from_config({"num_train_timesteps": 1000, "beta_schedule": "linear"})
@@ -72,6 +81,7 @@ def get_schedule(name: str | NoiseSchedule) -> NoiseSchedule:
 # ---------------------------------------------------------------------------------------------------------------------
 # data distributions
 # ---------------------------------------------------------------------------------------------------------------------
+
 
 def _point() -> PointMass:
     return PointMass(torch.tensor([0.6, -0.4], dtype=torch.float64))
@@ -123,6 +133,7 @@ def problem_names() -> list[str]:
 # the problem object
 # ---------------------------------------------------------------------------------------------------------------------
 
+
 class Problem:
     """A data distribution with an exact score on a schedule, integrated from ``t_max`` to ``t_min``.
 
@@ -133,8 +144,15 @@ class Problem:
         start: ``"marginal"`` (exact ``p_{t_max}``, the default) or ``"prior"`` (``N(0, sigma(t_max)^2 I)``).
     """
 
-    def __init__(self, name: str, data: AnalyticDistribution, schedule: NoiseSchedule | str = "vp-linear", *,
-                 start: str = "marginal", description: str = ""):
+    def __init__(
+        self,
+        name: str,
+        data: AnalyticDistribution,
+        schedule: NoiseSchedule | str = "vp-linear",
+        *,
+        start: str = "marginal",
+        description: str = "",
+    ):
         if start not in ("marginal", "prior"):
             raise ValueError(f"start must be 'marginal' or 'prior', got {start!r}")
         self.name = name
@@ -171,16 +189,18 @@ class Problem:
         tt = torch.tensor(float(t), dtype=torch.float64)
         return float(self.schedule.alpha(tt)), float(self.schedule.sigma(tt))
 
-    def marginal_samples(self, n: int, t: float, generator: torch.Generator | None = None, *,
-                         dtype=torch.float64, device=None) -> torch.Tensor:
+    def marginal_samples(
+        self, n: int, t: float, generator: torch.Generator | None = None, *, dtype=torch.float64, device=None
+    ) -> torch.Tensor:
         """``n`` exact samples of the diffused marginal ``p_t`` (``alpha x_0 + sigma eps``)."""
         a, s = self._alpha_sigma(t)
         x0 = self.data.sample(n, generator, dtype=torch.float64)
         eps = torch.randn(x0.shape, generator=generator, dtype=torch.float64)
         return (a * x0 + s * eps).to(dtype=dtype, device=device)
 
-    def start(self, n: int, generator: torch.Generator | None = None, *, dtype=torch.float64,
-              device=None) -> torch.Tensor:
+    def start(
+        self, n: int, generator: torch.Generator | None = None, *, dtype=torch.float64, device=None
+    ) -> torch.Tensor:
         """``n`` start states at ``t_max`` from the start distribution."""
         if self.start_kind == "prior":
             _, s = self._alpha_sigma(self.t_start)
@@ -188,8 +208,9 @@ class Problem:
             return (s * z).to(dtype=dtype, device=device)
         return self.marginal_samples(n, self.t_start, generator, dtype=dtype, device=device)
 
-    def target_samples(self, n: int, generator: torch.Generator | None = None, *, dtype=torch.float64,
-                       device=None) -> torch.Tensor:
+    def target_samples(
+        self, n: int, generator: torch.Generator | None = None, *, dtype=torch.float64, device=None
+    ) -> torch.Tensor:
         """``n`` exact samples of ``p_{t_min}``: what an exact sampler started from :meth:`start` produces (when
         ``start="marginal"``)."""
         return self.marginal_samples(n, self.t_end, generator, dtype=dtype, device=device)
@@ -217,8 +238,9 @@ class Problem:
         return None
 
 
-def exact_gaussian_flow(data: AnalyticDistribution, x: torch.Tensor, t_from: float, t_to: float,
-                        schedule: NoiseSchedule) -> torch.Tensor:
+def exact_gaussian_flow(
+    data: AnalyticDistribution, x: torch.Tensor, t_from: float, t_to: float, schedule: NoiseSchedule
+) -> torch.Tensor:
     """Closed-form probability-flow map for :class:`~sde_diffusion.analytic.Gaussian` data (its ``flow``) and for a
     :class:`~sde_diffusion.analytic.PointMass` (the zero-variance limit: ``z = (x - alpha m)/sigma`` is kept)."""
     if isinstance(data, Gaussian):
@@ -231,8 +253,9 @@ def exact_gaussian_flow(data: AnalyticDistribution, x: torch.Tensor, t_from: flo
     raise TypeError(f"no closed-form flow for {type(data).__name__}; use the torchdiffeq reference")
 
 
-def get_problem(name: str | Problem = "ring", schedule: str | NoiseSchedule = "vp-linear", *,
-                start: str = "marginal") -> Problem:
+def get_problem(
+    name: str | Problem = "ring", schedule: str | NoiseSchedule = "vp-linear", *, start: str = "marginal"
+) -> Problem:
     """A built-in :class:`Problem` from its short name (see :data:`PROBLEMS`) on a schedule (see :data:`SCHEDULES`).
 
     A :class:`Problem` passed in is returned unchanged.

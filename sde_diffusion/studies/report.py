@@ -51,14 +51,25 @@ def error_table(result: StudyResult, metric: str = "error") -> str:
 
 def order_table(result: StudyResult, metric: str = "error") -> str:
     """Markdown table of declared and fitted orders."""
-    lines = [_row(["solver", "declared", "fitted order (asymptotic)", "pre-asymptotic", "floor excluded"]),
-             _row(["---"] * 5)]
+    lines = [
+        _row(["solver", "declared", "fitted order (asymptotic)", "pre-asymptotic", "floor excluded"]),
+        _row(["---"] * 5),
+    ]
     for label in result.labels:
         f = result.fit(label, metric)
         declared = "-" if f is None or f.declared is None else f"{f.declared:g}"
         excluded = "-" if f is None or not f.excluded else ", ".join(map(str, f.excluded))
-        lines.append(_row([f"`{label}`", declared, "-" if f is None else _describe(f.asymptotic),
-                           "-" if f is None else _describe(f.pre_asymptotic), excluded]))
+        lines.append(
+            _row(
+                [
+                    f"`{label}`",
+                    declared,
+                    "-" if f is None else _describe(f.asymptotic),
+                    "-" if f is None else _describe(f.pre_asymptotic),
+                    excluded,
+                ]
+            )
+        )
     return "\n".join(lines)
 
 
@@ -79,15 +90,26 @@ def _reference_line(result: StudyResult) -> str:
 
 def study_markdown(result: StudyResult, metric: str = "error") -> str:
     """Header, error table and order table of one study."""
-    what = {"error": "pathwise RMS error", "dist_error": f"distributional error ({result.dist_metric})",
-            "error_median": "median per-sample error", "error_max": "largest coordinate error",
-            "wall_time": "wall time"}.get(metric, metric)
-    head = (f"**{result.problem}** on `{result.schedule}`, grid `{result.grid}`, n={result.n}, seed={result.seed}, "
-            f"{result.dtype} on {result.device}. {_reference_line(result)}.")
+    what = {
+        "error": "pathwise RMS error",
+        "dist_error": f"distributional error ({result.dist_metric})",
+        "error_median": "median per-sample error",
+        "error_max": "largest coordinate error",
+        "wall_time": "wall time",
+    }.get(metric, metric)
+    head = (
+        f"**{result.problem}** on `{result.schedule}`, grid `{result.grid}`, n={result.n}, seed={result.seed}, "
+        f"{result.dtype} on {result.device}. {_reference_line(result)}."
+    )
     if result.dist_floor is not None:
         head += f" Sampling floor of {result.dist_metric}: {result.dist_floor:.2e}."
-    parts = [head, "", f"{what.capitalize()} (actual NFE in brackets where it differs from the budget):", "",
-             error_table(result, metric)]
+    parts = [
+        head,
+        "",
+        f"{what.capitalize()} (actual NFE in brackets where it differs from the budget):",
+        "",
+        error_table(result, metric),
+    ]
     if metric != "wall_time":
         parts += ["", "Fitted orders of the " + what + ":", "", order_table(result, metric)]
     return "\n".join(parts)
@@ -95,8 +117,12 @@ def study_markdown(result: StudyResult, metric: str = "error") -> str:
 
 def bundle(studies: dict[str, StudyResult], **meta: Any) -> dict[str, Any]:
     """Several named studies as one JSON-ready document with ``schema_version``."""
-    return {"schema_version": SCHEMA_VERSION, "kind": _BUNDLE_KIND, **meta,
-            "studies": {name: s.to_dict() for name, s in studies.items()}}
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "kind": _BUNDLE_KIND,
+        **meta,
+        "studies": {name: s.to_dict() for name, s in studies.items()},
+    }
 
 
 def load_bundle(text_or_dict) -> dict[str, StudyResult]:

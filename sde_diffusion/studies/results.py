@@ -104,14 +104,22 @@ class StudyResult:
         return {
             "schema_version": SCHEMA_VERSION,
             "kind": _KIND,
-            "problem": self.problem, "schedule": self.schedule, "grid": self.grid, "seed": self.seed, "n": self.n,
-            "dtype": self.dtype, "device": self.device,
+            "problem": self.problem,
+            "schedule": self.schedule,
+            "grid": self.grid,
+            "seed": self.seed,
+            "n": self.n,
+            "dtype": self.dtype,
+            "device": self.device,
             "reference": self.reference,
-            "dist_metric": self.dist_metric, "dist_floor": self.dist_floor,
+            "dist_metric": self.dist_metric,
+            "dist_floor": self.dist_floor,
             "solvers": self.solvers,
             "runs": [asdict(r) for r in self.runs],
-            "fits": {label: {m: (None if f is None else f.to_dict()) for m, f in fits.items()}
-                     for label, fits in self.fits.items()},
+            "fits": {
+                label: {m: (None if f is None else f.to_dict()) for m, f in fits.items()}
+                for label, fits in self.fits.items()
+            },
         }
 
     def to_json(self, **kwargs) -> str:
@@ -122,13 +130,28 @@ class StudyResult:
     def from_dict(cls, d: dict[str, Any]) -> StudyResult:
         version = d.get("schema_version")
         if d.get("kind") != _KIND or version != SCHEMA_VERSION:
-            raise ValueError(f"not a version-{SCHEMA_VERSION} convergence study (kind={d.get('kind')!r}, "
-                             f"schema_version={version!r})")
-        fits = {label: {m: (None if f is None else OrderFit.from_dict(f)) for m, f in v.items()}
-                for label, v in d["fits"].items()}
-        return cls(problem=d["problem"], schedule=d["schedule"], grid=d["grid"], seed=d["seed"], n=d["n"],
-                   dtype=d["dtype"], device=d["device"], reference=d["reference"], dist_metric=d["dist_metric"],
-                   dist_floor=d["dist_floor"], solvers=d["solvers"], runs=[Run(**r) for r in d["runs"]], fits=fits)
+            raise ValueError(
+                f"not a version-{SCHEMA_VERSION} convergence study (kind={d.get('kind')!r}, schema_version={version!r})"
+            )
+        fits = {
+            label: {m: (None if f is None else OrderFit.from_dict(f)) for m, f in v.items()}
+            for label, v in d["fits"].items()
+        }
+        return cls(
+            problem=d["problem"],
+            schedule=d["schedule"],
+            grid=d["grid"],
+            seed=d["seed"],
+            n=d["n"],
+            dtype=d["dtype"],
+            device=d["device"],
+            reference=d["reference"],
+            dist_metric=d["dist_metric"],
+            dist_floor=d["dist_floor"],
+            solvers=d["solvers"],
+            runs=[Run(**r) for r in d["runs"]],
+            fits=fits,
+        )
 
     @classmethod
     def from_json(cls, text: str) -> StudyResult:

@@ -17,8 +17,15 @@ from typing import Any
 
 from ..solvers import Solver, get_solver, registered_solvers
 
-__all__ = ["SolverSpec", "parse_value", "parse_solver_spec", "steps_for_nfe", "solver_info", "solver_option_names",
-           "default_solvers"]
+__all__ = [
+    "SolverSpec",
+    "parse_value",
+    "parse_solver_spec",
+    "steps_for_nfe",
+    "solver_info",
+    "solver_option_names",
+    "default_solvers",
+]
 
 _TRUE, _FALSE = ("true", "yes", "on"), ("false", "no", "off")
 
@@ -65,8 +72,10 @@ class SolverSpec:
         valid = solver_option_names(registry[self.name])
         unknown = [k for k in self.options if k not in valid]
         if unknown:
-            raise ValueError(f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} for "
-                             f"solver {self.name!r}; valid options: {', '.join(valid) if valid else '(none)'}")
+            raise ValueError(
+                f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} for "
+                f"solver {self.name!r}; valid options: {', '.join(valid) if valid else '(none)'}"
+            )
         try:
             return get_solver(self.name, **self.options)
         except (TypeError, ValueError) as e:
