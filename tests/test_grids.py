@@ -11,8 +11,21 @@ import torch
 from hypothesis import given, settings
 
 from sde_diffusion import testing
-from sde_diffusion.grids import GRIDS, karras, logsnr, make_grid, time_quadratic, time_uniform, validate_grid
-from sde_diffusion.schedules import EDM, VEGeometric, VPDiscrete, VPLinear
+from sde_diffusion.grids import (
+    GRID_FAMILIES,
+    GRIDS,
+    family_lambdas,
+    format_grid,
+    grid_from_lambdas,
+    karras,
+    logsnr,
+    make_grid,
+    parse_grid,
+    time_quadratic,
+    time_uniform,
+    validate_grid,
+)
+from sde_diffusion.schedules import EDM, VEGeometric, VPCosine, VPDiscrete, VPLinear
 
 F64 = torch.float64
 
@@ -183,3 +196,114 @@ def test_discrete_schedule_grid_stays_on_its_domain():
         ts = make_grid(sch, name, 999)
         assert ts[0].item() == 1.0 and ts[-1].item() == 1e-3
         assert bool((ts[1:] < ts[:-1]).all())
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# schedule-independent families (lambda distributions)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _edm_with_lambda_range(sch) -> EDM:
+    """The EDM schedule (``lambda = -log t``) with the same lambda range as ``sch``."""
+    return EDM(sigma_min=math.exp(-sch.lambda_max), sigma_max=math.exp(-sch.lambda_min))
+
+
+@pytest.mark.parametrize(("family", "reference"), [("vp_quadratic", VPLinear()), ("cosine_quadratic", VPCosine())])
+@pytest.mark.parametrize("steps", [1, 5, 10, 50])
+def test_reference_time_families_match_the_reference_schedule(family, reference, steps):
+    # `vp_quadratic` on an EDM model = `time_quadratic` on the VP-linear model of the same lambda range (issue 14)
+    edm = _edm_with_lambda_range(reference)
+    lam_edm = edm.lambda_(make_grid(edm, family, steps))
+    lam_ref = reference.lambda_(make_grid(reference, "time_quadratic", steps))
+    torch.testing.assert_close(lam_edm, lam_ref, rtol=0, atol=1e-12)
+    uniform = family.replace("quadratic", "uniform")
+    torch.testing.assert_close(
+        edm.lambda_(make_grid(edm, uniform, steps)),
+        reference.lambda_(make_grid(reference, "time_uniform", steps)),
+        rtol=0,
+        atol=1e-12,
+    )
+
+
+FAMILY_NAMES = sorted(GRID_FAMILIES)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    a=testing.schedules(),
+    b=testing.schedules(),
+    family=st.sampled_from(FAMILY_NAMES),
+    steps=st.integers(1, 40),
+    u=st.floats(0.05, 0.45),
+    v=st.floats(0.55, 0.95),
+)
+def test_families_place_the_same_lambda_knots_on_every_schedule(a, b, family, steps, u, v):
+    """A family is a lambda distribution: on two different schedules over a common lambda window the knots agree."""
+    lo, hi = max(a.lambda_min, b.lambda_min), min(a.lambda_max, b.lambda_max)
+    if not hi - lo > 1e-3 * steps:
+        return
+    lam_lo, lam_hi = lo + u * (hi - lo), lo + v * (hi - lo)
+    knots = []
+    for sch in (a, b):
+        ends = sch.inverse_lambda(torch.tensor([lam_lo, lam_hi], dtype=F64))
+        ts = make_grid(sch, family, steps, float(ends[0]), float(ends[1]))
+        knots.append(sch.lambda_(ts))
+    scale = max(1.0, abs(lam_lo), abs(lam_hi))
+    torch.testing.assert_close(knots[0], knots[1], rtol=0, atol=1e-9 * scale)
+
+
+@settings(max_examples=40, deadline=None)
+@given(case=schedule_and_window(), p=st.floats(0.3, 5.0))
+def test_power_families_are_uniform_in_their_variable(case, p):
+    sch, steps, t_start, t_end = case
+    ts = make_grid(sch, f"lambda_power:p={p!r}", steps, t_start, t_end)
+    lam = sch.lambda_(ts)
+    span = lam[-1] - lam[0]
+    _spacing_is_uniform(((lam - lam[0]) / span).clamp(0, 1) ** (1 / p), rtol=1e-7)
+    vp = VPLinear()
+    tv = vp.inverse_lambda(sch.lambda_(make_grid(sch, format_grid("vp_power", p=p), steps, t_start, t_end)))
+    _spacing_is_uniform(tv ** (1 / p), rtol=1e-7)
+
+
+@pytest.mark.parametrize("steps", [1, 7, 30])
+def test_continuous_parameters_reduce_to_the_named_members(steps):
+    sch = EDM()
+    for family, same in (
+        ("vp_power:p=1", "vp_uniform"),
+        ("vp_power:p=2", "vp_quadratic"),
+        ("cosine_power:p=2", "cosine_quadratic"),
+        ("lambda_power:p=1", "logsnr"),
+        ("karras:rho=7", "karras"),
+    ):
+        torch.testing.assert_close(make_grid(sch, family, steps), make_grid(sch, same, steps), rtol=1e-13, atol=0)
+
+
+def test_family_lambdas_direction_and_ends():
+    up = family_lambdas("lambda_power", -3.0, 5.0, 8, p=2.0)
+    down = family_lambdas("lambda_power", 5.0, -3.0, 8, p=2.0)
+    assert up[0].item() == -3.0 and up[-1].item() == 5.0 and torch.equal(down, up.flip(0))
+    assert bool((up[1:] > up[:-1]).all())
+    # p > 1 puts more knots at the noisy end (small lambda)
+    assert (up[1] - up[0]) < (up[-1] - up[-2])
+
+
+def test_grid_from_lambdas_round_trip():
+    sch = VPLinear()
+    ts = make_grid(sch, "karras:rho=3", 12)
+    torch.testing.assert_close(grid_from_lambdas(sch, sch.lambda_(ts), 1.0, 1e-3), ts, rtol=1e-12, atol=0)
+
+
+def test_grid_names_parse_and_format():
+    assert parse_grid("vp_power:p=1.5") == ("vp_power", {"p": 1.5})
+    assert parse_grid(format_grid("karras", rho=3.141592653589793)) == ("karras", {"rho": 3.141592653589793})
+    assert parse_grid("logsnr") == ("logsnr", {})
+    with pytest.raises(ValueError, match="no parameter 'q'.*p"):
+        parse_grid("vp_power:q=2")
+    with pytest.raises(ValueError, match="has no parameters"):
+        parse_grid("time_uniform:p=2")
+    with pytest.raises(ValueError, match="name=number"):
+        parse_grid("vp_power:p=abc")
+    with pytest.raises(ValueError, match="positive"):
+        make_grid(EDM(), "vp_power:p=-1", 4)
+    with pytest.raises(ValueError, match="unknown grid family"):
+        family_lambdas("time_uniform", 0.0, 1.0, 4)
