@@ -1,0 +1,182 @@
+r"""Ancestral samplers in the exponential-integrator frame: Euler-ancestral, DPM-Solver-2-ancestral and
+DPM-Solver++(2S)-ancestral (k-diffusion's ``euler_ancestral``, ``dpm_2_ancestral``, ``dpmpp_2s_ancestral``).
+
+In the VE-scaled variables ``y = x/alpha`` and ``sigma_ve = e^{-lambda}`` an ancestral step from ``sigma`` to
+``sigma_n`` splits the DDPM posterior into a deterministic part and fresh noise:
+
+``sigma_up = eta sigma_n sqrt(1 - e^{-2h})``, ``sigma_down = sqrt(sigma_n^2 - sigma_up^2)`` (``h = lambda_n - lambda``),
+
+then ``y_n = ODE(y; sigma -> sigma_down) + sigma_up z``. In the half log-SNR the deterministic part is a step of
+length ``h_down = lambda_down - lambda = h - (1/2) log(1 + eta^2 expm1(-2h))`` (``2h`` to first order for
+``eta = 1``); any exponential integrator can take it. Back in the state ``x = alpha y`` the step ends at the *virtual*
+point ``(alpha_n, alpha_n sigma_down)`` -- same signal scale as the grid point, less noise -- and the noise is
+``alpha_n sigma_up z = sigma_n eta sqrt(1 - e^{-2h}) z``. With the Euler (DPM-Solver-1) step this is DDIM with the same
+``eta`` (``sigma_up^2`` is DDIM's ``sigma_eta^2`` in VE scale); ``eta = 1`` is DDPM ancestral sampling.
+
+Why the weak order is the ODE order: adding ``N(0, sigma_up^2)`` to a sample of ``p_{sigma_down}`` gives exactly a
+sample of ``p_{sigma_n}`` (the VE forward process adds Gaussian noise), so with an exact ODE step the ancestral step
+is exact in law for any data. The only error in law is the deterministic step's ``O(h^{k+1})``: weak order ``k``
+(1 for Euler-ancestral, 2 for the two second-order variants). The noise enters additively with the step's
+Brownian increment, so pathwise (against the reverse SDE, ``eta = 1``) they converge with strong order 1.
+
+``eta = 0`` gives the deterministic base method exactly: DDIM / DPM-Solver-1, DPM-Solver-2 (singlestep,
+``r = 1/2``), DPM-Solver++(2S).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .base import Solver, lincomb, register
+from .dpm_solver import STAGE_NODES, combination, final_update, run_singlestep_stages, update_rule
+
+__all__ = [
+    "AncestralSolver",
+    "EulerAncestral",
+    "DPMSolver2Ancestral",
+    "DPMSolverPP2SAncestral",
+    "ancestral_split",
+    "log_alpha_sigma",
+    "singlestep_table",
+    "check_eta",
+]
+
+
+def check_eta(eta, upper: float | None = None) -> float:
+    """``eta`` as a float in ``[0, upper]`` (``upper=None``: no upper bound)."""
+    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta) or eta < 0:
+        raise ValueError(f"eta must be a finite non-negative number, got {eta!r}")
+    if upper is not None and eta > upper:
+        raise ValueError(f"eta must be at most {upper}, got {eta!r}")
+    return float(eta)
+
+
+def log_alpha_sigma(schedule, ts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(log alpha, log sigma)`` of ``schedule`` at times ``ts`` (float64, unchecked: stage times may lie a hair
+    outside ``[t_min, t_max]``)."""
+    return schedule.log_alpha_unchecked(ts), schedule.log_sigma_unchecked(ts)
+
+
+def ancestral_split(lam: torch.Tensor, lam_next: torch.Tensor, eta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""The ancestral split of a step ``lambda -> lambda_next`` (k-diffusion's ``get_ancestral_step``, written in
+    the half log-SNR): returns ``(lam_down, up)`` with ``sigma_down = e^{-lam_down}`` and
+    ``sigma_up = e^{-lambda_next} up``, ``up = eta sqrt(1 - e^{-2h})``; ``lam_down = lambda_next -
+    (1/2) log1p(eta^2 expm1(-2h))`` (no cancellation for small ``h``). Needs ``eta^2 (1 - e^{-2h}) < 1`` (always true
+    for ``eta <= 1``): otherwise ``sigma_down`` would be zero."""
+    h = lam_next - lam
+    q = -torch.expm1(-2.0 * h)  # 1 - e^{-2h}
+    if bool((eta * eta * q >= 1.0).any()):
+        raise ValueError(f"eta={eta} leaves no deterministic part (sigma_down = 0) on this grid; use eta <= 1")
+    return lam_next - 0.5 * torch.log1p(-(eta * eta) * q), eta * torch.sqrt(q)
+
+
+def singlestep_table(schedule, sign: int, order: int, lam, la, ls, la_end, ls_end, variant: str = "paper") -> dict:
+    r"""Coefficients of one singlestep exponential-integrator step per grid interval, from ``(la, ls)`` (log alpha,
+    log sigma of the start) to an arbitrary end point ``(la_end, ls_end)`` whose half log-SNR is
+    ``lambda_end = la_end - ls_end`` (a grid point or a virtual point such as an ancestral ``sigma_down``).
+
+    The stages sit on the schedule at ``lambda + r_j (lambda_end - lambda)`` (``r = 1/2``; ``1/3, 2/3``) and use
+    the rules of :func:`~sde_diffusion.solvers.dpm_solver.update_rule` (``variant``). Keys as read by
+    :func:`~sde_diffusion.solvers.dpm_solver.run_singlestep_stages` and
+    :func:`~sde_diffusion.solvers.dpm_solver.final_update`: ``t_s{j}, alpha_s{j}, sigma_s{j}, ratio_s{j},
+    w_s{j}_{m}`` and ``ratio, w{m}``.
+    """
+    h = (la_end - ls_end) - lam
+    nodes, table = [lam], {}
+    for j, r in enumerate(STAGE_NODES[order][1:], start=1):
+        lam_j = lam + r * h
+        t_j = schedule.inverse_lambda_unchecked(lam_j)
+        la_j, ls_j = log_alpha_sigma(schedule, t_j)
+        ratio, c = combination(
+            sign, update_rule(variant, False, j, final=False), torch.stack(nodes, -1), la, ls, la_j, ls_j
+        )
+        table.update({f"t_s{j}": t_j, f"alpha_s{j}": torch.exp(la_j), f"sigma_s{j}": torch.exp(ls_j)})
+        table[f"ratio_s{j}"] = ratio
+        table.update({f"w_s{j}_{m}": c[..., m] for m in range(j)})
+        nodes.append(la_j - ls_j)
+    rule = update_rule(variant, False, order, final=True)
+    ratio, c = combination(sign, rule, torch.stack(nodes, -1), la, ls, la_end, ls_end)
+    table["ratio"] = ratio
+    table.update({f"w{m}": c[..., m] for m in range(order)})
+    return table
+
+
+class AncestralSolver(Solver):
+    r"""An ancestral sampler built on a singlestep exponential integrator (see the module docstring).
+
+    Options: ``eta`` in ``[0, 1]`` (``0``: the deterministic base method; ``1``: the reverse SDE), ``s_noise``
+    (k-diffusion's multiplier of the added noise; ``1`` keeps the marginals exact).
+    NFE per step: the base method's order. The added noise is the step's normalised Brownian increment
+    (``noise.increment``), so a Brownian path gives strong convergence to the reverse SDE (``eta = 1``).
+    """
+
+    #: +1: the base method integrates the noise prediction (DPM-Solver), -1: the data prediction (DPM-Solver++)
+    sign = -1
+    kind = "x0"
+    base_order = 1
+    exact_for_point_mass = True
+
+    def __init__(self, eta: float = 1.0, s_noise: float = 1.0):
+        self.eta = check_eta(eta, upper=1.0)
+        self.s_noise = check_eta(s_noise)
+        self.stochastic = self.eta > 0
+        self.order = float(self.base_order)
+        self.strong_order = 1.0 if self.stochastic else None
+        self.nfe_per_step = self.base_order
+
+    def options(self):
+        return {"eta": self.eta, "s_noise": self.s_noise}
+
+    def coefficients(self, schedule, ts, base):
+        la, ls = log_alpha_sigma(schedule, ts)
+        lam = la - ls
+        lam_down, up = ancestral_split(lam[:-1], lam[1:], self.eta)
+        table = singlestep_table(
+            schedule, self.sign, self.base_order, lam[:-1], la[:-1], ls[:-1], la[1:], la[1:] - lam_down
+        )
+        table["c_noise"] = self.s_noise * torch.exp(ls[1:]) * up
+        return table
+
+    def step(self, model, x, state, c, noise):
+        outs = run_singlestep_stages(model, x, c, self.kind, self.base_order)
+        x_next = final_update(c, x, outs, self.base_order)
+        if self.stochastic:
+            x_next = lincomb(1.0, x_next, c.c_noise, noise.increment(x))
+        return x_next, state
+
+
+@register("euler_ancestral")
+class EulerAncestral(AncestralSolver):
+    r"""Euler-ancestral (k-diffusion's ``sample_euler_ancestral``): a DPM-Solver++-1 (= DDIM(0) = Euler in
+    ``sigma_ve``) step to ``sigma_down`` plus ``sigma_up`` noise. Equal to DDIM with the same ``eta`` (arXiv:2010.02502)
+    and, for ``eta = 1``, to DDPM ancestral sampling (arXiv:2006.11239). Weak order 1, strong order 1 (``eta = 1``),
+    1 NFE per step."""
+
+    reference = "arXiv:2206.00364"
+    base_order = 1
+
+
+@register("dpm_solver_2_ancestral")
+class DPMSolver2Ancestral(AncestralSolver):
+    r"""DPM-Solver-2-ancestral (k-diffusion's ``sample_dpm_2_ancestral``): a DPM-Solver-2 step (noise prediction,
+    midpoint ``r = 1/2``: ``y_mid = y - sigma_mid expm1(h_down/2) eps``, ``y_down = y - sigma_down expm1(h_down)
+    eps_mid``; arXiv:2206.00927 Alg. 1) to ``sigma_down`` plus ``sigma_up`` noise. Weak order 2 (exact-in-law split),
+    strong order 1 (``eta = 1``), 2 NFE per step."""
+
+    reference = "arXiv:2206.00927"
+    sign = 1
+    kind = "eps"
+    base_order = 2
+
+
+@register("dpm_solver++_2s_ancestral")
+class DPMSolverPP2SAncestral(AncestralSolver):
+    r"""DPM-Solver++(2S)-ancestral (k-diffusion's ``sample_dpmpp_2s_ancestral``): a DPM-Solver++(2S) step (data
+    prediction, ``r = 1/2``: ``y_mid = e^{-h_down/2} y + (1 - e^{-h_down/2}) x0``, ``y_down = e^{-h_down} y +
+    (1 - e^{-h_down}) x0_mid``; arXiv:2211.01095 Alg. 1) to ``sigma_down`` plus ``sigma_up`` noise. Weak order 2,
+    strong order 1 (``eta = 1``), 2 NFE per step."""
+
+    reference = "arXiv:2211.01095"
+    base_order = 2

@@ -1,0 +1,113 @@
+"""Agreement with k-diffusion's samplers on the same sigmas and the same noise (float64, to 1e-10).
+
+k-diffusion is optional (``pip install --no-deps k-diffusion``): only its ``sampling`` module is loaded, without the
+package ``__init__`` (which imports training dependencies). Its ``utils`` needs torchvision; where that is missing a
+one-function stand-in for ``utils.append_dims`` (the only helper ``sampling`` calls) is registered instead.
+
+The noise: k-diffusion asks a ``noise_sampler(sigma, sigma_next)`` for normalised increments; we give it the same
+continuous path ``W`` (piecewise linear through a random walk) that our solvers read through
+:class:`~sde_diffusion.solvers.base.BrownianNoise` (EDM schedule: ``t = sigma``, so both query the same intervals and
+query points that differ by an ulp give increments that differ by an ulp).
+"""
+
+import importlib
+import importlib.util
+import sys
+import types
+
+import pytest
+import torch
+
+import sde_diffusion as sd
+from sde_diffusion.analytic import Gaussian, GaussianMixture
+from sde_diffusion.solvers.base import BrownianNoise
+
+pytest.importorskip("torchsde")
+pytest.importorskip("scipy")
+
+
+def _load_kdiffusion_sampling():
+    spec = importlib.util.find_spec("k_diffusion")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("k-diffusion is not installed (pip install --no-deps k-diffusion)")
+    if "k_diffusion.sampling" in sys.modules:
+        return sys.modules["k_diffusion.sampling"]
+    pkg = types.ModuleType("k_diffusion")
+    pkg.__path__ = list(spec.submodule_search_locations)
+    sys.modules.setdefault("k_diffusion", pkg)
+    try:
+        importlib.import_module("k_diffusion.utils")
+    except ImportError:
+        utils = types.ModuleType("k_diffusion.utils")
+
+        def append_dims(x, target_dims):
+            return x[(...,) + (None,) * (target_dims - x.ndim)]
+
+        utils.append_dims = append_dims
+        sys.modules["k_diffusion.utils"] = utils
+        sys.modules["k_diffusion"].utils = utils
+    return importlib.import_module("k_diffusion.sampling")
+
+
+kd = _load_kdiffusion_sampling()
+
+
+class PiecewiseLinearPath:
+    """A continuous path ``W(s)`` on ``[s0, s1]``: linear interpolation of a random walk on a fine grid.
+    ``path(sa, sb) = W(sb) - W(sa)`` (torchsde's calling convention)."""
+
+    def __init__(self, shape, s0, s1, knots=4096, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.s = torch.linspace(s0, s1, knots + 1, dtype=torch.float64)
+        steps = torch.randn((knots,) + tuple(shape), generator=g, dtype=torch.float64) * (self.s[1] - self.s[0]).sqrt()
+        self.w = torch.cat([torch.zeros((1,) + tuple(shape), dtype=torch.float64), steps.cumsum(0)])
+
+    def at(self, s):
+        s = float(s)
+        k = int(torch.searchsorted(self.s, torch.tensor(s, dtype=torch.float64)).clamp(1, len(self.s) - 1))
+        a, b = float(self.s[k - 1]), float(self.s[k])
+        f = (s - a) / (b - a)
+        return self.w[k - 1] * (1.0 - f) + self.w[k] * f
+
+    def __call__(self, sa, sb):
+        return self.at(sb) - self.at(sa)
+
+
+def _problem(kind="gauss"):
+    sch = sd.schedules.EDM(sigma_min=0.02, sigma_max=20.0)
+    if kind == "gauss":
+        data = Gaussian(torch.tensor([0.5, -1.0, 2.0]), torch.tensor([0.3, 0.8, 1.5]))
+    else:
+        data = GaussianMixture(torch.tensor([[1.0, 0.0, 0.5], [-1.0, 0.5, 0.0]]), torch.tensor([0.2, 0.4]))
+    model = data.model(sch)
+    x = 20.0 * torch.randn(16, 3, generator=torch.Generator().manual_seed(3))
+    return sch, data, model, x
+
+
+def _denoiser(data, sch):
+    return lambda x, sigma: data.x0(x, sigma, sch)
+
+
+def _noise_sampler(path):
+    """k-diffusion's noise sampler on our path, indexed by ``s = -t = -sigma``."""
+    return lambda sigma, sigma_next: path(-float(sigma), -float(sigma_next)) / (float(sigma) - float(sigma_next)) ** 0.5
+
+
+CASES = [
+    ("euler_ancestral", {"eta": 1.0}, "sample_euler_ancestral", {"eta": 1.0}),
+    ("euler_ancestral", {"eta": 0.5, "s_noise": 0.9}, "sample_euler_ancestral", {"eta": 0.5, "s_noise": 0.9}),
+    ("dpm_solver_2_ancestral", {"eta": 1.0}, "sample_dpm_2_ancestral", {"eta": 1.0}),
+    ("dpm_solver++_2s_ancestral", {"eta": 1.0}, "sample_dpmpp_2s_ancestral", {"eta": 1.0}),
+    ("dpm_solver++_2s_ancestral", {"eta": 0.7}, "sample_dpmpp_2s_ancestral", {"eta": 0.7}),
+]
+
+
+@pytest.mark.parametrize("data_kind", ["gauss", "mixture"])
+@pytest.mark.parametrize("ours, opts, theirs, kd_opts", CASES)
+def test_same_as_kdiffusion(ours, opts, theirs, kd_opts, data_kind):
+    sch, data, model, x = _problem(data_kind)
+    ts = sd.grids.make_grid(sch, "karras", 12)
+    path = PiecewiseLinearPath(x.shape, -sch.t_max, -sch.t_min)
+    got = sd.sample(model, x, solver=ours, grid=ts, noise=BrownianNoise(path), **opts).x
+    want = getattr(kd, theirs)(_denoiser(data, sch), x, ts, disable=True, noise_sampler=_noise_sampler(path), **kd_opts)
+    assert torch.allclose(got, want, rtol=0, atol=1e-10), (got - want).abs().max()
