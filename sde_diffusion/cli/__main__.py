@@ -1,0 +1,7 @@
+"""``python -m sde_diffusion.cli``."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

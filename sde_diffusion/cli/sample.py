@@ -1,0 +1,181 @@
+"""``sde-diffusion sample``: sample a built-in problem or a trained checkpoint with one solver."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from .common import UsageError, add_common, check_problem, new_out_dir, setup_torch, solver_specs
+
+__all__ = ["HELP", "add_arguments", "run"]
+
+HELP = "sample a built-in problem or a trained checkpoint with one solver; writes samples.pt/.png"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_common(p)
+    p.add_argument("--solver", default="ddim", help="solver configuration, e.g. 'dpm_solver++:order=2'")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--nfe", type=int, help="NFE budget (default 10)")
+    g.add_argument("--steps", type=int, help="number of steps (instead of --nfe)")
+    p.add_argument("--n", type=int, default=2048, help="number of samples (default 2048)")
+    p.add_argument(
+        "--checkpoint",
+        help="sample a checkpoint written by `sde-diffusion train` instead of a built-in "
+        "problem (its schedule and prediction type come from the checkpoint)",
+    )
+    p.add_argument("--out", help="output folder (default ./samples-YYYYmmdd-HHMMSS)")
+
+
+def _model_source(args):
+    """``(model, x_T, problem or None)``: a built-in problem, or with ``--checkpoint`` a trained network (its
+    schedule and prediction type are recorded in the checkpoint; ``problem`` is then ``None``)."""
+    import torch
+
+    from ..studies.problems import get_problem
+
+    if args.checkpoint:
+        from ..sdes import ForwardSDE
+        from ..train import load_checkpoint, load_model
+
+        path = Path(args.checkpoint)
+        if not path.is_file():
+            raise UsageError(f"--checkpoint: no such file {str(path)!r}")
+        try:
+            state = load_checkpoint(path)
+            model = load_model(path, device=args.device, dtype=getattr(torch, args.dtype))
+        except (ValueError, RuntimeError, KeyError) as e:
+            raise UsageError(f"--checkpoint {str(path)!r}: {e}") from None
+        shape = tuple(state.get("data_shape") or ())
+        if not shape:
+            raise UsageError(f"--checkpoint {str(path)!r} records no data shape")
+        x_T = ForwardSDE(model.schedule).prior_sample(
+            (args.n, *shape), torch.Generator().manual_seed(args.seed), dtype=getattr(torch, args.dtype)
+        )
+        return model, x_T.to(args.device), None
+    check_problem(args)
+    problem = get_problem(args.problem, args.schedule)
+    x_T = problem.start(args.n, torch.Generator().manual_seed(args.seed))
+    return problem.model(), x_T.to(device=args.device, dtype=getattr(torch, args.dtype)), problem
+
+
+def run(args) -> int:
+    """Sample a built-in problem with one solver; save samples.pt and a scatter plot samples.png; print the NFE,
+    the wall time and the distributional error against exact samples."""
+    import torch
+
+    from ..sample import sample
+    from ..studies.convergence import _dist_metric
+    from ..studies.specs import steps_for_nfe
+
+    if args.n < 2:
+        raise UsageError("--n must be at least 2")
+    setup_torch(args)
+    (spec,) = solver_specs([args.solver])
+    solver = spec.build()
+    model, x_T, problem = _model_source(args)
+    if args.steps is not None:
+        if args.steps < 1:
+            raise UsageError("--steps must be a positive integer")
+        steps = args.steps
+    else:
+        nfe = 10 if args.nfe is None else args.nfe
+        steps = steps_for_nfe(solver, nfe) if nfe >= 1 else 0
+        if steps < 1:
+            raise UsageError(f"--nfe {nfe} is too small for solver {spec.label!r}")
+    gen = torch.Generator(device=args.device).manual_seed(args.seed + 1)
+    t0 = time.perf_counter()
+    res = sample(model, x_T, solver=solver, steps=steps, grid=args.grid, generator=gen if solver.stochastic else None)
+    wall = time.perf_counter() - t0
+    x = res.x.detach().to("cpu", torch.float64)
+    out = new_out_dir(args.out, "samples")
+    if problem is None:  # a trained checkpoint
+        name, sched = Path(args.checkpoint).name, type(model.schedule).__name__
+        torch.save(
+            {
+                "x": x,
+                "ts": res.ts,
+                "nfe": res.nfe,
+                "solver": spec.label,
+                "checkpoint": str(args.checkpoint),
+                "grid": args.grid,
+                "seed": args.seed,
+            },
+            out / "samples.pt",
+        )
+        data, dist_text = _checkpoint_data(args, x)
+        _plot_samples(x, data, f"{name} / {sched}: {spec.label}, NFE {res.nfe}", out / "samples.png", label=spec.label)
+        print(f"{name} / {sched}: {spec.label}, {steps} steps, NFE {res.nfe}, {wall * 1e3:.1f} ms{dist_text}")
+        print(f"wrote {out / 'samples.pt'} and {out / 'samples.png'}")
+        return 0
+    target = problem.target_samples(args.n, torch.Generator().manual_seed(args.seed + 2))
+    metric_name, metric = _dist_metric(problem, target)
+    dist = metric(x)
+    torch.save(
+        {
+            "x": x,
+            "ts": res.ts,
+            "nfe": res.nfe,
+            "solver": spec.label,
+            "problem": problem.name,
+            "schedule": problem.schedule_name,
+            "grid": args.grid,
+            "seed": args.seed,
+        },
+        out / "samples.pt",
+    )
+    _plot_samples(
+        x,
+        target,
+        f"{problem.name} / {problem.schedule_name}: {spec.label}, NFE {res.nfe}",
+        out / "samples.png",
+        label=spec.label,
+    )
+    print(
+        f"{problem.name} / {problem.schedule_name}: {spec.label}, {steps} steps, NFE {res.nfe}, "
+        f"{wall * 1e3:.1f} ms; {metric_name} to exact samples {dist:.3e}"
+    )
+    print(f"wrote {out / 'samples.pt'} and {out / 'samples.png'}")
+    return 0
+
+
+def _checkpoint_data(args, x):
+    """Fresh samples of the checkpoint's training data (2-D sets) and a text with the sliced W2 distance of ``x``
+    to them, or ``(None, "")`` for image data."""
+    import torch
+
+    from ..data import get_dataset
+    from ..studies.metrics import sliced_w2
+    from ..train import load_checkpoint
+
+    state = load_checkpoint(args.checkpoint)
+    if not state.get("data") or len(state.get("data_shape") or ()) != 1:
+        return None, ""
+    sampler = get_dataset(state["data"], **state.get("data_options", {}))
+    data = sampler(len(x), torch.Generator().manual_seed(args.seed + 2)).to(torch.float64)
+    return data, f"; sliced W2 to fresh {state['data']} data {sliced_w2(x, data):.3e}"
+
+
+def _plot_samples(x, target, title: str, path: Path, label: str = "samples") -> None:
+    """Scatter of the first two coordinates (2-D data), or a grid of the first images (image data)."""
+    from ..studies.plots import new_figure, save_figure
+
+    if x.ndim == 4:  # images (B, C, H, W): a grid of up to 8 x 8
+        k = min(8, int(len(x) ** 0.5))
+        fig, axes = new_figure(nrows=k, ncols=k, size=(1.0 * k, 1.0 * k))
+        for i, ax in enumerate(axes.flat):
+            ax.imshow(x[i, 0].clamp(-1, 1).numpy(), cmap="gray", vmin=-1, vmax=1)
+            ax.set_axis_off()
+        fig.suptitle(title, fontsize=8)
+        save_figure(fig, path)
+        return
+    fig, axes = new_figure(size=(4.8, 4.6))
+    ax = axes[0, 0]
+    flat = x.reshape(len(x), -1)
+    if target is not None:
+        ax.scatter(target[:, 0].numpy(), target[:, 1].numpy(), s=3, color="0.75", label="exact")
+    ax.scatter(flat[:, 0].numpy(), flat[:, 1].numpy(), s=3, color="C3", label=label)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, markerscale=3)
+    save_figure(fig, path)
