@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["lincomb", "axpy"]
+__all__ = ["lincomb", "axpy", "time_like"]
 
 
 def lincomb(a, x: torch.Tensor, *pairs) -> torch.Tensor:
@@ -36,3 +36,11 @@ def axpy(x: torch.Tensor, a, y: torch.Tensor) -> torch.Tensor:
     if isinstance(a, torch.Tensor):
         return torch.addcmul(x, a, y)
     return torch.add(x, y, alpha=a)
+
+
+def time_like(t: torch.Tensor, value) -> torch.Tensor:
+    """A model-time tensor shaped like ``t`` (``(B,)`` on the device) holding ``value``: a float of a shared grid
+    (one fill kernel) or a per-sample coefficient tensor ``(B, 1, ..., 1)`` (a reshape). No host/device transfer."""
+    if isinstance(value, torch.Tensor):
+        return value.reshape(t.shape)
+    return torch.full_like(t, value)

@@ -97,3 +97,68 @@ def half_precision_errors(solver: str, opts: dict, half: torch.dtype, steps: int
     ref = sample(exact, x, solver=solver, steps=steps, **opts).x
     assert low.dtype == torch.float32 and torch.isfinite(low).all()
     return low, ref
+
+
+def point_mass_flow(m: torch.Tensor, x: torch.Tensor, t_from: float, t_to: float, schedule) -> torch.Tensor:
+    """The exact probability-flow map of point-mass data at ``m``: it keeps ``(x - alpha m)/sigma`` fixed."""
+    a0, s0 = schedule.alpha(torch.tensor(t_from)), schedule.sigma(torch.tensor(t_from))
+    a1, s1 = schedule.alpha(torch.tensor(t_to)), schedule.sigma(torch.tensor(t_to))
+    return a1 * m + s1 * (x - a0 * m) / s0
+
+
+def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    """``max |a - b| / max |b|`` in float64."""
+    return float((a.double() - b.double()).abs().max() / b.double().abs().max())
+
+
+def gmm_problem():
+    """A 2-D Gaussian mixture on VP linear, 8 starting points and the float64 torchdiffeq solution of its PF-ODE
+    from ``t_max`` to ``t_min`` (rtol = atol = 1e-12): ``(model, x, ref)``."""
+    from sde_diffusion.reference import probability_flow_reference
+
+    sch = VPLinear()
+    gm = GaussianMixture(torch.tensor([[-1.0, 0.5], [1.0, -0.5], [0.3, 1.2]]), torch.tensor([0.3, 0.5, 0.4]))
+    model = gm.model(sch)
+    x = torch.randn(8, 2, generator=torch.Generator().manual_seed(1))
+    ref = probability_flow_reference(model, x, torch.tensor([sch.t_max, sch.t_min]), rtol=1e-12, atol=1e-12)[-1]
+    return model, x, ref
+
+
+#: the DDPM configuration of the diffusers agreement tests
+DDPM_CONFIG = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
+
+
+def discrete_problem():
+    """A DDPM schedule, a Gaussian-mixture network taking integer labels (as diffusers' schedulers call it), and its
+    ``Model`` wrapper: ``(schedule, net, model)``."""
+    from sde_diffusion.models import Model
+
+    sch = VPDiscrete.from_config(DDPM_CONFIG)
+    n = sch.num_steps
+    gm = GaussianMixture(
+        torch.tensor([[-1.0, 0.5, 0.2], [1.0, -0.5, 0.0], [0.3, 1.2, -0.8]]), torch.tensor([0.3, 0.5, 0.4])
+    )
+
+    def net(x, label):
+        return gm.eps(x.double(), (torch.round(label.double()) + 1) / n, sch).to(x.dtype)
+
+    return sch, net, Model(net, sch, "eps", time_input="label")
+
+
+def diffusers_run(scheduler, steps: int, net, x: torch.Tensor, exact_schedule=None):
+    """Run a diffusers multistep scheduler; returns ``(x, ts)`` with ``ts`` its grid in our time (ending at
+    ``t = 1/N``). With ``exact_schedule`` its float32 noise levels are replaced by the exact float64 ones
+    (``sigma_ve`` of the same times), so that the algorithms can be compared exactly."""
+    scheduler.set_timesteps(steps)
+    ts = torch.cat([(scheduler.timesteps.double() + 1) / 1000, torch.tensor([1e-3], dtype=torch.float64)])
+    old = torch.get_default_dtype()
+    if exact_schedule is not None:
+        scheduler.sigmas = exact_schedule.sigma_ve(ts)
+    else:
+        torch.set_default_dtype(torch.float32)  # diffusers builds some tensors with the default dtype
+    try:
+        for k in scheduler.timesteps:
+            x = scheduler.step(net(x, torch.full((x.shape[0],), float(k))), k, x).prev_sample
+    finally:
+        torch.set_default_dtype(old)
+    return x, ts

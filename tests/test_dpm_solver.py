@@ -13,13 +13,8 @@ import torch
 
 import sde_diffusion as sd
 from sde_diffusion.reference import probability_flow_reference
-from sde_diffusion.solvers.dpm_solver import (
-    LOWER_ORDER_FINAL_BELOW,
-    fast_orders,
-    grid_groups,
-    multistep_orders,
-    update_weights,
-)
+from sde_diffusion.solvers.dpm_solver import fast_orders, grid_groups, update_weights
+from sde_diffusion.solvers.warmup import LOWER_ORDER_FINAL_BELOW, step_orders
 
 VP = sd.VPLinear()
 VE = sd.VEGeometric()
@@ -257,11 +252,19 @@ def test_multistep_first_steps_equal_lower_order(name, order):
 
 
 def test_lower_order_final_rule():
-    """Warm-up min(order, i+1); below 15 steps also min(., steps - i); the last step is then a DDIM step."""
-    assert multistep_orders(3, 6, True) == (1, 2, 3, 3, 2, 1)
-    assert multistep_orders(3, 6, False) == (1, 2, 3, 3, 3, 3)
-    assert multistep_orders(3, LOWER_ORDER_FINAL_BELOW, True)[-1] == 3
-    assert multistep_orders(2, LOWER_ORDER_FINAL_BELOW - 1, True)[-2:] == (2, 1)
+    """Warm-up min(order, i+1); below 15 steps also min(., steps - i); the last step is then a DDIM step.
+    (The one rule, solvers.warmup.step_orders: DPM-Solver's lower_order_final=True is its "auto" setting.)"""
+    assert step_orders(3, 6, lower_order_final="auto") == (1, 2, 3, 3, 2, 1)
+    assert step_orders(3, 6, lower_order_final=False) == (1, 2, 3, 3, 3, 3)
+    assert step_orders(3, LOWER_ORDER_FINAL_BELOW, lower_order_final="auto")[-1] == 3
+    assert step_orders(2, LOWER_ORDER_FINAL_BELOW - 1, lower_order_final="auto")[-2:] == (2, 1)
+    assert step_orders(3, 20, lower_order_final=True)[-3:] == (3, 2, 1)
+    assert step_orders(3, 5, warmup=False, lower_order_final="auto") == (3, 3, 3, 2, 1)
+    for steps in (6, 20):
+        for multistep in (True, False):
+            solver = sd.get_solver("dpm_solver++", order=3, multistep=multistep)
+            want = step_orders(3, steps, warmup=multistep, lower_order_final="auto")
+            assert solver.step_orders(steps) == want
     x_T = _xT(8, 2)
     model = MIX.model(VP, "x0")
     s = sd.Sampler(model, x_T, solver="dpm_solver++", order=3, multistep=True, steps=10)

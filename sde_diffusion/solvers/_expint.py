@@ -24,7 +24,7 @@ import torch
 
 __all__ = [
     "LONG_STEP",
-    "expm1_h_consistent",
+    "long_step_consistent",
     "phi",
     "phis",
     "lagrange_basis_coefficients",
@@ -152,19 +152,32 @@ def exp_weighted_quadrature(g, h: torch.Tensor, sign: int, n: int = 32) -> torch
     return h[..., None] * (g(u) * kernel[..., None, :]).sum(-1)
 
 
-#: above this ``|h|`` the factor ``e^h - 1`` is formed from the step's own ``alpha``/``sigma``
+#: above this ``|h|`` the weights of an update are made to sum to the frame's own ``end - ratio * start``
+#: (:func:`long_step_consistent`)
 LONG_STEP = math.log(2.0)
 
 
-def expm1_h_consistent(c: dict) -> torch.Tensor:
-    r"""``e^h - 1`` for the step, consistent with the ``alpha``/``sigma`` values the loop uses.
+def long_step_consistent(
+    weights: torch.Tensor, h: torch.Tensor, ratio: torch.Tensor, start: torch.Tensor, end: torch.Tensor
+) -> torch.Tensor:
+    r"""The weights ``c_j`` of an update ``x_b = ratio x_a + sum_j c_j m_j``, with ``c_0`` replaced on long steps
+    (``|h| > log 2``) so that ``sum_j c_j = end - ratio * start`` holds for the *same* floats the update uses.
 
-    ``e^h = (alpha_s sigma_t)/(sigma_s alpha_t)``. For a long step the eps-form update cancels two terms of size
-    ``(alpha_s/alpha_t) |x_t|`` (about ``150 |x|`` for one VP-linear step over the whole range); the cancellation is
-    exact only if ``sigma_s e^h`` equals ``(alpha_s/alpha_t) sigma_t`` formed from the *same* floats. Taking
-    ``e^h`` from those ratios (instead of ``exp`` of the difference of two rounded half log-SNRs, each off by an
-    ulp of ``|lambda|``) cuts the round-off of a one-step point-mass solve about eightfold. For ``|h| <= log 2``
-    the ratio form would cancel in ``e^h - 1``, so ``expm1(h)`` is used there.
+    Every exponential integrator in this package has this frame: noise prediction ``ratio = alpha_b/alpha_a``,
+    ``(start, end) = (sigma_a, sigma_b)``; data prediction ``ratio = sigma_b/sigma_a``, ``(start, end) =
+    (alpha_a, alpha_b)``; and its weights sum, in exact arithmetic, to ``end - ratio * start`` (``-sigma_b
+    expm1(h)`` or ``-alpha_b expm1(-h)``). With a constant model output (point-mass data, ``x_a = alpha_a x0 +
+    sigma_a eps``) the update is exact iff that sum holds. For a long step the update cancels two terms of size
+    ``ratio |x_a|`` (about ``150 |x|`` for one VP-linear noise-prediction step over the whole range); forming the
+    sum from the frame's own floats (instead of ``expm1`` of a difference of two rounded half log-SNRs, each off by
+    an ulp of ``|lambda|``) keeps that cancellation exact and cuts the round-off of a one-step point-mass solve about
+    eightfold. For short steps the difference ``end - ratio * start`` would cancel instead, so the ``expm1``-based
+    weights are kept there.
+
+    Args:
+        weights: ``(..., m)``, ``m >= 1`` (not modified).
+        h, ratio, start, end: ``(...)``.
     """
-    ratio_form = (c["alpha_next"] * c["sigma"]) / (c["sigma_next"] * c["alpha"]) - 1.0
-    return torch.where(c["h"].abs() > LONG_STEP, ratio_form, torch.expm1(c["h"]))
+    total = end - ratio * start
+    first = torch.where(h.abs() > LONG_STEP, total - weights[..., 1:].sum(-1), weights[..., 0])
+    return torch.cat([first[..., None], weights[..., 1:]], dim=-1)

@@ -2,7 +2,8 @@ r"""Classical integrators applied directly to the probability-flow ODE and the r
 
 * ``euler``, ``heun`` -- explicit Runge--Kutta on the PF-ODE, either in ``t``
   (``dx/dt = f x - g^2 score/2``, ``variable="t"``) or in EDM's variables ``y = x/alpha``, ``sigma_ve = sigma/alpha``
-  (``dy/dsigma_ve = eps``, ``variable="sigma"``, arXiv:2206.00364). Euler in ``sigma`` *is* DDIM(eta=0).
+  (``dy/dsigma_ve = eps``, ``variable="sigma"``, arXiv:2206.00364). Euler in ``sigma`` *is* DDIM(eta=0). Both are
+  their Butcher tableau run by the one RK step of [`tableaux`][sde_diffusion.solvers.tableaux].
 * ``euler_maruyama`` -- on the reverse SDE ``dx = [f x - g^2 score] dt + g dW_bar``.
 * ``pc`` -- predictor-corrector sampling (Song et al. 2021, arXiv:2011.13456): a reverse-diffusion or
   Euler--Maruyama predictor with Langevin corrector steps at signal-to-noise ratio ``snr``.
@@ -10,37 +11,30 @@ r"""Classical integrators applied directly to the probability-flow ODE and the r
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from .base import Solver, host_scalars, lincomb, register
+from .options import check_choice, check_int, check_positive
+from .tableaux import TABLEAUX, RKLayout, rk_coefficients, rk_step
 
 __all__ = ["Euler", "Heun", "EulerMaruyama", "PredictorCorrector"]
 
 
-def _variable(v: str) -> str:
-    if v not in ("t", "sigma"):
-        raise ValueError(f"variable must be 't' or 'sigma', got {v!r}")
-    return v
-
-
 def _ode_coefficients(schedule, ts, base):
-    """``dt``, ``f``, ``g2`` at both ends of each step, and the change of ``sigma_ve``."""
-    f, g2 = schedule._f(ts), schedule._g2(ts)
-    return {
-        "dt": ts[1:] - ts[:-1],
-        "f": f[:-1],
-        "f_next": f[1:],
-        "g2": g2[:-1],
-        "g2_next": g2[1:],
-        "dsig": torch.exp(-base["lam_next"]) - torch.exp(-base["lam"]),
-    }
+    """``dt``, ``f`` and ``g2`` at the start of each step (Euler--Maruyama)."""
+    return {"dt": ts[1:] - ts[:-1], "f": schedule.f(ts[:-1]), "g2": schedule.g2(ts[:-1])}
 
 
 class _PFODE(Solver):
+    """An explicit Runge--Kutta method (its tableau is the class's ``tableau``) on the PF-ODE in ``t`` or in
+    ``sigma_ve``: [`rk_coefficients`][sde_diffusion.solvers.tableaux.rk_coefficients] and
+    [`rk_step`][sde_diffusion.solvers.tableaux.rk_step]."""
+
+    tableau: str = "euler"
+
     def __init__(self, variable: str = "t"):
-        self.variable = _variable(variable)
+        self.variable = check_choice("variable", variable, ("t", "sigma"))
+        self.layout = RKLayout(TABLEAUX[self.tableau], self.variable)
 
     def options(self):
         return {"variable": self.variable}
@@ -51,39 +45,10 @@ class _PFODE(Solver):
         return self.variable == "sigma"
 
     def coefficients(self, schedule, ts, base):
-        r"""The PF-ODE is linear in ``(x, eps)``: its right-hand side is ``f x + k eps`` with ``k = g^2/(2 sigma)`` in
-        ``t``, and ``eps`` for ``y = x/alpha`` in ``sigma_ve``. So an Euler step is ``a_x x + a_eps eps`` and Heun's
-        corrector ``h_x x + h_pred x_pred + h_e1 eps_1 + h_e2 eps_2`` (two and four fused kernels)."""
-        c = _ode_coefficients(schedule, ts, base)
-        if self.variable == "sigma":
-            ratio = base["alpha_next"] / base["alpha"]
-            a_eps = base["alpha_next"] * c["dsig"]
-            out = {
-                "a_x": ratio,
-                "a_eps": a_eps,
-                "h_x": ratio,
-                "h_pred": torch.zeros_like(ratio),
-                "h_e1": 0.5 * a_eps,
-                "h_e2": 0.5 * a_eps,
-            }
-        else:
-            dt = c["dt"]
-            k, k_next = 0.5 * c["g2"] / base["sigma"], 0.5 * c["g2_next"] / base["sigma_next"]
-            out = {
-                "a_x": 1.0 + dt * c["f"],
-                "a_eps": dt * k,
-                "h_x": 1.0 + 0.5 * dt * c["f"],
-                "h_pred": 0.5 * dt * c["f_next"],
-                "h_e1": 0.5 * dt * k,
-                "h_e2": 0.5 * dt * k_next,
-            }
-        out["a_x"], out["h_x"] = host_scalars(out["a_x"]), host_scalars(out["h_x"])
-        return out
+        return rk_coefficients(self.layout, schedule, ts, base)
 
-    def _euler(self, model, x, c):
-        """``(x_next, eps)`` of one Euler step from ``x`` at ``t``."""
-        eps = model.predict(x, c.t, "eps", c.alpha, c.sigma)
-        return lincomb(c.a_x, x, c.a_eps, eps), eps
+    def step(self, model, x, state, c, noise):
+        return rk_step(model, x, c, self.layout), state
 
 
 @register("euler")
@@ -93,9 +58,7 @@ class Euler(_PFODE):
     order = 1.0
     nfe_per_step = 1
     reference = "arXiv:2011.13456"
-
-    def step(self, model, x, state, c, noise):
-        return self._euler(model, x, c)[0], state
+    tableau = "euler"
 
 
 @register("heun")
@@ -106,18 +69,14 @@ class Heun(_PFODE):
     order = 2.0
     nfe_per_step = 2
     reference = "arXiv:2206.00364"
+    tableau = "heun"
 
     def final_nfe(self, steps):
         return 2 * steps - 1
 
     def step(self, model, x, state, c, noise):
-        x_pred, e1 = self._euler(model, x, c)
-        if c.last:
-            return x_pred, state
-        e2 = model.predict(x_pred, c.t_next_dev, "eps", c.alpha_next, c.sigma_next)
-        if self.variable == "sigma":  # (no x_pred term)
-            return lincomb(c.h_x, x, c.h_e1, e1, c.h_e2, e2), state
-        return lincomb(c.h_x, x, c.h_pred, x_pred, c.h_e1, e1, c.h_e2, e2), state
+        # the last step stops at the input of the second stage: the Euler step
+        return rk_step(model, x, c, self.layout, upto=1 if c.last else None), state
 
 
 @register("euler_maruyama")
@@ -189,16 +148,11 @@ class PredictorCorrector(Solver):
     def __init__(
         self, predictor: str = "reverse_diffusion", snr: float = 0.16, n_corrector: int = 1, norm: str = "batch"
     ):
-        if predictor not in ("reverse_diffusion", "euler_maruyama"):
-            raise ValueError(f"predictor must be 'reverse_diffusion' or 'euler_maruyama', got {predictor!r}")
-        if norm not in ("batch", "sample"):
-            raise ValueError(f"norm must be 'batch' or 'sample', got {norm!r}")
-        if isinstance(n_corrector, bool) or not isinstance(n_corrector, int) or n_corrector < 0:
-            raise ValueError(f"n_corrector must be a non-negative int, got {n_corrector!r}")
-        if not (isinstance(snr, (int, float)) and math.isfinite(snr) and snr > 0):
-            raise ValueError(f"snr must be a positive number, got {snr!r}")
-        self.predictor, self.snr, self.n_corrector, self.norm = predictor, float(snr), n_corrector, norm
-        self.nfe_per_step = 1 + n_corrector
+        self.predictor = check_choice("predictor", predictor, ("reverse_diffusion", "euler_maruyama"))
+        self.snr = check_positive("snr", snr)
+        self.n_corrector = check_int("n_corrector", n_corrector, 0)
+        self.norm = check_choice("norm", norm, ("batch", "sample"))
+        self.nfe_per_step = 1 + self.n_corrector
 
     def options(self):
         return {"predictor": self.predictor, "snr": self.snr, "n_corrector": self.n_corrector, "norm": self.norm}

@@ -38,8 +38,9 @@ import math
 
 import torch
 
-from ._expint import LONG_STEP, lagrange_weights, phis
+from ._expint import lagrange_weights, long_step_consistent, phis
 from .base import Solver, host_scalars, lincomb, register
+from .warmup import step_orders
 
 __all__ = [
     "DPMSolver",
@@ -47,27 +48,20 @@ __all__ = [
     "SDEDPMSolverPP",
     "DPMSolverFast",
     "VARIANTS",
-    "LOWER_ORDER_FINAL_BELOW",
     "update_weights",
     "update_rule",
     "combination",
-    "multistep_orders",
-    "singlestep_orders",
     "grid_groups",
     "fast_orders",
     "STAGE_NODES",
     "run_singlestep_stages",
     "final_update",
+    "singlestep_table",
 ]
 
 VARIANTS = ("paper", "midpoint", "heun", "exact")
-#: ``lower_order_final`` acts when the number of steps is below this (diffusers' rule; the reference code uses 10)
-LOWER_ORDER_FINAL_BELOW = 15
 #: stage nodes ``r_j`` (fractions of the step in lambda) of the singlestep methods of the paper
 STAGE_NODES = {1: (0.0,), 2: (0.0, 0.5), 3: (0.0, 1.0 / 3.0, 2.0 / 3.0)}
-#: above this ``|h|`` the weights are made to sum exactly to the frame's own ``sigma_b - ratio sigma_a`` (see
-#: :func:`combination`); the threshold of DDIM's ratio form (``_expint.LONG_STEP``)
-_CONSISTENT_ABOVE = LONG_STEP
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -175,44 +169,15 @@ def combination(
     w = update_weights(r, (1.0 + eta) * h, sign, rule)
     ratio, scale = _frame(sign, la_a, ls_a, la_b, ls_b, h, eta)
     c = scale[..., None] * w
-    # Every rule's weights sum to the one-node weight, and with a constant model output (point-mass data) the update
-    # is exact iff sum_j c_j = sigma_b - ratio sigma_a (eps) or alpha_b - ratio alpha_a (x0). For long steps the
-    # eps form cancels two terms of size ratio |x| ~ e^h |x|; forming that sum from the same floats as ``ratio``
-    # (instead of from expm1 of a difference of rounded lambdas) keeps the cancellation exact (as DDIM does).
-    # Short steps keep the expm1-based weights, where the difference form would cancel instead.
-    total = torch.exp(ls_b) - ratio * torch.exp(ls_a) if sign > 0 else torch.exp(la_b) - ratio * torch.exp(la_a)
-    long_step = h.abs() > _CONSISTENT_ABOVE
-    c[..., 0] = torch.where(long_step, total - c[..., 1:].sum(-1), c[..., 0])
+    # every rule's weights sum to the one-node weight: make that sum exact in the frame's floats for long steps
+    start, end = (torch.exp(ls_a), torch.exp(ls_b)) if sign > 0 else (torch.exp(la_a), torch.exp(la_b))
+    c = long_step_consistent(c, h, ratio, start, end)
     return ratio, c
-
-
-def _logs(schedule, ts: torch.Tensor):
-    return schedule._log_alpha(ts), schedule._log_sigma(ts)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # order schedules
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-def _lower_final(orders: list[int], lower_order_final: bool) -> tuple[int, ...]:
-    n = len(orders)
-    if lower_order_final and n < LOWER_ORDER_FINAL_BELOW:
-        orders = [min(o, n - i) for i, o in enumerate(orders)]
-    return tuple(orders)
-
-
-def multistep_orders(order: int, steps: int, lower_order_final: bool = True) -> tuple[int, ...]:
-    """Per-step orders of a multistep method: warm-up ``min(order, i + 1)``; with ``lower_order_final`` and fewer
-    than :data:`LOWER_ORDER_FINAL_BELOW` steps also ``min(., steps - i)`` (last step first order, the one before
-    at most second order) -- the rule of diffusers' ``DPMSolverMultistepScheduler``."""
-    return _lower_final([min(order, i + 1) for i in range(steps)], lower_order_final)
-
-
-def singlestep_orders(order: int, steps: int, lower_order_final: bool = True) -> tuple[int, ...]:
-    """Per-step orders of a singlestep method on its own grid (``stages="lambda"``): ``order`` everywhere, capped by
-    ``steps - i`` when ``lower_order_final`` and ``steps <`` :data:`LOWER_ORDER_FINAL_BELOW`."""
-    return _lower_final([order] * steps, lower_order_final)
 
 
 def grid_groups(order: int, steps: int, lower_order_final: bool = True) -> tuple[int, ...]:
@@ -277,9 +242,7 @@ def _multistep_table(sign, variant, orders, lam, la, ls, eta=0.0) -> dict:
     return table
 
 
-def _singlestep_table(
-    schedule, sign, variant, orders, ts, lam, la, ls, nodes_of=STAGE_NODES, lower_order: bool = False
-) -> dict:
+def singlestep_table(table, sign, variant, orders, nodes_of=STAGE_NODES, lower_order: bool = False) -> dict:
     """Stages and final update of singlestep steps with intermediate times at ``lambda + r h`` (``stages="lambda"``).
 
     Keys: ``order``; per stage ``j >= 1``: ``t_s{j}``, ``alpha_s{j}``, ``sigma_s{j}``, ``ratio_s{j}``,
@@ -287,6 +250,7 @@ def _singlestep_table(
     the final update of order ``k - 1`` from the same stages (the embedded lower-order solution of
     DPM-Solver-12/23, arXiv:2206.00927 Alg. 4).
     """
+    grid, ts, lam, la, ls = table, table.ts, table.lam_grid, table.log_alpha, table.log_sigma
     kmax = max(orders)
     ords = torch.tensor(orders)
     h = lam[1:] - lam[:-1]
@@ -298,8 +262,8 @@ def _singlestep_table(
         lam_nodes = [lam[idx]]
         logs = [(la[idx], ls[idx])]
         for j in range(1, k):
-            t_j = schedule._inverse_lambda(lam[idx] + r[j] * h[idx])
-            la_j, ls_j = _logs(schedule, t_j)
+            stage = grid.at_lambda(lam[idx] + r[j] * h[idx])
+            t_j, la_j, ls_j = stage.t, stage.log_alpha, stage.log_sigma
             rule = update_rule(variant, False, j, final=False)
             ratio, c = combination(sign, rule, torch.stack(lam_nodes, -1), la[idx], ls[idx], la_j, ls_j)
             for key, val in (
@@ -493,8 +457,9 @@ class _DPMBase(Solver):
     # ---- per-step orders --------------------------------------------------------------------------------------
     def step_orders(self, steps: int) -> tuple[int, ...]:
         """Order used at each step of the loop (``stages="grid"``: group sizes, which sum to ``steps``)."""
+        lof = "auto" if self.lower_order_final else False  # (diffusers' DPMSolverMultistepScheduler rule)
         if self.multistep:
-            return multistep_orders(self.order_option, steps, self.lower_order_final)
+            return step_orders(self.order_option, steps, warmup=True, lower_order_final=lof)
         if self.stages == "grid":
             return (
                 self.orders
@@ -505,7 +470,7 @@ class _DPMBase(Solver):
             if len(self.orders) != steps:
                 raise ValueError(f"orders has {len(self.orders)} entries for a grid of {steps} steps")
             return self.orders
-        return singlestep_orders(self.order_option, steps, self.lower_order_final)
+        return step_orders(self.order_option, steps, warmup=False, lower_order_final=lof)
 
     def final_nfe(self, steps):
         if not self.multistep and self.stages == "lambda":
@@ -514,14 +479,13 @@ class _DPMBase(Solver):
 
     # ---- coefficients -----------------------------------------------------------------------------------------
     def coefficients(self, schedule, ts, base):
-        la, ls = _logs(schedule, ts)
-        lam = la - ls
+        la, ls, lam = base.log_alpha, base.log_sigma, base.lam_grid
         orders = self.step_orders(ts.shape[0] - 1)
         if self.multistep:
             return _multistep_table(self.sign, self.variant, orders, lam, la, ls)
         if self.stages == "grid":
             return _grid_table(self.sign, self.variant, orders, lam, la, ls)
-        return _singlestep_table(schedule, self.sign, self.variant, orders, ts, lam, la, ls)
+        return singlestep_table(base, self.sign, self.variant, orders)
 
     # ---- one step ---------------------------------------------------------------------------------------------
     def step(self, model, x, state, c, noise):
@@ -685,8 +649,7 @@ class SDEDPMSolverPP(_DPMBase):
         }
 
     def coefficients(self, schedule, ts, base):
-        la, ls = _logs(schedule, ts)
-        lam = la - ls
+        la, ls, lam = base.log_alpha, base.log_sigma, base.lam_grid
         orders = self.step_orders(ts.shape[0] - 1)
         table = _multistep_table(self.sign, self.variant, orders, lam, la, ls, eta=self.eta)
         table["c_noise"] = torch.exp(ls[1:]) * torch.sqrt(-torch.expm1(-2.0 * self.eta * (lam[1:] - lam[:-1])))
@@ -699,73 +662,78 @@ class SDEDPMSolverPP(_DPMBase):
 
 @register("dpm_solver_fast")
 class DPMSolverFast(Solver):
-    r"""DPM-Solver-fast (Lu et al. 2022, arXiv:2206.00927, sec. 3.4): a budget of ``nfe`` evaluations spent as
-    singlestep DPM-Solver steps of orders :func:`fast_orders` (``3, ..., 3`` then ``2, 1`` / ``1`` / ``2``) on
-    ``K = nfe // 3 + 1`` outer steps of a ``grid`` (``"logsnr"``, uniform in lambda, as in the paper).
+    r"""DPM-Solver-fast (Lu et al. 2022, arXiv:2206.00927, sec. 3.4): singlestep DPM-Solver steps whose orders follow
+    :func:`fast_orders` (``3, ..., 3`` then ``2, 1`` / ``1`` / ``2``), on the fixed-grid path of
+    [`sample`][sde_diffusion.sample.sample] -- the solver only builds the order list (and, given a budget, the grid).
 
-    The solver builds its own outer grid, so (like an adaptive solver) it is run through :meth:`solve`, which
-    delegates to :func:`~sde_diffusion.sample.sample` with an explicit grid and ``DPMSolver(orders=...)`` -- the
-    one loop; ``sample(model, x, solver="dpm_solver_fast", nfe=20)``. NFE exactly ``nfe``; memory 0.
-    Order (in the outer step ``H``): 3 when ``nfe % 3 == 2`` (the last step is DPM-Solver-2); otherwise the last
-    step is a DPM-Solver-1 step of length ``H`` with local error ``O(H^2)``, so the global order is 2 (measured
-    slopes 2.88 and 1.94; the error constants differ about 6x).
+    Two ways to call it:
+
+    * ``nfe=`` (the paper's form): exactly ``nfe`` evaluations on ``K = nfe // 3 + 1`` outer steps of the solver's
+      own ``grid`` (``"logsnr"`` by default, uniform in lambda as in the paper). ``sample`` then refuses ``steps=``
+      and ``grid=``: the budget fixes both. Order (in the outer step): 3 when ``nfe % 3 == 2`` (the last step is
+      DPM-Solver-2); otherwise the last step is a DPM-Solver-1 step with local error ``O(H^2)`` and the order is 2.
+    * no ``nfe`` (``steps=K`` and any grid of ``sample``, what studies and the CLI use): the orders of the budget
+      ``3K - 1`` (order 3: ``[3]*(K-1) + [2]``), ``2K`` (order 2) or ``K`` (order 1) -- global order ``order``;
+      ``steps_for_nfe(nfe)`` rounds a budget down to that form.
+
+    NFE: ``sum(orders)``; memory 0.
     """
 
-    adaptive = True
     exact_for_point_mass = True
-    order = 2.0
     reference = "arXiv:2206.00927"
+    kind = "eps"
 
-    def __init__(self, nfe: int = 20, order: int = 3, variant: str = "paper", grid: str = "logsnr"):
-        self.orders = fast_orders(nfe, order)
+    def __init__(self, nfe: int | None = None, order: int = 3, variant: str = "paper", grid: str | None = None):
+        if isinstance(order, bool) or order not in (1, 2, 3):
+            raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
         self.nfe = nfe
+        self.orders = None if nfe is None else fast_orders(nfe, order)
+        if nfe is None and grid is not None:
+            raise ValueError("grid= is an option of the budget form (with nfe=); without nfe pass grid= to sample")
         self.order_option = order
         self.variant = _check_choice("variant", variant, VARIANTS)
-        self.grid = _check_choice("grid", grid, ("logsnr", "time_uniform", "time_quadratic", "karras"))
+        self.grid = (
+            None
+            if grid is None
+            else _check_choice("grid", grid, ("logsnr", "time_uniform", "time_quadratic", "karras"))
+        )
         self.nfe_per_step = order
-        self.order = float(2 if order == 3 and self.orders[-1] == 1 else order)
+        self.order = float(2 if self.orders is not None and order == 3 and self.orders[-1] == 1 else order)
 
     def options(self):
-        return {"nfe": self.nfe, "order": self.order_option, "variant": self.variant, "grid": self.grid}
+        opts = {"order": self.order_option, "variant": self.variant}
+        if self.nfe is not None:
+            opts.update(nfe=self.nfe, grid=self.grid or "logsnr")
+        return opts
 
-    def final_nfe(self, steps=None):
-        return self.nfe
+    def step_orders(self, steps: int) -> tuple[int, ...]:
+        """Orders of the ``steps`` outer steps (see the class docstring)."""
+        if self.orders is not None:
+            if steps != len(self.orders):
+                raise ValueError(f"dpm_solver_fast(nfe={self.nfe}) takes {len(self.orders)} steps, not {steps}")
+            return self.orders
+        return fast_orders({3: 3 * steps - 1, 2: 2 * steps, 1: steps}[self.order_option], self.order_option)
 
-    def inner(self) -> DPMSolver:
-        """The singlestep DPM-Solver that does the work."""
-        return DPMSolver(order=self.order_option, orders=self.orders, variant=self.variant)
+    def final_nfe(self, steps: int) -> int:
+        return sum(self.step_orders(steps))
 
-    def solve(
-        self,
-        model,
-        x_T,
-        *,
-        t_start=None,
-        t_end=None,
-        denoise_to_zero=False,
-        callback=None,
-        return_trajectory=False,
-        check_finite=True,
-        generator=None,
-        noise=None,
-    ):
-        """Build the outer grid on the host and run :func:`~sde_diffusion.sample.sample` once (no extra loop, no
-        synchronisation beyond that of ``sample``)."""
+    def steps_for_nfe(self, nfe: int) -> int:
+        if self.orders is None:
+            return super().steps_for_nfe(nfe)
+        if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
+            raise ValueError(f"an NFE budget must be a positive int, got {nfe!r}")
+        return len(self.orders) if nfe >= self.nfe else 0
+
+    def own_grid(self, schedule, t_start, t_end):
+        if self.orders is None:
+            return None
         from ..grids import make_grid
-        from ..sample import sample
 
-        ts = make_grid(model.schedule, self.grid, len(self.orders), t_start, t_end)
-        res = sample(
-            model,
-            x_T,
-            solver=self.inner(),
-            grid=ts,
-            denoise_to_zero=denoise_to_zero,
-            callback=callback,
-            return_trajectory=return_trajectory,
-            check_finite=check_finite,
-            generator=generator,
-            noise=noise,
-        )
-        res.info = {"orders": self.orders, "outer_steps": len(self.orders)}
-        return res
+        return make_grid(schedule, self.grid or "logsnr", len(self.orders), t_start, t_end)
+
+    def coefficients(self, schedule, ts, base):
+        return singlestep_table(base, 1, self.variant, self.step_orders(ts.shape[0] - 1))
+
+    def step(self, model, x, state, c, noise):
+        outs = run_singlestep_stages(model, x, c, self.kind, c.order)
+        return final_update(c, x, outs, c.order), state

@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from ._expint import expm1_h_consistent
+from ._expint import long_step_consistent
 from .base import Solver, host_scalars, lincomb, register
 
 __all__ = ["DDIM", "DDIMInverse", "DDPM", "ddim_coefficients"]
@@ -26,13 +26,16 @@ def ddim_coefficients(c: dict, eta: float) -> dict[str, torch.Tensor]:
     ``sigma_eta^2 = eta^2 beta_tilde``, ``x_s = alpha_s x0 + sqrt(sigma_s^2 - sigma_eta^2) eps + sigma_eta z``; with
     ``rho = sigma_eta^2/sigma_s^2 = -eta^2 expm1(-2h)``:
     ``c_eps = sigma_s (sqrt(1 - rho) - e^h) = -sigma_s (rho/(1 + sqrt(1 - rho)) + expm1(h))`` (no cancellation).
-    ``eta = 0`` gives ``-sigma_s expm1(h)``: DPM-Solver-1 / DEIS-1.
+    ``eta = 0`` gives ``-sigma_s expm1(h)``: DPM-Solver-1 / DEIS-1 (made consistent for long steps by
+    [`long_step_consistent`][sde_diffusion.solvers._expint.long_step_consistent]).
     """
     h, sig_s = c["h"], c["sigma_next"]
+    ratio = c["alpha_next"] / c["alpha"]
     rho = -(eta**2) * torch.expm1(-2.0 * h)
+    ode = long_step_consistent((-sig_s * torch.expm1(h))[..., None], h, ratio, c["sigma"], sig_s)[..., 0]
     return {
-        "ratio": c["alpha_next"] / c["alpha"],
-        "c_eps": -sig_s * (rho / (1.0 + torch.sqrt(1.0 - rho)) + expm1_h_consistent(c)),
+        "ratio": ratio,
+        "c_eps": ode - sig_s * rho / (1.0 + torch.sqrt(1.0 - rho)),
         "c_noise": sig_s * torch.sqrt(rho),
     }
 

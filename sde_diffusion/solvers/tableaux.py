@@ -1,0 +1,222 @@
+r"""Explicit Runge--Kutta methods as data: a Butcher tableau, and one step that runs any tableau on the
+probability-flow ODE.
+
+A tableau ``(A, b, c)`` with ``s`` stages takes a step of size ``d`` of ``dy/ds = F(s, y)`` as
+
+``k_i = F(s_0 + c_i d, y_0 + d sum_{j<i} A_ij k_j)``,  ``y_1 = y_0 + d sum_i b_i k_i``
+
+(as diffrax's ``ButcherTableau`` or scipy's ``RK45.A/B/C``). The PF-ODE is run in one of two variables:
+
+* ``variable="sigma"``: EDM's variables (arXiv:2206.00364) ``y = x/alpha``, ``s = sigma_ve = sigma/alpha =
+  e^{-lambda}``, where the ODE is ``dy/dsigma_ve = eps(alpha y, t)``. Stage ``i`` sits at ``sigma_ve`` =
+  ``sigma_ve(t) + c_i d``; in ``x`` a partial move is ``x_i = (alpha_i/alpha) x + alpha_i d sum_j A_ij eps_j``,
+  i.e. a DDIM(eta=0) transfer with a combined noise prediction. Euler is DDIM(eta=0); this serves ``euler``/``heun``
+  with ``variable="sigma"``, DEIS rhoRK (arXiv:2204.13902, ``rho = sigma_ve``) and the pseudo-Runge--Kutta warm-up
+  steps of PNDM (arXiv:2202.09778), which *are* classical RK in ``sigma_ve``. Exact for point-mass data (``eps`` is
+  constant along the flow and ``sum_i b_i = 1``).
+* ``variable="t"``: ``dx/dt = f(t) x + g^2(t)/(2 sigma(t)) eps(x, t)``, stage ``i`` at ``t + c_i dt``.
+
+Both right-hand sides are linear in ``(x, eps)``, so every stage input and the result are linear combinations of
+``x``, the earlier stage inputs (``variable="t"`` only) and the stage outputs with per-step float64 coefficients
+computed once per grid ([`rk_coefficients`][sde_diffusion.solvers.tableaux.rk_coefficients]); the step
+([`rk_step`][sde_diffusion.solvers.tableaux.rk_step]) is one fused [`lincomb`][sde_diffusion._ops.lincomb] per
+stage. Zero tableau entries cost nothing. NFE per step = number of stages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+
+from .._ops import lincomb, time_like
+from ._expint import long_step_consistent
+from .base import host_scalars
+
+__all__ = ["ButcherTableau", "TABLEAUX", "get_tableau", "RKLayout", "rk_coefficients", "rk_step"]
+
+
+@dataclass(frozen=True)
+class ButcherTableau:
+    """Butcher tableau of an explicit Runge--Kutta method: stage ``i`` is evaluated at ``c[i]`` with increments
+    ``A[i][j]`` (``j < i``; row ``i`` has ``i`` entries); the step uses weights ``b``. ``order`` is the classical
+    order (checked against the order conditions in the tests)."""
+
+    A: tuple[tuple[float, ...], ...]
+    b: tuple[float, ...]
+    c: tuple[float, ...]
+    order: int
+
+    def __post_init__(self):
+        s = len(self.b)
+        if s < 1 or len(self.c) != s or len(self.A) != s:
+            raise ValueError(f"a tableau needs as many rows of A and entries of c as weights b (got {self})")
+        if any(len(row) != i for i, row in enumerate(self.A)):
+            raise ValueError("an explicit tableau has i entries in row i of A")
+        if any(abs(ci - sum(row)) > 1e-14 for ci, row in zip(self.c, self.A)):
+            raise ValueError("c[i] must equal the sum of row i of A")
+        if abs(sum(self.b) - 1.0) > 1e-14:
+            raise ValueError("the weights b must sum to 1 (consistency)")
+
+    @property
+    def stages(self) -> int:
+        return len(self.b)
+
+
+TABLEAUX: dict[str, ButcherTableau] = {
+    "euler": ButcherTableau(A=((),), b=(1.0,), c=(0.0,), order=1),
+    "heun": ButcherTableau(A=((), (1.0,)), b=(0.5, 0.5), c=(0.0, 1.0), order=2),
+    "kutta3": ButcherTableau(A=((), (0.5,), (-1.0, 2.0)), b=(1 / 6, 2 / 3, 1 / 6), c=(0.0, 0.5, 1.0), order=3),
+    "rk4": ButcherTableau(
+        A=((), (0.5,), (0.0, 0.5), (0.0, 0.0, 1.0)), b=(1 / 6, 1 / 3, 1 / 3, 1 / 6), c=(0.0, 0.5, 0.5, 1.0), order=4
+    ),
+}
+
+
+def get_tableau(tableau: str | ButcherTableau) -> ButcherTableau:
+    """A tableau by name (one of [`TABLEAUX`][sde_diffusion.solvers.tableaux.TABLEAUX]) or the instance itself."""
+    if isinstance(tableau, ButcherTableau):
+        return tableau
+    if isinstance(tableau, str) and tableau in TABLEAUX:
+        return TABLEAUX[tableau]
+    raise ValueError(f"tableau must be one of {', '.join(map(repr, TABLEAUX))} or a ButcherTableau, got {tableau!r}")
+
+
+def tableau_name(tableau: ButcherTableau) -> str | ButcherTableau:
+    """The registered name of ``tableau``, or the instance if it has none (for ``Solver.options``)."""
+    return next((n for n, t in TABLEAUX.items() if t == tableau), tableau)
+
+
+class RKLayout:
+    """Which coefficient keys one RK step reads: built once per solver from the tableau, the variable and a key
+    ``prefix`` (so that a solver can hold several methods' coefficients), so that the step does no string work.
+
+    ``combos[i]`` (``i = 1..s``; ``s`` is the final update) is ``(ratio_key, ((key, "x" | "e", j), ...))``: the
+    input of stage ``i`` is ``c[ratio_key] x + sum c[key] * (x_j if "x" else eps_j)`` (``x_0 = x``).
+    ``points[i]`` is ``"start"``, ``"end"`` or ``(t_key, alpha_key, sigma_key)`` for an interior stage point."""
+
+    def __init__(self, tableau: ButcherTableau, variable: str, prefix: str = "rk_"):
+        if variable not in ("t", "sigma"):
+            raise ValueError(f"variable must be 't' or 'sigma', got {variable!r}")
+        self.tableau, self.variable, self.prefix = tableau, variable, prefix
+        rows = list(tableau.A[1:]) + [tableau.b]
+        self.combos = [None]
+        for i, row in enumerate(rows, start=1):
+            name = "b" if i == tableau.stages else str(i)
+            terms = []
+            for j, a in enumerate(row):
+                if a == 0.0:
+                    continue
+                if variable == "t" and j > 0:
+                    terms.append((f"{prefix}{name}_x{j}", "x", j))
+                terms.append((f"{prefix}{name}_e{j}", "e", j))
+            self.combos.append((f"{prefix}ratio_{name}", tuple(terms)))
+        self.points = [
+            "start"
+            if ci == 0.0
+            else "end"
+            if ci == 1.0
+            else (f"{prefix}t{i}", f"{prefix}alpha{i}", f"{prefix}sigma{i}")
+            for i, ci in enumerate(tableau.c)
+        ]
+
+    @cached_property
+    def interior(self) -> list[int]:
+        return [i for i, p in enumerate(self.points) if isinstance(p, tuple)]
+
+
+def _stage_point(schedule, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.exp(schedule.log_alpha(t)), torch.exp(schedule.log_sigma(t))
+
+
+def rk_coefficients(layout: RKLayout, schedule, ts: torch.Tensor, base: dict) -> dict:
+    """float64 per-step coefficients of ``layout`` on the grid ``ts`` (``base``: the loop's base coefficients)."""
+    tab = layout.tableau
+    s = tab.stages
+    t, dt = ts[:-1], ts[1:] - ts[:-1]
+    alpha, sigma, h = base["alpha"], base["sigma"], base["h"]
+    # stage points: (t, alpha, sigma) for every stage
+    pts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    out: dict = {}
+    for i, p in enumerate(layout.points):
+        if p == "start":
+            pts.append((t, alpha, sigma))
+        elif p == "end":
+            pts.append((ts[1:], base["alpha_next"], base["sigma_next"]))
+        else:
+            ci = tab.c[i]
+            if layout.variable == "sigma":  # sigma_ve(t) (1 + c_i (e^{-h} - 1)), without cancellation
+                t_i = schedule.inverse_lambda(base["lam"] - torch.log1p(ci * torch.expm1(-h)))
+            else:
+                t_i = t + ci * dt
+            a_i, s_i = _stage_point(schedule, t_i)
+            pts.append((t_i, a_i, s_i))
+            out.update(dict(zip(p, (t_i, a_i, s_i))))
+    if layout.variable == "sigma":
+        # alpha_i d from the consistent DDIM(0) increment of the sub-step to c_i (alpha_i c_i d = sigma_i - r_i sigma)
+        def alpha_d(i):
+            ci = tab.c[i] if i < s else 1.0
+            if ci == 0.0:  # (a stage at the start point with non-zero increments)
+                return alpha * alpha_d(s) / base["alpha_next"]
+            if ci == 1.0:
+                a_i, s_i, h_i = base["alpha_next"], base["sigma_next"], h
+            else:
+                _, a_i, s_i = pts[i]
+                h_i = torch.log(a_i / s_i) - base["lam"]
+            ratio = a_i / alpha
+            incr = long_step_consistent((-s_i * torch.expm1(h_i))[..., None], h_i, ratio, sigma, s_i)[..., 0]
+            return incr / ci
+
+        for i in range(1, s + 1):
+            ratio_key, terms = layout.combos[i]
+            a_end = pts[i][1] if i < s else base["alpha_next"]
+            out[ratio_key] = host_scalars(a_end / alpha)
+            ad = alpha_d(i)
+            row = tab.A[i] if i < s else tab.b
+            for key, _, j in terms:
+                out[key] = ad * row[j]
+    else:
+        f = [schedule.f(p[0]) for p in pts]
+        k = [0.5 * schedule.g2(p[0]) / p[2] for p in pts]
+        for i in range(1, s + 1):
+            ratio_key, terms = layout.combos[i]
+            row = tab.A[i] if i < s else tab.b
+            out[ratio_key] = host_scalars(1.0 + dt * row[0] * f[0])
+            for key, src, j in terms:
+                out[key] = dt * row[j] * (f[j] if src == "x" else k[j])
+    return out
+
+
+def _point(layout: RKLayout, i: int, c):
+    """``(t, alpha, sigma)`` of stage ``i`` for ``model.predict``."""
+    p = layout.points[i]
+    if p == "start":
+        return c.t, c.alpha, c.sigma
+    if p == "end":
+        return c.t_next_dev, c.alpha_next, c.sigma_next
+    return time_like(c.t, getattr(c, p[0])), getattr(c, p[1]), getattr(c, p[2])
+
+
+def rk_step(model, x: torch.Tensor, c, layout: RKLayout, first: torch.Tensor | None = None, upto: int | None = None):
+    """One explicit RK step of the PF-ODE from ``x`` (coefficients ``c`` from :func:`rk_coefficients`).
+
+    ``first``: the noise prediction at ``x`` if already known (saves that evaluation). ``upto``: return the input of
+    stage ``upto`` without evaluating it (Heun's last step: ``upto=1`` is its Euler predictor). Returns ``x_next``.
+    """
+    s = layout.tableau.stages
+    last = s if upto is None else upto
+    xs, es = [x], []
+    for i in range(last + 1):
+        if i > 0:
+            ratio_key, terms = layout.combos[i]
+            pairs = [v for key, src, j in terms for v in (getattr(c, key), xs[j] if src == "x" else es[j])]
+            xs.append(lincomb(getattr(c, ratio_key), x, *pairs))
+        if i == last:
+            return xs[-1]
+        if i == 0 and first is not None:
+            es.append(first)
+        else:
+            t_i, a_i, s_i = _point(layout, i, c)
+            es.append(model.predict(xs[i], t_i, "eps", a_i, s_i))
+    raise AssertionError("unreachable")
