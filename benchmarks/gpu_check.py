@@ -1,6 +1,6 @@
 """GPU check of every solver on a learned network (also runs on CPU at a small size; CI does that).
 
-1. Train (briefly) a small UNet on procedural 16x16 shapes with :func:`sde_diffusion.train.train`.
+1. Train (briefly) a small UNet on procedural 16x16 shapes with :func:`sde_diffusion.training.train.train`.
 2. For every deterministic fixed-step solver at NFE 10/20/50: error of ``sample`` against the torchdiffeq dopri5
    reference of the *same network* (float64 reference; solver runs in float32 and float64), time per NFE against
    the bare model time, and the loop run under ``torch.cuda.set_sync_debug_mode("error")`` (``sync_debug=True``):
@@ -30,10 +30,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import sde_diffusion as sd  # noqa: E402
-from sde_diffusion.data import shapes  # noqa: E402
-from sde_diffusion.nets import UNet  # noqa: E402
+from sde_diffusion.training.data import shapes  # noqa: E402
+from sde_diffusion.training.nets import UNet  # noqa: E402
 from sde_diffusion.reference import brownian_path, probability_flow_reference, reverse_sde_reference  # noqa: E402
-from sde_diffusion.train import train  # noqa: E402
+from sde_diffusion.training.train import train  # noqa: E402
 
 SIZES = {
     # name: (image size, unet kwargs, train steps, batch, sample batch, NFE list, ref tol, sde dt)

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from sde_diffusion.data import ring
+from sde_diffusion.training.data import ring
 from sde_diffusion.studies.metrics import sliced_w2
 
 

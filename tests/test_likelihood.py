@@ -7,7 +7,7 @@ import torch
 
 from sde_diffusion import Gaussian, Model, VPDiscrete, VPLinear
 from sde_diffusion.likelihood import bits_per_dim, dequantize, divergence, log_likelihood
-from sde_diffusion.nets import MLPScoreNet
+from sde_diffusion.training.nets import MLPScoreNet
 
 
 def random_gaussian(d: int, seed: int) -> Gaussian:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sde_diffusion import EDM, Gaussian, GaussianMixture, Model, VPDiscrete, VPLinear
-from sde_diffusion.losses import (
+from sde_diffusion.training.losses import (
     dsm_loss,
     get_loss,
     min_snr_loss,

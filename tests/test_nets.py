@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sde_diffusion import Model, VPLinear
-from sde_diffusion.nets import NETS, FourierTimeEmbedding, MLPScoreNet, UNet, build_net
+from sde_diffusion.training.nets import NETS, FourierTimeEmbedding, MLPScoreNet, UNet, build_net
 
 
 def randomise(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

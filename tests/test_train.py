@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sde_diffusion import Model, VPDiscrete, VPLinear
-from sde_diffusion.data import (
+from sde_diffusion.training.data import (
     DATASETS,
     checkerboard,
     digits,
@@ -18,8 +18,8 @@ from sde_diffusion.data import (
     swiss_roll,
     two_moons,
 )
-from sde_diffusion.nets import MLPScoreNet
-from sde_diffusion.train import (
+from sde_diffusion.training.nets import MLPScoreNet
+from sde_diffusion.training.train import (
     TrainConfig,
     load_checkpoint,
     load_model,

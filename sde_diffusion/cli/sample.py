@@ -25,6 +25,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="sample a checkpoint written by `sde-diffusion train` instead of a built-in "
         "problem (its schedule and prediction type come from the checkpoint)",
     )
+    p.add_argument(
+        "--no-calibration",
+        action="store_true",
+        help="with --checkpoint: ignore CKPT.calibration.json (written by `sde-diffusion calibrate`), which is "
+        "otherwise used (its solver, steps and grid) when its NFE matches --nfe",
+    )
     p.add_argument("--out", help="output folder (default ./samples-YYYYmmdd-HHMMSS)")
 
 
@@ -37,7 +43,7 @@ def _model_source(args):
 
     if args.checkpoint:
         from ..sdes import ForwardSDE
-        from ..train import load_checkpoint, load_model
+        from ..training.train import load_checkpoint, load_model
 
         path = Path(args.checkpoint)
         if not path.is_file():
@@ -84,9 +90,19 @@ def run(args) -> int:
         steps = steps_for_nfe(solver, nfe) if nfe >= 1 else 0
         if steps < 1:
             raise UsageError(f"--nfe {nfe} is too small for solver {spec.label!r}")
+    grid = args.grid
+    cal = None
+    if args.checkpoint and not args.no_calibration and args.steps is None:
+        from .calibrate import calibration_for
+
+        cal = calibration_for(args.checkpoint, 10 if args.nfe is None else args.nfe)
+    if cal is not None:  # calibrated solver and grid (written by `sde-diffusion calibrate`)
+        kw = cal.sample_kwargs(model.schedule)
+        solver, steps, grid = kw["solver"], kw["steps"], kw["grid"]
+        spec.label = f"{cal.solver} @ {cal.grid} (calibrated)"
     gen = torch.Generator(device=args.device).manual_seed(args.seed + 1)
     t0 = time.perf_counter()
-    res = sample(model, x_T, solver=solver, steps=steps, grid=args.grid, generator=gen if solver.stochastic else None)
+    res = sample(model, x_T, solver=solver, steps=steps, grid=grid, generator=gen if solver.stochastic else None)
     wall = time.perf_counter() - t0
     x = res.x.detach().to("cpu", torch.float64)
     out = new_out_dir(args.out, "samples")
@@ -99,7 +115,7 @@ def run(args) -> int:
                 "nfe": res.nfe,
                 "solver": spec.label,
                 "checkpoint": str(args.checkpoint),
-                "grid": args.grid,
+                "grid": args.grid if cal is None else cal.grid,
                 "seed": args.seed,
             },
             out / "samples.pt",
@@ -145,9 +161,9 @@ def _checkpoint_data(args, x):
     to them, or ``(None, "")`` for image data."""
     import torch
 
-    from ..data import get_dataset
+    from ..training.data import get_dataset
     from ..studies.metrics import sliced_w2
-    from ..train import load_checkpoint
+    from ..training.train import load_checkpoint
 
     state = load_checkpoint(args.checkpoint)
     if not state.get("data") or len(state.get("data_shape") or ()) != 1:

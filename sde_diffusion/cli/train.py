@@ -37,10 +37,10 @@ def run(args) -> int:
     """Train a score network (an MLP for 2-D data, a small UNet for images) and write OUT/ckpt.pt."""
     import torch
 
-    from ..data import DATASETS
-    from ..nets import MLPScoreNet, UNet
+    from ..training.data import DATASETS
+    from ..training.nets import MLPScoreNet, UNet
     from ..studies.problems import SCHEDULES, get_schedule
-    from ..train import train
+    from ..training.train import train
 
     setup_torch(args)
     check_choice("data set", args.data, sorted(DATASETS))

@@ -32,8 +32,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .models import Model, broadcast_coeff
-from .schedules import NoiseSchedule, VPDiscrete
+from ..models import Model, broadcast_coeff
+from ..schedules import NoiseSchedule, VPDiscrete
 
 __all__ = [
     "TIME_SAMPLINGS",

@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 import torch
 
-from .analytic import GaussianMixture
+from ..analytic import GaussianMixture
 
 __all__ = [
     "ring_distribution",

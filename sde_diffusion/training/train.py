@@ -1,8 +1,8 @@
 r"""Training loop: AdamW, EMA of the weights, gradient clipping, mixed precision on CUDA, atomic resumable
 checkpoints, and exact reproducibility from a seed on CPU.
 
-:func:`train` minimises one of the objectives of :mod:`sde_diffusion.losses` on batches drawn on the fly from a
-data sampler (a name from :data:`sde_diffusion.data.DATASETS` or any ``fn(n, generator) -> tensor``). All
+:func:`train` minimises one of the objectives of :mod:`sde_diffusion.training.losses` on batches drawn on the fly from a
+data sampler (a name from :data:`sde_diffusion.training.data.DATASETS` or any ``fn(n, generator) -> tensor``). All
 randomness of a step (data, times, noise) comes from one :class:`torch.Generator` seeded with ``config.seed``; its
 state is saved in every checkpoint together with the global torch RNG state (used by dropout), so a resumed run
 continues exactly where the interrupted one stopped.
@@ -34,12 +34,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import schedules as _schedules
+from .. import schedules as _schedules
 from .data import get_dataset
 from .losses import get_loss
-from .models import Model, _check_prediction
+from ..models import Model, _check_prediction
 from .nets import NETS, build_net
-from .schedules import NoiseSchedule, VPDiscrete
+from ..schedules import NoiseSchedule, VPDiscrete
 
 __all__ = [
     "TrainConfig",
@@ -87,7 +87,7 @@ class TrainConfig:
             fraction of the post-warm-up steps done).
         ema_decay: EMA decay ``d`` (with the ``(1+n)/(10+n)`` warm-up).
         grad_clip: maximal global gradient norm (``None``: no clipping).
-        loss: objective name from :data:`sde_diffusion.losses.LOSSES`.
+        loss: objective name from :data:`sde_diffusion.training.losses.LOSSES`.
         loss_options: keyword options of the objective (e.g. ``{"weighting": "likelihood"}``).
         seed: seed of the training generator.
         checkpoint_every: save a checkpoint every this many steps (0: only at the end).
@@ -269,7 +269,7 @@ def load_model(
     Args:
         path: checkpoint file.
         net: a network to load the weights into (default: rebuilt from the recorded class and config, in the dtype
-            it was trained in; this works for the networks of :data:`sde_diffusion.nets.NETS`).
+            it was trained in; this works for the networks of :data:`sde_diffusion.training.nets.NETS`).
         schedule: override the recorded schedule (needed for schedules that are not built in).
         ema: load the EMA weights.
         device: where to put the network.
@@ -365,10 +365,10 @@ def train(
     """Train ``net`` as a ``prediction``-type denoiser for ``schedule`` on ``data``.
 
     Args:
-        net: the network ``fn(x, t)`` (e.g. :class:`~sde_diffusion.nets.MLPScoreNet`); trained in place. Its
+        net: the network ``fn(x, t)`` (e.g. :class:`~sde_diffusion.training.nets.MLPScoreNet`); trained in place. Its
             parameter dtype sets the data dtype.
         schedule: the noise schedule (recorded in checkpoints).
-        data: a data set name (:data:`sde_diffusion.data.DATASETS`) or ``fn(n, generator) -> (n, ...)``.
+        data: a data set name (:data:`sde_diffusion.training.data.DATASETS`) or ``fn(n, generator) -> (n, ...)``.
         prediction: ``eps``, ``x0``, ``v`` or ``score``.
         config: a :class:`TrainConfig`; keyword ``overrides`` replace its fields.
         checkpoint: checkpoint path; written every ``config.checkpoint_every`` steps and at the end.
