@@ -99,6 +99,22 @@ CASES = [
     ("dpm_solver_2_ancestral", {"eta": 1.0}, "sample_dpm_2_ancestral", {"eta": 1.0}),
     ("dpm_solver++_2s_ancestral", {"eta": 1.0}, "sample_dpmpp_2s_ancestral", {"eta": 1.0}),
     ("dpm_solver++_2s_ancestral", {"eta": 0.7}, "sample_dpmpp_2s_ancestral", {"eta": 0.7}),
+    ("sde_dpm_solver++_2s", {"eta": 1.0}, "sample_dpmpp_sde", {"eta": 1.0}),
+    (
+        "sde_dpm_solver++_2s",
+        {"eta": 0.8, "r": 0.3, "s_noise": 1.1},
+        "sample_dpmpp_sde",
+        {"eta": 0.8, "r": 0.3, "s_noise": 1.1},
+    ),
+    ("sde_dpm_solver++", {"eta": 1.0, "lower_order_final": False}, "sample_dpmpp_2m_sde", {"eta": 1.0}),
+    (
+        "sde_dpm_solver++",
+        {"eta": 0.5, "lower_order_final": False, "update": "heun"},
+        "sample_dpmpp_2m_sde",
+        {"eta": 0.5, "solver_type": "heun"},
+    ),
+    ("sde_dpm_solver++_3m", {"eta": 1.0, "lower_order_final": False}, "sample_dpmpp_3m_sde", {"eta": 1.0}),
+    ("sde_dpm_solver++_3m", {"eta": 0.6, "lower_order_final": False}, "sample_dpmpp_3m_sde", {"eta": 0.6}),
 ]
 
 

@@ -25,12 +25,11 @@ Brownian increment, so pathwise (against the reverse SDE, ``eta = 1``) they conv
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from .base import Solver, lincomb, register
 from .dpm_solver import STAGE_NODES, combination, final_update, run_singlestep_stages, update_rule
+from .options import check_nonnegative
 
 __all__ = [
     "AncestralSolver",
@@ -38,25 +37,37 @@ __all__ = [
     "DPMSolver2Ancestral",
     "DPMSolverPP2SAncestral",
     "ancestral_split",
-    "log_alpha_sigma",
-    "singlestep_table",
+    "grid_logs",
+    "point_at_lambda",
+    "singlestep_to",
     "check_eta",
 ]
 
 
-def check_eta(eta, upper: float | None = None) -> float:
-    """``eta`` as a float in ``[0, upper]`` (``upper=None``: no upper bound)."""
-    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta) or eta < 0:
-        raise ValueError(f"eta must be a finite non-negative number, got {eta!r}")
-    if upper is not None and eta > upper:
-        raise ValueError(f"eta must be at most {upper}, got {eta!r}")
-    return float(eta)
+def check_eta(eta) -> float:
+    """``eta`` as a float in ``[0, 1]`` (the ancestral split needs ``sigma_down > 0``)."""
+    eta = check_nonnegative("eta", eta)
+    if eta > 1.0:
+        raise ValueError(f"eta must be in [0, 1], got {eta!r}")
+    return eta
 
 
-def log_alpha_sigma(schedule, ts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(log alpha, log sigma)`` of ``schedule`` at times ``ts`` (float64, unchecked: stage times may lie a hair
-    outside ``[t_min, t_max]``)."""
+def grid_logs(schedule, ts: torch.Tensor, table) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(log alpha, log sigma)`` at the grid points (float64, shape of ``ts``): from the per-grid table when it
+    carries them, else from the schedule."""
+    if hasattr(table, "log_alpha"):
+        return table.log_alpha, table.log_sigma
     return schedule.log_alpha_unchecked(ts), schedule.log_sigma_unchecked(ts)
+
+
+def point_at_lambda(schedule, table, lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(t, log alpha, log sigma)`` of the schedule point with half log-SNR ``lam`` (float64): the table's
+    ``at_lambda`` when it has one, else the schedule's inverse."""
+    if hasattr(table, "at_lambda"):
+        p = table.at_lambda(lam)
+        return p.t, p.log_alpha, p.log_sigma
+    t = schedule.inverse_lambda_unchecked(lam)
+    return t, schedule.log_alpha_unchecked(t), schedule.log_sigma_unchecked(t)
 
 
 def ancestral_split(lam: torch.Tensor, lam_next: torch.Tensor, eta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,7 +83,7 @@ def ancestral_split(lam: torch.Tensor, lam_next: torch.Tensor, eta: float) -> tu
     return lam_next - 0.5 * torch.log1p(-(eta * eta) * q), eta * torch.sqrt(q)
 
 
-def singlestep_table(schedule, sign: int, order: int, lam, la, ls, la_end, ls_end, variant: str = "paper") -> dict:
+def singlestep_to(schedule, table, sign: int, order: int, lam, la, ls, la_end, ls_end, variant: str = "paper") -> dict:
     r"""Coefficients of one singlestep exponential-integrator step per grid interval, from ``(la, ls)`` (log alpha,
     log sigma of the start) to an arbitrary end point ``(la_end, ls_end)`` whose half log-SNR is
     ``lambda_end = la_end - ls_end`` (a grid point or a virtual point such as an ancestral ``sigma_down``).
@@ -87,8 +98,7 @@ def singlestep_table(schedule, sign: int, order: int, lam, la, ls, la_end, ls_en
     nodes, table = [lam], {}
     for j, r in enumerate(STAGE_NODES[order][1:], start=1):
         lam_j = lam + r * h
-        t_j = schedule.inverse_lambda_unchecked(lam_j)
-        la_j, ls_j = log_alpha_sigma(schedule, t_j)
+        t_j, la_j, ls_j = point_at_lambda(schedule, table, lam_j)
         ratio, c = combination(
             sign, update_rule(variant, False, j, final=False), torch.stack(nodes, -1), la, ls, la_j, ls_j
         )
@@ -119,8 +129,8 @@ class AncestralSolver(Solver):
     exact_for_point_mass = True
 
     def __init__(self, eta: float = 1.0, s_noise: float = 1.0):
-        self.eta = check_eta(eta, upper=1.0)
-        self.s_noise = check_eta(s_noise)
+        self.eta = check_eta(eta)
+        self.s_noise = check_nonnegative("s_noise", s_noise)
         self.stochastic = self.eta > 0
         self.order = float(self.base_order)
         self.strong_order = 1.0 if self.stochastic else None
@@ -130,11 +140,11 @@ class AncestralSolver(Solver):
         return {"eta": self.eta, "s_noise": self.s_noise}
 
     def coefficients(self, schedule, ts, base):
-        la, ls = log_alpha_sigma(schedule, ts)
+        la, ls = grid_logs(schedule, ts, base)
         lam = la - ls
         lam_down, up = ancestral_split(lam[:-1], lam[1:], self.eta)
-        table = singlestep_table(
-            schedule, self.sign, self.base_order, lam[:-1], la[:-1], ls[:-1], la[1:], la[1:] - lam_down
+        table = singlestep_to(
+            schedule, base, self.sign, self.base_order, lam[:-1], la[:-1], ls[:-1], la[1:], la[1:] - lam_down
         )
         table["c_noise"] = self.s_noise * torch.exp(ls[1:]) * up
         return table
