@@ -29,9 +29,9 @@ _LOG_2PI = math.log(2.0 * math.pi)
 
 def _coeffs(schedule: NoiseSchedule, t, x: torch.Tensor, check: bool):
     """alpha, sigma at ``t`` (scalar or ``(B,)``), shaped to broadcast against ``x``."""
-    t = schedule._check_t(t) if check else torch.as_tensor(t)
+    t = schedule.check_t(t) if check else torch.as_tensor(t)
     t = t.to(device=x.device, dtype=x.dtype)
-    a, s = schedule._alpha_sigma(t)
+    a, s = schedule.alpha_sigma_unchecked(t)
     return broadcast_coeff(a, x), broadcast_coeff(s, x)
 
 

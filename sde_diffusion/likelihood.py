@@ -210,7 +210,7 @@ def log_likelihood(
     sch: NoiseSchedule = model.schedule
     t0 = sch.t_min if t_min is None else float(t_min)
     t1 = sch.t_max if t_max is None else float(t_max)
-    sch._check_t(torch.tensor([t0, t1], dtype=torch.float64), "t_min/t_max")
+    sch.check_t(torch.tensor([t0, t1], dtype=torch.float64), "t_min/t_max")
     if not t0 < t1:
         raise ValueError(f"need t_min < t_max, got {t0}, {t1}")
     if dequantize_data:

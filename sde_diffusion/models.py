@@ -192,8 +192,8 @@ class Model:
         loop does so, so that nothing is recomputed or checked on the device inside the loop.
         """
         if alpha is None or sigma is None:
-            tt = self.schedule._check_t(t)
-            a, s = self.schedule._alpha_sigma(tt.to(device=x.device, dtype=x.dtype))
+            tt = self.schedule.check_t(t)
+            a, s = self.schedule.alpha_sigma_unchecked(tt.to(device=x.device, dtype=x.dtype))
             alpha, sigma = broadcast_coeff(a, x), broadcast_coeff(s, x)
         out = self(x, t)
         if self.thresholding is not None:

@@ -51,26 +51,26 @@ def probability_flow_reference(
 
     sch = model.schedule
     ts = _as_times(ts)
-    sch._check_t(ts, "ts")
-    lams = sch._lambda(ts)
+    sch.check_t(ts, "ts")
+    lams = sch.lambda_unchecked(ts)
     dtype = x_T.dtype
     x = x_T.to(torch.float64)
     b = x.shape[0]
 
     def field(lam, y):
-        t = sch._inverse_lambda(lam.reshape(1)).to(device=y.device)
-        a, s = sch._alpha_sigma(t)
+        t = sch.inverse_lambda_unchecked(lam.reshape(1)).to(device=y.device)
+        a, s = sch.alpha_sigma_unchecked(t)
         tv = t.expand(b)
         eps = model.predict(a * y, tv, "eps", a, s)
         return -torch.exp(-lam) * eps
 
-    y0 = x / torch.exp(sch._log_alpha(ts[:1])).to(x.device)
+    y0 = x / torch.exp(sch.log_alpha_unchecked(ts[:1])).to(x.device)
     opts = (
         {"step_t": lams.to(x.device)} if method in ("dopri5", "dopri8", "bosh3", "adaptive_heun", "fehlberg2") else {}
     )
     opts.update(options or {})
     ys = odeint(field, y0, lams.to(x.device), method=method, rtol=rtol, atol=atol, options=opts)
-    alphas = torch.exp(sch._log_alpha(ts)).to(x.device).reshape((-1,) + (1,) * x.ndim)
+    alphas = torch.exp(sch.log_alpha_unchecked(ts)).to(x.device).reshape((-1,) + (1,) * x.ndim)
     out = (alphas * ys).to(dtype)
     out[0] = x_T  # exactly, not alpha * (x_T / alpha)
     return out
@@ -119,7 +119,7 @@ def reverse_sde_reference(
     ts = _as_times(ts)
     if not bool((ts[1:] < ts[:-1]).all()):
         raise ValueError("reverse_sde_reference integrates backwards in t: ts must be decreasing")
-    model.schedule._check_t(ts, "ts")
+    model.schedule.check_t(ts, "ts")
     sde = ReverseSDE(model.schedule, model).torchsde(event_shape=tuple(x_T.shape[1:]))
     ss = (-ts).to(device=x_T.device, dtype=x_T.dtype)
     ys = [x_T.reshape(x_T.shape[0], -1)]

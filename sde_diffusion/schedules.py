@@ -10,8 +10,25 @@ Every schedule describes ``x_t = alpha(t) x_0 + sigma(t) eps`` on a time domain 
   ``dx = f x dt + g dW`` whose marginals are the ones above.
 
 Inputs may be Python numbers (computed in float64) or tensors of any shape; tensors keep their dtype and device.
-Public methods validate that ``t`` lies where the formulas hold; the underscored methods skip that check and are what
-the sampling loop and the analytic models use (a check on a GPU tensor would synchronise the device).
+
+**Checked and unchecked.** The public methods above validate that ``t`` lies where the formulas hold (a check that
+reads the tensor, which on a GPU would synchronise the device). Each has an *unchecked* twin that skips the check --
+the protocol a schedule implements and what coefficient tables, analytic models and the SDE drift call:
+
+==========================  =====================================================================================
+``log_alpha_unchecked(t)``  ``log alpha(t)`` -- **implement**
+``log_sigma_unchecked(t)``  ``log sigma(t)`` -- **implement** (given by :class:`VPSchedule` for VP schedules)
+``f_unchecked(t)``          ``d log alpha / dt`` -- **implement**
+``dlog_sigma_unchecked(t)`` ``d log sigma / dt`` -- **implement** unless ``g2_unchecked`` is overridden
+``inverse_lambda_unchecked`` the ``t`` of a half log-SNR -- **implement** (VP: ``log_alpha_to_t_unchecked`` instead)
+``g2_unchecked(t)``         ``g^2(t)``; default ``2 sigma^2 (d log sigma/dt - f)``, override with a closed form
+``lambda_unchecked(t)``     derived: ``log_alpha - log_sigma``
+``alpha_sigma_unchecked(t)`` derived: ``(alpha, sigma)``
+==========================  =====================================================================================
+
+``check_t(t, name)`` and ``check_lambda(lam)`` are the validators the checked methods use. The pre-0.2 underscored
+names (``_log_alpha``, ``_inverse_lambda``, ...) remain as aliases, both for callers and for subclasses that
+implement them, but no module outside this one uses them (``tests/test_schedule_boundary.py``).
 """
 
 from __future__ import annotations
@@ -59,8 +76,9 @@ def _vp_log_alpha_from_lambda(lam: torch.Tensor) -> torch.Tensor:
 
 
 class NoiseSchedule:
-    """Abstract noise schedule. Subclasses implement ``_log_alpha``, ``_log_sigma``, ``_f`` and ``_inverse_lambda``
-    (and may override ``_g2`` with a closed form).
+    """Abstract noise schedule. Subclasses implement ``log_alpha_unchecked``, ``log_sigma_unchecked``,
+    ``f_unchecked``, ``dlog_sigma_unchecked`` and ``inverse_lambda_unchecked`` (and may override ``g2_unchecked``
+    with a closed form); see the module docstring for the protocol.
 
     Attributes:
         t_min, t_max: the sampling domain; sampling runs from ``t_max`` down to ``t_min``.
@@ -74,34 +92,34 @@ class NoiseSchedule:
     domain: tuple[float, float] = (-math.inf, math.inf)
 
     # ---- to implement -------------------------------------------------------------------------------------------
-    def _log_alpha(self, t: torch.Tensor) -> torch.Tensor:
+    def log_alpha_unchecked(self, t: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def _log_sigma(self, t: torch.Tensor) -> torch.Tensor:
+    def log_sigma_unchecked(self, t: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def _f(self, t: torch.Tensor) -> torch.Tensor:
+    def f_unchecked(self, t: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def _dlog_sigma(self, t: torch.Tensor) -> torch.Tensor:
+    def dlog_sigma_unchecked(self, t: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def _inverse_lambda(self, lam: torch.Tensor) -> torch.Tensor:
+    def inverse_lambda_unchecked(self, lam: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def _g2(self, t: torch.Tensor) -> torch.Tensor:
+    def g2_unchecked(self, t: torch.Tensor) -> torch.Tensor:
         # d sigma^2/dt - 2 f sigma^2 = 2 sigma^2 (d log sigma/dt - f)
-        return 2.0 * torch.exp(2.0 * self._log_sigma(t)) * (self._dlog_sigma(t) - self._f(t))
+        return 2.0 * torch.exp(2.0 * self.log_sigma_unchecked(t)) * (self.dlog_sigma_unchecked(t) - self.f_unchecked(t))
 
     # ---- derived, unchecked -------------------------------------------------------------------------------------
-    def _lambda(self, t: torch.Tensor) -> torch.Tensor:
-        return self._log_alpha(t) - self._log_sigma(t)
+    def lambda_unchecked(self, t: torch.Tensor) -> torch.Tensor:
+        return self.log_alpha_unchecked(t) - self.log_sigma_unchecked(t)
 
-    def _alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.exp(self._log_alpha(t)), torch.exp(self._log_sigma(t))
+    def alpha_sigma_unchecked(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.exp(self.log_alpha_unchecked(t)), torch.exp(self.log_sigma_unchecked(t))
 
     # ---- validation -------------------------------------------------------------------------------------------
-    def _check_t(self, t: Tensorish, name: str = "t") -> torch.Tensor:
+    def check_t(self, t: Tensorish, name: str = "t") -> torch.Tensor:
         t = _as_tensor(t)
         lo, hi = self.domain
         bad = torch.isnan(t) | (t <= lo if self._open_lo else t < lo) | (t >= hi if self._open_hi else t > hi)
@@ -115,20 +133,23 @@ class NoiseSchedule:
     _open_lo = True
     _open_hi = True
 
-    def _check_lambda(self, lam: Tensorish) -> torch.Tensor:
+    def check_lambda(self, lam: Tensorish) -> torch.Tensor:
+        """``lam`` as a tensor; raises ``ValueError`` for NaN and for ``+-inf`` (the half log-SNR of ``alpha = 0`` or
+        ``sigma = 0``, which lies outside every schedule's domain)."""
         lam = _as_tensor(lam)
-        if bool(torch.isnan(lam).any()):
-            raise ValueError("lam contains NaN")
+        if not bool(torch.isfinite(lam).all()):
+            value = lam[~torch.isfinite(lam)].flatten()[0].item()
+            raise ValueError(f"lam={value!r}: the half log-SNR must be finite")
         return lam
 
     # ---- public API -----------------------------------------------------------------------------------------------
     def log_alpha(self, t: Tensorish) -> torch.Tensor:
         """``log alpha(t)``."""
-        return self._log_alpha(self._check_t(t))
+        return self.log_alpha_unchecked(self.check_t(t))
 
     def log_sigma(self, t: Tensorish) -> torch.Tensor:
         """``log sigma(t)``."""
-        return self._log_sigma(self._check_t(t))
+        return self.log_sigma_unchecked(self.check_t(t))
 
     def alpha(self, t: Tensorish) -> torch.Tensor:
         """Signal coefficient ``alpha(t)``."""
@@ -140,11 +161,11 @@ class NoiseSchedule:
 
     def lambda_(self, t: Tensorish) -> torch.Tensor:
         """Half log-SNR ``lambda(t) = log(alpha(t)/sigma(t))`` (so ``SNR = exp(2 lambda)``); strictly decreasing."""
-        return self._lambda(self._check_t(t))
+        return self.lambda_unchecked(self.check_t(t))
 
     def inverse_lambda(self, lam: Tensorish) -> torch.Tensor:
         """The time ``t`` with ``lambda_(t) = lam``."""
-        return self._inverse_lambda(self._check_lambda(lam))
+        return self.inverse_lambda_unchecked(self.check_lambda(lam))
 
     def sigma_ve(self, t: Tensorish) -> torch.Tensor:
         """Variance-exploding noise level ``sigma/alpha = exp(-lambda)`` (the k-diffusion / EDM sigma)."""
@@ -152,21 +173,21 @@ class NoiseSchedule:
 
     def f(self, t: Tensorish) -> torch.Tensor:
         """Drift coefficient of the forward SDE, ``f(t) = d log alpha / dt``."""
-        return self._f(self._check_t(t))
+        return self.f_unchecked(self.check_t(t))
 
     def g2(self, t: Tensorish) -> torch.Tensor:
         """Squared diffusion coefficient, ``g^2(t) = d sigma^2/dt - 2 f(t) sigma^2(t)``."""
-        return self._g2(self._check_t(t))
+        return self.g2_unchecked(self.check_t(t))
 
     @property
     def lambda_min(self) -> float:
         """``lambda(t_max)`` in float64."""
-        return float(self._lambda(torch.tensor(self.t_max, dtype=torch.float64)))
+        return float(self.lambda_unchecked(torch.tensor(self.t_max, dtype=torch.float64)))
 
     @property
     def lambda_max(self) -> float:
         """``lambda(t_min)`` in float64."""
-        return float(self._lambda(torch.tensor(self.t_min, dtype=torch.float64)))
+        return float(self.lambda_unchecked(torch.tensor(self.t_min, dtype=torch.float64)))
 
     def _set_range(self, t_min: float | None, t_max: float | None, default: tuple[float, float]) -> None:
         t_min = default[0] if t_min is None else t_min
@@ -177,14 +198,51 @@ class NoiseSchedule:
         if not t_min < t_max:
             raise ValueError(f"t_min must be < t_max, got t_min={t_min}, t_max={t_max}")
         self.t_min, self.t_max = float(t_min), float(t_max)
-        self._check_t(torch.tensor([self.t_min, self.t_max], dtype=torch.float64), name="t_min/t_max")
+        self.check_t(torch.tensor([self.t_min, self.t_max], dtype=torch.float64), name="t_min/t_max")
 
     def __repr__(self) -> str:
-        params = ", ".join(f"{k}={v!r}" for k, v in self._params().items())
+        params = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
         return f"{type(self).__name__}({params})"
 
-    def _params(self) -> dict[str, Any]:
+    def params(self) -> dict[str, Any]:
+        """The constructor arguments that define this schedule (what ``repr`` shows and checkpoints store)."""
         return {"t_min": self.t_min, "t_max": self.t_max}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _link_legacy_names(cls)
+
+
+#: pre-0.2 (underscored) name -> public protocol name; see the module docstring
+LEGACY_NAMES = {
+    "_log_alpha": "log_alpha_unchecked",
+    "_log_sigma": "log_sigma_unchecked",
+    "_f": "f_unchecked",
+    "_dlog_sigma": "dlog_sigma_unchecked",
+    "_inverse_lambda": "inverse_lambda_unchecked",
+    "_g2": "g2_unchecked",
+    "_lambda": "lambda_unchecked",
+    "_alpha_sigma": "alpha_sigma_unchecked",
+    "_log_alpha_to_t": "log_alpha_to_t_unchecked",
+    "_check_t": "check_t",
+    "_check_lambda": "check_lambda",
+    "_params": "params",
+}
+
+
+def _link_legacy_names(cls: type) -> None:
+    """Make each class's own protocol methods reachable under both names: a class written against the public names
+    gets the old aliases (so ``super()._f(t)`` in an old-style subclass finds its parent's ``f_unchecked``), a class
+    written against the old names gets the public ones."""
+    own = cls.__dict__
+    for old, new in LEGACY_NAMES.items():
+        if new in own and old not in own:
+            setattr(cls, old, own[new])
+        elif old in own and new not in own:
+            setattr(cls, new, own[old])
+
+
+_link_legacy_names(NoiseSchedule)
 
 
 class VPSchedule(NoiseSchedule):
@@ -192,22 +250,22 @@ class VPSchedule(NoiseSchedule):
 
     is_vp = True
 
-    def _log_sigma(self, t):
-        return 0.5 * torch.log(-torch.expm1(2.0 * self._log_alpha(t)))
+    def log_sigma_unchecked(self, t):
+        return 0.5 * torch.log(-torch.expm1(2.0 * self.log_alpha_unchecked(t)))
 
-    def _dlog_sigma(self, t):
+    def dlog_sigma_unchecked(self, t):
         # sigma^2 = 1 - alpha^2  =>  d log sigma/dt = -alpha^2 f / sigma^2
-        la = self._log_alpha(t)
-        return -self._f(t) / torch.expm1(-2.0 * la)
+        la = self.log_alpha_unchecked(t)
+        return -self.f_unchecked(t) / torch.expm1(-2.0 * la)
 
-    def _g2(self, t):
-        return -2.0 * self._f(t)
+    def g2_unchecked(self, t):
+        return -2.0 * self.f_unchecked(t)
 
-    def _log_alpha_to_t(self, log_alpha: torch.Tensor) -> torch.Tensor:
+    def log_alpha_to_t_unchecked(self, log_alpha: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def _inverse_lambda(self, lam):
-        return self._log_alpha_to_t(_vp_log_alpha_from_lambda(lam))
+    def inverse_lambda_unchecked(self, lam):
+        return self.log_alpha_to_t_unchecked(_vp_log_alpha_from_lambda(lam))
 
 
 class _LinearBeta:
@@ -247,17 +305,17 @@ class VPLinear(_LinearBeta, VPSchedule):
         self._init_beta(beta_min, beta_max)
         self._set_range(t_min, t_max, (1e-3, 1.0))
 
-    def _log_alpha(self, t):
+    def log_alpha_unchecked(self, t):
         return self._linear_log_alpha(t)
 
-    def _f(self, t):
+    def f_unchecked(self, t):
         return -0.5 * self._beta(t)
 
-    def _log_alpha_to_t(self, log_alpha):
+    def log_alpha_to_t_unchecked(self, log_alpha):
         return self._linear_log_alpha_to_t(log_alpha)
 
-    def _params(self):
-        return {"beta_min": self.beta_min, "beta_max": self.beta_max, **super()._params()}
+    def params(self):
+        return {"beta_min": self.beta_min, "beta_max": self.beta_max, **super().params()}
 
 
 class VPCosine(VPSchedule):
@@ -280,24 +338,24 @@ class VPCosine(VPSchedule):
     def _angle(self, t):
         return (math.pi / 2) * (t + self.s) / (1 + self.s)
 
-    def _log_alpha(self, t):
+    def log_alpha_unchecked(self, t):
         # cos(th) - cos(th0) = -2 sin((th+th0)/2) sin((th-th0)/2): no cancellation near t = 0
         th, d = self._angle(t), (math.pi / 2) * t / (1 + self.s)  # d = th - th0, computed without cancellation
         return torch.log1p(-2.0 * torch.sin(0.5 * (th + self._theta0)) * torch.sin(0.5 * d) / self._cos0)
 
-    def _log_sigma(self, t):
+    def log_sigma_unchecked(self, t):
         # 1 - alpha^2 = sin(th - th0) sin(th + th0) / cos(th0)^2
         th, d = self._angle(t), (math.pi / 2) * t / (1 + self.s)
         return 0.5 * (torch.log(torch.sin(d)) + torch.log(torch.sin(th + self._theta0))) - math.log(self._cos0)
 
-    def _f(self, t):
+    def f_unchecked(self, t):
         return -(math.pi / (2 * (1 + self.s))) * torch.tan(self._angle(t))
 
-    def _log_alpha_to_t(self, log_alpha):
+    def log_alpha_to_t_unchecked(self, log_alpha):
         return (2 * (1 + self.s) / math.pi) * torch.arccos(torch.exp(log_alpha + self._log_alpha0)) - self.s
 
-    def _params(self):
-        return {"s": self.s, **super()._params()}
+    def params(self):
+        return {"s": self.s, **super().params()}
 
 
 class SubVPLinear(_LinearBeta, NoiseSchedule):
@@ -313,23 +371,23 @@ class SubVPLinear(_LinearBeta, NoiseSchedule):
         self._init_beta(beta_min, beta_max)
         self._set_range(t_min, t_max, (1e-3, 1.0))
 
-    def _log_alpha(self, t):
+    def log_alpha_unchecked(self, t):
         return self._linear_log_alpha(t)
 
-    def _log_sigma(self, t):
-        return torch.log(-torch.expm1(2.0 * self._log_alpha(t)))
+    def log_sigma_unchecked(self, t):
+        return torch.log(-torch.expm1(2.0 * self.log_alpha_unchecked(t)))
 
-    def _f(self, t):
+    def f_unchecked(self, t):
         return -0.5 * self._beta(t)
 
-    def _dlog_sigma(self, t):
+    def dlog_sigma_unchecked(self, t):
         # sigma = 1 - alpha^2  =>  d log sigma/dt = -2 alpha^2 f / sigma
-        return -2.0 * self._f(t) / torch.expm1(-2.0 * self._log_alpha(t))
+        return -2.0 * self.f_unchecked(t) / torch.expm1(-2.0 * self.log_alpha_unchecked(t))
 
-    def _g2(self, t):
-        return -self._beta(t) * torch.expm1(4.0 * self._log_alpha(t))
+    def g2_unchecked(self, t):
+        return -self._beta(t) * torch.expm1(4.0 * self.log_alpha_unchecked(t))
 
-    def _inverse_lambda(self, lam):
+    def inverse_lambda_unchecked(self, lam):
         # alpha/(1-alpha^2) = e^lam  =>  alpha = 2 e^lam / (1 + sqrt(1 + 4 e^{2 lam})), in logs.
         # log u = log sigma = log(1 - alpha^2) = log 2 - log(1 + sqrt(1 + 4 e^{2 lam})); for large lam alpha = e^lam u
         # cancels nothing, for small lam take alpha^2 = 1 - u instead (no cancellation either way).
@@ -338,17 +396,17 @@ class SubVPLinear(_LinearBeta, NoiseSchedule):
         log_alpha = torch.where(log_u > -math.log(2.0), lam + log_u, 0.5 * torch.log1p(-torch.exp(log_u)))
         return self._linear_log_alpha_to_t(log_alpha)
 
-    def _params(self):
-        return {"beta_min": self.beta_min, "beta_max": self.beta_max, **super()._params()}
+    def params(self):
+        return {"beta_min": self.beta_min, "beta_max": self.beta_max, **super().params()}
 
 
 class _VarianceExploding(NoiseSchedule):
     """``alpha = 1``: ``f = 0`` and ``g^2 = d sigma^2/dt``."""
 
-    def _log_alpha(self, t):
+    def log_alpha_unchecked(self, t):
         return 0.0 * t  # (not zeros_like: keeps the autograd graph)
 
-    def _f(self, t):
+    def f_unchecked(self, t):
         return 0.0 * t
 
     def _init_sigmas(self, sigma_min: float, sigma_max: float) -> None:
@@ -357,8 +415,8 @@ class _VarianceExploding(NoiseSchedule):
         if not self.sigma_min < self.sigma_max:
             raise ValueError(f"sigma_min must be < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
 
-    def _params(self):
-        return {"sigma_min": self.sigma_min, "sigma_max": self.sigma_max, **super()._params()}
+    def params(self):
+        return {"sigma_min": self.sigma_min, "sigma_max": self.sigma_max, **super().params()}
 
 
 class VEGeometric(_VarianceExploding):
@@ -383,16 +441,16 @@ class VEGeometric(_VarianceExploding):
         self._log_ratio = math.log(self.sigma_max / self.sigma_min)
         self._set_range(t_min, t_max, (0.0, 1.0))
 
-    def _log_sigma(self, t):
+    def log_sigma_unchecked(self, t):
         return math.log(self.sigma_min) + t * self._log_ratio
 
-    def _dlog_sigma(self, t):
+    def dlog_sigma_unchecked(self, t):
         return 0.0 * t + self._log_ratio
 
-    def _g2(self, t):
-        return 2.0 * self._log_ratio * torch.exp(2.0 * self._log_sigma(t))
+    def g2_unchecked(self, t):
+        return 2.0 * self._log_ratio * torch.exp(2.0 * self.log_sigma_unchecked(t))
 
-    def _inverse_lambda(self, lam):
+    def inverse_lambda_unchecked(self, lam):
         return (-lam - math.log(self.sigma_min)) / self._log_ratio
 
 
@@ -407,19 +465,19 @@ class EDM(_VarianceExploding):
         self._init_sigmas(sigma_min, sigma_max)
         self._set_range(self.sigma_min, self.sigma_max, (self.sigma_min, self.sigma_max))
 
-    def _log_sigma(self, t):
+    def log_sigma_unchecked(self, t):
         return torch.log(t)
 
-    def _dlog_sigma(self, t):
+    def dlog_sigma_unchecked(self, t):
         return 1.0 / t
 
-    def _g2(self, t):
+    def g2_unchecked(self, t):
         return 2.0 * t
 
-    def _inverse_lambda(self, lam):
+    def inverse_lambda_unchecked(self, lam):
         return torch.exp(-lam)
 
-    def _params(self):
+    def params(self):
         return {"sigma_min": self.sigma_min, "sigma_max": self.sigma_max}
 
 
@@ -432,15 +490,49 @@ def _alpha_bar_cosine(t: torch.Tensor) -> torch.Tensor:
     return torch.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
 
 
+def _check_betas(b: torch.Tensor, name: str) -> torch.Tensor:
+    """A one-dimensional float64 vector of at least two DDPM betas, each in the open interval ``(0, 1)``."""
+    if b.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional (one beta per training step), got shape {tuple(b.shape)}")
+    if b.numel() < 2 or bool(torch.isnan(b).any()) or bool(((b <= 0) | (b >= 1)).any()):
+        raise ValueError(f"{name} must have at least 2 entries, each in the open interval (0, 1)")
+    return b
+
+
+def _alpha_bar_laplace(t: torch.Tensor) -> torch.Tensor:
+    lam = -0.5 * torch.copysign(torch.ones_like(t), 0.5 - t) * torch.log(1.0 - 2.0 * (0.5 - t).abs() + 1e-6)
+    return torch.sqrt(torch.sigmoid(lam))  # diffusers' sqrt(snr / (1 + snr)), snr = e^lam
+
+
+#: ``alphas_cumprod(t)`` functions that diffusers discretises into betas (``betas_for_alpha_bar``)
+_ALPHA_BAR = {
+    "squaredcos_cap_v2": _alpha_bar_cosine,
+    "exp": lambda t: torch.exp(-12.0 * t),
+    "laplace": _alpha_bar_laplace,
+}
+
+
 def betas_from_config(config: Mapping[str, Any]) -> torch.Tensor:
     """DDPM betas (float64) from a diffusers-style scheduler config.
 
     Keys: ``num_train_timesteps`` (default 1000), ``beta_start`` (1e-4), ``beta_end`` (0.02), ``beta_schedule``
-    (``linear`` | ``scaled_linear`` | ``squaredcos_cap_v2``) or ``trained_betas`` (which wins when given).
+    or ``trained_betas`` (which wins when given). Every ``beta_schedule`` of diffusers: ``linear``,
+    ``scaled_linear`` (linear in ``sqrt(beta)``, Stable Diffusion's), ``sigmoid`` (GeoDiff), and the ``alphas_cumprod``
+    discretisations ``beta_n = min(1 - abar((n+1)/N) / abar(n/N), 0.999)`` of ``squaredcos_cap_v2`` (Nichol &
+    Dhariwal's cosine), ``exp`` (``abar = exp(-12 t)``) and ``laplace``.
+
+    ``rescale_betas_zero_snr=True`` (Lin et al., arXiv:2305.08891) is refused: it makes ``alphas_cumprod[N-1] = 0``,
+    i.e. ``alpha(t_max) = 0`` and ``lambda(t_max) = -inf``, where the probability-flow ODE in ``lambda`` has no
+    starting point (the first step of every exponential integrator would have ``h = +inf``).
     """
+    if config.get("rescale_betas_zero_snr", False):
+        raise ValueError(
+            "rescale_betas_zero_snr=True is not supported: zero terminal SNR puts alpha(t_max) = 0, so "
+            "lambda(t_max) = -inf and the ODE in lambda has no finite starting point"
+        )
     trained = config.get("trained_betas")
     if trained is not None:
-        return torch.as_tensor(trained, dtype=torch.float64)
+        return _check_betas(torch.as_tensor(trained, dtype=torch.float64), "trained_betas")
     n = config.get("num_train_timesteps", 1000)
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"num_train_timesteps must be a positive integer, got {n!r}")
@@ -451,11 +543,14 @@ def betas_from_config(config: Mapping[str, Any]) -> torch.Tensor:
         return torch.linspace(b0, b1, n, dtype=torch.float64)
     if kind == "scaled_linear":
         return torch.linspace(math.sqrt(b0), math.sqrt(b1), n, dtype=torch.float64) ** 2
-    if kind == "squaredcos_cap_v2":
+    if kind == "sigmoid":
+        return torch.sigmoid(torch.linspace(-6.0, 6.0, n, dtype=torch.float64)) * (b1 - b0) + b0
+    if kind in _ALPHA_BAR:
         i = torch.arange(n, dtype=torch.float64)
-        ratio = _alpha_bar_cosine((i + 1) / n) / _alpha_bar_cosine(i / n)
+        ratio = _ALPHA_BAR[kind]((i + 1) / n) / _ALPHA_BAR[kind](i / n)
         return torch.clamp(1.0 - ratio, max=0.999)
-    raise ValueError(f"beta_schedule must be one of 'linear', 'scaled_linear', 'squaredcos_cap_v2', got {kind!r}")
+    names = ", ".join(repr(k) for k in ("linear", "scaled_linear", "sigmoid", *_ALPHA_BAR))
+    raise ValueError(f"beta_schedule must be one of {names}, got {kind!r}")
 
 
 class VPDiscrete(VPSchedule):
@@ -479,12 +574,12 @@ class VPDiscrete(VPSchedule):
         if (betas is None) == (alphas_cumprod is None):
             raise ValueError("give exactly one of betas or alphas_cumprod")
         if betas is not None:
-            b = torch.as_tensor(betas, dtype=torch.float64).flatten()
-            if b.numel() < 2 or bool(torch.isnan(b).any()) or bool(((b <= 0) | (b >= 1)).any()):
-                raise ValueError("betas must have at least 2 entries, each in the open interval (0, 1)")
+            b = _check_betas(torch.as_tensor(betas, dtype=torch.float64), "betas")
             log_ac = torch.cumsum(torch.log1p(-b), 0)
         else:
-            ac = torch.as_tensor(alphas_cumprod, dtype=torch.float64).flatten()
+            ac = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
+            if ac.ndim != 1:
+                raise ValueError(f"alphas_cumprod must be one-dimensional, got shape {tuple(ac.shape)}")
             if ac.numel() < 2 or bool(torch.isnan(ac).any()) or bool(((ac <= 0) | (ac >= 1)).any()):
                 raise ValueError("alphas_cumprod must have at least 2 entries, each in (0, 1)")
             if bool((ac[1:] >= ac[:-1]).any()):
@@ -508,6 +603,11 @@ class VPDiscrete(VPSchedule):
         return self._t_grid
 
     @property
+    def log_alpha_knots(self) -> torch.Tensor:
+        """``log alpha`` at the :attr:`knots` (``= log(alphas_cumprod)/2``), float64."""
+        return self._log_alpha_grid
+
+    @property
     def alphas_cumprod(self) -> torch.Tensor:
         return torch.exp(2.0 * self._log_alpha_grid)
 
@@ -524,16 +624,16 @@ class VPDiscrete(VPSchedule):
         k = torch.searchsorted(grid, t.contiguous(), right=True) - 1
         return torch.clamp(k, 0, self.num_steps - 2)
 
-    def _log_alpha(self, t):
+    def log_alpha_unchecked(self, t):
         grid = self._log_alpha_grid.to(device=t.device, dtype=t.dtype)
         slopes = self._slopes.to(device=t.device, dtype=t.dtype)
         k = self._segment(t)
         return grid[k] + slopes[k] * (t - (k + 1).to(t.dtype) / self.num_steps)
 
-    def _f(self, t):
+    def f_unchecked(self, t):
         return self._slopes.to(device=t.device, dtype=t.dtype)[self._segment(t)]
 
-    def _log_alpha_to_t(self, log_alpha):
+    def log_alpha_to_t_unchecked(self, log_alpha):
         grid = self._log_alpha_grid.to(device=log_alpha.device, dtype=log_alpha.dtype)
         # -log alpha is increasing along the grid: locate the segment, then invert the linear piece exactly.
         k = torch.searchsorted(-grid, -log_alpha.contiguous()) - 1
@@ -549,5 +649,5 @@ class VPDiscrete(VPSchedule):
         """Inverse of :meth:`t_to_label`: ``label / 1000 + 1/N``."""
         return _as_tensor(label) / 1000.0 + 1.0 / self.num_steps
 
-    def _params(self):
-        return {"num_steps": self.num_steps, **super()._params()}
+    def params(self):
+        return {"num_steps": self.num_steps, **super().params()}

@@ -102,9 +102,9 @@ class _ScoreField:
         sch = self.schedule
         return (
             tv,
-            broadcast_coeff(sch._f(tv), x),
-            broadcast_coeff(sch._g2(tv), x),
-            *(broadcast_coeff(c, x) for c in sch._alpha_sigma(tv)),
+            broadcast_coeff(sch.f_unchecked(tv), x),
+            broadcast_coeff(sch.g2_unchecked(tv), x),
+            *(broadcast_coeff(c, x) for c in sch.alpha_sigma_unchecked(tv)),
         )
 
     def _score_term(self, x, t):
@@ -135,7 +135,7 @@ class ReverseSDE(_ScoreField):
         return f * x - g2 * score
 
     def diffusion(self, x: torch.Tensor, t) -> torch.Tensor:
-        g = torch.sqrt(broadcast_coeff(self.schedule._g2(_time_vector(t, x)), x))
+        g = torch.sqrt(broadcast_coeff(self.schedule.g2_unchecked(_time_vector(t, x)), x))
         return g.expand_as(x)
 
     def torchsde(self, event_shape=None) -> torch.nn.Module:

@@ -138,9 +138,11 @@ def test_validation():
     model = PointMass(torch.tensor([0.0])).model(sch)
     with pytest.raises(ValueError, match="noise"):
         sample(model, torch.ones(1, 1), solver="adaptive_multistep", noise=torch.zeros(3, 1, 1))
-    with pytest.raises(TypeError, match="solve"):
-        solver.step(model, torch.ones(1, 1), (), None, None)
-    assert "synchronises" in AdaptiveMultistep.solve.__doc__
+    # (changed with issue 11: the solver no longer has its own ``solve`` loop -- its ``step`` is a real embedded step
+    # and ``sample`` is the one loop; what it cannot honour under its adaptive default controller is refused)
+    for bad in (dict(steps=10), dict(grid="logsnr"), dict(grid=torch.linspace(1.0, 1e-3, 5, dtype=torch.float64))):
+        with pytest.raises(ValueError, match=f"{next(iter(bad))}= cannot be honoured"):
+            sample(model, torch.ones(1, 1), solver="adaptive_multistep", **bad)
 
 
 def test_non_finite_state_raises():

@@ -1,49 +1,101 @@
 r"""The solver contract, the registry, per-grid coefficient plans and noise sources.
 
-A solver is a small object holding only its options. It declares
+How to write a solver
+=====================
 
-* ``order`` -- global order of the deterministic method (weak order for stochastic ones), ``strong_order`` for
-  stochastic ones;
-* ``nfe_per_step`` -- model evaluations per step (nominal; the exact count is in ``SampleResult.nfe``);
-* ``stochastic`` -- whether it draws noise;
-* ``memory`` -- how many past model outputs its state keeps.
+A solver is a small object holding only its options; it says how to take *one* step. The one loop is
+[`sample`][sde_diffusion.sample.sample]; a solver never loops over steps and never calls a schedule.
 
-and implements two things:
+**Metadata** (class attributes declared on :class:`Solver`, overridden where they differ):
+``order`` (ODE global order; weak order for stochastic solvers), ``strong_order``, ``nfe_per_step`` (nominal;
+``final_nfe(steps)`` is exact), ``stochastic``, ``memory`` (past model outputs kept in the state), ``direction``
+(``"backward"`` t_max -> t_min, ``"forward"`` for inversion), ``exact_for_point_mass`` (exact at any step count on
+point-mass data), ``couples_batch`` (a step mixes samples of the batch, so per-sample results depend on the batch),
+``adaptive`` (its default controller chooses the steps: ``steps=``/``grid=`` are refused), ``embedded`` (``step``
+also returns an error estimate, so it can run under an adaptive controller), ``reference`` (arXiv id).
 
-* ``coefficients(schedule, ts, base) -> dict`` -- every per-step number it needs beyond ``base`` (see
-  :func:`base_coefficients`), computed in float64 on the host from the whole grid at once (``ts`` has shape
-  ``(N+1,)`` or ``(N+1, B)``); each value has shape ``(N,)`` or ``(N, B)``
-  (integers such as a per-step order are kept on the host);
-* ``step(model, x, state, c, noise) -> (x_next, state)`` -- one step. ``c`` holds this step's coefficients (Python
-  floats for a shared grid, device tensors shaped ``(B, 1, ..., 1)`` for per-sample grids), always with ``t``
-  (device tensor ``(B,)``), ``t_next``, ``alpha``, ``sigma``, ``alpha_next``, ``sigma_next``, ``h`` (the step in
-  lambda). All history travels in ``state`` (a tuple), never in the solver.
+**Coefficients, before the loop.** ``coefficients(schedule, ts, table) -> dict[str, column]`` returns every
+per-step number beyond the :class:`~sde_diffusion.solvers.table.GridTable` ``table`` (float64, whole grid at once:
+columns ``(N,)``, or ``(N, B)`` for one grid per sample; integer/bool columns stay on the host; wrap a multiplier
+column in :func:`host_scalars`). Stage points come from ``table.at_lambda(lam) -> (t, alpha, sigma)``; the
+``schedule`` argument is there for its options only -- a solver calls none of its methods.
 
-Solvers never loop over steps; :func:`sde_diffusion.sample.sample` is the one loop.
+**The step record.** The plan turns the columns into one typed record per step (a slots dataclass derived from
+:class:`StepCoefficients`, fields fixed per solver: the base fields below plus the solver's own keys):
+
+* ``index`` (int), ``last`` (bool);
+* ``t``, ``t_next`` -- *model-time inputs*: device tensors ``(B,)`` in the state's dtype, for ``model.predict``;
+* ``t_host``, ``t_next_host`` -- the same times as numbers: Python floats for a shared grid, device tensors
+  ``(B, 1, ..., 1)`` for per-sample grids (like every other coefficient);
+* ``alpha``, ``sigma``, ``alpha_next``, ``sigma_next``, ``lam``, ``lam_next``, ``h = lam_next - lam`` -- floats
+  for a shared grid (0-d host tensors where marked with :func:`host_scalars`), ``(B, 1, ..., 1)`` device tensors
+  for per-sample grids.
+
+**The step.** ``step(model, x, state, c, noise) -> (x_next, state_next)``; all history travels in ``state`` (a tuple
+from ``init_state(x)``), never in the solver. ``noise`` is a :class:`StepNoise` (``None`` for deterministic
+solvers). An *embedded* solver (``embedded = True``) returns an :class:`EmbeddedStep` instead:
+``(x_next, state_next, error, error_order, retry_state)`` -- ``error`` the estimate of the local error (a tensor like
+``x``; for a pair of solutions ``x_high - x_low``), ``error_order`` the power of ``h`` it scales with, and
+``retry_state`` the state to retry from when the step is rejected (e.g. keeping a model output already paid for).
+On a fixed grid the loop keeps ``x_next`` and ``state_next`` only.
+
+**Controllers.** ``solver.default_controller()`` names the controller ``sample`` uses when none is given
+(:class:`~sde_diffusion.solvers.controllers.FixedGrid` for all fixed-step solvers;
+:class:`~sde_diffusion.solvers.controllers.PIController` / ``DPMSolverStepRule`` for the adaptive ones, built from
+their ``rtol``/``atol`` options). ``sample(..., controller=...)`` overrides it.
+
+**Budgets.** ``final_nfe(steps)`` is the exact model-evaluation count; ``steps_for_nfe(nfe)`` the largest step count
+within a budget (bounded search; the one rule used by studies and the CLI).
+
+A complete solver (DDIM with ``eta = 0``)::
+
+    @register("my_ddim")
+    class MyDDIM(Solver):
+        order, nfe_per_step, exact_for_point_mass = 1.0, 1, True
+
+        def coefficients(self, schedule, ts, table):
+            ratio = host_scalars(table.alpha_next / table.alpha)
+            return {"ratio": ratio, "c_eps": -table.sigma_next * torch.expm1(table.h)}
+
+        def step(self, model, x, state, c, noise):
+            eps = model.predict(x, c.t, "eps", c.alpha, c.sigma)
+            return lincomb(c.ratio, x, c.c_eps, eps), state
+
+Plans are stored as a structure of float64 arrays (one column per coefficient); the per-step records are built from
+them for the state's device and dtype and cached (bounded in bytes, :func:`clear_plan_cache`) -- for grids longer than
+:data:`ROWS_CACHED_UP_TO` steps they are built in chunks as the loop advances, so memory does not grow with the step
+count.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import sys
 from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from types import SimpleNamespace
-from typing import Any
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import torch
 
 from .._ops import lincomb
 from ..models import Model
 from ..schedules import NoiseSchedule
+from .table import STEP_COLUMNS, GridTable
 
 __all__ = [
     "Solver",
+    "EmbeddedStep",
+    "StepCoefficients",
+    "FinalPoint",
     "register",
     "get_solver",
     "registered_solvers",
     "Plan",
     "prepare_plan",
+    "clear_plan_cache",
+    "plan_cache_bytes",
     "NoiseSource",
     "GeneratorNoise",
     "TensorNoise",
@@ -54,12 +106,23 @@ __all__ = [
     "lincomb",
     "host_scalars",
     "HostScalars",
+    "GridTable",
 ]
+
+
+class EmbeddedStep(NamedTuple):
+    """What the ``step`` of an embedded solver returns (see "How to write a solver")."""
+
+    x: torch.Tensor
+    state: tuple
+    error: torch.Tensor
+    error_order: float
+    retry_state: tuple
 
 
 class Solver:
     """Base class of every sampler. Subclasses set the class attributes and implement ``step`` (and usually
-    ``coefficients``)."""
+    ``coefficients``); see the module docstring for the contract."""
 
     name: str = "solver"
     order: float = 1.0
@@ -69,6 +132,15 @@ class Solver:
     memory: int = 0
     #: "backward" integrates from t_max to t_min (sampling), "forward" the other way (inversion / encoding)
     direction: str = "backward"
+    #: exact at any step count when the data distribution is a point mass (the model output is then constant along
+    #: the flow in the solver's own variable)
+    exact_for_point_mass: bool = False
+    #: a step mixes the samples of the batch (so a sample's result depends on the rest of the batch)
+    couples_batch: bool = False
+    #: the default controller chooses the steps: ``steps=``/``grid=`` are refused unless a fixed grid is asked for
+    adaptive: bool = False
+    #: ``step`` returns an :class:`EmbeddedStep` (with an error estimate)
+    embedded: bool = False
     #: arXiv reference of the method
     reference: str = ""
 
@@ -76,21 +148,44 @@ class Solver:
         """The solver's options (what identifies its coefficients)."""
         return {}
 
-    def coefficients(self, schedule: NoiseSchedule, ts: torch.Tensor, base: dict[str, torch.Tensor]) -> dict[str, Any]:
-        """Per-step float64 coefficients beyond ``base`` (the output of :func:`base_coefficients` for ``ts``)."""
+    def coefficients(self, schedule: NoiseSchedule, ts: torch.Tensor, table: GridTable) -> dict[str, Any]:
+        """Per-step float64 coefficients beyond ``table`` (a :class:`GridTable` for ``ts``)."""
         return {}
 
     def init_state(self, x: torch.Tensor) -> tuple:
         return ()
 
-    def step(
-        self, model: Model, x: torch.Tensor, state: tuple, c: SimpleNamespace, noise: StepNoise | None
-    ) -> tuple[torch.Tensor, tuple]:
+    def step(self, model: Model, x: torch.Tensor, state: tuple, c: StepCoefficients, noise: StepNoise | None):
         raise NotImplementedError
 
     def final_nfe(self, steps: int) -> int:
         """Exact number of model evaluations for ``steps`` steps (without a final denoising)."""
         return self.nfe_per_step * steps
+
+    def steps_for_nfe(self, nfe: int) -> int:
+        """The largest step count whose exact cost ``final_nfe(steps)`` is at most ``nfe`` (0 when even one step
+        costs more). ``final_nfe`` is non-decreasing and every step costs at least one evaluation, so the answer lies
+        in ``[0, nfe]``: a bisection, ``O(log nfe)`` calls, never an unbounded loop."""
+        if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
+            raise ValueError(f"an NFE budget must be a positive int, got {nfe!r}")
+        lo, hi = 0, nfe  # final_nfe(lo) <= nfe holds for lo = 0; find the largest such lo
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self.final_nfe(mid) <= nfe:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+    def own_grid(self, schedule: NoiseSchedule, t_start: float | None, t_end: float | None) -> torch.Tensor | None:
+        """A grid the solver fixes itself (then ``steps=``/``grid=`` are refused); ``None`` for most solvers."""
+        return None
+
+    def default_controller(self):
+        """The step-size controller ``sample`` uses when none is given."""
+        from .controllers import FixedGrid
+
+        return FixedGrid()
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options().items())
@@ -145,25 +240,73 @@ def get_solver(solver: str | type[Solver] | Solver = "ddim", **options: Any) -> 
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# step records
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class StepCoefficients:
+    """The base fields of every step record (see the module docstring for their types and conventions)."""
+
+    index: int
+    last: bool
+    t: torch.Tensor
+    t_next: torch.Tensor
+    t_host: Any
+    t_next_host: Any
+    alpha: Any
+    sigma: Any
+    alpha_next: Any
+    sigma_next: Any
+    lam: Any
+    lam_next: Any
+    h: Any
+
+    @property
+    def t_next_dev(self) -> torch.Tensor:
+        """Deprecated name of ``t_next`` (the model-time input at the end of the step)."""
+        return self.t_next
+
+
+_BASE_FIELDS = tuple(f.name for f in dataclasses.fields(StepCoefficients))
+_RECORD_TYPES: dict[tuple[str, ...], type] = {}
+
+
+def record_type(extra: tuple[str, ...]) -> type:
+    """The record class with the base fields plus ``extra`` (one class per field set, created once)."""
+    cls = _RECORD_TYPES.get(extra)
+    if cls is None:
+        if not extra:
+            cls = StepCoefficients
+        else:
+            cls = dataclasses.make_dataclass(
+                "StepCoefficients_" + "_".join(extra)[:60],
+                [(k, Any) for k in extra],
+                bases=(StepCoefficients,),
+                slots=True,
+            )
+        _RECORD_TYPES[extra] = cls
+    return cls
+
+
+@dataclass(frozen=True)
+class FinalPoint:
+    """Model-time input and ``alpha``/``sigma`` at the grid's last point (for the final denoising)."""
+
+    t: torch.Tensor
+    alpha: Any
+    sigma: Any
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # coefficient plans
 # ---------------------------------------------------------------------------------------------------------------------
 
 
 def base_coefficients(schedule: NoiseSchedule, ts: torch.Tensor) -> dict[str, torch.Tensor]:
-    """float64 per-step ``t, t_next, alpha, sigma, alpha_next, sigma_next, lam, lam_next, h`` for a grid."""
-    log_a, log_s = schedule._log_alpha(ts), schedule._log_sigma(ts)
-    lam = log_a - log_s
-    return {
-        "t": ts[:-1],
-        "t_next": ts[1:],
-        "alpha": torch.exp(log_a[:-1]),
-        "alpha_next": torch.exp(log_a[1:]),
-        "sigma": torch.exp(log_s[:-1]),
-        "sigma_next": torch.exp(log_s[1:]),
-        "lam": lam[:-1],
-        "lam_next": lam[1:],
-        "h": lam[1:] - lam[:-1],
-    }
+    """float64 per-step ``t, t_next, alpha, sigma, alpha_next, sigma_next, lam, lam_next, h`` for a grid (the
+    columns of its :class:`GridTable`)."""
+    return GridTable(schedule, ts).columns()
 
 
 class HostScalars:
@@ -189,88 +332,186 @@ def host_scalars(v: torch.Tensor) -> HostScalars | torch.Tensor:
     return HostScalars(v) if v.ndim == 1 else v
 
 
+#: per-step records are cached with the plan for grids up to this many steps; longer grids build them in chunks of
+#: :data:`ROW_CHUNK` as the loop advances (their memory then does not grow with the step count)
+ROWS_CACHED_UP_TO = 4096
+ROW_CHUNK = 256
+#: the plan cache holds at most this many bytes (estimated; see :func:`plan_cache_bytes`)
+PLAN_CACHE_BYTES = 32 * 2**20
+#: estimated bytes of one per-step value held in a record (a float, a 0-d tensor or a device-tensor view)
+_BYTES_PER_FLOAT, _BYTES_PER_TENSOR = 24, 400
+
+
 @dataclass
 class Plan:
-    """Everything the loop needs for one grid: per-step coefficient namespaces, ready for the device."""
+    """Everything the loop needs for one grid, as a structure of arrays: the float64 (or integer) ``columns`` of the
+    solver's coefficients (``(N,)`` or ``(N, B)``; a :class:`HostScalars` column keeps its marker), the
+    :class:`GridTable`, and the per-step records for the state's device and dtype -- cached in ``rows`` for grids up
+    to :data:`ROWS_CACHED_UP_TO` steps, built in chunks by :meth:`iter_rows` otherwise."""
 
     ts: torch.Tensor
-    steps: list[SimpleNamespace]
-    final: SimpleNamespace  # coefficients at t_end (for the final denoising)
+    table: GridTable
+    columns: dict[str, Any]
     per_sample: bool
-    extra: dict = field(default_factory=dict)
+    final: FinalPoint
+    record: type
+    device: torch.device
+    dtype: torch.dtype
+    ndim: int
+    batch: int
+    rows: list | None = None
+
+    @property
+    def num_steps(self) -> int:
+        return self.ts.shape[0] - 1
+
+    @property
+    def steps(self) -> list:
+        """All per-step records (built now if they are not cached)."""
+        return self.rows if self.rows is not None else self.build_rows(0, self.num_steps)
+
+    def iter_rows(self) -> Iterator:
+        """The per-step records in order (the cached list, or chunks built as the loop advances)."""
+        if self.rows is not None:
+            return iter(self.rows)
+        return (c for lo in range(0, self.num_steps, ROW_CHUNK) for c in self.build_rows(lo, lo + ROW_CHUNK))
+
+    def row(self, i: int):
+        """The record of step ``i`` (``0 <= i < num_steps``)."""
+        return self.rows[i] if self.rows is not None else self.build_rows(i, i + 1)[0]
+
+    def build_rows(self, lo: int, hi: int) -> list:
+        """Records of steps ``lo .. hi-1``: one transfer per column to the device, then one object per step."""
+        n = self.num_steps
+        hi = min(hi, n)
+        m = hi - lo
+        tdev = _model_times(self.ts[lo : hi + 1], self.per_sample, self.batch, self.device, self.dtype)
+        t_rows = list(tdev.unbind(0))
+        cols = [
+            _to_step_values(v, lo, hi, self.per_sample, self.device, self.dtype, self.ndim)
+            for v in self.columns.values()
+        ]
+        idx = range(lo, hi)
+        last = [i == n - 1 for i in idx]
+        rec = self.record
+        return [rec(*v) for v in zip(idx, last, t_rows[:m], t_rows[1:], *cols)]
+
+    def nbytes(self) -> int:
+        """Estimated bytes held by the plan: the columns exactly, the cached records approximately."""
+        total = sum(_column_bytes(v) for v in self.columns.values()) + self.ts.numel() * 8
+        if self.rows is not None:
+            per_value = _BYTES_PER_TENSOR if self.per_sample else _BYTES_PER_FLOAT
+            total += len(self.rows) * (64 + len(self.columns) * (8 + per_value) + 2 * (8 + _BYTES_PER_TENSOR))
+        return total
 
 
-_PLAN_CACHE: OrderedDict = OrderedDict()
-_PLAN_CACHE_SIZE = 32
-plan_cache_stats = {"hits": 0, "misses": 0}
-
-
-def _to_step_values(v: Any, n: int, per_sample: bool, device, dtype, ndim: int) -> list:
+def _column_bytes(v: Any) -> int:
     if isinstance(v, HostScalars):
-        col = v.values.to(dtype)
-        return [1.0 if one else e for e, one in zip(col.unbind(0), (v.values == 1.0).tolist())]
+        v = v.values
+    return v.numel() * v.element_size() if isinstance(v, torch.Tensor) else sys.getsizeof(v)
+
+
+def _model_times(ts: torch.Tensor, per_sample: bool, batch: int, device, dtype) -> torch.Tensor:
+    """Model-time inputs ``(M, B)`` on the device for grid points ``ts`` (moved in one transfer)."""
+    tdev = ts.to(dtype)
+    tdev = tdev[:, None].expand(-1, batch) if not per_sample else tdev
+    tdev = tdev.contiguous()
+    return tdev.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else tdev.to(device)
+
+
+def _to_step_values(v: Any, lo: int, hi: int, per_sample: bool, device, dtype, ndim: int) -> list:
+    m = hi - lo
+    if isinstance(v, HostScalars):
+        col = v.values[lo:hi]
+        return [1.0 if one else e for e, one in zip(col.to(dtype).unbind(0), (col == 1.0).tolist())]
     if not isinstance(v, torch.Tensor):
-        return list(v) if isinstance(v, (list, tuple)) else [v] * n
+        return list(v[lo:hi]) if isinstance(v, (list, tuple)) else [v] * m
+    v = v[lo:hi]
     if v.dtype in (torch.int64, torch.int32, torch.bool):
         return v.tolist()
     if not per_sample:
         return v.tolist()
-    # (N, B, ...) -> per step (B, 1, ..., 1) on the device; one transfer for the whole table
+    # (M, B, ...) -> per step (B, 1, ..., 1) on the device; one transfer for the whole chunk
     dev = v.to(dtype=dtype).reshape(v.shape[:2] + (1,) * (ndim - 1))
     dev = dev.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else dev.to(device)
     return list(dev.unbind(0))
 
 
-def prepare_plan(solver: Solver, schedule: NoiseSchedule, ts: torch.Tensor, x: torch.Tensor) -> Plan:
+_PLAN_CACHE: OrderedDict = OrderedDict()
+plan_cache_stats = {"hits": 0, "misses": 0}
+
+
+def plan_cache_bytes() -> int:
+    """Estimated bytes held by the plan cache now."""
+    return sum(entry[2] for entry in _PLAN_CACHE.values())
+
+
+def clear_plan_cache() -> None:
+    """Drop every cached plan."""
+    _PLAN_CACHE.clear()
+
+
+def prepare_plan(
+    solver: Solver, schedule: NoiseSchedule, ts: torch.Tensor, x: torch.Tensor, *, cache: bool = True
+) -> Plan:
     """Compute (or fetch from the cache) the coefficient plan of ``solver`` on grid ``ts`` for states like ``x``."""
     per_sample = ts.ndim == 2
     if per_sample and ts.shape[1] != x.shape[0]:
         raise ValueError(f"per-sample grid has {ts.shape[1]} columns for a batch of {x.shape[0]}")
-    key = (
-        solver.key(),
-        id(schedule),
-        repr(schedule),
-        ts.shape,
-        hash(ts.numpy().tobytes()),
-        x.device,
-        x.dtype,
-        x.ndim,
-        x.shape[0],
-    )
-    hit = _PLAN_CACHE.get(key)
-    if hit is not None and hit[0] is schedule:
-        _PLAN_CACHE.move_to_end(key)
-        plan_cache_stats["hits"] += 1
-        return hit[1]
-    plan_cache_stats["misses"] += 1
+    key = None
+    if cache:
+        key = (
+            solver.key(),
+            id(schedule),
+            repr(schedule),
+            ts.shape,
+            hash(ts.numpy().tobytes()),
+            x.device,
+            x.dtype,
+            x.ndim,
+            x.shape[0],
+        )
+        hit = _PLAN_CACHE.get(key)
+        if hit is not None and hit[0] is schedule:
+            _PLAN_CACHE.move_to_end(key)
+            plan_cache_stats["hits"] += 1
+            return hit[1]
+        plan_cache_stats["misses"] += 1
     n = ts.shape[0] - 1
     with torch.no_grad():
-        table = base_coefficients(schedule, ts)
-        table.update(solver.coefficients(schedule, ts, dict(table)))
-    cols = {k: _to_step_values(v, n, per_sample, x.device, x.dtype, x.ndim) for k, v in table.items()}
-    # model-time input: device tensor (B,) per grid point, moved once
-    tdev = ts.to(x.dtype)
-    tdev = tdev[:, None].expand(-1, x.shape[0]) if not per_sample else tdev
-    tdev = (
-        tdev.contiguous().pin_memory().to(x.device, non_blocking=True)
-        if x.device.type == "cuda"
-        else tdev.contiguous().to(x.device)
+        table = GridTable(schedule, ts)
+        extra = solver.coefficients(schedule, ts, table)
+    columns: dict[str, Any] = {
+        "t_host": table.t,
+        "t_next_host": table.t_next,
+        **{k: getattr(table, k) for k in STEP_COLUMNS[2:]},
+    }
+    columns.update(extra)
+    names = tuple(k for k in columns if k not in _BASE_FIELDS)
+    ordered = {k: columns[k] for k in _BASE_FIELDS[4:]} | {k: columns[k] for k in names}
+    end = _to_step_values(table.alpha_grid[-1:], 0, 1, per_sample, x.device, x.dtype, x.ndim)[0]
+    end_s = _to_step_values(table.sigma_grid[-1:], 0, 1, per_sample, x.device, x.dtype, x.ndim)[0]
+    t_end = _model_times(ts[-1:], per_sample, x.shape[0], x.device, x.dtype)[0]
+    plan = Plan(
+        ts=ts,
+        table=table,
+        columns=ordered,
+        per_sample=per_sample,
+        final=FinalPoint(t_end, end, end_s),
+        record=record_type(names),
+        device=x.device,
+        dtype=x.dtype,
+        ndim=x.ndim,
+        batch=x.shape[0],
     )
-    t_rows = list(tdev.unbind(0))
-    steps = []
-    for i in range(n):
-        c = SimpleNamespace(**{k: v[i] for k, v in cols.items()})
-        c.index, c.last = i, i == n - 1
-        c.t_host = cols["t"][i]
-        c.t, c.t_next_dev = t_rows[i], t_rows[i + 1]
-        steps.append(c)
-    end = base_coefficients(schedule, ts[-1:].expand(2, *ts.shape[1:]).contiguous())
-    end_cols = {k: _to_step_values(end[k], 1, per_sample, x.device, x.dtype, x.ndim)[0] for k in ("alpha", "sigma")}
-    final = SimpleNamespace(t=t_rows[n], **end_cols)
-    plan = Plan(ts=ts, steps=steps, final=final, per_sample=per_sample)
-    _PLAN_CACHE[key] = (schedule, plan)
-    while len(_PLAN_CACHE) > _PLAN_CACHE_SIZE:
-        _PLAN_CACHE.popitem(last=False)
+    if n <= ROWS_CACHED_UP_TO:
+        plan.rows = plan.build_rows(0, n)
+    if cache:
+        size = plan.nbytes()
+        if size <= PLAN_CACHE_BYTES:
+            _PLAN_CACHE[key] = (schedule, plan, size)
+            while plan_cache_bytes() > PLAN_CACHE_BYTES:
+                _PLAN_CACHE.popitem(last=False)
     return plan
 
 
