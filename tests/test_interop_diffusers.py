@@ -1,0 +1,449 @@
+"""diffusers interop: schedules from configs, networks as Models, and SDEScheduler inside real pipelines.
+
+Every diffusers component is a tiny randomly initialised network built from a config here (no downloads). The
+pipelines run in float32 (diffusers' own dtype); agreement with diffusers' DDIM and DPM-Solver++(2M) schedulers is
+checked on the same timesteps, and every fixed-grid solver run through a pipeline must equal our own ``sample`` on the
+same grid and noise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+diffusers = pytest.importorskip("diffusers")
+
+from sde_diffusion import VPDiscrete, betas_from_config, sample  # noqa: E402
+from sde_diffusion.interop.diffusers import (  # noqa: E402
+    SDEScheduler,
+    diffusers_model,
+    fixed_grid_solvers,
+    prediction_from_config,
+    t_to_timestep,
+    timestep_to_t,
+)
+
+F32 = torch.float32
+
+
+@contextlib.contextmanager
+def _default_float32():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(F32)  # diffusers' pipelines run in float32 (the suite's default is float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+@pytest.fixture(autouse=True)
+def _float32():
+    with _default_float32():
+        yield
+
+
+def _tiny_unet2d(**kw):
+    torch.manual_seed(0)
+    return diffusers.UNet2DModel(
+        sample_size=8,
+        in_channels=3,
+        out_channels=3,
+        layers_per_block=1,
+        block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=4,
+        **kw,
+    ).eval()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# schedules and labels
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "laplace", "exp"])
+def test_every_beta_schedule_matches_diffusers(kind):
+    cls = diffusers.HeunDiscreteScheduler if kind == "exp" else diffusers.DDPMScheduler
+    ref = cls(num_train_timesteps=500, beta_schedule=kind, beta_start=0.00085, beta_end=0.012)
+    ours = betas_from_config(ref.config)
+    assert ours.dtype == torch.float64 and ours.shape == (500,)
+    # diffusers stores float32 betas: agreement to float32 rounding
+    assert torch.allclose(ours, ref.betas.double(), rtol=4e-7, atol=0)
+    sch = VPDiscrete.from_config(ref.config)
+    ac = ref.alphas_cumprod.double()
+    t = timestep_to_t(sch, torch.arange(500, dtype=torch.float64))
+    assert torch.allclose(sch.alpha(t) ** 2, ac, rtol=2e-5, atol=0)  # (float32 cumprod of 500 factors)
+
+
+def test_trained_betas_win_and_zero_snr_is_refused():
+    betas = torch.linspace(1e-4, 0.03, 50, dtype=torch.float64)
+    assert torch.equal(betas_from_config({"trained_betas": betas.tolist(), "beta_schedule": "nope"}), betas)
+    with pytest.raises(ValueError, match="lambda"):
+        betas_from_config({"rescale_betas_zero_snr": True})
+    with pytest.raises(ValueError, match="rescale_betas_zero_snr"):
+        SDEScheduler(rescale_betas_zero_snr=True)
+    with pytest.raises(ValueError, match="laplace"):
+        betas_from_config({"beta_schedule": "quadratic"})
+
+
+def test_prediction_types_and_label_map():
+    assert [prediction_from_config({"prediction_type": k}) for k in ("epsilon", "sample", "v_prediction")] == [
+        "eps",
+        "x0",
+        "v",
+    ]
+    assert prediction_from_config({}) == "eps"
+    with pytest.raises(ValueError, match="prediction_type"):
+        prediction_from_config({"prediction_type": "flow"})
+    sch = VPDiscrete.from_config({"num_train_timesteps": 250})
+    k = torch.arange(250, dtype=torch.float64)
+    assert torch.equal(t_to_timestep(sch, timestep_to_t(sch, k)), k)
+    assert timestep_to_t(sch, 0.0) == sch.t_min and timestep_to_t(sch, 249.0) == sch.t_max
+
+
+def test_import_sde_diffusion_does_not_import_diffusers():
+    code = "import sys, sde_diffusion, sde_diffusion.interop; assert 'diffusers' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# networks as Models
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_unet2d_model_wrapper_calls_the_network_at_the_label():
+    unet = _tiny_unet2d()
+    cfg = diffusers.DDPMScheduler(prediction_type="v_prediction").config
+    m = diffusers_model(unet, cfg)
+    assert m.prediction == "v"
+    x = torch.randn(2, 3, 8, 8)
+    t = torch.tensor([0.5005, 0.9])
+    with torch.no_grad():
+        want = unet(x, torch.tensor([499.5, 899.0])).sample
+        got = m(x, t)
+    assert torch.allclose(got, want, atol=1e-6)
+
+
+def test_class_labels_and_guidance_are_one_batched_call():
+    unet = _tiny_unet2d(num_class_embeds=4)
+    calls = []
+    unet.register_forward_hook(lambda mod, args, out: calls.append(args[0].shape[0]))
+    cfg = diffusers.DDPMScheduler().config
+    x, t = torch.randn(3, 3, 8, 8), torch.full((3,), 0.7)
+    cond, null = torch.tensor([1]), torch.tensor([0])
+    guided = diffusers_model(unet, cfg, class_labels=cond, uncond_class_labels=null, guidance_scale=2.5)
+    with torch.no_grad():
+        out = guided(x, t)
+        assert calls == [6]  # one call on [x, x]
+        c = diffusers_model(unet, cfg, class_labels=cond)(x, t)
+        u = diffusers_model(unet, cfg, class_labels=null)(x, t)
+    assert guided.nfe == 1
+    assert torch.allclose(out, u + 2.5 * (c - u), atol=2e-5)
+    with pytest.raises(ValueError, match="uncond"):
+        diffusers_model(unet, cfg, class_labels=cond, guidance_scale=2.0)
+    with pytest.raises(ValueError, match="batch"):
+        diffusers_model(unet, cfg, class_labels=torch.tensor([1, 2]))(x, t)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# SDEScheduler in a DDPMPipeline (pixel space, UNet2DModel)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ddpm_pipe():
+    with _default_float32():
+        unet = _tiny_unet2d()
+    inputs = []
+    unet.register_forward_hook(lambda mod, args, out: inputs.append(args[0].detach().clone()))
+    pipe = diffusers.DDPMPipeline(unet=unet, scheduler=diffusers.DDPMScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, inputs
+
+
+def _run_ddpm(pipe, inputs, scheduler, steps=8):
+    pipe.scheduler = scheduler
+    inputs.clear()
+    with torch.no_grad():
+        out = pipe(
+            batch_size=2, generator=torch.Generator().manual_seed(1), num_inference_steps=steps, output_type="np"
+        )
+    return torch.from_numpy(out.images), torch.stack(inputs)
+
+
+REFERENCES = {
+    "ddim_leading": lambda: diffusers.DDIMScheduler(clip_sample=False),
+    "ddim_offset1": lambda: diffusers.DDIMScheduler(clip_sample=False, set_alpha_to_one=False, steps_offset=1),
+    "ddim_trailing": lambda: diffusers.DDIMScheduler(clip_sample=False, timestep_spacing="trailing"),
+    "dpm2m_zero": lambda: diffusers.DPMSolverMultistepScheduler(),
+    "dpm2m_trailing": lambda: diffusers.DPMSolverMultistepScheduler(timestep_spacing="trailing"),
+    "dpm2m_sigma_min": lambda: diffusers.DPMSolverMultistepScheduler(final_sigmas_type="sigma_min"),
+}
+
+
+def _ours_for(ref):
+    if isinstance(ref, diffusers.DDIMScheduler):
+        return SDEScheduler.from_config(ref, solver="ddim")
+    # diffusers' 2M takes a first-order last step (below 15 steps); landing on sigma = 0 that step is our final
+    # denoising, landing on sigma_min it is our last interval
+    last_low = ref.config.final_sigmas_type != "zero"
+    return SDEScheduler.from_config(ref, solver="dpm_solver++", order=2, lower_order_final=last_low)
+
+
+@pytest.mark.parametrize("name", list(REFERENCES))
+def test_ddpm_pipeline_matches_diffusers_schedulers(ddpm_pipe, name):
+    pipe, inputs = ddpm_pipe
+    ref = REFERENCES[name]()
+    img_ref, traj_ref = _run_ddpm(pipe, inputs, ref)
+    ours = _ours_for(ref)
+    img, traj = _run_ddpm(pipe, inputs, ours)
+    assert traj.dtype == F32
+    assert torch.equal(ours.timesteps, ref.timesteps)
+    assert (img - img_ref).abs().max() <= 1e-5
+    # the states the network was evaluated at (large: x0 of a random network is far from the data): float32 rounding
+    assert (traj - traj_ref).abs().max() <= 1e-5 * traj_ref.abs().max()
+
+
+def test_diffusers_grid_without_class_name_falls_back_to_ddim():
+    ref = diffusers.DDIMScheduler(clip_sample=False)
+    ours = SDEScheduler.from_config(dict(ref.config), solver="ddim")
+    ours.set_timesteps(8)
+    ref.set_timesteps(8)
+    assert torch.equal(ours.timesteps, ref.timesteps)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# a tiny latent text-to-image StableDiffusionPipeline (UNet2DConditionModel, AutoencoderKL, CLIP)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _tiny_tokenizer(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for ch in "abcdefghijklmnopqrstuvwxyz":
+        vocab[ch] = len(vocab)
+        vocab[ch + "</w>"] = len(vocab)
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n")
+    tok = transformers.CLIPTokenizer(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"), model_max_length=8)
+    config = transformers.CLIPTextConfig(
+        vocab_size=len(vocab),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        max_position_embeddings=8,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+        projection_dim=16,
+    )
+    return tok, transformers.CLIPTextModel(config).eval()
+
+
+def _sd_ddim():
+    """Stable Diffusion's scheduler settings (scaled_linear betas, steps_offset 1, no alpha_0 = 1)."""
+    return diffusers.DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+
+
+@pytest.fixture(scope="module")
+def sd_pipe(tmp_path_factory):
+    with _default_float32():
+        return _tiny_sd_pipeline(tmp_path_factory.mktemp("clip"))
+
+
+def _tiny_sd_pipeline(tmp_path):
+    tok, text_encoder = _tiny_tokenizer(tmp_path)
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DConditionModel(
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=16,
+        norm_num_groups=4,
+        attention_head_dim=2,
+    ).eval()
+    vae = diffusers.AutoencoderKL(
+        block_out_channels=(8,),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",),
+        up_block_types=("UpDecoderBlock2D",),
+        latent_channels=4,
+        norm_num_groups=4,
+        layers_per_block=1,
+        sample_size=8,
+    ).eval()
+    sched = _sd_ddim()
+    pipe = diffusers.StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tok,
+        unet=unet,
+        scheduler=sched,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+PROMPT, NEGATIVE, SCALE = "a cat", "dog", 3.0
+
+
+def _run_sd(pipe, scheduler, steps=6, output_type="latent", seed=0):
+    pipe.scheduler = scheduler
+    with torch.no_grad():
+        return pipe(
+            PROMPT,
+            negative_prompt=NEGATIVE,
+            height=16,
+            width=16,
+            num_inference_steps=steps,
+            guidance_scale=SCALE,
+            generator=torch.Generator().manual_seed(seed),
+            output_type=output_type,
+        ).images
+
+
+@pytest.mark.parametrize("kind", ["ddim", "dpm2m"])
+def test_stable_diffusion_matches_diffusers_schedulers(sd_pipe, kind):
+    base = _sd_ddim()
+    ref = base if kind == "ddim" else diffusers.DPMSolverMultistepScheduler.from_config(base.config)
+    lat_ref = _run_sd(sd_pipe, ref)
+    lat = _run_sd(sd_pipe, _ours_for(ref))
+    assert lat.dtype == F32
+    assert (lat - lat_ref).abs().max() <= 1e-5 * lat_ref.abs().max()
+    img_ref = _run_sd(sd_pipe, ref, output_type="pt")
+    img = _run_sd(sd_pipe, _ours_for(ref), output_type="pt")
+    assert (img - img_ref).abs().max() <= 1e-5
+
+
+def _guided_model(pipe, config):
+    with torch.no_grad():
+        cond, uncond = pipe.encode_prompt(PROMPT, "cpu", 1, True, NEGATIVE)
+    return diffusers_model(
+        pipe.unet, config, encoder_hidden_states=cond, uncond_encoder_hidden_states=uncond, guidance_scale=SCALE
+    )
+
+
+@pytest.mark.parametrize("solver", fixed_grid_solvers())
+def test_every_fixed_grid_solver_runs_in_the_pipeline_as_in_sample(sd_pipe, solver):
+    """The pipeline's own loop driving SDEScheduler gives our ``sample`` on the same grid and noise (multi-evaluation
+    steps included), and stays finite."""
+    ddim = _sd_ddim()
+    sch = SDEScheduler.from_config(ddim, solver=solver)
+    lat = _run_sd(sd_pipe, sch, steps=4)
+    assert torch.isfinite(lat).all()
+    g = torch.Generator().manual_seed(0)
+    x_T = torch.randn(lat.shape, generator=g)  # the pipeline draws its latents first, then the solver's noise
+    with torch.no_grad():
+        ref = sample(_guided_model(sd_pipe, ddim.config), x_T, solver=solver, grid=_ddim_grid(ddim, 4), generator=g)
+    assert ref.nfe == len(sch.timesteps)
+    assert (lat - ref.x).abs().max() <= 1e-5 * ref.x.abs().max()
+
+
+def _ddim_grid(ddim, steps):
+    """DDIM's timesteps as times, then its last target alphas_cumprod[0] (``set_alpha_to_one=False``): t = 1/N."""
+    ddim.set_timesteps(steps)
+    sch = VPDiscrete.from_config(ddim.config)
+    grid = timestep_to_t(sch, ddim.timesteps.to(torch.float64))
+    return torch.cat([grid, grid.new_tensor([sch.t_min])])
+
+
+def test_multi_evaluation_solvers_repeat_like_diffusers_heun(sd_pipe):
+    sch = SDEScheduler.from_config(_sd_ddim(), solver="heun")
+    sch.set_timesteps(5)
+    # Heun: 2 evaluations per interval (the second at the interval's end), the last interval an Euler step, as in
+    # diffusers' HeunDiscreteScheduler; the pipeline counts steps by `order`
+    assert sch.order == 2 and sch.num_inference_steps == 5
+    assert len(sch.timesteps) == 2 * 5 - 1
+    assert sch.timesteps.dtype == torch.int64  # evaluation times on the training grid
+    singlestep = SDEScheduler.from_config(sch.config, solver="dpm_solver", order=3, multistep=False)
+    singlestep.set_timesteps(5)
+    assert singlestep.timesteps.dtype == torch.float32  # stages between grid points get fractional labels
+
+
+def test_img2img_strength_matches_diffusers(sd_pipe):
+    pipe = diffusers.StableDiffusionImg2ImgPipeline(**sd_pipe.components)
+    pipe.set_progress_bar_config(disable=True)
+    image = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    ddim = _sd_ddim()
+
+    def run(s):
+        pipe.scheduler = s
+        with torch.no_grad():
+            return pipe(
+                PROMPT,
+                image=image,
+                strength=0.6,
+                num_inference_steps=5,
+                guidance_scale=SCALE,
+                generator=torch.Generator().manual_seed(0),
+                output_type="latent",
+            ).images
+
+    ref, ours = run(ddim), run(SDEScheduler.from_config(ddim, solver="ddim"))
+    assert (ours - ref).abs().max() <= 1e-5 * ref.abs().max()
+    assert torch.isfinite(run(SDEScheduler.from_config(ddim, solver="unipc", predictor_order=3))).all()
+    # strength 0.6 of 5 steps starts at step 2: evaluation 2 * order
+    assert torch.isfinite(run(SDEScheduler.from_config(ddim, solver="heun"))).all()
+    with pytest.raises(ValueError, match="step boundary"):  # steps of 3, 3, 3, 2, 1 evaluations: order 1
+        run(SDEScheduler.from_config(ddim, solver="dpm_solver", order=3, multistep=False))
+
+
+def test_scheduler_refusals_and_errors(sd_pipe):
+    cfg = _sd_ddim()
+    with pytest.raises(ValueError, match="adaptive"):
+        SDEScheduler.from_config(cfg, solver="dpm_solver_adaptive")
+    with pytest.raises(ValueError, match="forward"):
+        SDEScheduler.from_config(cfg, solver="ddim_inverse")
+    with pytest.raises(ValueError, match="unknown solver"):
+        SDEScheduler.from_config(cfg, solver="nope")
+    sch = SDEScheduler.from_config(cfg, solver="ddim")
+    with pytest.raises(RuntimeError, match="set_timesteps"):
+        sch.step(torch.zeros(1, 4, 2, 2), 0, torch.zeros(1, 4, 2, 2))
+    sch.set_timesteps(2)
+    x = torch.zeros(1, 4, 2, 2)
+    for t in sch.timesteps:
+        x = sch.step(torch.zeros_like(x), t, x).prev_sample
+    with pytest.raises(RuntimeError, match="times for"):
+        sch.step(torch.zeros_like(x), 0, x)
+    with pytest.raises(ValueError, match="custom"):  # the pipeline's own check: no `sigmas` argument
+        sd_pipe.scheduler = sch
+        sd_pipe(PROMPT, height=16, width=16, sigmas=[1.0, 0.5], output_type="latent")
+
+
+def test_config_round_trip_keeps_solver_and_reference(tmp_path):
+    ref = diffusers.DPMSolverMultistepScheduler(timestep_spacing="trailing", beta_schedule="scaled_linear")
+    opts = {"order": 3, "lower_order_final": False}
+    sch = SDEScheduler.from_config(ref, solver="dpm_solver++", **opts)
+    assert sch.solver.name == "dpm_solver++" and sch.config.solver_options == opts
+    sch.save_config(tmp_path)
+    back = SDEScheduler.from_pretrained(tmp_path)
+    assert back.config.solver == "dpm_solver++" and back.config.solver_options == opts
+    assert back.solver.options() == sch.solver.options()
+    assert back.config.beta_schedule == "scaled_linear"
+    back.set_timesteps(7)
+    ref.set_timesteps(7)
+    assert torch.equal(back.timesteps, ref.timesteps)
+    # a new solver drops the old one's options
+    assert SDEScheduler.from_config(back.config, solver="ddim").config.solver_options == {}
