@@ -4,22 +4,30 @@ agreement with diffusers' DEISMultistepScheduler."""
 import numpy as np
 import pytest
 import torch
-from solver_checks import half_precision_errors
+from solver_checks import (
+    DDPM_CONFIG,
+    diffusers_run,
+    discrete_problem,
+    fitted_slope,
+    gmm_problem,
+    half_precision_errors,
+    point_mass_flow,
+    rel_error,
+)
 
 from sde_diffusion.analytic import Gaussian, GaussianMixture, PointMass
 from sde_diffusion.grids import make_grid
-from sde_diffusion.models import Model
-from sde_diffusion.reference import probability_flow_reference
 from sde_diffusion.sample import Sampler, sample
-from sde_diffusion.schedules import EDM, VEGeometric, VPDiscrete, VPLinear
+from sde_diffusion.schedules import EDM, VEGeometric, VPLinear
 from sde_diffusion.solvers import get_solver
-from sde_diffusion.solvers.base import base_coefficients
-from sde_diffusion.solvers.deis import DEIS, TABLEAUS, Tableau
+from sde_diffusion.solvers.base import GridTable, base_coefficients
+from sde_diffusion.solvers.deis import DEIS
 from sde_diffusion.solvers.first_order import ddim_coefficients
+from sde_diffusion.solvers.tableaux import TABLEAUX, ButcherTableau
 from sde_diffusion.testing import measure_order
 
-MULTISTEP = [dict(variant=v, order=k) for v in ("tab", "rhoab", "logrho") for k in (1, 2, 3)]
-RK = [dict(variant="rhork", tableau=name) for name in TABLEAUS]
+MULTISTEP = [dict(method=v, order=k) for v in ("tab", "rhoab", "logrho") for k in (1, 2, 3)]
+RK = [dict(method="rhork", tableau=name) for name in TABLEAUX]
 ALL = MULTISTEP + RK
 
 
@@ -33,16 +41,16 @@ def _id(opts):
 
 
 def test_bad_options():
-    with pytest.raises(ValueError, match="variant"):
-        DEIS(variant="ab")
+    with pytest.raises(ValueError, match="method"):
+        DEIS(method="ab")
     with pytest.raises(ValueError, match="order"):
         DEIS(order=4)
     with pytest.raises(ValueError, match="tableau"):
-        DEIS(variant="tab", tableau="rk4")
+        DEIS(method="tab", tableau="rk4")
     with pytest.raises(ValueError, match="tableau"):
-        DEIS(variant="rhork", tableau="rk5")
+        DEIS(method="rhork", tableau="rk5")
     with pytest.raises(ValueError, match="contradicts"):
-        DEIS(variant="rhork", tableau="heun", order=3)
+        DEIS(method="rhork", tableau="heun", order=3)
     with pytest.raises(TypeError, match="options"):
         get_solver("deis", stages=2)
 
@@ -50,8 +58,8 @@ def test_bad_options():
 @pytest.mark.parametrize("opts", ALL, ids=_id)
 def test_metadata_and_nfe(opts):
     s = get_solver("deis", **opts)
-    if opts["variant"] == "rhork":
-        tab = TABLEAUS[opts["tableau"]]
+    if opts["method"] == "rhork":
+        tab = TABLEAUX[opts["tableau"]]
         assert (s.order, s.nfe_per_step, s.memory) == (tab.order, tab.stages, 0)
     else:
         assert (s.order, s.nfe_per_step, s.memory) == (opts["order"], 1, opts["order"] - 1)
@@ -63,11 +71,11 @@ def test_metadata_and_nfe(opts):
     assert get_solver("deis", **s.options()).options() == s.options()
 
 
-@pytest.mark.parametrize("name", list(TABLEAUS))
+@pytest.mark.parametrize("name", list(TABLEAUX))
 def test_tableau_order_conditions(name):
     """The stored tableaus are consistent (``c_i = sum_j A_ij``) and satisfy the classical order conditions up to
     their declared order (Butcher trees up to order 4)."""
-    t = TABLEAUS[name]
+    t = TABLEAUX[name]
     n = t.stages
     A = np.zeros((n, n))
     for i, row in enumerate(t.A):
@@ -90,8 +98,8 @@ def test_tableau_order_conditions(name):
 def test_custom_tableau_instance():
     """A tableau is data: a user-supplied midpoint rule runs through the same generic step, which equals the
     midpoint rule written out by hand in ``(y, rho) = (x/alpha, sigma/alpha)`` (stage at ``rho + drho/2``)."""
-    midpoint = Tableau(A=((), (0.5,)), b=(0.0, 1.0), c=(0.0, 0.5), order=2)
-    s = DEIS(variant="rhork", tableau=midpoint)
+    midpoint = ButcherTableau(A=((), (0.5,)), b=(0.0, 1.0), c=(0.0, 0.5), order=2)
+    s = DEIS(method="rhork", tableau=midpoint)
     assert (s.nfe_per_step, s.order, s.memory) == (2, 2, 0)
     sch = VPLinear()
     model = GaussianMixture(torch.tensor([[-1.0, 0.5], [1.0, 0.0]]), torch.tensor([0.3, 0.6])).model(sch)
@@ -137,7 +145,7 @@ def test_tab_weights_equal_sympy(name, schedule, closed_form):
     worst = 0.0
     for seed, order in ((0, 2), (1, 3), (2, 3)):
         ts = _random_grid(schedule, 6, seed)
-        co = DEIS(order=order, variant="tab").coefficients(schedule, ts, base_coefficients(schedule, ts))
+        co = DEIS(order=order, method="tab").coefficients(schedule, ts, GridTable(schedule, ts))
         for i in range(order - 1, ts.numel() - 1):
             nodes = [float(ts[i - j]) for j in range(order)]
             exact = deis_tab_weights(formulas, float(ts[i]), float(ts[i + 1]), nodes, closed_form=closed_form)
@@ -152,7 +160,7 @@ def test_rhoab_weights_closed_form():
     ``d = rho_t - rho_prev``."""
     sch = VPLinear()
     ts = make_grid(sch, "time_uniform", 9)
-    co = DEIS(order=2, variant="rhoab").coefficients(sch, ts, base_coefficients(sch, ts))
+    co = DEIS(order=2, method="rhoab").coefficients(sch, ts, GridTable(sch, ts))
     rho, alpha = sch.sigma_ve(ts), sch.alpha(ts)
     for i in range(1, 9):
         drho, d = rho[i + 1] - rho[i], rho[i] - rho[i - 1]
@@ -167,7 +175,7 @@ def test_per_sample_grids(variant):
     g1, g2 = make_grid(sch, "logsnr", 7), make_grid(sch, "time_quadratic", 7)
     model = GaussianMixture(torch.tensor([[-1.0, 0.5], [1.0, 0.0]]), torch.tensor([0.3, 0.6])).model(sch)
     x = torch.randn(2, 2, generator=torch.Generator().manual_seed(0))
-    for opts in ({"variant": variant, "order": 3}, {"variant": "rhork", "tableau": "kutta3"}):
+    for opts in ({"method": variant, "order": 3}, {"method": "rhork", "tableau": "kutta3"}):
         both = sample(model, x, solver="deis", grid=torch.stack([g1, g2], 1), **opts).x
         one = sample(model, x[:1], solver="deis", grid=g1, **opts).x
         two = sample(model, x[1:], solver="deis", grid=g2, **opts).x
@@ -182,10 +190,10 @@ def test_per_sample_grids(variant):
 @pytest.mark.parametrize(
     "opts",
     [
-        dict(variant="tab", order=1),
-        dict(variant="rhoab", order=1),
-        dict(variant="logrho", order=1),
-        dict(variant="rhork", tableau="euler"),
+        dict(method="tab", order=1),
+        dict(method="rhoab", order=1),
+        dict(method="logrho", order=1),
+        dict(method="rhork", tableau="euler"),
     ],
     ids=_id,
 )
@@ -198,10 +206,10 @@ def test_first_order_is_ddim(opts):
         a = sample(model, x, solver="deis", steps=steps, **opts).x
         b = sample(model, x, solver="ddim", steps=steps).x
         assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)
-    if opts["variant"] == "tab":  # tAB-1's weight is DDIM's (the quadrature only sees L_0 - 1 = 0)
+    if opts["method"] == "tab":  # tAB-1's weight is DDIM's (the quadrature only sees L_0 - 1 = 0)
         ts = make_grid(sch, "logsnr", 10)
         base = base_coefficients(sch, ts)
-        co = DEIS(order=1, variant="tab").coefficients(sch, ts, dict(base))
+        co = DEIS(order=1, method="tab").coefficients(sch, ts, GridTable(sch, ts))
         assert torch.allclose(co["w0"], ddim_coefficients(base, 0.0)["c_eps"], rtol=1e-14, atol=0)
 
 
@@ -213,18 +221,12 @@ def test_first_step_is_lower_order():
     ts = make_grid(sch, "logsnr", 6)
     for variant in ("tab", "rhoab", "logrho"):
         r = {
-            k: sample(model, x, solver="deis", grid=ts[:3], variant=variant, order=k, return_trajectory=True)
+            k: sample(model, x, solver="deis", grid=ts[:3], method=variant, order=k, return_trajectory=True)
             for k in (1, 2, 3)
         }
         assert torch.equal(r[3].trajectory[1], r[1].trajectory[1])
         assert torch.allclose(r[3].x, r[2].x, rtol=1e-13, atol=1e-13)
         assert not torch.allclose(r[2].x, r[1].x, rtol=1e-6)
-
-
-def _point_mass_flow(m, x, t_from, t_to, sch):
-    a0, s0 = sch.alpha(torch.tensor(t_from)), sch.sigma(torch.tensor(t_from))
-    a1, s1 = sch.alpha(torch.tensor(t_to)), sch.sigma(torch.tensor(t_to))
-    return a1 * m + s1 * (x - a0 * m) / s0
 
 
 @pytest.mark.parametrize("opts", ALL, ids=_id)
@@ -234,11 +236,11 @@ def test_point_mass_exact(opts, schedule):
     rho) integrates it exactly -- at any step count and for every parametrisation of the network."""
     m = torch.tensor([0.7, -1.3, 0.2])
     x = schedule.sigma(torch.tensor(schedule.t_max)) * torch.randn(4, 3, generator=torch.Generator().manual_seed(3))
-    want = _point_mass_flow(m, x, schedule.t_max, schedule.t_min, schedule)
+    want = point_mass_flow(m, x, schedule.t_max, schedule.t_min, schedule)
     # Round-off: rhoRK evaluates its later stages at y + drho sum(A k), which cancels terms of size rho_max |z| down
     # to rho_next |z|; the network then divides by sigma_next and the stage value is multiplied by drho again: the
     # error is ~ u rho_max^2 / rho_min |z| (1e-9 for one VP-linear step from rho = 157 to 0.01); multistep: ~u.
-    tol = 1e-8 if opts["variant"] == "rhork" else 1e-10
+    tol = 1e-8 if opts["method"] == "rhork" else 1e-10
     for prediction in ("eps", "x0", "v", "score"):
         model = PointMass(m).model(schedule, prediction)
         for steps in (1, 2, 5, 7):
@@ -255,7 +257,7 @@ def test_point_mass_exact(opts, schedule):
 ORDER_NFE = (96, 128, 160, 240, 320, 480)
 
 
-@pytest.mark.parametrize("opts", [o for o in ALL if o != dict(variant="logrho", order=3)], ids=_id)
+@pytest.mark.parametrize("opts", [o for o in ALL if o != dict(method="logrho", order=3)], ids=_id)
 def test_order_gaussian(opts):
     """Slope of log error against log NFE on Gaussian data with the closed-form flow (VP linear, logSNR grid):
     within 0.15 of the declared order, both as a plain slope and with the ``1/N`` pre-asymptotic term of
@@ -266,29 +268,16 @@ def test_order_gaussian(opts):
     assert abs(m.order - s.order) < 0.15, m
 
 
-def _gmm_problem():
-    sch = VPLinear()
-    gm = GaussianMixture(torch.tensor([[-1.0, 0.5], [1.0, -0.5], [0.3, 1.2]]), torch.tensor([0.3, 0.5, 0.4]))
-    model = gm.model(sch)
-    x = torch.randn(8, 2, generator=torch.Generator().manual_seed(1))
-    ref = probability_flow_reference(model, x, torch.tensor([sch.t_max, sch.t_min]), rtol=1e-12, atol=1e-12)[-1]
-    return model, x, ref
-
-
-def _slope(ns, errors):
-    return -float(np.polyfit(np.log(ns), np.log(errors), 1)[0])
-
-
 def test_order_logrho3_mixture():
     """logrho-3 (= diffusers' DEIS-3): order 3 on a Gaussian mixture against a float64 torchdiffeq reference.
     On Gaussian data this method is super-convergent in the bulk (order 4, see the next test), so the Gaussian
     problem cannot show its order."""
-    model, x, ref = _gmm_problem()
+    model, x, ref = gmm_problem()
     ns = [64, 96, 128, 192, 256]
     errors = [
-        float((sample(model, x, solver="deis", steps=n, variant="logrho", order=3).x - ref).abs().max()) for n in ns
+        float((sample(model, x, solver="deis", steps=n, method="logrho", order=3).x - ref).abs().max()) for n in ns
     ]
-    assert abs(_slope(ns, errors) - 3) < 0.15, errors
+    assert abs(fitted_slope(ns, errors) - 3) < 0.15, errors
 
 
 def _run_exact_start(model, data, x, sch, steps, n_exact, **opts):
@@ -311,11 +300,11 @@ def test_warmup_limits_gaussian_order():
     x = torch.randn(8, 3, generator=torch.Generator().manual_seed(0))
     ref = data.flow(x, sch.t_max, sch.t_min, sch)
     ns = [96, 128, 160, 240, 320, 480]
-    runs = {k: [_run_exact_start(model, data, x, sch, n, k, variant="logrho", order=3) for n in ns] for k in (0, 2)}
+    runs = {k: [_run_exact_start(model, data, x, sch, n, k, method="logrho", order=3) for n in ns] for k in (0, 2)}
     bulk = [float((y - ref).abs().max()) for y in runs[2]]
     warmup = [float((a - b).abs().max()) for a, b in zip(runs[0], runs[2])]
-    assert abs(_slope(ns, bulk) - 4) < 0.15, bulk
-    assert abs(_slope(ns, warmup) - 2) < 0.2, warmup
+    assert abs(fitted_slope(ns, bulk) - 4) < 0.15, bulk
+    assert abs(fitted_slope(ns, warmup) - 2) < 0.2, warmup
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -337,59 +326,20 @@ def test_half_precision_model_outputs(opts, half):
 # diffusers
 # ---------------------------------------------------------------------------------------------------------------------
 
-CONFIG = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
-
-
-def _discrete_problem():
-    """A DDPM schedule, a Gaussian-mixture network taking integer labels, and its ``Model`` wrapper."""
-    sch = VPDiscrete.from_config(CONFIG)
-    n = sch.num_steps
-    gm = GaussianMixture(
-        torch.tensor([[-1.0, 0.5, 0.2], [1.0, -0.5, 0.0], [0.3, 1.2, -0.8]]), torch.tensor([0.3, 0.5, 0.4])
-    )
-
-    def net(x, label):
-        a, s = sch._alpha_sigma((torch.round(label.double()) + 1) / n)
-        return gm._eps(x.double(), a[:, None], s[:, None]).to(x.dtype)
-
-    return sch, net, Model(net, sch, "eps", time_input="label")
-
-
-def _diffusers_run(scheduler, steps, net, x, exact_schedule=None):
-    """Run a diffusers multistep scheduler. With ``exact_schedule`` its float32 noise levels are replaced by the
-    exact float64 ones (``sigma_ve`` of the same times), so that the algorithms can be compared exactly."""
-    scheduler.set_timesteps(steps)
-    ts = torch.cat([(scheduler.timesteps.double() + 1) / 1000, torch.tensor([1e-3], dtype=torch.float64)])
-    old = torch.get_default_dtype()
-    if exact_schedule is not None:
-        scheduler.sigmas = exact_schedule.sigma_ve(ts)
-    else:
-        torch.set_default_dtype(torch.float32)  # diffusers builds some tensors with the default dtype
-    try:
-        for k in scheduler.timesteps:
-            x = scheduler.step(net(x, torch.full((x.shape[0],), float(k))), k, x).prev_sample
-    finally:
-        torch.set_default_dtype(old)
-    return x, ts
-
-
-def _rel(a, b):
-    return float((a.double() - b.double()).abs().max() / b.double().abs().max())
-
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_diffusers_deis_exact_algorithm():
-    """diffusers' DEIS ("logrho" AB) is our ``variant="logrho"``: with exact float64 noise levels both give the same
+    """diffusers' DEIS ("logrho" AB) is our ``method="logrho"``: with exact float64 noise levels both give the same
     samples to 1e-12 (orders 1--3; 15 or more steps, where diffusers does not lower the final orders)."""
     diffusers = pytest.importorskip("diffusers")
-    sch, net, model = _discrete_problem()
+    sch, net, model = discrete_problem()
     x = torch.randn(16, 3, generator=torch.Generator().manual_seed(0))
     for steps in (15, 20, 50):
         for order in (1, 2, 3):
-            ds = diffusers.DEISMultistepScheduler(**CONFIG, solver_order=order)
-            ref, ts = _diffusers_run(ds, steps, net, x.clone(), sch)
-            ours = sample(model, x, solver="deis", grid=ts, variant="logrho", order=order).x
-            assert _rel(ours, ref) < 1e-12, (steps, order)
+            ds = diffusers.DEISMultistepScheduler(**DDPM_CONFIG, solver_order=order)
+            ref, ts = diffusers_run(ds, steps, net, x.clone(), sch)
+            ours = sample(model, x, solver="deis", grid=ts, method="logrho", order=order).x
+            assert rel_error(ours, ref) < 1e-12, (steps, order)
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -398,16 +348,16 @@ def test_diffusers_deis_float32():
     float32 coefficients lose digits: they are differences of antiderivatives (``ind_fn(rho_t) - ind_fn(rho_s)``),
     which cancel catastrophically for small steps. Exact oracle: the float64 run of the same algorithm."""
     diffusers = pytest.importorskip("diffusers")
-    sch, net, model = _discrete_problem()
+    sch, net, model = discrete_problem()
     x = torch.randn(16, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float32)
     for steps in (15, 20):
         for order in (1, 2, 3):
-            ref, ts = _diffusers_run(diffusers.DEISMultistepScheduler(**CONFIG, solver_order=order), steps, net, x)
-            ours = sample(model, x, solver="deis", grid=ts, variant="logrho", order=order).x
-            assert ours.dtype == torch.float32 and _rel(ours, ref) < 1e-5, (steps, order)
+            ref, ts = diffusers_run(diffusers.DEISMultistepScheduler(**DDPM_CONFIG, solver_order=order), steps, net, x)
+            ours = sample(model, x, solver="deis", grid=ts, method="logrho", order=order).x
+            assert ours.dtype == torch.float32 and rel_error(ours, ref) < 1e-5, (steps, order)
     # the defect: 100 steps, order 3
-    stock, ts = _diffusers_run(diffusers.DEISMultistepScheduler(**CONFIG, solver_order=3), 100, net, x)
-    exact = sample(model, x.double(), solver="deis", grid=ts, variant="logrho", order=3).x
-    ours = sample(model, x, solver="deis", grid=ts, variant="logrho", order=3).x
-    assert _rel(ours, exact) < 5e-6
-    assert _rel(stock, exact) > 1e-4  # recorded in docs/theory/deis.md
+    stock, ts = diffusers_run(diffusers.DEISMultistepScheduler(**DDPM_CONFIG, solver_order=3), 100, net, x)
+    exact = sample(model, x.double(), solver="deis", grid=ts, method="logrho", order=3).x
+    ours = sample(model, x, solver="deis", grid=ts, method="logrho", order=3).x
+    assert rel_error(ours, exact) < 5e-6
+    assert rel_error(stock, exact) > 1e-4  # recorded in docs/theory/deis.md

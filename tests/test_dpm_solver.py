@@ -51,27 +51,27 @@ NFE_REF3 = (192, 288, 384, 480)
 
 ORDER_CASES = [
     ("dpm_solver", dict(order=1), EPS_PROBLEM, NFE_EPS, 1),
-    ("dpm_solver", dict(order=2, variant="paper"), EPS_PROBLEM, NFE_EPS, 2),
-    ("dpm_solver", dict(order=2, variant="heun"), EPS_PROBLEM, NFE_EPS, 2),
-    ("dpm_solver", dict(order=3, variant="paper"), EPS_PROBLEM, NFE_EPS, 3),
-    ("dpm_solver", dict(order=3, variant="midpoint"), EPS_PROBLEM, NFE_EPS, 3),
-    ("dpm_solver", dict(order=3, variant="exact"), EPS_PROBLEM, NFE_EPS, 3),
-    ("dpm_solver", dict(order=2, multistep=True, variant="paper"), EPS_PROBLEM, NFE_EPS, 2),
-    ("dpm_solver", dict(order=2, multistep=True, variant="exact"), EPS_PROBLEM, NFE_EPS, 2),
-    ("dpm_solver", dict(order=3, multistep=True, variant="exact"), EPS_PROBLEM, NFE_EPS, 3),
-    ("dpm_solver", dict(order=3, multistep=True, variant="paper"), EPS_PROBLEM, NFE_REF3, 2),
+    ("dpm_solver", dict(order=2, update="paper"), EPS_PROBLEM, NFE_EPS, 2),
+    ("dpm_solver", dict(order=2, update="heun"), EPS_PROBLEM, NFE_EPS, 2),
+    ("dpm_solver", dict(order=3, update="paper"), EPS_PROBLEM, NFE_EPS, 3),
+    ("dpm_solver", dict(order=3, update="midpoint"), EPS_PROBLEM, NFE_EPS, 3),
+    ("dpm_solver", dict(order=3, update="exact"), EPS_PROBLEM, NFE_EPS, 3),
+    ("dpm_solver", dict(order=2, multistep=True, update="paper"), EPS_PROBLEM, NFE_EPS, 2),
+    ("dpm_solver", dict(order=2, multistep=True, update="exact"), EPS_PROBLEM, NFE_EPS, 2),
+    ("dpm_solver", dict(order=3, multistep=True, update="exact"), EPS_PROBLEM, NFE_EPS, 3),
+    ("dpm_solver", dict(order=3, multistep=True, update="paper"), EPS_PROBLEM, NFE_REF3, 2),
     ("dpm_solver_fast", dict(order=3), EPS_PROBLEM, tuple(n + 2 for n in NFE_EPS), 3),  # nfe % 3 == 2
     ("dpm_solver_fast", dict(order=3), EPS_PROBLEM, (192, 384, 768), 2),  # nfe % 3 == 0: final DPM-Solver-1
     ("dpm_solver++", dict(order=1), X0_PROBLEM, NFE_X0, 1),
-    ("dpm_solver++", dict(order=2, multistep=False, variant="paper"), X0_PROBLEM, NFE_X0, 2),
-    ("dpm_solver++", dict(order=2, multistep=False, variant="exact"), X0_PROBLEM, NFE_X0, 2),
-    ("dpm_solver++", dict(order=3, multistep=False, variant="paper"), X0_PROBLEM, NFE_X0, 3),
-    ("dpm_solver++", dict(order=3, multistep=False, variant="midpoint"), X0_PROBLEM, NFE_X0, 3),
-    ("dpm_solver++", dict(order=3, multistep=False, variant="exact"), X0_PROBLEM, NFE_X0, 3),
-    ("dpm_solver++", dict(order=2, multistep=True, variant="paper"), X0_PROBLEM, NFE_X0, 2),
-    ("dpm_solver++", dict(order=2, multistep=True, variant="heun"), X0_PROBLEM, NFE_X0, 2),
-    ("dpm_solver++", dict(order=3, multistep=True, variant="exact"), X0_PROBLEM, NFE_X0, 3),
-    ("dpm_solver++", dict(order=3, multistep=True, variant="paper"), X0_PROBLEM, NFE_REF3, 2),
+    ("dpm_solver++", dict(order=2, multistep=False, update="paper"), X0_PROBLEM, NFE_X0, 2),
+    ("dpm_solver++", dict(order=2, multistep=False, update="exact"), X0_PROBLEM, NFE_X0, 2),
+    ("dpm_solver++", dict(order=3, multistep=False, update="paper"), X0_PROBLEM, NFE_X0, 3),
+    ("dpm_solver++", dict(order=3, multistep=False, update="midpoint"), X0_PROBLEM, NFE_X0, 3),
+    ("dpm_solver++", dict(order=3, multistep=False, update="exact"), X0_PROBLEM, NFE_X0, 3),
+    ("dpm_solver++", dict(order=2, multistep=True, update="paper"), X0_PROBLEM, NFE_X0, 2),
+    ("dpm_solver++", dict(order=2, multistep=True, update="heun"), X0_PROBLEM, NFE_X0, 2),
+    ("dpm_solver++", dict(order=3, multistep=True, update="exact"), X0_PROBLEM, NFE_X0, 3),
+    ("dpm_solver++", dict(order=3, multistep=True, update="paper"), X0_PROBLEM, NFE_REF3, 2),
 ]
 
 
@@ -127,7 +127,7 @@ def test_third_order_multistep_local_error(prediction):
             ts = VP.inverse_lambda(torch.tensor([lam_end - 3 * h, lam_end - 2 * h, lam_end - h, lam_end]))
             xs = [g.flow(x_T, 1.0, float(t), VP) for t in ts]
             s = sd.Sampler(
-                model, x_T, solver=name, grid=ts, order=3, multistep=True, variant=variant, lower_order_final=False
+                model, x_T, solver=name, grid=ts, order=3, multistep=True, update=variant, lower_order_final=False
             )
             outs = [model.predict(xs[i], ts[i], prediction) for i in (1, 0)]  # most recent first
             x3, _ = s.step(xs[2], tuple(outs), 2)
@@ -293,7 +293,7 @@ def test_grid_stages_on_logsnr_grid_equal_paper_stages():
             order=3,
             multistep=False,
             steps=6,
-            variant=variant,
+            update=variant,
             lower_order_final=False,
             return_trajectory=True,
         ).trajectory
@@ -305,7 +305,7 @@ def test_grid_stages_on_logsnr_grid_equal_paper_stages():
             multistep=False,
             steps=18,
             stages="grid",
-            variant=variant,
+            update=variant,
             lower_order_final=False,
             return_trajectory=True,
         ).trajectory
@@ -334,19 +334,19 @@ def test_fast_orders_rule_and_nfe():
 
 DETERMINISTIC = [
     ("dpm_solver", dict(order=1)),
-    ("dpm_solver", dict(order=2, variant="paper")),
-    ("dpm_solver", dict(order=3, variant="paper")),
-    ("dpm_solver", dict(order=3, variant="midpoint")),
-    ("dpm_solver", dict(order=3, variant="exact")),
+    ("dpm_solver", dict(order=2, update="paper")),
+    ("dpm_solver", dict(order=3, update="paper")),
+    ("dpm_solver", dict(order=3, update="midpoint")),
+    ("dpm_solver", dict(order=3, update="exact")),
     ("dpm_solver", dict(order=2, multistep=True)),
     ("dpm_solver", dict(order=3, multistep=True)),
-    ("dpm_solver", dict(order=3, multistep=True, variant="exact")),
+    ("dpm_solver", dict(order=3, multistep=True, update="exact")),
     ("dpm_solver", dict(order=3, stages="grid")),
     ("dpm_solver++", dict(order=2, multistep=False)),
-    ("dpm_solver++", dict(order=3, multistep=False, variant="heun")),
+    ("dpm_solver++", dict(order=3, multistep=False, update="heun")),
     ("dpm_solver++", dict(order=2, multistep=True)),
-    ("dpm_solver++", dict(order=3, multistep=True, variant="heun")),
-    ("dpm_solver++", dict(order=3, multistep=True, variant="exact")),
+    ("dpm_solver++", dict(order=3, multistep=True, update="heun")),
+    ("dpm_solver++", dict(order=3, multistep=True, update="exact")),
     ("dpm_solver++", dict(order=2, multistep=False, stages="grid")),
     ("sde_dpm_solver++", dict(order=2, eta=0.0)),
 ]
@@ -481,8 +481,23 @@ def test_low_precision_model_outputs_stay_finite(half):
 def test_bad_options_raise():
     with pytest.raises(ValueError):
         sd.get_solver("dpm_solver", order=4)
-    with pytest.raises(ValueError):
-        sd.get_solver("dpm_solver++", variant="bogus")
+    with pytest.raises(ValueError, match="update must be one of 'paper', 'midpoint', 'heun', 'exact'"):
+        sd.get_solver("dpm_solver++", update="bogus")
+    # wrong types fail at construction, naming the option (order=2.0 used to fail deep inside the coefficients)
+    bad_types = (
+        ("dpm_solver", dict(order=2.0)),
+        ("dpm_solver++", dict(order=True)),
+        ("dpm_solver", dict(multistep=1)),
+        ("sde_dpm_solver++", dict(order=2.0)),
+    )
+    for name, bad in bad_types:
+        with pytest.raises(TypeError, match=next(iter(bad))):
+            sd.get_solver(name, **bad)
+    for bad in (dict(eta=float("inf")), dict(eta=-1.0), dict(order=3)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            sd.get_solver("sde_dpm_solver++", **bad)
+    with pytest.raises(TypeError, match=r"orders\[1\]"):
+        sd.get_solver("dpm_solver", orders=(3, 2.0))
     with pytest.raises(ValueError):
         sd.get_solver("dpm_solver", multistep=True, stages="grid")
     with pytest.raises(ValueError):
@@ -581,13 +596,13 @@ def _diffusers_case(kind, alg, order, st, lof, n, dtype, exact_sigmas):
         sigmas = torch.exp(-vp.lambda_(_our_grid(ks))) if exact_sigmas else None
         theirs, ks = _run_diffusers(sched, fn, n, x.to(dtype), None if noise is None else noise.to(dtype), sigmas)
     if alg == "sde-dpmsolver++":
-        name, opts = "sde_dpm_solver++", dict(order=order, eta=1.0, variant=st, lower_order_final=lof)
+        name, opts = "sde_dpm_solver++", dict(order=order, eta=1.0, update=st, lower_order_final=lof)
     else:
         name = "dpm_solver++" if alg == "dpmsolver++" else "dpm_solver"
         opts = dict(
             order=order,
             multistep=kind == "multistep",
-            variant=st,
+            update=st,
             lower_order_final=bool(sched.config.lower_order_final),
         )  # diffusers may switch it on
         if kind == "singlestep":
@@ -643,10 +658,10 @@ def test_multistep_steps_equal_diffusers_updates(kind, alg, order, st, lof, n):
     x = torch.randn(16, 2, generator=torch.Generator().manual_seed(0))
     noise = torch.randn((n,) + x.shape, generator=torch.Generator().manual_seed(5)) if "sde" in alg else None
     if alg == "sde-dpmsolver++":
-        name, opts = "sde_dpm_solver++", dict(order=order, eta=1.0, variant=st, lower_order_final=lof)
+        name, opts = "sde_dpm_solver++", dict(order=order, eta=1.0, update=st, lower_order_final=lof)
     else:
         name = "dpm_solver++" if alg == "dpmsolver++" else "dpm_solver"
-        opts = dict(order=order, multistep=True, variant=st, lower_order_final=lof)
+        opts = dict(order=order, multistep=True, update=st, lower_order_final=lof)
     model = sd.Model(fn, vp, "eps", time_input="label")
     s = sd.Sampler(model, x, solver=name, grid=_our_grid(ks), noise=noise, **opts)
     updates = {
@@ -702,10 +717,10 @@ def test_report_slopes_on_sharp_ring():
         ("dpm_solver", dict(order=1)),
         ("dpm_solver", dict(order=2)),
         ("dpm_solver", dict(order=3)),
-        ("dpm_solver", dict(order=3, multistep=True, variant="exact")),
+        ("dpm_solver", dict(order=3, multistep=True, update="exact")),
         ("dpm_solver++", dict(order=2)),
         ("dpm_solver++", dict(order=3, multistep=True)),
-        ("dpm_solver++", dict(order=3, multistep=True, variant="exact")),
+        ("dpm_solver++", dict(order=3, multistep=True, update="exact")),
         ("dpm_solver++", dict(order=2, multistep=False)),
         ("dpm_solver++", dict(order=3, multistep=False)),
     ]

@@ -37,8 +37,11 @@ def test_choice_lists_the_valid_values_and_compares_types():
     assert check_choice("update", "exact", ("paper", "exact")) == "exact"
     with pytest.raises(ValueError, match="update must be one of 'paper', 'exact'; got 'bogus'"):
         check_choice("update", "bogus", ("paper", "exact"))
-    with pytest.raises(ValueError):
+    with pytest.raises(TypeError, match="flag must be one of True, False, 'auto'; got 1"):
         check_choice("flag", 1, (True, False, "auto"))  # 1 == True, but it is not a bool
+    with pytest.raises(ValueError) as e:
+        check_choice("flag", "yes", (True, False, "auto"))
+    assert not isinstance(e.value, TypeError)
 
 
 def test_bool():

@@ -5,8 +5,16 @@ import itertools
 
 import pytest
 import torch
-from solver_checks import half_precision_errors
-from test_deis import _diffusers_run, _discrete_problem, _gmm_problem, _point_mass_flow, _rel, _slope
+from solver_checks import (
+    DDPM_CONFIG,
+    diffusers_run,
+    discrete_problem,
+    fitted_slope,
+    gmm_problem,
+    half_precision_errors,
+    point_mass_flow,
+    rel_error,
+)
 
 from sde_diffusion.analytic import Gaussian, GaussianMixture, PointMass
 from sde_diffusion.grids import make_grid
@@ -17,11 +25,13 @@ from sde_diffusion.solvers._expint import lagrange_weights
 from sde_diffusion.solvers.unipc import UniPC, unipc_weights
 from sde_diffusion.testing import measure_order
 
-CONFIGS = [dict(order=p, variant=v, prediction=m) for m in ("x0", "eps") for v in ("bh1", "bh2") for p in (1, 2, 3)]
+CONFIGS = [
+    dict(predictor_order=p, b_h=v, prediction=m) for m in ("x0", "eps") for v in ("bh1", "bh2") for p in (1, 2, 3)
+]
 EXTRA = [
-    dict(order=3, disable_corrector=True),
-    dict(order=3, prediction="eps", disable_corrector=True),
-    dict(order=3, lower_order_final=True),
+    dict(predictor_order=3, disable_corrector=True),
+    dict(predictor_order=3, prediction="eps", disable_corrector=True),
+    dict(predictor_order=3, lower_order_final=True),
 ]
 
 
@@ -39,8 +49,15 @@ def _mixture_model(sch, prediction="eps"):
 
 
 def test_bad_options():
-    for bad in (dict(order=0), dict(order=4), dict(order=True), dict(variant="bh3"), dict(prediction="v")):
-        with pytest.raises(ValueError):
+    for bad in (
+        dict(predictor_order=0),
+        dict(predictor_order=4),
+        dict(predictor_order=True),
+        dict(predictor_order=2.0),
+        dict(b_h="bh3"),
+        dict(prediction="v"),
+    ):
+        with pytest.raises(ValueError, match=next(iter(bad))):
             UniPC(**bad)
     with pytest.raises(TypeError):
         UniPC(lower_order_final=1)
@@ -50,10 +67,10 @@ def test_bad_options():
 def test_metadata_and_nfe(p):
     """Order ``p + 1`` with the corrector, ``p`` without, capped at 2 by ``lower_order_final``; one NFE per step
     (the corrector re-uses the evaluation the next predictor needs; the last step has no corrector)."""
-    assert UniPC(order=p).order == p + 1
-    assert UniPC(order=p, disable_corrector=True).order == p
-    assert UniPC(order=p, lower_order_final=True).order == min(p + 1, 2)
-    s = UniPC(order=p)
+    assert UniPC(predictor_order=p).order == p + 1
+    assert UniPC(predictor_order=p, disable_corrector=True).order == p
+    assert UniPC(predictor_order=p, lower_order_final=True).order == min(p + 1, 2)
+    s = UniPC(predictor_order=p)
     assert (s.nfe_per_step, s.memory, s.reference) == (1, p, "arXiv:2302.04867")
     model = _mixture_model(VPLinear())
     for steps in (1, 2, 3, 7):
@@ -134,7 +151,7 @@ def test_order1_with_corrector_hand_formula(prediction, variant):
     model = _mixture_model(sch)
     x = torch.randn(4, 2, generator=torch.Generator().manual_seed(0))
     ts = make_grid(sch, "logsnr", 5)
-    got = sample(model, x, solver="unipc", grid=ts, order=1, variant=variant, prediction=prediction).x
+    got = sample(model, x, solver="unipc", grid=ts, predictor_order=1, b_h=variant, prediction=prediction).x
     assert torch.allclose(got, _hand_unipc1(model, x, ts, sch, prediction, variant), rtol=1e-12, atol=1e-12)
 
 
@@ -153,7 +170,9 @@ def test_unip2_bh2_is_dpm_solver_pp_2m():
         d = m if m_prev is None else (1 + h / (2 * h_prev)) * m - h / (2 * h_prev) * m_prev
         y = sch.sigma(s) / sch.sigma(t) * y - sch.alpha(s) * torch.expm1(torch.tensor(-h)) * d
         m_prev, h_prev = m, h
-    got = sample(model, x, solver="unipc", grid=ts, order=2, disable_corrector=True, lower_order_final=False).x
+    got = sample(
+        model, x, solver="unipc", grid=ts, predictor_order=2, disable_corrector=True, lower_order_final=False
+    ).x
     assert torch.allclose(got, y, rtol=1e-12, atol=1e-12)
 
 
@@ -161,18 +180,18 @@ def test_unip3_eps_is_deis_logrho3():
     """UniP-3 with noise prediction solves its order conditions exactly: from the third step on it is the
     exponential Lagrange multistep method in lambda, i.e. DEIS ``logrho``-3 (= diffusers' DEIS-3). Its second
     (warm-up) step is UniP-2, whose single rho is fixed to 1/2 and so differs from logrho-2."""
-    from sde_diffusion.solvers.base import base_coefficients
+    from sde_diffusion.solvers.base import GridTable
     from sde_diffusion.solvers.deis import DEIS
 
     sch = VPLinear()
     for grid in ("logsnr", "time_uniform"):
         ts = make_grid(sch, grid, 9)
-        base = base_coefficients(sch, ts)
-        u = UniPC(order=3, prediction="eps", disable_corrector=True, lower_order_final=False).coefficients(
-            sch, ts, dict(base)
+        table = GridTable(sch, ts)
+        u = UniPC(predictor_order=3, prediction="eps", disable_corrector=True, lower_order_final=False).coefficients(
+            sch, ts, table
         )
-        d = DEIS(order=3, variant="logrho").coefficients(sch, ts, dict(base))
-        assert torch.allclose(u["p_x"], d["ratio"], rtol=1e-15)
+        d = DEIS(order=3, method="logrho").coefficients(sch, ts, table)
+        assert torch.allclose(u["p_x"], d["ratio"].values, rtol=1e-15)
         for j in range(3):
             assert torch.allclose(u[f"p{j}"][2:], d[f"w{j}"][2:], rtol=1e-11, atol=1e-14), (grid, j)
         assert not torch.allclose(u["p1"][1], d["w1"][1], rtol=1e-6)
@@ -185,14 +204,16 @@ def test_first_steps_are_lower_order():
     model = _mixture_model(sch)
     x = torch.randn(4, 2, generator=torch.Generator().manual_seed(3))
     for prediction, variant in itertools.product(("x0", "eps"), ("bh1", "bh2")):
-        opts = dict(prediction=prediction, variant=variant, lower_order_final=False)
-        one = [sample(model, x, solver="unipc", steps=1, order=p, **opts).x for p in (1, 2, 3)]
+        opts = dict(prediction=prediction, b_h=variant, lower_order_final=False)
+        one = [sample(model, x, solver="unipc", steps=1, predictor_order=p, **opts).x for p in (1, 2, 3)]
         ddim = sample(model, x, solver="ddim", steps=1).x
         for y in one:
             assert torch.allclose(y, ddim, rtol=1e-12, atol=1e-12)
-        two = [sample(model, x, solver="unipc", steps=2, order=p, **opts).x for p in (2, 3)]
+        two = [sample(model, x, solver="unipc", steps=2, predictor_order=p, **opts).x for p in (2, 3)]
         assert torch.allclose(two[0], two[1], rtol=1e-14, atol=1e-14)
-        assert not torch.allclose(two[0], sample(model, x, solver="unipc", steps=2, order=1, **opts).x, rtol=1e-6)
+        assert not torch.allclose(
+            two[0], sample(model, x, solver="unipc", steps=2, predictor_order=1, **opts).x, rtol=1e-6
+        )
 
 
 @pytest.mark.parametrize("opts", CONFIGS + EXTRA, ids=_id)
@@ -214,7 +235,7 @@ def test_point_mass_exact(opts, schedule):
     step count and for every parametrisation of the network."""
     m = torch.tensor([0.7, -1.3, 0.2])
     x = schedule.sigma(torch.tensor(schedule.t_max)) * torch.randn(4, 3, generator=torch.Generator().manual_seed(3))
-    want = _point_mass_flow(m, x, schedule.t_max, schedule.t_min, schedule)
+    want = point_mass_flow(m, x, schedule.t_max, schedule.t_min, schedule)
     for prediction in ("eps", "x0", "v", "score"):
         model = PointMass(m).model(schedule, prediction)
         for steps in (1, 2, 5, 7):
@@ -231,7 +252,7 @@ ORDER_NFE = (96, 128, 160, 240, 320, 480)
 
 @pytest.mark.parametrize(
     "opts",
-    CONFIGS + [dict(order=p, prediction=m, disable_corrector=True) for p in (1, 2) for m in ("x0", "eps")],
+    CONFIGS + [dict(predictor_order=p, prediction=m, disable_corrector=True) for p in (1, 2) for m in ("x0", "eps")],
     ids=_id,
 )
 def test_order_gaussian(opts):
@@ -247,17 +268,22 @@ def test_order_gaussian(opts):
 def test_order_unip3_mixture(prediction):
     """UniP-3 without corrector: order 3 on a Gaussian mixture (float64 torchdiffeq reference). On Gaussian data
     it is super-convergent in the bulk and its order-1 warm-up step dominates (see test_deis)."""
-    model, x, ref = _gmm_problem()
+    model, x, ref = gmm_problem()
     ns = [64, 96, 128, 192, 256]
     errors = [
         float(
-            (sample(model, x, solver="unipc", steps=n, order=3, prediction=prediction, disable_corrector=True).x - ref)
+            (
+                sample(
+                    model, x, solver="unipc", steps=n, predictor_order=3, prediction=prediction, disable_corrector=True
+                ).x
+                - ref
+            )
             .abs()
             .max()
         )
         for n in ns
     ]
-    assert abs(_slope(ns, errors) - 3) < 0.15, errors
+    assert abs(fitted_slope(ns, errors) - 3) < 0.15, errors
 
 
 @pytest.mark.parametrize("p", [2, 3])
@@ -272,15 +298,15 @@ def test_lower_order_final_costs_second_order(p):
     diff = [
         float(
             (
-                sample(data.model(sch), x, solver="unipc", steps=n, order=p, lower_order_final=True).x
-                - sample(data.model(sch), x, solver="unipc", steps=n, order=p).x
+                sample(data.model(sch), x, solver="unipc", steps=n, predictor_order=p, lower_order_final=True).x
+                - sample(data.model(sch), x, solver="unipc", steps=n, predictor_order=p).x
             )
             .abs()
             .max()
         )
         for n in ns
     ]
-    assert abs(_slope(ns, diff) - 2) < 0.15, diff
+    assert abs(fitted_slope(ns, diff) - 2) < 0.15, diff
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -289,7 +315,7 @@ def test_lower_order_final_costs_second_order(p):
 
 
 @pytest.mark.parametrize("half", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
-@pytest.mark.parametrize("opts", CONFIGS + [dict(order=3, lower_order_final=True)], ids=_id)
+@pytest.mark.parametrize("opts", CONFIGS + [dict(predictor_order=3, lower_order_final=True)], ids=_id)
 def test_half_precision_model_outputs(opts, half):
     """fp16/bf16 network outputs with a float32 state stay finite down to t_min (50 and 10 steps), the typical sample
     close to the float64 result."""
@@ -305,28 +331,26 @@ def test_half_precision_model_outputs(opts, half):
 # diffusers
 # ---------------------------------------------------------------------------------------------------------------------
 
-CONFIG = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
 
-
-def _scheduler(diffusers, order, variant="bh2", prediction="x0", lower_order_final=True, final="sigma_min"):
+def _scheduler(diffusers, order, b_h="bh2", prediction="x0", lower_order_final=True, final="sigma_min"):
     return diffusers.UniPCMultistepScheduler(
-        **CONFIG,
+        **DDPM_CONFIG,
         solver_order=order,
-        solver_type=variant,
+        solver_type=b_h,
         predict_x0=prediction == "x0",
         lower_order_final=lower_order_final,
         final_sigmas_type=final,
     )
 
 
-def _ours(model, x, ts, order, variant="bh2", prediction="x0", lower_order_final=True, **kw):
+def _ours(model, x, ts, order, b_h="bh2", prediction="x0", lower_order_final=True, **kw):
     return sample(
         model,
         x,
         solver="unipc",
         grid=ts,
-        order=order,
-        variant=variant,
+        predictor_order=order,
+        b_h=b_h,
         prediction=prediction,
         lower_order_final=lower_order_final,
         **kw,
@@ -339,14 +363,14 @@ def test_diffusers_unipc_exact_algorithm():
     float64 runs agree to 1e-12 (orders 1--3, bh1/bh2, data/noise prediction, with and without lower_order_final;
     final_sigmas_type="sigma_min", i.e. the grid ends at t = 1/N)."""
     diffusers = pytest.importorskip("diffusers")
-    sch, net, model = _discrete_problem()
+    sch, net, model = discrete_problem()
     x = torch.randn(16, 3, generator=torch.Generator().manual_seed(0))
     for steps, order, variant, prediction, lof in itertools.product(
         (5, 16), (1, 2, 3), ("bh1", "bh2"), ("x0", "eps"), (False, True)
     ):
-        opts = dict(variant=variant, prediction=prediction, lower_order_final=lof)
-        ref, ts = _diffusers_run(_scheduler(diffusers, order, **opts), steps, net, x.clone(), sch)
-        assert _rel(_ours(model, x, ts, order, **opts), ref) < 1e-12, (steps, order, opts)
+        opts = dict(b_h=variant, prediction=prediction, lower_order_final=lof)
+        ref, ts = diffusers_run(_scheduler(diffusers, order, **opts), steps, net, x.clone(), sch)
+        assert rel_error(_ours(model, x, ts, order, **opts), ref) < 1e-12, (steps, order, opts)
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -358,19 +382,19 @@ def test_diffusers_unipc_float32():
     With the exact float64 noise levels the float32 runs agree to 1e-5 again; ours stays within 5e-6 of the
     float64 result (the exact oracle), stock diffusers does not."""
     diffusers = pytest.importorskip("diffusers")
-    sch, net, model = _discrete_problem()
+    sch, net, model = discrete_problem()
     x = torch.randn(16, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float32)
     for steps, order in itertools.product((5, 10, 16, 25), (1, 2, 3)):
-        ref, ts = _diffusers_run(_scheduler(diffusers, order), steps, net, x)
+        ref, ts = diffusers_run(_scheduler(diffusers, order), steps, net, x)
         ours = _ours(model, x, ts, order)
-        assert ours.dtype == torch.float32 and _rel(ours, ref) < 1e-5, (steps, order)
+        assert ours.dtype == torch.float32 and rel_error(ours, ref) < 1e-5, (steps, order)
     for steps in (10, 16):
-        stock, ts = _diffusers_run(_scheduler(diffusers, 3, lower_order_final=False), steps, net, x)
-        exact_levels, _ = _diffusers_run(_scheduler(diffusers, 3, lower_order_final=False), steps, net, x, sch)
+        stock, ts = diffusers_run(_scheduler(diffusers, 3, lower_order_final=False), steps, net, x)
+        exact_levels, _ = diffusers_run(_scheduler(diffusers, 3, lower_order_final=False), steps, net, x, sch)
         ours = _ours(model, x, ts, 3, lower_order_final=False)
         exact = _ours(model, x.double(), ts, 3, lower_order_final=False)
-        assert _rel(ours, exact_levels) < 1e-5 and _rel(ours, exact) < 5e-6
-        assert _rel(stock, exact) > 1e-5  # recorded in docs/theory/unipc.md
+        assert rel_error(ours, exact_levels) < 1e-5 and rel_error(ours, exact) < 5e-6
+        assert rel_error(stock, exact) > 1e-5  # recorded in docs/theory/unipc.md
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -380,9 +404,9 @@ def test_diffusers_final_sigma_zero():
     Matching orders needs lower_order_final=False on our side (diffusers' rule counts the final step): exact for
     orders 1 and 2."""
     diffusers = pytest.importorskip("diffusers")
-    sch, net, model = _discrete_problem()
+    sch, net, model = discrete_problem()
     x = torch.randn(16, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float32)
     for steps, order in itertools.product((5, 10), (1, 2)):
-        ref, ts = _diffusers_run(_scheduler(diffusers, order, final="zero"), steps, net, x)
+        ref, ts = diffusers_run(_scheduler(diffusers, order, final="zero"), steps, net, x)
         ours = _ours(model, x, ts[:-1], order, lower_order_final=False, denoise_to_zero=True)
-        assert _rel(ours, ref) < 1e-5, (steps, order)
+        assert rel_error(ours, ref) < 1e-5, (steps, order)

@@ -20,9 +20,9 @@ from .tableaux import TABLEAUX, RKLayout, rk_coefficients, rk_step
 __all__ = ["Euler", "Heun", "EulerMaruyama", "PredictorCorrector"]
 
 
-def _ode_coefficients(schedule, ts, base):
+def _ode_coefficients(ts, base):
     """``dt``, ``f`` and ``g2`` at the start of each step (Euler--Maruyama)."""
-    return {"dt": ts[1:] - ts[:-1], "f": schedule.f(ts[:-1]), "g2": schedule.g2(ts[:-1])}
+    return {"dt": ts[1:] - ts[:-1], "f": base.f_grid[:-1], "g2": base.g2_grid[:-1]}
 
 
 class _PFODE(Solver):
@@ -45,7 +45,7 @@ class _PFODE(Solver):
         return self.variable == "sigma"
 
     def coefficients(self, schedule, ts, base):
-        return rk_coefficients(self.layout, schedule, ts, base)
+        return rk_coefficients(self.layout, ts, base)
 
     def step(self, model, x, state, c, noise):
         return rk_step(model, x, c, self.layout), state
@@ -93,15 +93,15 @@ class EulerMaruyama(Solver):
     reference = "arXiv:2011.13456"
 
     def coefficients(self, schedule, ts, base):
-        return _em_coefficients(schedule, ts, base)
+        return _em_coefficients(ts, base)
 
     def step(self, model, x, state, c, noise):
         return _euler_maruyama_update(model, x, c, noise.increment(x)), state
 
 
-def _em_coefficients(schedule, ts, base):
+def _em_coefficients(ts, base):
     """``x_next = em_x x + em_eps eps + c_noise z`` with ``em_x = 1 + dt f``, ``em_eps = dt g^2/sigma``."""
-    c = _ode_coefficients(schedule, ts, base)
+    c = _ode_coefficients(ts, base)
     c["em_x"] = host_scalars(1.0 + c["dt"] * c["f"])
     c["em_eps"] = c["dt"] * c["g2"] / base["sigma"]
     c["c_noise"] = torch.sqrt(c["g2"] * (-c["dt"]))
@@ -158,7 +158,7 @@ class PredictorCorrector(Solver):
         return {"predictor": self.predictor, "snr": self.snr, "n_corrector": self.n_corrector, "norm": self.norm}
 
     def coefficients(self, schedule, ts, base):
-        c = _em_coefficients(schedule, ts, base)  # (for the Euler--Maruyama predictor)
+        c = _em_coefficients(ts, base)  # (for the Euler--Maruyama predictor)
         one_minus = -torch.expm1(-2.0 * base["h"])
         c["a_ts"] = base["alpha"] / base["alpha_next"]  # alpha_{t|s}
         c["G2"] = base["sigma"] ** 2 * one_minus  # sigma_{t|s}^2

@@ -20,7 +20,7 @@ with ``W_j ~ int_0^h e^{s(h-u)} L_j(u) du`` (``s = +1`` / ``-1``). How ``W`` is 
   (``h phi_1 m_0 + h phi_2 D_1 + h phi_3 D_2``, divided differences ``D``); the exact quadratic has ``2 h phi_3 D_2``,
   so this rule has a local error ``O(h^3)`` and the method is *second* order (see :class:`DPMSolver`).
 
-The ``variant`` option picks the rules (table in ``docs/theory/dpm_solver.md``): ``"paper"`` (Lu et al.'s published
+The ``update`` option picks the rules (table in ``docs/theory/dpm_solver.md``): ``"paper"`` (Lu et al.'s published
 algorithms and reference code), ``"midpoint"`` / ``"heun"`` (diffusers' ``solver_type``), ``"exact"`` (exact
 Lagrange weights everywhere; third order for 3M as well).
 
@@ -34,12 +34,12 @@ Stages of singlestep methods (``stages`` option):
 
 from __future__ import annotations
 
-import math
-
 import torch
 
+from .._ops import time_like
 from ._expint import lagrange_weights, long_step_consistent, phis
 from .base import Solver, host_scalars, lincomb, register
+from .options import check_bool, check_choice, check_int, check_int_sequence, check_nonnegative
 from .warmup import step_orders
 
 __all__ = [
@@ -47,7 +47,9 @@ __all__ = [
     "DPMSolverPP",
     "SDEDPMSolverPP",
     "DPMSolverFast",
+    "UPDATES",
     "VARIANTS",
+    "multistep_update",
     "update_weights",
     "update_rule",
     "combination",
@@ -59,7 +61,9 @@ __all__ = [
     "singlestep_table",
 ]
 
-VARIANTS = ("paper", "midpoint", "heun", "exact")
+#: values of the ``update`` option (which rule each update of a method uses: :func:`update_rule`)
+UPDATES = ("paper", "midpoint", "heun", "exact")
+VARIANTS = UPDATES  # (the option's name before 0.2)
 #: stage nodes ``r_j`` (fractions of the step in lambda) of the singlestep methods of the paper
 STAGE_NODES = {1: (0.0,), 2: (0.0, 0.5), 3: (0.0, 1.0 / 3.0, 2.0 / 3.0)}
 
@@ -113,25 +117,25 @@ def update_weights(r: torch.Tensor, h: torch.Tensor, sign: int, rule: str) -> to
     raise ValueError(f"unknown rule {rule!r}")
 
 
-def update_rule(variant: str, multistep: bool, nodes: int, final: bool = True) -> str:
-    """Which rule an update with ``nodes`` model outputs uses under ``variant``.
+def update_rule(update: str, multistep: bool, nodes: int, final: bool = True) -> str:
+    """Which rule an update with ``nodes`` model outputs uses under the ``update`` option.
 
     ``final`` distinguishes the last update of a singlestep step from an intermediate stage (only the third-order
     singlestep method has a two-node stage; there ``"paper"`` uses ``phi2`` and ``"midpoint"`` uses ``mid``).
     """
-    if nodes == 1 or variant == "exact":
+    if nodes == 1 or update == "exact":
         return "exact"
     if multistep:
         if nodes == 2:
-            return "exact" if variant == "heun" else "mid"
+            return "exact" if update == "heun" else "mid"
         return "ref3"
-    if variant == "heun":
+    if update == "heun":
         return "exact"
     if nodes == 3:
         return "phi2"
     if final:
         return "mid"
-    return "phi2" if variant == "paper" else "mid"
+    return "phi2" if update == "paper" else "mid"
 
 
 def _frame(sign: int, la_a, ls_a, la_b, ls_b, h, eta: float = 0.0):
@@ -221,7 +225,7 @@ def fast_orders(nfe: int, order: int = 3) -> tuple[int, ...]:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _multistep_table(sign, variant, orders, lam, la, ls, eta=0.0) -> dict:
+def _multistep_table(sign, update, orders, lam, la, ls, eta=0.0) -> dict:
     """Per-step ``ratio`` and ``w0..w{K-1}`` (weight of the output ``j`` steps back) for the grid ``lam``."""
     n = lam.shape[0] - 1
     kmax = max(orders)
@@ -232,7 +236,7 @@ def _multistep_table(sign, variant, orders, lam, la, ls, eta=0.0) -> dict:
     for k in sorted(set(orders)):
         idx = (ords == k).nonzero().flatten()
         nodes = torch.stack([lam[idx - j] for j in range(k)], -1)
-        rule = update_rule(variant, True, k)
+        rule = update_rule(update, True, k)
         ratio, c = combination(sign, rule, nodes, la[idx], ls[idx], la[idx + 1], ls[idx + 1], eta)
         ratio_full[idx] = ratio
         for j in range(k):
@@ -242,7 +246,7 @@ def _multistep_table(sign, variant, orders, lam, la, ls, eta=0.0) -> dict:
     return table
 
 
-def singlestep_table(table, sign, variant, orders, nodes_of=STAGE_NODES, lower_order: bool = False) -> dict:
+def singlestep_table(table, sign, update, orders, nodes_of=STAGE_NODES, lower_order: bool = False) -> dict:
     """Stages and final update of singlestep steps with intermediate times at ``lambda + r h`` (``stages="lambda"``).
 
     Keys: ``order``; per stage ``j >= 1``: ``t_s{j}``, ``alpha_s{j}``, ``sigma_s{j}``, ``ratio_s{j}``,
@@ -264,7 +268,7 @@ def singlestep_table(table, sign, variant, orders, nodes_of=STAGE_NODES, lower_o
         for j in range(1, k):
             stage = grid.at_lambda(lam[idx] + r[j] * h[idx])
             t_j, la_j, ls_j = stage.t, stage.log_alpha, stage.log_sigma
-            rule = update_rule(variant, False, j, final=False)
+            rule = update_rule(update, False, j, final=False)
             ratio, c = combination(sign, rule, torch.stack(lam_nodes, -1), la[idx], ls[idx], la_j, ls_j)
             for key, val in (
                 (f"t_s{j}", t_j),
@@ -281,7 +285,7 @@ def singlestep_table(table, sign, variant, orders, nodes_of=STAGE_NODES, lower_o
             logs.append((la_j, ls_j))
         finals = [("", k)] + ([("_low", k - 1)] if lower_order and k > 1 else [])
         for suffix, p in finals:
-            rule = update_rule(variant, False, p, final=True)
+            rule = update_rule(update, False, p, final=True)
             ratio, c = combination(
                 sign, rule, torch.stack(lam_nodes[:p], -1), la[idx], ls[idx], la[idx + 1], ls[idx + 1]
             )
@@ -305,7 +309,7 @@ def _fill_stage(key: str, ts, la, ls) -> torch.Tensor:
     return torch.zeros_like(la[:-1])
 
 
-def _grid_table(sign, variant, groups, lam, la, ls) -> dict:
+def _grid_table(sign, update, groups, lam, la, ls) -> dict:
     """Per grid interval: ``pos`` (position in its group), ``ratio`` and ``w0..`` of the update from the group's
     first point to the interval's end point with the outputs at the group's points so far."""
     n = lam.shape[0] - 1
@@ -328,7 +332,7 @@ def _grid_table(sign, variant, groups, lam, la, ls) -> dict:
         idx = ((pos_t == j) & (torch.tensor(sizes) == k)).nonzero().flatten()
         s = starts_t[idx]
         nodes = torch.stack([lam[s + m] for m in range(j + 1)], -1)
-        rule = update_rule(variant, False, j + 1, final=j + 1 == k)
+        rule = update_rule(update, False, j + 1, final=j + 1 == k)
         ratio, c = combination(sign, rule, nodes, la[s], ls[s], la[idx + 1], ls[idx + 1])
         ratio_full[idx] = ratio
         for m in range(j + 1):
@@ -346,14 +350,6 @@ def _grid_table(sign, variant, groups, lam, la, ls) -> dict:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _time_like(t: torch.Tensor, value) -> torch.Tensor:
-    """A model-time tensor shaped like ``t`` holding ``value`` (a float -> one fill kernel; a per-sample device
-    tensor -> a reshape): no host/device transfer."""
-    if isinstance(value, torch.Tensor):
-        return value.reshape(t.shape)
-    return torch.full_like(t, value)
-
-
 def _combine(ratio, x, weights, outs):
     pairs = []
     for w, o in zip(weights, outs):
@@ -367,7 +363,7 @@ def run_singlestep_stages(model, x, c, kind: str, k: int, first: torch.Tensor | 
     for j in range(1, k):
         ws = [getattr(c, f"w_s{j}_{m}") for m in range(j)]
         u = _combine(getattr(c, f"ratio_s{j}"), x, ws, outs)
-        t_j = _time_like(c.t, getattr(c, f"t_s{j}"))
+        t_j = time_like(c.t, getattr(c, f"t_s{j}"))
         outs.append(model.predict(u, t_j, kind, getattr(c, f"alpha_s{j}"), getattr(c, f"sigma_s{j}")))
     return outs
 
@@ -382,16 +378,19 @@ def final_update(c, x, outs, k: int, suffix: str = "") -> torch.Tensor:
     return _combine(getattr(c, f"ratio{suffix}"), x, [getattr(c, f"w{suffix}{m}") for m in range(k)], outs)
 
 
-def _check_choice(name, value, choices):
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-    return value
-
-
-def _check_bool(name, value):
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be a bool, got {value!r}")
-    return value
+def multistep_update(model, x, state, c, kind: str, memory: int, z: torch.Tensor | None = None):
+    """One step of a multistep method ``x_next = ratio x + sum_j w_j m_{i-j} (+ c_noise z)``: evaluates the model
+    (``kind``: ``"eps"`` or ``"x0"``) at ``x``, combines it with the ``c.order - 1`` past outputs in ``state``
+    (newest first) and keeps ``memory`` outputs. Returns ``(x_next, state)``."""
+    hist = (model.predict(x, c.t, kind, c.alpha, c.sigma),) + state
+    x_next = final_update(c, x, hist, c.order)
+    if z is not None:
+        x_next = (
+            x_next.add_(z, alpha=c.c_noise)
+            if not isinstance(c.c_noise, torch.Tensor)
+            else x_next.addcmul_(c.c_noise, z)
+        )
+    return x_next, hist[:memory]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -411,20 +410,17 @@ class _DPMBase(Solver):
         order: int = 2,
         multistep: bool = False,
         lower_order_final: bool = True,
-        variant: str = "paper",
+        update: str = "paper",
         stages: str = "lambda",
         orders=None,
     ):
-        if isinstance(order, bool) or order not in (1, 2, 3):
-            raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
-        self.multistep = _check_bool("multistep", multistep)
-        self.lower_order_final = _check_bool("lower_order_final", lower_order_final)
-        self.variant = _check_choice("variant", variant, VARIANTS)
-        self.stages = _check_choice("stages", stages, ("lambda", "grid"))
+        order = check_int("order", order, 1, 3)
+        self.multistep = check_bool("multistep", multistep)
+        self.lower_order_final = check_bool("lower_order_final", lower_order_final)
+        self.update = check_choice("update", update, UPDATES)
+        self.stages = check_choice("stages", stages, ("lambda", "grid"))
         if orders is not None:
-            orders = tuple(orders)
-            if not orders or any(isinstance(o, bool) or o not in (1, 2, 3) for o in orders):
-                raise ValueError(f"orders must be a non-empty sequence of 1, 2, 3, got {orders!r}")
+            orders = check_int_sequence("orders", orders, 1, 3)
             if multistep:
                 raise ValueError("orders (per-step orders) is for singlestep methods; multistep warms up by itself")
             order = max(orders)
@@ -433,7 +429,7 @@ class _DPMBase(Solver):
         self.orders = orders
         self.order_option = order
         self.order = float(order)
-        if multistep and order == 3 and variant != "exact":
+        if multistep and order == 3 and update != "exact":
             self.order = 2.0  # the published 3M rule ("ref3") is second order: see the class docstring
         if orders is not None:
             self.order = float(max(orders))  # nominal: the tuple fixes the number of steps
@@ -446,7 +442,7 @@ class _DPMBase(Solver):
             "order": self.order_option,
             "multistep": self.multistep,
             "lower_order_final": self.lower_order_final,
-            "variant": self.variant,
+            "update": self.update,
         }
         if not self.multistep:
             opts["stages"] = self.stages
@@ -482,10 +478,10 @@ class _DPMBase(Solver):
         la, ls, lam = base.log_alpha, base.log_sigma, base.lam_grid
         orders = self.step_orders(ts.shape[0] - 1)
         if self.multistep:
-            return _multistep_table(self.sign, self.variant, orders, lam, la, ls)
+            return _multistep_table(self.sign, self.update, orders, lam, la, ls)
         if self.stages == "grid":
-            return _grid_table(self.sign, self.variant, orders, lam, la, ls)
-        return singlestep_table(base, self.sign, self.variant, orders)
+            return _grid_table(self.sign, self.update, orders, lam, la, ls)
+        return singlestep_table(base, self.sign, self.update, orders)
 
     # ---- one step ---------------------------------------------------------------------------------------------
     def step(self, model, x, state, c, noise):
@@ -497,15 +493,7 @@ class _DPMBase(Solver):
         return final_update(c, x, outs, c.order), state
 
     def _multistep(self, model, x, state, c, z=None):
-        hist = (model.predict(x, c.t, self.kind, c.alpha, c.sigma),) + state
-        x_next = final_update(c, x, hist, c.order)
-        if z is not None:
-            x_next = (
-                x_next.add_(z, alpha=c.c_noise)
-                if not isinstance(c.c_noise, torch.Tensor)
-                else x_next.addcmul_(c.c_noise, z)
-            )
-        return x_next, hist[: self.memory]
+        return multistep_update(model, x, state, c, self.kind, self.memory, z)
 
     def _grid_step(self, model, x, state, c):
         out = model.predict(x, c.t, self.kind, c.alpha, c.sigma)
@@ -524,7 +512,7 @@ _COMMON_DOC = r"""
         lower_order_final: when the grid has fewer than 15 steps, use order ``min(order, steps - i)`` at step ``i``
             (last step first order, the one before at most second): the rule of diffusers'
             ``DPMSolverMultistepScheduler``. With ``stages="grid"``: diffusers' singlestep order list.
-        variant: ``"paper"`` (default: Lu et al.'s algorithms / reference code), ``"midpoint"``, ``"heun"``
+        update: ``"paper"`` (default: Lu et al.'s algorithms / reference code), ``"midpoint"``, ``"heun"``
             (diffusers' ``solver_type``), ``"exact"`` (exponentially weighted Lagrange weights for every update).
             Only orders 2 and 3 differ; ``"heun"`` equals ``"exact"`` except for 3M.
         stages: singlestep only: ``"lambda"`` (paper) or ``"grid"`` (diffusers' singlestep scheduler: a step of
@@ -532,10 +520,10 @@ _COMMON_DOC = r"""
         orders: singlestep only: explicit per-step orders (``stages="lambda"``, one per step) or group sizes
             (``stages="grid"``, summing to the number of intervals); overrides ``order``/``lower_order_final``.
 
-    Order (global, in lambda): ``order``, except the published third-order *multistep* rule (all variants but
+    Order (global, in lambda): ``order``, except the published third-order *multistep* rule (all updates but
     ``"exact"``), which keeps only half of the ``phi_3`` term: its local error is ``O(h^3)`` and the method is
-    second order (measured slope 2.0 on Gaussian data; ``variant="exact"`` gives 3.0). The first-order warm-up
-    step of 3M adds an ``O(h^2)`` term whose constant is the integrand's derivative at ``t_start`` (tiny at high
+    second order (slope 2 on Gaussian data, tests/test_dpm_solver.py; ``update="exact"`` gives 3). The first-order
+    warm-up step of 3M adds an ``O(h^2)`` term whose constant is the integrand's derivative at ``t_start`` (tiny at high
     noise: third order is what is observed). With ``stages="grid"`` the
     ``"paper"``/``"midpoint"`` third-order update needs its stages at ``r = 1/3, 2/3 + O(h)``, which holds on any grid
     that is a smooth map of a uniform one (logSNR, time-uniform, time-quadratic; measured slopes 3.0).
@@ -566,11 +554,11 @@ class DPMSolver(_DPMBase):
         order: int = 3,
         multistep: bool = False,
         lower_order_final: bool = True,
-        variant: str = "paper",
+        update: str = "paper",
         stages: str = "lambda",
         orders=None,
     ):
-        super().__init__(order, multistep, lower_order_final, variant, stages, orders)
+        super().__init__(order, multistep, lower_order_final, update, stages, orders)
 
 
 @register("dpm_solver++")
@@ -595,11 +583,11 @@ class DPMSolverPP(_DPMBase):
         order: int = 2,
         multistep: bool = True,
         lower_order_final: bool = True,
-        variant: str = "paper",
+        update: str = "paper",
         stages: str = "lambda",
         orders=None,
     ):
-        super().__init__(order, multistep, lower_order_final, variant, stages, orders)
+        super().__init__(order, multistep, lower_order_final, update, stages, orders)
 
 
 @register("sde_dpm_solver++")
@@ -619,7 +607,7 @@ class SDEDPMSolverPP(_DPMBase):
     The ``z`` of each step is the step's normalised Brownian increment (``noise.increment``).
 
     Options: ``order`` 1 or 2 (2M: one evaluation per step, memory 1 output, warm-up and ``lower_order_final`` as
-    :class:`DPMSolverPP`), ``eta >= 0``, ``variant`` (``"paper"``/``"midpoint"``: diffusers' midpoint form;
+    :class:`DPMSolverPP`), ``eta >= 0``, ``update`` (``"paper"``/``"midpoint"``: diffusers' midpoint form;
     ``"heun"``/``"exact"``: the exact linear weights).
     Order: weak order 1 for ``eta > 0`` (strong order 1/2: the increment is not the weighted stochastic
     integral); for ``eta = 0`` the ODE order ``order``. NFE 1 per step.
@@ -629,13 +617,11 @@ class SDEDPMSolverPP(_DPMBase):
     kind = "x0"
     reference = "arXiv:2211.01095"
 
-    def __init__(self, order: int = 2, eta: float = 1.0, lower_order_final: bool = True, variant: str = "paper"):
-        if isinstance(order, bool) or order not in (1, 2):
-            raise ValueError(f"order must be 1 or 2, got {order!r}")
-        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta) or eta < 0:
-            raise ValueError(f"eta must be a finite non-negative number, got {eta!r}")
-        super().__init__(order, True, lower_order_final, variant)
-        self.eta = float(eta)
+    def __init__(self, order: int = 2, eta: float = 1.0, lower_order_final: bool = True, update: str = "paper"):
+        order = check_int("order", order, 1, 2)
+        eta = check_nonnegative("eta", eta)
+        super().__init__(order, True, lower_order_final, update)
+        self.eta = eta
         self.stochastic = self.eta > 0
         if self.stochastic:
             self.order, self.strong_order = 1.0, 0.5
@@ -645,13 +631,13 @@ class SDEDPMSolverPP(_DPMBase):
             "order": self.order_option,
             "eta": self.eta,
             "lower_order_final": self.lower_order_final,
-            "variant": self.variant,
+            "update": self.update,
         }
 
     def coefficients(self, schedule, ts, base):
         la, ls, lam = base.log_alpha, base.log_sigma, base.lam_grid
         orders = self.step_orders(ts.shape[0] - 1)
-        table = _multistep_table(self.sign, self.variant, orders, lam, la, ls, eta=self.eta)
+        table = _multistep_table(self.sign, self.update, orders, lam, la, ls, eta=self.eta)
         table["c_noise"] = torch.exp(ls[1:]) * torch.sqrt(-torch.expm1(-2.0 * self.eta * (lam[1:] - lam[:-1])))
         return table
 
@@ -683,25 +669,22 @@ class DPMSolverFast(Solver):
     reference = "arXiv:2206.00927"
     kind = "eps"
 
-    def __init__(self, nfe: int | None = None, order: int = 3, variant: str = "paper", grid: str | None = None):
-        if isinstance(order, bool) or order not in (1, 2, 3):
-            raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
+    def __init__(self, nfe: int | None = None, order: int = 3, update: str = "paper", grid: str | None = None):
+        order = check_int("order", order, 1, 3)
         self.nfe = nfe
         self.orders = None if nfe is None else fast_orders(nfe, order)
         if nfe is None and grid is not None:
             raise ValueError("grid= is an option of the budget form (with nfe=); without nfe pass grid= to sample")
         self.order_option = order
-        self.variant = _check_choice("variant", variant, VARIANTS)
+        self.update = check_choice("update", update, UPDATES)
         self.grid = (
-            None
-            if grid is None
-            else _check_choice("grid", grid, ("logsnr", "time_uniform", "time_quadratic", "karras"))
+            None if grid is None else check_choice("grid", grid, ("logsnr", "time_uniform", "time_quadratic", "karras"))
         )
         self.nfe_per_step = order
         self.order = float(2 if self.orders is not None and order == 3 and self.orders[-1] == 1 else order)
 
     def options(self):
-        opts = {"order": self.order_option, "variant": self.variant}
+        opts = {"order": self.order_option, "update": self.update}
         if self.nfe is not None:
             opts.update(nfe=self.nfe, grid=self.grid or "logsnr")
         return opts
@@ -732,7 +715,7 @@ class DPMSolverFast(Solver):
         return make_grid(schedule, self.grid or "logsnr", len(self.orders), t_start, t_end)
 
     def coefficients(self, schedule, ts, base):
-        return singlestep_table(base, 1, self.variant, self.step_orders(ts.shape[0] - 1))
+        return singlestep_table(base, 1, self.update, self.step_orders(ts.shape[0] - 1))
 
     def step(self, model, x, state, c, noise):
         outs = run_singlestep_stages(model, x, c, self.kind, c.order)

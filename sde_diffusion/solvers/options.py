@@ -65,10 +65,11 @@ def check_int(
 
 def check_choice(name: str, value: Any, choices: Iterable[Any]) -> Any:
     """``value`` if it is one of ``choices`` (compared by type and value: ``1`` is not ``True``, ``2.0`` is not
-    ``2``); the error lists the valid values."""
+    ``2``); the error lists the valid values (an :class:`OptionTypeError` if no choice has the value's type)."""
     choices = tuple(choices)
     if not any(type(value) is type(c) and value == c for c in choices):
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+        error = ValueError if any(type(value) is type(c) for c in choices) else OptionTypeError
+        raise error(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
     return value
 
 

@@ -14,7 +14,8 @@ A tableau ``(A, b, c)`` with ``s`` stages takes a step of size ``d`` of ``dy/ds 
   with ``variable="sigma"``, DEIS rhoRK (arXiv:2204.13902, ``rho = sigma_ve``) and the pseudo-Runge--Kutta warm-up
   steps of PNDM (arXiv:2202.09778), which *are* classical RK in ``sigma_ve``. Exact for point-mass data (``eps`` is
   constant along the flow and ``sum_i b_i = 1``).
-* ``variable="t"``: ``dx/dt = f(t) x + g^2(t)/(2 sigma(t)) eps(x, t)``, stage ``i`` at ``t + c_i dt``.
+* ``variable="t"``: ``dx/dt = f(t) x + g^2(t)/(2 sigma(t)) eps(x, t)``, stage ``i`` at ``t + c_i dt`` (stages at the
+  step's ends only, ``c_i`` in ``{0, 1}``: Euler and Heun).
 
 Both right-hand sides are linear in ``(x, eps)``, so every stage input and the result are linear combinations of
 ``x``, the earlier stage inputs (``variable="t"`` only) and the stage outputs with per-step float64 coefficients
@@ -112,6 +113,8 @@ class RKLayout:
                     terms.append((f"{prefix}{name}_x{j}", "x", j))
                 terms.append((f"{prefix}{name}_e{j}", "e", j))
             self.combos.append((f"{prefix}ratio_{name}", tuple(terms)))
+        if variable == "t" and any(ci not in (0.0, 1.0) for ci in tableau.c):
+            raise ValueError("in variable 't' only tableaux whose stages are at the step's ends are supported")
         self.points = [
             "start"
             if ci == 0.0
@@ -126,12 +129,9 @@ class RKLayout:
         return [i for i, p in enumerate(self.points) if isinstance(p, tuple)]
 
 
-def _stage_point(schedule, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.exp(schedule.log_alpha(t)), torch.exp(schedule.log_sigma(t))
-
-
-def rk_coefficients(layout: RKLayout, schedule, ts: torch.Tensor, base: dict) -> dict:
-    """float64 per-step coefficients of ``layout`` on the grid ``ts`` (``base``: the loop's base coefficients)."""
+def rk_coefficients(layout: RKLayout, ts: torch.Tensor, base) -> dict:
+    """float64 per-step coefficients of ``layout`` on the grid ``ts`` (``base``: the grid's
+    [`GridTable`][sde_diffusion.solvers.table.GridTable]; its ``at_lambda`` gives the interior stage points)."""
     tab = layout.tableau
     s = tab.stages
     t, dt = ts[:-1], ts[1:] - ts[:-1]
@@ -145,12 +145,8 @@ def rk_coefficients(layout: RKLayout, schedule, ts: torch.Tensor, base: dict) ->
         elif p == "end":
             pts.append((ts[1:], base["alpha_next"], base["sigma_next"]))
         else:
-            ci = tab.c[i]
-            if layout.variable == "sigma":  # sigma_ve(t) (1 + c_i (e^{-h} - 1)), without cancellation
-                t_i = schedule.inverse_lambda(base["lam"] - torch.log1p(ci * torch.expm1(-h)))
-            else:
-                t_i = t + ci * dt
-            a_i, s_i = _stage_point(schedule, t_i)
+            # sigma_ve(t) (1 + c_i (e^{-h} - 1)), without cancellation
+            t_i, a_i, s_i = base.at_lambda(base["lam"] - torch.log1p(tab.c[i] * torch.expm1(-h)))
             pts.append((t_i, a_i, s_i))
             out.update(dict(zip(p, (t_i, a_i, s_i))))
     if layout.variable == "sigma":
@@ -177,8 +173,11 @@ def rk_coefficients(layout: RKLayout, schedule, ts: torch.Tensor, base: dict) ->
             for key, _, j in terms:
                 out[key] = ad * row[j]
     else:
-        f = [schedule.f(p[0]) for p in pts]
-        k = [0.5 * schedule.g2(p[0]) / p[2] for p in pts]
+        # (every stage is at a grid point: RKLayout refuses interior stages in t)
+        f = [base.f_grid[:-1] if p == "start" else base.f_grid[1:] for p in layout.points]
+        k = [
+            0.5 * (base.g2_grid[:-1] if p == "start" else base.g2_grid[1:]) / pt[2] for p, pt in zip(layout.points, pts)
+        ]
         for i in range(1, s + 1):
             ratio_key, terms = layout.combos[i]
             row = tab.A[i] if i < s else tab.b
@@ -194,7 +193,7 @@ def _point(layout: RKLayout, i: int, c):
     if p == "start":
         return c.t, c.alpha, c.sigma
     if p == "end":
-        return c.t_next_dev, c.alpha_next, c.sigma_next
+        return c.t_next, c.alpha_next, c.sigma_next
     return time_like(c.t, getattr(c, p[0])), getattr(c, p[1]), getattr(c, p[2])
 
 

@@ -7,7 +7,7 @@ and ``hh = -h`` (data) or ``hh = h`` (noise), one UniP-p step from ``t_i`` to ``
 
 with ``r_k = (lambda_{i-k} - lambda_i)/h_i`` and, for data prediction, ``c_x = sigma_{i+1}/sigma_i``,
 ``scale = alpha_{i+1}`` (noise prediction: ``c_x = alpha_{i+1}/alpha_i``, ``scale = sigma_{i+1}``).
-``B(hh) = hh`` (``variant="bh1"``) or ``e^{hh} - 1`` (``"bh2"``). The ``rho`` solve the order conditions
+``B(hh) = hh`` (``b_h="bh1"``) or ``e^{hh} - 1`` (``"bh2"``). The ``rho`` solve the order conditions
 ``sum_k rho_k r_k^{n-1} = hh phi_{n+1}(hh) n!/B(hh)``, ``n = 1..p-1`` (``phi`` from
 :mod:`sde_diffusion.solvers._expint`); for a single unknown ``rho = 1/2`` (the ``h -> 0`` limit, as in the
 authors' code and diffusers).
@@ -24,20 +24,21 @@ import math
 
 import torch
 
-from ._expint import phis
+from ._expint import long_step_consistent, phis
 from .base import Solver, lincomb, register
-from .dpm_solver import LOWER_ORDER_FINAL_BELOW
+from .options import check_bool, check_choice, check_int
+from .warmup import step_orders
 
 __all__ = ["UniPC", "unipc_weights"]
 
 
-def unipc_weights(nodes: torch.Tensor, hh: torch.Tensor, variant: str) -> tuple[torch.Tensor, torch.Tensor]:
+def unipc_weights(nodes: torch.Tensor, hh: torch.Tensor, b_h: str) -> tuple[torch.Tensor, torch.Tensor]:
     r"""UniP/UniC weights on the model outputs for one step (float64, vectorised).
 
     Args:
         nodes: ``(..., n)`` ratios ``r_k`` of the extra nodes (past nodes ``< 0``; the corrector's new node ``1``).
         hh: ``(...)`` ``-h`` (data prediction) or ``h`` (noise prediction).
-        variant: ``"bh1"`` (``B = hh``) or ``"bh2"`` (``B = expm1(hh)``).
+        b_h: ``"bh1"`` (``B = hh``) or ``"bh2"`` (``B = expm1(hh)``).
 
     Returns:
         ``(w0, w)`` with the update ``x_new = c_x x + scale (w0 m_0 + sum_k w[..., k] m_k)``:
@@ -47,7 +48,7 @@ def unipc_weights(nodes: torch.Tensor, hh: torch.Tensor, variant: str) -> tuple[
     h_phi_1 = torch.expm1(hh)
     if n == 0:
         return -h_phi_1, nodes
-    big_b = hh if variant == "bh1" else h_phi_1
+    big_b = hh if b_h == "bh1" else h_phi_1
     if n == 1:
         rho = torch.full_like(nodes, 0.5)
     else:
@@ -59,42 +60,35 @@ def unipc_weights(nodes: torch.Tensor, hh: torch.Tensor, variant: str) -> tuple[
     return -h_phi_1 - w.sum(-1), w
 
 
-def _step_orders(n: int, order: int, lower_order_final: bool | str) -> torch.Tensor:
-    """Predictor order of each step: warm-up ``min(order, i + 1)``, and ``min(., n - i)`` with lower_order_final
-    (``"auto"``: only on grids of fewer than ``LOWER_ORDER_FINAL_BELOW`` steps)."""
-    i = torch.arange(n)
-    k = torch.clamp(i + 1, max=order)
-    lower = lower_order_final is True or (lower_order_final == "auto" and n < LOWER_ORDER_FINAL_BELOW)
-    return torch.minimum(k, n - i) if lower else k
-
-
 @register("unipc")
 class UniPC(Solver):
     r"""UniPC (Zhao et al. 2023, arXiv:2302.04867): multistep UniP-p predictor with the UniC corrector.
 
     Args:
-        order: predictor order ``p`` (1--3, default 2).
-        variant: ``"bh1"`` (``B(h) = h``) or ``"bh2"`` (``B(h) = e^h - 1``, default).
+        predictor_order: order ``p`` of the UniP predictor (1--3, default 2); the method's order is ``p + 1`` with
+            the corrector.
+        b_h: ``"bh1"`` (``B(h) = h``) or ``"bh2"`` (``B(h) = e^h - 1``, default; diffusers' ``solver_type``).
         prediction: ``"x0"`` (data prediction, default) or ``"eps"`` (noise prediction).
         lower_order_final: ``"auto"`` (default): predictor order ``min(p, steps - i)`` at step ``i`` on grids of
-            fewer than 15 steps (the rule of DPM-Solver's ``lower_order_final``), which cuts the error 1.9--3.7x
-            there (docs/benchmarks/accuracy.md) and leaves the asymptotic order alone; ``True``: at any step count
-            (diffusers' UniPC rule; the final order-1 step caps the global order at 2); ``False``: never.
+            fewer than 15 steps (the rule of DPM-Solver's ``lower_order_final``; how much it helps is measured in
+            docs/benchmarks/accuracy.md), leaving the asymptotic order alone; ``True``: at any step count
+            (diffusers' UniPC rule; the final order-1 step caps the global order at 2); ``False``: never
+            ([`step_orders`][sde_diffusion.solvers.warmup.step_orders]).
         disable_corrector: plain UniP-p (order ``p``).
 
-    Order ``p + 1`` with the corrector, ``p`` without; ``min(., 2)`` with ``lower_order_final=True`` (measured slopes on
-    Gaussian data with the closed-form flow; UniP-3 without corrector on a Gaussian mixture, being super-convergent
-    on Gaussian data). 1 NFE per step: the corrector at step ``i`` re-uses the evaluation at ``x_i`` that the
-    predictor from ``t_i`` needs; the last step has no corrector (it would need one more NFE), which keeps the
-    order: its local error is that of UniP-p, ``O(h^{p+1})``. Memory: ``p`` model outputs plus the previous state.
-    Warm-up: predictor orders ``1, 2, ..`` on the first steps, and the corrector at step ``i`` has the order of the
-    predictor of step ``i - 1``.
+    ``order`` (global): ``p + 1`` with the corrector, ``p`` without; ``min(., 2)`` with ``lower_order_final=True``
+    (slopes on Gaussian data with the closed-form flow; UniP-3 without corrector on a Gaussian mixture, being
+    super-convergent on Gaussian data: tests/test_unipc.py). 1 NFE per step: the corrector at step ``i`` re-uses the
+    evaluation at ``x_i`` that the predictor from ``t_i`` needs; the last step has no corrector (it would need one
+    more NFE), which keeps the order: its local error is that of UniP-p, ``O(h^{p+1})``. Memory: ``p`` model
+    outputs plus the previous state. Warm-up: predictor orders ``1, 2, ..`` on the first steps, and the corrector at
+    step ``i`` has the order of the predictor of step ``i - 1``.
 
     Equivalences: order 1 without corrector is DDIM(eta=0) = DPM-Solver++-1 (``x0``) = DPM-Solver-1 (``eps``);
     UniP-2 (``bh2``, ``x0``) is DPM-Solver++(2M); UniP-3 with ``eps`` is DEIS ``logrho``-3 from its third step.
     Every option reproduces diffusers' ``UniPCMultistepScheduler`` (``final_sigmas_type="sigma_min"``, the same
-    ``lower_order_final``) to 1e-12 with exact noise levels (docs/theory/unipc.md). Data prediction is the more
-    robust choice for low-precision networks.
+    ``lower_order_final``) with exact noise levels (docs/theory/unipc.md). Data prediction is the more robust
+    choice for low-precision networks.
     """
 
     nfe_per_step = 1
@@ -103,32 +97,26 @@ class UniPC(Solver):
 
     def __init__(
         self,
-        order: int = 2,
-        variant: str = "bh2",
+        predictor_order: int = 2,
+        b_h: str = "bh2",
         prediction: str = "x0",
         lower_order_final: bool | str = "auto",
         disable_corrector: bool = False,
     ):
-        if isinstance(order, bool) or order not in (1, 2, 3):
-            raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
-        if variant not in ("bh1", "bh2"):
-            raise ValueError(f"variant must be 'bh1' or 'bh2', got {variant!r}")
-        if prediction not in ("x0", "eps"):
-            raise ValueError(f"prediction must be 'x0' or 'eps', got {prediction!r}")
-        if not (isinstance(lower_order_final, bool) or lower_order_final == "auto"):
-            raise TypeError(f"lower_order_final must be True, False or 'auto', got {lower_order_final!r}")
-        if not isinstance(disable_corrector, bool):
-            raise TypeError(f"disable_corrector must be a bool, got {disable_corrector!r}")
-        self.predictor_order, self.variant, self.prediction = order, variant, prediction
-        self.lower_order_final, self.disable_corrector = lower_order_final, disable_corrector
-        nominal = order if disable_corrector else order + 1
+        self.predictor_order = check_int("predictor_order", predictor_order, 1, 3)
+        self.b_h = check_choice("b_h", b_h, ("bh1", "bh2"))
+        self.prediction = check_choice("prediction", prediction, ("x0", "eps"))
+        self.lower_order_final = check_choice("lower_order_final", lower_order_final, (True, False, "auto"))
+        self.disable_corrector = check_bool("disable_corrector", disable_corrector)
+        p = self.predictor_order
+        nominal = p if disable_corrector else p + 1
         self.order = float(min(nominal, 2) if lower_order_final is True else nominal)
-        self.memory = order
+        self.memory = p
 
     def options(self):
         return {
-            "order": self.predictor_order,
-            "variant": self.variant,
+            "predictor_order": self.predictor_order,
+            "b_h": self.b_h,
             "prediction": self.prediction,
             "lower_order_final": self.lower_order_final,
             "disable_corrector": self.disable_corrector,
@@ -145,17 +133,16 @@ class UniPC(Solver):
         )
         if extra_one:
             nodes = torch.cat([nodes, torch.ones_like(h)[..., None]], dim=-1)
-        w0, w = unipc_weights(nodes, -h if data else h, self.variant)
-        if data:
-            c_x, scale = base["sigma_next"][idx] / base["sigma"][idx], base["alpha_next"][idx]
-        else:
-            c_x, scale = base["alpha_next"][idx] / base["alpha"][idx], base["sigma_next"][idx]
-        return c_x, scale[..., None] * torch.cat([w0[..., None], w], dim=-1)
+        w0, w = unipc_weights(nodes, -h if data else h, self.b_h)
+        a, s, a_next, s_next = (base[k][idx] for k in ("alpha", "sigma", "alpha_next", "sigma_next"))
+        c_x, start, end = (s_next / s, a, a_next) if data else (a_next / a, s, s_next)
+        weights = end[..., None] * torch.cat([w0[..., None], w], dim=-1)
+        return c_x, long_step_consistent(weights, h, c_x, start, end)
 
     def coefficients(self, schedule, ts, base):
         n, p = ts.shape[0] - 1, self.predictor_order
         lam = torch.cat([base["lam"], base["lam_next"][-1:]])
-        ks = _step_orders(n, p, self.lower_order_final)
+        ks = torch.tensor(step_orders(p, n, lower_order_final=self.lower_order_final))
         qs = torch.zeros_like(ks)
         if not self.disable_corrector:
             qs[1:] = ks[:-1]
