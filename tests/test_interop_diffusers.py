@@ -27,6 +27,7 @@ from sde_diffusion.interop.diffusers import (  # noqa: E402
     t_to_timestep,
     timestep_to_t,
 )
+from sde_diffusion.latent import LatentModel  # noqa: E402
 
 F32 = torch.float32
 
@@ -369,6 +370,20 @@ def _ddim_grid(ddim, steps):
     return torch.cat([grid, grid.new_tensor([sch.t_min])])
 
 
+def test_latent_model_reproduces_the_stable_diffusion_pipeline(sd_pipe):
+    """LatentModel (scaled_linear schedule, the VAE's scaling factor) + our sampler = the pipeline's images."""
+    ddim = _sd_ddim()
+    steps = 5
+    img = _run_sd(sd_pipe, SDEScheduler.from_config(ddim, solver="unipc"), steps=steps, output_type="pt")
+    lm = LatentModel.from_vae(_guided_model(sd_pipe, ddim.config), sd_pipe.vae)
+    assert lm.scaling_factor == sd_pipe.vae.config.scaling_factor
+    g = torch.Generator().manual_seed(0)
+    x_T = torch.randn(1, 4, 16, 16, generator=g)  # (the tiny VAE does not downsample)
+    with torch.no_grad():
+        out = lm.sample(x_T, solver="unipc", grid=_ddim_grid(ddim, steps))
+    assert (img - (out.x / 2 + 0.5).clamp(0, 1)).abs().max() <= 1e-5  # the pipeline's postprocessing
+
+
 def test_multi_evaluation_solvers_repeat_like_diffusers_heun(sd_pipe):
     sch = SDEScheduler.from_config(_sd_ddim(), solver="heun")
     sch.set_timesteps(5)
@@ -408,6 +423,40 @@ def test_img2img_strength_matches_diffusers(sd_pipe):
     assert torch.isfinite(run(SDEScheduler.from_config(ddim, solver="heun"))).all()
     with pytest.raises(ValueError, match="step boundary"):  # steps of 3, 3, 3, 2, 1 evaluations: order 1
         run(SDEScheduler.from_config(ddim, solver="dpm_solver", order=3, multistep=False))
+
+
+def test_inpainting_matches_diffusers(sd_pipe):
+    """A 4-channel UNet in StableDiffusionInpaintPipeline: the pipeline overwrites the known region of the state
+    after every step (``add_noise`` at the next timestep); one-evaluation-per-step solvers take the edited state."""
+    pipe = diffusers.StableDiffusionInpaintPipeline(**sd_pipe.components)
+    pipe.set_progress_bar_config(disable=True)
+    image = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    mask = torch.zeros(1, 1, 16, 16)
+    mask[..., 4:12, 4:12] = 1.0
+    ddim = _sd_ddim()
+
+    def run(s, strength):
+        pipe.scheduler = s
+        with torch.no_grad():
+            return pipe(
+                PROMPT,
+                image=image,
+                mask_image=mask,
+                height=16,
+                width=16,
+                strength=strength,
+                num_inference_steps=5,
+                guidance_scale=SCALE,
+                generator=torch.Generator().manual_seed(0),
+                output_type="latent",
+            ).images
+
+    for strength in (1.0, 0.6):
+        ref, ours = run(ddim, strength), run(SDEScheduler.from_config(ddim, solver="ddim"), strength)
+        assert (ours - ref).abs().max() <= 1e-5 * ref.abs().max()
+    assert torch.isfinite(run(SDEScheduler.from_config(ddim, solver="unipc"), 1.0)).all()
+    with pytest.raises(RuntimeError, match="one evaluation per step"):
+        run(SDEScheduler.from_config(ddim, solver="heun"), 1.0)
 
 
 def test_scheduler_refusals_and_errors(sd_pipe):
