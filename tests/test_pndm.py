@@ -13,13 +13,13 @@ from sde_diffusion.solvers.first_order import ddim_coefficients
 from sde_diffusion.solvers.pndm import IPNDM, PLMS, PNDM, adams_bashforth
 
 VARIANTS = [
-    ("pndm", {"variant": "s"}),
-    ("pndm", {"variant": "f"}),
+    ("pndm", {"warmup": "heun"}),
+    ("pndm", {"warmup": "rk4"}),
     ("plms", {}),
-    ("ipndm", {"order": 1}),
-    ("ipndm", {"order": 2}),
-    ("ipndm", {"order": 3}),
-    ("ipndm", {"order": 4}),
+    ("ipndm", {"ab_order": 1}),
+    ("ipndm", {"ab_order": 2}),
+    ("ipndm", {"ab_order": 3}),
+    ("ipndm", {"ab_order": 4}),
 ]
 IDS = ["-".join([n] + [f"{k}={v}" for k, v in o.items()]) for n, o in VARIANTS]
 
@@ -27,13 +27,13 @@ IDS = ["-".join([n] + [f"{k}={v}" for k, v in o.items()]) for n, o in VARIANTS]
 #: documented in docs/theory/pndm.md. F-PNDM's slope against NFE is steeper because its 8 extra NFE are a
 #: large share of the budget at the coarse end.
 MEASURED_ORDER = {
-    "pndm-variant=s": 2.01,
-    "pndm-variant=f": 2.21,
+    "pndm-warmup=heun": 2.01,
+    "pndm-warmup=rk4": 2.21,
     "plms": 2.04,
-    "ipndm-order=1": 0.99,
-    "ipndm-order=2": 1.99,
-    "ipndm-order=3": 1.97,
-    "ipndm-order=4": 2.02,
+    "ipndm-ab_order=1": 0.99,
+    "ipndm-ab_order=2": 1.99,
+    "ipndm-ab_order=3": 1.97,
+    "ipndm-ab_order=4": 2.02,
 }
 
 
@@ -60,15 +60,15 @@ def test_adams_bashforth_coefficients_are_the_exact_integrals():
 
 
 def test_registry_and_options():
-    assert isinstance(get_solver("pndm", variant="s"), PNDM)
+    assert isinstance(get_solver("pndm", warmup="heun"), PNDM)
     assert isinstance(get_solver("plms"), PLMS)
-    assert get_solver("ipndm", order=3).memory == 2
-    assert get_solver("pndm").variant == "f"
-    with pytest.raises(ValueError, match="variant"):
-        get_solver("pndm", variant="x")
+    assert get_solver("ipndm", ab_order=3).memory == 2
+    assert get_solver("pndm").warmup == "rk4"
+    with pytest.raises(ValueError, match="warmup must be one of 'rk4', 'heun'"):
+        get_solver("pndm", warmup="x")
     for bad in (0, 5, 2.0, True):
-        with pytest.raises(ValueError, match="order"):
-            IPNDM(order=bad)
+        with pytest.raises(ValueError, match="ab_order"):
+            IPNDM(ab_order=bad)
     with pytest.raises(ValueError):
         adams_bashforth(5)
 
@@ -97,12 +97,12 @@ def test_nfe_is_exact(name, opts):
     for steps in (1, 2, 3, 4, 7):
         r = sample(model, torch.ones(2, 1), solver=name, steps=steps, **opts)
         assert r.nfe == solver.final_nfe(steps), (steps, r.nfe)
-    extra = {"pndm-variant=s": 1, "pndm-variant=f": 9, "plms": 1}.get(IDS[VARIANTS.index((name, opts))], 0)
+    extra = {"pndm-warmup=heun": 1, "pndm-warmup=rk4": 9, "plms": 1}.get(IDS[VARIANTS.index((name, opts))], 0)
     assert solver.final_nfe(10) == 10 + extra
 
 
 def test_f_pndm_spends_nine_extra_evaluations():
-    f = get_solver("pndm", variant="f")
+    f = get_solver("pndm", warmup="rk4")
     assert [f.final_nfe(n) for n in (1, 2, 3, 4, 10)] == [4, 8, 12, 13, 19]
 
 
@@ -110,7 +110,7 @@ def test_ipndm_order_one_is_ddim():
     sch = VPCosine()
     g, x_T, _ = _gaussian_problem(sch)
     model = g.model(sch)
-    a = sample(model, x_T, solver="ipndm", steps=9, order=1)
+    a = sample(model, x_T, solver="ipndm", steps=9, ab_order=1)
     b = sample(model, x_T, solver="ddim", steps=9)
     torch.testing.assert_close(a.x, b.x, rtol=1e-14, atol=1e-14)
 
@@ -124,11 +124,11 @@ def test_warm_up_steps_of_plms_and_s_pndm_and_ipndm_agree_where_the_methods_agre
     for steps in (1, 2):
         torch.testing.assert_close(
             sample(model, x_T, solver="plms", steps=steps).x,
-            sample(model, x_T, solver="pndm", variant="s", steps=steps).x,
+            sample(model, x_T, solver="pndm", warmup="heun", steps=steps).x,
         )
         torch.testing.assert_close(
-            sample(model, x_T, solver="ipndm", order=2, steps=steps).x,
-            sample(model, x_T, solver="ipndm", order=4, steps=steps).x,
+            sample(model, x_T, solver="ipndm", ab_order=2, steps=steps).x,
+            sample(model, x_T, solver="ipndm", ab_order=4, steps=steps).x,
         )
 
 
@@ -139,7 +139,7 @@ def test_pseudo_rk4_is_classical_rk4_in_sigma_ve():
     g, x_T, _ = _gaussian_problem(sch)
     model = g.model(sch)
     ts = torch.tensor([0.8, 0.5], dtype=torch.float64)
-    got = sample(model, x_T, solver="pndm", variant="f", grid=ts).x
+    got = sample(model, x_T, solver="pndm", warmup="rk4", grid=ts).x
 
     def t_of(s):
         return sch.inverse_lambda(-torch.log(torch.as_tensor(s, dtype=torch.float64)))
