@@ -55,10 +55,10 @@ def test_study_quick_writes_json_and_png_with_fitted_orders(tmp_path):
     out = tmp_path / "s"
     r = _run("study", "--quick", "--out", str(out), "--solvers", "ddim", "heun")
     assert r.returncode == 0, r.stderr
-    assert "fitted order (asymptotic)" in r.stdout and "| `heun` | 2 |" in r.stdout
+    assert "effective order over NFE 5-20" in r.stdout and "| `heun` | 2 |" in r.stdout
     assert (out / "study.png").read_bytes()[:4] == b"\x89PNG"
     doc = json.loads((out / "study.json").read_text())
-    assert doc["schema_version"] == 1 and doc["command"].startswith("sde-diffusion study --quick")
+    assert doc["schema_version"] == 2 and doc["command"].startswith("sde-diffusion study --quick")
     studies = load_bundle(doc)
     assert set(studies) == {"main", "order"}
     main, order = studies["main"], studies["order"]

@@ -28,9 +28,10 @@ HELP = "convergence and order studies; writes study.json and study.png"
 
 
 _MAIN_NFE = [5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50]
-_ORDER_NFE = [24, 32, 48, 64, 96, 128, 192, 240]
+_ORDER_NFE = [24, 32, 48, 64, 96, 128, 192, 256]
 _STOCHASTIC_NFE = [10, 20, 40, 80, 160]
-_QUICK = {"nfe": [5, 10, 20], "order_nfe": [16, 32, 64], "n": 128, "rtol": 1e-8}
+_REFINE_TIME = 30.0
+_QUICK = {"nfe": [5, 10, 20], "order_nfe": [16, 32, 64], "n": 128, "rtol": 1e-8, "max_nfe_factor": 4}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -55,6 +56,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="problem of the order study in the asymptotic range, or 'none' (default gauss2d)",
     )
     p.add_argument("--order-nfe", type=int_list, nargs="+", help=f"NFE of the order study (default {_ORDER_NFE})")
+    p.add_argument(
+        "--no-refine",
+        dest="refine",
+        action="store_false",
+        help="do not extend the budgets of the main and order studies past the requested ones (by default each "
+        "solver's largest budget is doubled until its asymptotic range is reached, a floor is hit, or a limit)",
+    )
+    p.add_argument("--max-nfe", type=int, help="largest refined budget (default 32x the largest requested; 4x --quick)")
+    p.add_argument(
+        "--refine-time",
+        type=float,
+        default=_REFINE_TIME,
+        help="seconds of sampling that the refinement of one study may spend, all solvers together "
+        f"(default {_REFINE_TIME:g})",
+    )
     p.add_argument(
         "--stochastic",
         action="store_true",
@@ -83,8 +99,10 @@ def _stochastic_solvers() -> list[str]:
 
 
 def run(args) -> int:
-    """Run the main study (solvers x NFE on --problem), the order study and optionally the stochastic one; print
-    tables with fitted orders; write study.json and study.png into --out."""
+    """Run the main study (solvers x NFE on --problem), the order study and optionally the stochastic one, each
+    refined past its budgets until the asymptotic ranges are found (unless --no-refine); print the error tables,
+    effective orders over the requested range, asymptotic verdicts and local orders; write study.json and study.png
+    into --out."""
     from ..studies.problems import PROBLEMS
     from ..studies.specs import default_solvers
 
@@ -97,6 +115,8 @@ def run(args) -> int:
     rtol = args.rtol if args.rtol is not None else quick.get("rtol", 1e-10)
     if n < 2 or not rtol > 0:
         raise UsageError("--n must be at least 2 and --rtol positive")
+    if (args.max_nfe is not None and args.max_nfe < 1) or not args.refine_time >= 0:
+        raise UsageError("--max-nfe must be positive and --refine-time non-negative")
     setup_torch(args)
     specs = solver_specs(args.solvers or default_solvers())
     nfe = flatten(args.nfe) or quick.get("nfe", _MAIN_NFE)
@@ -110,9 +130,26 @@ def run(args) -> int:
         progress=progress(args),
         repeats=max(args.repeats, 1),
     )
+
+    def refinement(budgets):
+        if not args.refine:
+            return {}
+        cap = args.max_nfe or quick.get("max_nfe_factor", 32) * max(budgets)
+        return {"refine": True, "max_nfe": cap, "refine_time": args.refine_time}
+
     t0 = time.perf_counter()
     studies = {
-        "main": _run_study(args.problem, args.schedule, specs, nfe, n=n, rtol=rtol, reference=args.reference, **common)
+        "main": _run_study(
+            args.problem,
+            args.schedule,
+            specs,
+            nfe,
+            n=n,
+            rtol=rtol,
+            reference=args.reference,
+            **refinement(nfe),
+            **common,
+        )
     }
     if args.order_problem != "none":
         studies["order"] = _run_study(
@@ -123,6 +160,7 @@ def run(args) -> int:
             n=min(n, 256),
             rtol=rtol,
             reference=args.reference,
+            **refinement(order_nfe),
             **common,
         )
     if args.stochastic:

@@ -4,33 +4,47 @@ Quick start::
 
     from sde_diffusion.studies import convergence_study
 
-    res = convergence_study("gauss2d", ["ddim", "heun", "dpm_solver++:order=2"], nfe=[24, 48, 96, 192])
-    print(res.to_markdown())            # errors by NFE and fitted orders
+    res = convergence_study("gauss2d", ["ddim", "heun", "dpm_solver++:order=2"], nfe=[24, 48, 96, 192], refine=True)
+    print(res.to_markdown())            # errors by NFE, effective and asymptotic orders, verdicts, local orders
     res.plot().savefig("orders.png")    # log-log error vs NFE (Agg backend)
     open("study.json", "w").write(res.to_json())
 
 Modules: :mod:`.problems` (registry of problems and schedules), :mod:`.specs` (solver configurations, NFE budgets),
-:mod:`.metrics` (RMS, Gaussian W2, sliced W2), :mod:`.convergence` (the study), :mod:`.fitting` (order fits),
+:mod:`.metrics` (RMS, Gaussian W2, sliced W2), :mod:`.convergence` (the study and its automatic refinement),
+:mod:`.fitting` (order fits, asymptotic-range verdicts, Richardson orders),
 :mod:`.results` (result object and JSON schema), :mod:`.report` (markdown), :mod:`.plots` (figures),
 :mod:`.grid_optimizer` (time-grid optimisation). Matplotlib and tqdm are imported only when used.
 """
 
 from .convergence import DEFAULT_NFE, convergence_study, fit_study, ode_reference, sde_reference
-from .fitting import LineFit, OrderFit, fit_line, fit_order, local_orders
+from .fitting import (
+    ASYMPTOTIC_TOL,
+    CONFIRM_TOL,
+    LineFit,
+    OrderFit,
+    RichardsonEstimate,
+    fit_line,
+    fit_order,
+    local_orders,
+    richardson_orders,
+)
 from .grid_optimizer import GridOptResult, grid_from_lambdas, optimise_grid
 from .metrics import gaussian_w2, max_error, rms_error, sliced_w2
 from .problems import PROBLEMS, SCHEDULES, Problem, get_problem, get_schedule
-from .report import bundle, error_table, load_bundle, order_table, study_markdown
+from .report import bundle, error_table, load_bundle, local_order_table, order_table, study_markdown
 from .results import SCHEMA_VERSION, Run, StudyResult
 from .specs import SolverSpec, default_solvers, parse_solver_spec, parse_value, solver_info, steps_for_nfe
 
 __all__ = [
+    "ASYMPTOTIC_TOL",
+    "CONFIRM_TOL",
     "DEFAULT_NFE",
     "GridOptResult",
     "LineFit",
     "OrderFit",
     "PROBLEMS",
     "Problem",
+    "RichardsonEstimate",
     "Run",
     "SCHEDULES",
     "SCHEMA_VERSION",
@@ -48,6 +62,7 @@ __all__ = [
     "get_schedule",
     "grid_from_lambdas",
     "load_bundle",
+    "local_order_table",
     "local_orders",
     "max_error",
     "ode_reference",
@@ -55,6 +70,7 @@ __all__ = [
     "order_table",
     "parse_solver_spec",
     "parse_value",
+    "richardson_orders",
     "rms_error",
     "sde_reference",
     "sliced_w2",

@@ -164,10 +164,14 @@ def convergence_study(
     sde_substeps: int = 50,
     distributional: bool = True,
     repeats: int = 1,
+    refine: bool = False,
+    max_nfe: int | None = None,
+    refine_time: float | None = None,
     progress: bool | None = None,
     keep_samples: bool | None = None,
 ) -> StudyResult:
-    """Run every solver configuration at every NFE budget on one batch and measure errors and wall time.
+    """Run every solver configuration at every NFE budget on one batch and measure errors and wall time; with
+    ``refine``, extend each solver's budgets by doubling until its asymptotic range is reached.
 
     Args:
         problem: a :class:`~sde_diffusion.studies.problems.Problem` or a built-in name (with ``schedule``).
@@ -176,7 +180,7 @@ def convergence_study(
         nfe: NFE budgets; each becomes ``steps_for_nfe(solver, budget)`` steps (budgets too small are skipped).
         grid: the time grid name (``"logsnr"``, ``"time_uniform"``, ``"time_quadratic"``, ``"karras"``).
         reference: ``"auto"`` (exact when available, else torchdiffeq; torchsde for stochastic solvers),
-            ``"exact"``, ``"torchdiffeq"``, or ``"none"`` (distributional errors only).
+            ``"exact"``, ``"torchdiffeq"``, or ``"none"`` (distributional errors and Richardson orders only).
         seed: seeds the start states, the exact target samples and the Brownian path.
         n: batch size (the same start states for every run).
         dtype: dtype of the solvers (``"float32"``/``"float64"`` or a torch dtype; references are float64).
@@ -187,6 +191,14 @@ def convergence_study(
         sde_substeps: SRK steps per segment of the reverse-SDE reference.
         distributional: also measure the distributional error.
         repeats: wall time is the minimum over this many runs.
+        refine: after the requested budgets, double each solver's largest budget until its order fit claims an
+            asymptotic range (:func:`~sde_diffusion.studies.fitting.fit_order`; the Richardson differences when
+            there is no reference), a floor is hit, or a limit below is reached. Refined runs are marked
+            ``refined`` and kept out of the practical-range tables.
+        max_nfe: largest refined budget (default ``32 x`` the largest requested one).
+        refine_time: seconds of sampling that the refinement of all solvers may spend together (``None``: no
+            limit); each solver gets an equal share of what is left, and a run predicted to overrun it is not
+            started.
         progress: tqdm bar (``None``: only on a terminal).
         keep_samples: keep the final states for scatter plots (default: for problems of dimension 2).
 
@@ -201,6 +213,9 @@ def convergence_study(
         if getattr(solver, "adaptive", False):
             raise ValueError(f"solver {s.label!r} is adaptive: NFE budgets do not apply to it")
     budgets = sorted({int(b) for b in nfe})
+    if not budgets or budgets[0] < 1:
+        raise ValueError(f"NFE budgets must be positive ints, got {list(nfe)}")
+    max_nfe = 32 * budgets[-1] if max_nfe is None else int(max_nfe)
     keep = problem.dim == 2 if keep_samples is None else keep_samples
 
     g = torch.Generator().manual_seed(seed)
@@ -215,50 +230,18 @@ def convergence_study(
         dist_floor = math.sqrt(sum(v * v for v in draws) / len(draws))
 
     ref_info: dict = {"ode": None, "sde": None}
-    ode_ref = sde_ref = bm = None
+    refs: dict[bool, torch.Tensor | None] = {False: None, True: None}
+    bm = None
     if reference != "none":
         if any(not solver.stochastic for _, solver in built):
-            ode_ref, ref_info["ode"] = ode_reference(problem, x_T, kind=reference, rtol=rtol, sweep=sweep)
+            refs[False], ref_info["ode"] = ode_reference(problem, x_T, kind=reference, rtol=rtol, sweep=sweep)
         if any(solver.stochastic for _, solver in built):
             bm = brownian_path(x_T, problem.t_end, problem.t_start, seed=seed)
-            sde_ref, ref_info["sde"] = sde_reference(
+            refs[True], ref_info["sde"] = sde_reference(
                 problem, x_T, bm, segments=sde_segments, substeps=sde_substeps, sweep=sweep
             )
-
-    x_dev = x_T.to(device=dev, dtype=dt)
-    runs: list[Run] = []
-    samples: dict = {}
-    bar = _progress(len(built) * len(budgets), progress, f"{problem.name}/{problem.schedule_name}")
-    try:
-        for spec, solver in built:
-            done: dict[int, Run] = {}
-            for budget in budgets:
-                bar.update(1)
-                steps = steps_for_nfe(solver, budget)
-                if steps == 0:
-                    continue
-                if steps in done:  # two budgets with the same step count: the same run
-                    runs.append(Run(**{**done[steps].__dict__, "nfe_budget": budget}))
-                    continue
-                out, wall = _timed_sample(problem, solver, x_dev, steps, grid, seed, bm, repeats, dev)
-                ref = sde_ref if solver.stochastic else ode_ref
-                run = Run(
-                    spec.label,
-                    budget,
-                    steps,
-                    out.nfe,
-                    error=None if ref is None else rms_error(out.x, ref),
-                    error_max=None if ref is None else max_error(out.x, ref),
-                    dist_error=None if metric is None else metric(out.x),
-                    wall_time=wall,
-                    error_median=None if ref is None else median_error(out.x, ref),
-                )
-                done[steps] = run
-                runs.append(run)
-                if keep:
-                    samples[(spec.label, budget)] = out.x.detach().to("cpu", torch.float64)
-    finally:
-        bar.close()
+    elif any(solver.stochastic for _, solver in built):
+        bm = brownian_path(x_T, problem.t_end, problem.t_start, seed=seed)  # Richardson needs one path too
 
     result = StudyResult(
         problem=problem.name,
@@ -272,13 +255,131 @@ def convergence_study(
         dist_metric=metric_name,
         dist_floor=dist_floor,
         solvers={s.label: solver_info(solver) for s, solver in built},
-        runs=runs,
-        samples=samples,
+        runs=[],
         target=target if keep else None,
     )
-    roundoff = 100.0 * torch.finfo(dt).eps * max(1.0, float(x_T.to(torch.float64).pow(2).mean().sqrt()))
-    fit_study(result, roundoff=roundoff)
+    result.roundoff = 100.0 * torch.finfo(dt).eps * max(1.0, float(x_T.to(torch.float64).pow(2).mean().sqrt()))
+    ctx = _Context(problem, x_T.to(device=dev, dtype=dt), grid, seed, bm, repeats, dev, refs, metric, keep)
+    time_left = math.inf if refine_time is None else float(refine_time)
+    bar = _progress(len(built) * len(budgets), progress, f"{problem.name}/{problem.schedule_name}")
+    try:
+        for i, (spec, solver) in enumerate(built):
+            share = time_left / (len(built) - i)
+            spent = _study_solver(ctx, result, spec.label, solver, budgets, bar, refine, max_nfe, share)
+            time_left -= spent
+    finally:
+        bar.close()
+    fit_study(result)
     return result
+
+
+class _Context:
+    """What every run of one study shares."""
+
+    def __init__(self, problem, x, grid, seed, bm, repeats, dev, refs, metric, keep):
+        self.problem, self.x, self.grid, self.seed, self.bm = problem, x, grid, seed, bm
+        self.repeats, self.dev, self.refs, self.metric, self.keep = repeats, dev, refs, metric, keep
+
+
+def _doubling_chain(budgets: list[int]) -> list[int]:
+    """The trailing chain ``B/2^k, ..., B/2, B`` of the requested budgets (``B`` the largest)."""
+    chain = [budgets[-1]]
+    while chain[0] % 2 == 0 and chain[0] // 2 in budgets:
+        chain.insert(0, chain[0] // 2)
+    return chain
+
+
+def _study_solver(ctx, result, label, solver, budgets, bar, refine, max_nfe, time_share) -> float:
+    """Run one solver at the requested budgets, then (``refine``) at doubled ones; record the Richardson chain.
+    Returns the seconds spent refining."""
+    ref = ctx.refs[bool(solver.stochastic)]
+    chain_budgets = _doubling_chain(budgets)
+    chain: list[tuple[int, int, int, torch.Tensor]] = []  # (budget, steps, nfe, final state)
+    done: dict[int, tuple[Run, torch.Tensor]] = {}
+
+    def run_budget(budget: int, refined: bool) -> Run | None:
+        steps = steps_for_nfe(solver, budget)
+        if steps == 0:
+            return None
+        if steps in done:  # two budgets with the same step count: the same run
+            run = Run(**{**done[steps][0].__dict__, "nfe_budget": budget, "refined": refined})
+            result.runs.append(run)
+            if budget in chain_budgets:
+                chain.append((budget, steps, run.nfe, done[steps][1]))
+            return run
+        out, wall = _timed_sample(ctx.problem, solver, ctx.x, steps, ctx.grid, ctx.seed, ctx.bm, ctx.repeats, ctx.dev)
+        run = Run(
+            label,
+            budget,
+            steps,
+            out.nfe,
+            error=None if ref is None else rms_error(out.x, ref),
+            error_max=None if ref is None else max_error(out.x, ref),
+            dist_error=None if ctx.metric is None else ctx.metric(out.x),
+            wall_time=wall,
+            error_median=None if ref is None else median_error(out.x, ref),
+            refined=refined,
+        )
+        done[steps] = (run, out.x.detach())
+        result.runs.append(run)
+        if budget in chain_budgets or refined:
+            chain.append((budget, steps, out.nfe, out.x.detach()))
+        if ctx.keep and not refined:
+            result.samples[(label, budget)] = out.x.detach().to("cpu", torch.float64)
+        return run
+
+    for budget in budgets:
+        bar.update(1)
+        run_budget(budget, False)
+    spent, stop = 0.0, None
+    if refine:
+        while True:
+            fit = _refinement_fit(result, label, chain, ref is not None)
+            if fit is not None and fit.status != "not_reached":
+                stop = "reached" if fit.reached else "floor"
+                break
+            last = chain[-1] if chain else None
+            budget = 2 * (last[0] if last else budgets[-1])
+            if budget > max_nfe:
+                stop = "max_nfe"
+                break
+            prev = result.runs[-1]
+            if spent + prev.wall_time * budget / max(prev.nfe, 1) > time_share:
+                stop = "time"
+                break
+            run = run_budget(budget, True)
+            if run is None:
+                stop = "max_nfe"
+                break
+            spent += run.wall_time
+    result.chains[label] = _chain_record(chain, stop, spent)
+    return spent
+
+
+def _chain_record(chain, stop, spent) -> dict:
+    """The doubling chain of one solver: budgets, steps, actual NFE and ``diffs[k] = rms(x_k - x_{k+1})``."""
+    return {
+        "budgets": [c[0] for c in chain],
+        "steps": [c[1] for c in chain],
+        "nfe": [c[2] for c in chain],
+        "diffs": [rms_error(a[3], b[3]) for a, b in zip(chain[:-1], chain[1:])],
+        "refinement_stop": stop,
+        "refinement_time": spent,
+    }
+
+
+def _refinement_fit(result: StudyResult, label: str, chain, has_reference: bool):
+    """The fit that decides whether to refine further: the pathwise error's, or without a reference the Richardson
+    differences' (``None`` while there are too few points)."""
+    info = result.solvers[label]
+    declared = info["strong_order"] if info["stochastic"] else info["order"]
+    if has_reference:
+        ns, es = result.series(label, "error")
+        return fit_order(ns, es, floor=_error_floor(result, info), declared=declared) if len(ns) >= 2 else None
+    rec = _chain_record(chain, None, 0.0)
+    if len(rec["diffs"]) < 2:
+        return None
+    return fit_order(_nominal_nfe(rec, info), rec["diffs"], floor=result.roundoff, declared=declared)
 
 
 def _timed_sample(problem, solver, x, steps, grid, seed, bm, repeats, dev):
@@ -297,25 +398,48 @@ def _timed_sample(problem, solver, x, steps, grid, seed, bm, repeats, dev):
     return out, best
 
 
-def fit_study(result: StudyResult, *, roundoff: float = 0.0) -> StudyResult:
-    """Fill ``result.fits``: for each solver, :func:`~sde_diffusion.studies.fitting.fit_order` of the pathwise error
-    (against the declared order, or the strong order for stochastic solvers) and of the distributional error (against
-    the declared weak order), with floors from the references' estimated error, round-off and the sampling floor."""
-    ref = result.reference or {}
+def _error_floor(result: StudyResult, info: dict) -> float:
+    """Round-off or the reference's estimated error, whichever is larger."""
+    part = ((result.reference or {}).get("sde" if info["stochastic"] else "ode")) or {}
+    return max(result.roundoff, part.get("error_estimate") or 0.0)
+
+
+def _nominal_nfe(chain: dict, info: dict) -> list[int]:
+    """``steps x NFE per step`` of a chain's coarse solves: exact doublings, so that the local orders of the
+    differences are the Richardson estimates (the actual NFE can differ by a final step, e.g. Heun's ``2N - 1``)."""
+    return [s * max(int(info["nfe_per_step"]), 1) for s in chain["steps"][:-1]]
+
+
+def fit_study(result: StudyResult) -> StudyResult:
+    """Fill ``result.fits``: for each solver, :func:`~sde_diffusion.studies.fitting.fit_order` of
+
+    * ``"error"`` -- the pathwise error at every point (requested and refined), against the declared order (the
+      strong order for stochastic solvers), with ``effective`` the plain fit over the requested (practical) range
+      and a floor at the reference's estimated error or round-off;
+    * ``"dist_error"`` -- the distributional error, against the declared (weak) order, floor twice the sampling
+      floor;
+    * ``"richardson"`` -- the differences ``rms(x_N - x_2N)`` along the doubling chain against the nominal NFE
+      ``steps x nfe_per_step``: their local orders are the reference-free Richardson estimates.
+    """
     for label, info in result.solvers.items():
-        stochastic = info["stochastic"]
-        ref_part = (ref.get("sde") if stochastic else ref.get("ode")) or {}
-        floor = max(roundoff, ref_part.get("error_estimate") or 0.0)
-        declared = info["strong_order"] if stochastic else info["order"]
-        fits = {"error": _fit_series(result, label, "error", floor, declared)}
+        declared = info["strong_order"] if info["stochastic"] else info["order"]
+        practical = [r.nfe for r in result.runs_of(label) if not r.refined]
+        span = (min(practical), max(practical)) if practical else None
+        fits = {"error": _fit_series(result, label, "error", _error_floor(result, info), declared, span)}
         dist_floor = 2.0 * result.dist_floor if result.dist_floor is not None else 0.0
-        fits["dist_error"] = _fit_series(result, label, "dist_error", dist_floor, info["order"])
+        fits["dist_error"] = _fit_series(result, label, "dist_error", dist_floor, info["order"], span)
+        chain = result.chains.get(label)
+        fits["richardson"] = None
+        if chain and len(chain["diffs"]) >= 2:
+            fits["richardson"] = fit_order(
+                _nominal_nfe(chain, info), chain["diffs"], floor=result.roundoff, declared=declared
+            )
         result.fits[label] = fits
     return result
 
 
-def _fit_series(result: StudyResult, label: str, metric: str, floor: float, declared):
+def _fit_series(result: StudyResult, label: str, metric: str, floor: float, declared, span):
     ns, es = result.series(label, metric)
     if not ns:
         return None
-    return fit_order(ns, es, floor=floor, declared=declared)
+    return fit_order(ns, es, floor=floor, declared=declared, effective_range=span)

@@ -4,8 +4,10 @@ Figures are created as ``matplotlib.figure.Figure`` objects with an Agg canvas a
 the global backend of the caller is left alone and nothing needs a display.
 
 * :func:`plot_convergence` -- log-log error against the actual NFE, one line per solver, with dashed reference
-  slopes ``NFE^{-p}``; the asymptotic fit range is drawn thicker;
-* :func:`plot_samples` -- scatter of the final samples of 2-D problems against exact samples, one panel per solver;
+  slopes ``NFE^{-p}``; the asymptotic fit range is drawn thicker, refined points (past the requested budgets) open;
+* :func:`plot_local_orders` -- the local orders between successive NFE values against NFE, with the declared orders;
+* :func:`plot_samples` -- scatter of the final samples of 2-D problems against exact samples, one panel per solver
+  (:func:`scatter_samples` draws one such cloud; the CLI's ``sample`` command uses it too);
 * :func:`plot_trajectories` -- paths of a few particles in the plane (2-D problems), on the solver's grid and the
   reference's;
 * :func:`study_figure` -- the summary figure of ``sde-diffusion study``.
@@ -23,11 +25,14 @@ from .results import StudyResult
 __all__ = [
     "new_figure",
     "plot_convergence",
+    "plot_local_orders",
     "plot_work_precision",
     "plot_samples",
     "plot_trajectories",
     "study_figure",
+    "nice_log_ticks",
     "save_figure",
+    "scatter_samples",
     "short_label",
 ]
 
@@ -64,13 +69,25 @@ def short_label(label: str) -> str:
     return " ".join([name, *words])
 
 
-def _nfe_axis(ax, ns: list[float]) -> None:
-    """Plain-number NFE ticks at (a thinned subset of) the measured values."""
+def nice_log_ticks(lo: float, hi: float, *, min_ratio: float = 1.7) -> list[int]:
+    """Integer ticks for a log axis over ``[lo, hi]``: the ends and the round values ``{1, 2, 5} x 10^k`` between
+    them, dropping any tick closer than ``min_ratio`` (a factor) to one already kept, so that labels never overlap."""
+    lo, hi = max(int(math.floor(lo)), 1), max(int(math.ceil(hi)), 1)
+    round_values = [m * 10**k for k in range(len(str(hi)) + 1) for m in (1, 2, 5)]
+    ticks = [lo]
+    for t in sorted(v for v in round_values if lo < v < hi) + [hi]:
+        if t / ticks[-1] >= min_ratio:
+            ticks.append(t)
+        elif t == hi and len(ticks) > 1 and hi / ticks[-2] >= min_ratio:
+            ticks[-1] = hi  # keep the end, drop the round value just below it
+    return ticks
+
+
+def _nfe_axis(ax, lo: float, hi: float) -> None:
+    """Plain-number NFE ticks that do not overlap (see :func:`nice_log_ticks`)."""
     from matplotlib.ticker import NullFormatter
 
-    ticks = sorted(set(int(n) for n in ns))
-    while len(ticks) > 8:
-        ticks = ticks[::2] if ticks[-1] in ticks[::2] else ticks[::2] + [ticks[-1]]
+    ticks = nice_log_ticks(lo, hi)
     ax.set_xticks(ticks)
     ax.set_xticklabels([str(t) for t in ticks])
     ax.xaxis.set_minor_formatter(NullFormatter())
@@ -100,7 +117,9 @@ def _reference_slopes(ax, ns: list[float], es: list[float], slopes: Sequence[int
 def plot_convergence(
     result: StudyResult, *, metric: str = "error", ax=None, slopes: Sequence[int] = (1, 2, 3), title: str | None = None
 ):
-    """Log-log ``metric`` against NFE for every solver of ``result``; returns the figure."""
+    """Log-log ``metric`` against NFE for every solver of ``result`` (refined points open, the asymptotic fit
+    range thicker; the legend gives the asymptotic order, or ``n/r`` when it was not reached); returns the
+    figure."""
     fig = ax.figure if ax is not None else None
     if ax is None:
         fig, axes = new_figure()
@@ -112,30 +131,67 @@ def plot_convergence(
             continue
         color = f"C{i % 10}"
         fit = result.fit(label, metric)
-        order = "" if fit is None or fit.order is None else f" (p≈{fit.order:.2f})"
-        ax.loglog(ns, es, "o-", ms=3.5, lw=1.0, color=color, label=f"{short_label(label)}{order}")
+        order = "" if fit is None else (f" (p={fit.order:.2f})" if fit.reached else " (p n/r)")
+        ax.loglog(ns, es, "-", lw=1.0, color=color, label=f"{short_label(label)}{order}")
+        refined = {r.nfe for r in result.runs_of(label) if r.refined}
+        for open_marker in (False, True):
+            pts = [(n, e) for n, e in zip(ns, es) if (n in refined) == open_marker]
+            if pts:
+                face = "white" if open_marker else color
+                ax.loglog(*zip(*pts), "o", ms=3.5, color=color, markerfacecolor=face, lw=0)
         if fit is not None and fit.asymptotic is not None:
-            sel = [
-                (n, e)
-                for n, e in zip(ns, es)
-                if fit.asymptotic.nfe_min <= n <= fit.asymptotic.nfe_max and n not in fit.excluded
-            ]
+            sel = [(n, e) for n, e in zip(ns, es) if fit.asymptotic.nfe_min <= n <= fit.asymptotic.nfe_max]
             if len(sel) >= 2:
                 ax.loglog(*zip(*sel), "-", lw=2.6, alpha=0.45, color=color)
         all_n += ns
         all_e += es
     if all_n:
         _reference_slopes(ax, all_n, all_e, slopes)
-        _nfe_axis(ax, result.budgets)
+        _nfe_axis(ax, min(all_n), max(all_n))
         ax.set_xlim(min(all_n) / 1.08, max(all_n) * 1.3)
         ax.set_ylim(min(all_e) / 2.0, max(all_e) * 2.0)  # reference slopes are clipped to the data's range
     if metric == "dist_error" and result.dist_floor is not None:
         ax.axhline(result.dist_floor, color="k", lw=0.8, ls=":", label="sampling floor")
-    ax.set_xlabel("NFE")
+    ax.set_xlabel(
+        "NFE" + (" (open: refined past the requested budgets)" if any(r.refined for r in result.runs) else "")
+    )
     ax.set_ylabel({"error": "RMS error at $t_{min}$", "dist_error": f"{result.dist_metric}"}.get(metric, metric))
     ax.set_title(title or f"{result.problem} / {result.schedule} / {result.grid}", fontsize=10)
     ax.grid(True, which="both", alpha=0.25)
     _legend_outside(ax)
+    return fig
+
+
+def plot_local_orders(result: StudyResult, *, metric: str = "error", ax=None, title: str | None = None):
+    """Local orders ``-dlog(error)/dlog(NFE)`` between successive points against the segment's geometric-mean NFE,
+    one line per solver (the asymptotic range thicker), with each declared order dotted in the solver's colour;
+    returns the figure."""
+    fig = ax.figure if ax is not None else None
+    if ax is None:
+        fig, axes = new_figure(size=(4.4, 3.8))
+        ax = axes[0, 0]
+    mids_all, top = [], 1.0
+    for i, label in enumerate(result.labels):
+        fit = result.fit(label, metric)
+        if fit is None or not fit.local:
+            continue
+        color = f"C{i % 10}"
+        mids = [math.sqrt(a * b) for a, b in zip(fit.nfe[:-1], fit.nfe[1:])]
+        ax.semilogx(mids, fit.local, "o-", ms=2.5, lw=0.9, color=color, label=short_label(label))
+        if fit.asymptotic is not None:
+            sel = [(m, q) for m, q, b in zip(mids, fit.local, fit.nfe[1:]) if b > fit.asymptotic.nfe_min]
+            ax.semilogx(*zip(*sel), "-", lw=2.6, alpha=0.45, color=color)
+        if fit.declared is not None:
+            ax.axhline(fit.declared, color=color, lw=0.8, ls=":", alpha=0.8)
+            top = max(top, fit.declared)
+        mids_all += mids
+    if mids_all:
+        _nfe_axis(ax, min(mids_all), max(mids_all))
+    ax.set_ylim(0.0, top + 1.0)  # pre-asymptotic excursions are clipped
+    ax.set_xlabel("NFE (segment midpoint)")
+    ax.set_ylabel("local order")
+    ax.set_title(title or f"local orders: {result.problem}", fontsize=10)
+    ax.grid(True, which="both", alpha=0.25)
     return fig
 
 
@@ -161,8 +217,9 @@ def plot_work_precision(result: StudyResult, *, metric: str = "error", ax=None, 
     return fig
 
 
-def _scatter(ax, x: torch.Tensor, **kw) -> None:
-    x = x.reshape(x.shape[0], -1)
+def scatter_samples(ax, x: torch.Tensor, **kw) -> None:
+    """Scatter the first two coordinates of a batch of samples (any device or dtype; marker size 3 by default)."""
+    x = x.detach().reshape(x.shape[0], -1).to("cpu", torch.float64)
     ax.scatter(x[:, 0].numpy(), x[:, 1].numpy(), s=kw.pop("s", 3), **kw)
 
 
@@ -180,8 +237,8 @@ def plot_samples(
     fig, axes = new_figure(nrows, ncols, size=(3.2 * ncols, 3.2 * nrows))
     for ax, label in zip(axes.flat, labels):
         if result.target is not None:
-            _scatter(ax, result.target[:max_points], color="0.75", label="exact")
-        _scatter(ax, result.samples[(label, budget)][:max_points], color="C3", label=label)
+            scatter_samples(ax, result.target[:max_points], color="0.75", label="exact")
+        scatter_samples(ax, result.samples[(label, budget)][:max_points], color="C3", label=label)
         ax.set_title(f"{short_label(label)}, NFE {budget}", fontsize=9)
         ax.set_aspect("equal")
     for ax in list(axes.flat)[len(labels) :]:
@@ -247,33 +304,36 @@ def study_figure(
     budget: int | None = None,
     scatter_labels: Sequence[str] | None = None,
 ):
-    """The summary figure: convergence of the main study, the order study (if any), and a scatter of samples of two
-    solvers against exact samples (2-D main problem)."""
-    ratios = [1.5] * (1 + (order is not None)) + [1.0] * bool(main.samples)
-    fig, axes = new_figure(1, len(ratios), size=(5.6 * len(ratios), 4.0), width_ratios=ratios)
-    axes = list(axes.flat)
-    plot_convergence(main, ax=axes[0])
-    if order is not None:
-        plot_convergence(order, ax=axes[1], title=f"order study: {order.problem} / {order.schedule}")
-    if main.samples:
-        ax = axes[-1]
-        budgets = sorted({b for _, b in main.samples})
-        budget = budget if budget in budgets else min(budgets, key=lambda b: abs(b - 10))
-        labels = [lb for lb in (scatter_labels or _scatter_pair(main, budget)) if (lb, budget) in main.samples]
-        if main.target is not None:
-            _scatter(ax, main.target, color="0.8", label="exact")
-        for label in labels:
-            _scatter(
-                ax,
-                main.samples[(label, budget)],
-                color=f"C{main.labels.index(label) % 10}",
-                alpha=0.6,
-                label=short_label(label),
-            )
-        ax.set_aspect("equal")
-        ax.set_title(f"samples at NFE {budget}", fontsize=10)
-        ax.legend(fontsize=7, markerscale=3)
+    """The summary figure: convergence and local orders of the main study (top row), then the order study's
+    convergence (if any) and a scatter of samples of two solvers against exact samples (2-D main problem)."""
+    bottom = (order is not None) + bool(main.samples)
+    fig, axes = new_figure(1 + (bottom > 0), 2, size=(13.0, 4.2 * (1 + (bottom > 0))), width_ratios=[1.5, 1.0])
+    plot_convergence(main, ax=axes[0, 0])
+    plot_local_orders(main, ax=axes[0, 1])
+    if bottom:
+        if order is not None:
+            plot_convergence(order, ax=axes[1, 0], title=f"order study: {order.problem} / {order.schedule}")
+        else:
+            axes[1, 0].set_visible(False)
+        if main.samples:
+            _samples_panel(axes[1, 1], main, budget, scatter_labels)
+        else:
+            axes[1, 1].set_visible(False)
     return fig
+
+
+def _samples_panel(ax, main: StudyResult, budget, scatter_labels) -> None:
+    budgets = sorted({b for _, b in main.samples})
+    budget = budget if budget in budgets else min(budgets, key=lambda b: abs(b - 10))
+    labels = [lb for lb in (scatter_labels or _scatter_pair(main, budget)) if (lb, budget) in main.samples]
+    if main.target is not None:
+        scatter_samples(ax, main.target, color="0.8", label="exact")
+    for label in labels:
+        color = f"C{main.labels.index(label) % 10}"
+        scatter_samples(ax, main.samples[(label, budget)], color=color, alpha=0.6, label=short_label(label))
+    ax.set_aspect("equal")
+    ax.set_title(f"samples at NFE {budget}", fontsize=10)
+    ax.legend(fontsize=7, markerscale=3)
 
 
 def _scatter_pair(result: StudyResult, budget: int) -> list[str]:

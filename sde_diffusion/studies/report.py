@@ -1,10 +1,12 @@
 r"""Text reports of studies: markdown tables and a JSON bundle of several studies.
 
-* :func:`error_table` -- one row per solver configuration, one column per NFE budget (the actual NFE spent is shown
-  where it differs from the budget, e.g. Heun's ``2N - 1``);
-* :func:`order_table` -- declared order, asymptotic fit ``order ± standard error (NFE range)``, pre-asymptotic fit,
-  points excluded as floor;
-* :func:`study_markdown` -- both, with a header naming the problem, the reference and its estimated accuracy;
+* :func:`error_table` -- one row per solver configuration, one column per requested NFE budget (the practical range;
+  the actual NFE spent is shown where it differs from the budget, e.g. Heun's ``2N - 1``);
+* :func:`order_table` -- declared order, the *effective* order over the requested NFE range (a plain fit: in the
+  pre-asymptotic range it describes the practical range, not the method), the asymptotic fit with its range when
+  one was claimed, the reference-free Richardson estimate, and the one-line verdict;
+* :func:`local_order_table` -- the local orders between successive NFE values (the evidence for the verdict);
+* :func:`study_markdown` -- all three, with a header naming the problem, the reference and its estimated accuracy;
 * :func:`bundle` / :func:`load_bundle` -- several studies in one versioned JSON document (what ``sde-diffusion study``
   writes to ``study.json``).
 """
@@ -14,10 +16,17 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .fitting import _describe
 from .results import SCHEMA_VERSION, StudyResult
 
-__all__ = ["error_table", "order_table", "study_markdown", "bundle", "load_bundle", "format_error"]
+__all__ = [
+    "error_table",
+    "order_table",
+    "local_order_table",
+    "study_markdown",
+    "bundle",
+    "load_bundle",
+    "format_error",
+]
 
 _BUNDLE_KIND = "sde_diffusion.study_bundle"
 
@@ -31,11 +40,12 @@ def _row(cells: list[str]) -> str:
 
 
 def error_table(result: StudyResult, metric: str = "error") -> str:
-    """Markdown table of ``metric`` (``"error"``, ``"dist_error"``, ``"wall_time"``) by solver and NFE budget."""
+    """Markdown table of ``metric`` (``"error"``, ``"dist_error"``, ``"wall_time"``) by solver and requested NFE
+    budget (refined budgets are in :func:`local_order_table` and the JSON)."""
     budgets = result.budgets
     lines = [_row(["solver"] + [f"NFE {b}" for b in budgets]), _row(["---"] * (len(budgets) + 1))]
     for label in result.labels:
-        by_budget = {r.nfe_budget: r for r in result.runs_of(label)}
+        by_budget = {r.nfe_budget: r for r in result.runs_of(label) if not r.refined}
         cells = [f"`{label}`"]
         for b in budgets:
             r = by_budget.get(b)
@@ -49,28 +59,77 @@ def error_table(result: StudyResult, metric: str = "error") -> str:
     return "\n".join(lines)
 
 
+def _practical_span(result: StudyResult) -> str:
+    b = result.budgets
+    return f"NFE {b[0]}-{b[-1]}" if b else "NFE -"
+
+
 def order_table(result: StudyResult, metric: str = "error") -> str:
-    """Markdown table of declared and fitted orders."""
-    lines = [
-        _row(["solver", "declared", "fitted order (asymptotic)", "pre-asymptotic", "floor excluded"]),
-        _row(["---"] * 5),
-    ]
+    """Markdown table: declared order, effective order over the requested range, asymptotic fit (range), the
+    Richardson estimate (for the pathwise error) and the verdict."""
+    richardson = metric == "error" and any(result.richardson(label) for label in result.labels)
+    head = ["solver", "declared", f"effective order over {_practical_span(result)}", "asymptotic order (range)"]
+    head += ["Richardson (no reference)"] * richardson + ["verdict"]
+    lines = [_row(head), _row(["---"] * len(head))]
     for label in result.labels:
         f = result.fit(label, metric)
-        declared = "-" if f is None or f.declared is None else f"{f.declared:g}"
-        excluded = "-" if f is None or not f.excluded else ", ".join(map(str, f.excluded))
-        lines.append(
-            _row(
-                [
-                    f"`{label}`",
-                    declared,
-                    "-" if f is None else _describe(f.asymptotic),
-                    "-" if f is None else _describe(f.pre_asymptotic),
-                    excluded,
-                ]
-            )
-        )
+        if f is None and metric == "error":  # no reference: the verdict of the Richardson differences
+            f = result.fit(label, "richardson")
+        if f is None:
+            lines.append(_row([f"`{label}`"] + ["-"] * (len(head) - 1)))
+            continue
+        cells = [
+            f"`{label}`",
+            "-" if f.declared is None else f"{f.declared:g}",
+            "-" if f.effective is None else f"{f.effective.order:.2f}",
+            "-" if f.asymptotic is None else f.asymptotic.describe(),
+        ]
+        if richardson:
+            est = result.richardson(label)
+            cells.append(est[-1].describe() if est else "-")
+        cells.append(f.verdict)
+        lines.append(_row(cells))
     return "\n".join(lines)
+
+
+def local_order_table(result: StudyResult, metric: str = "error", last: int = 8) -> str:
+    """Markdown table of the local orders ``-dlog(error)/dlog(NFE)`` between successive budgets (the last ``last``
+    segments, requested and refined budgets alike); ``-`` where a point is missing or excluded as floor."""
+    budgets = result.all_budgets
+    pairs = list(zip(budgets[:-1], budgets[1:]))[-last:]
+    lines = [_row(["solver"] + [f"{a}-{b}" for a, b in pairs]), _row(["---"] * (len(pairs) + 1))]
+    for label in result.labels:
+        f = result.fit(label, metric)
+        nfe_of = {r.nfe_budget: r.nfe for r in result.runs_of(label)}
+        local = {}
+        if f is not None:
+            local = {(a, b): q for a, b, q in zip(f.nfe[:-1], f.nfe[1:], f.local)}
+        cells = [f"`{label}`"]
+        for a, b in pairs:
+            q = local.get((nfe_of.get(a), nfe_of.get(b)))
+            cells.append("-" if q is None else f"{q:.2f}")
+        lines.append(_row(cells))
+    return "\n".join(lines)
+
+
+def _refinement_line(result: StudyResult) -> str:
+    refined = [r for r in result.runs if r.refined]
+    if not refined:
+        return ""
+    why = {
+        "reached": "reached the asymptotic range",
+        "floor": "hit a floor",
+        "max_nfe": "stopped at the NFE limit",
+        "time": "stopped at the time budget",
+    }
+    counts: dict[str, int] = {}
+    for c in result.chains.values():
+        counts[c.get("refinement_stop") or "-"] = counts.get(c.get("refinement_stop") or "-", 0) + 1
+    parts = [f"{k} {why.get(s, s)}" for s, k in counts.items()]
+    return (
+        f"Refinement: budgets doubled past NFE {result.budgets[-1]} up to NFE "
+        f"{max(r.nfe_budget for r in refined)}; of {len(result.chains)} solvers, {', '.join(parts)}."
+    )
 
 
 def _reference_line(result: StudyResult) -> str:
@@ -89,7 +148,7 @@ def _reference_line(result: StudyResult) -> str:
 
 
 def study_markdown(result: StudyResult, metric: str = "error") -> str:
-    """Header, error table and order table of one study."""
+    """Header, error table (requested budgets), order table with verdicts, and local orders of one study."""
     what = {
         "error": "pathwise RMS error",
         "dist_error": f"distributional error ({result.dist_metric})",
@@ -110,8 +169,13 @@ def study_markdown(result: StudyResult, metric: str = "error") -> str:
         "",
         error_table(result, metric),
     ]
-    if metric != "wall_time":
-        parts += ["", "Fitted orders of the " + what + ":", "", order_table(result, metric)]
+    if metric in ("error", "dist_error") and result.fits:
+        parts += ["", f"Orders of the {what}:", "", order_table(result, metric)]
+        parts += ["", f"Local orders of the {what} between successive NFE budgets:", ""]
+        parts += [local_order_table(result, metric)]
+        line = _refinement_line(result) if metric == "error" else ""
+        if line:
+            parts += ["", line]
     return "\n".join(parts)
 
 

@@ -31,11 +31,11 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .fitting import OrderFit
+from .fitting import OrderFit, RichardsonEstimate, richardson_orders
 
 __all__ = ["SCHEMA_VERSION", "Run", "StudyResult"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _KIND = "sde_diffusion.convergence_study"
 
 
@@ -52,6 +52,7 @@ class Run:
     dist_error: float | None
     wall_time: float
     error_median: float | None = None
+    refined: bool = False
 
 
 @dataclass
@@ -72,6 +73,8 @@ class StudyResult:
     solvers: dict[str, dict[str, Any]]
     runs: list[Run]
     fits: dict[str, dict[str, OrderFit | None]] = field(default_factory=dict)
+    chains: dict[str, dict[str, Any]] = field(default_factory=dict)
+    roundoff: float = 0.0
     samples: dict = field(default_factory=dict, repr=False)
     target: Any = field(default=None, repr=False)
 
@@ -82,6 +85,12 @@ class StudyResult:
 
     @property
     def budgets(self) -> list[int]:
+        """The requested NFE budgets (the practical range; refined budgets excluded)."""
+        return sorted({r.nfe_budget for r in self.runs if not r.refined})
+
+    @property
+    def all_budgets(self) -> list[int]:
+        """Requested and refined NFE budgets."""
         return sorted({r.nfe_budget for r in self.runs})
 
     def runs_of(self, label: str) -> list[Run]:
@@ -97,7 +106,15 @@ class StudyResult:
         return list(seen), list(seen.values())
 
     def fit(self, label: str, metric: str = "error") -> OrderFit | None:
+        """The order fit of ``metric`` (``"error"``, ``"dist_error"`` or ``"richardson"``) of one solver."""
         return self.fits.get(label, {}).get(metric)
+
+    def richardson(self, label: str) -> list[RichardsonEstimate]:
+        """The reference-free order estimates of one solver along its doubling chain (last = finest)."""
+        c = self.chains.get(label)
+        if not c or len(c["diffs"]) < 2:
+            return []
+        return richardson_orders(c["steps"], c["diffs"], c["nfe"])
 
     # ---- serialisation ---------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -115,7 +132,9 @@ class StudyResult:
             "dist_metric": self.dist_metric,
             "dist_floor": self.dist_floor,
             "solvers": self.solvers,
+            "roundoff": self.roundoff,
             "runs": [asdict(r) for r in self.runs],
+            "chains": self.chains,
             "fits": {
                 label: {m: (None if f is None else f.to_dict()) for m, f in fits.items()}
                 for label, fits in self.fits.items()
@@ -151,6 +170,8 @@ class StudyResult:
             solvers=d["solvers"],
             runs=[Run(**r) for r in d["runs"]],
             fits=fits,
+            chains=d["chains"],
+            roundoff=d["roundoff"],
         )
 
     @classmethod

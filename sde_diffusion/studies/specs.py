@@ -53,11 +53,13 @@ def _format_value(v: Any) -> str:
 
 @dataclass
 class SolverSpec:
-    """A registry name with options; ``label`` is how reports name it (``name:k=v,...`` by default)."""
+    """A registry name with options; ``label`` is how reports name it (``name:k=v,...`` by default). ``solver``
+    carries an instance of a class that is not the registered one (a user's subclass): :meth:`build` returns it."""
 
     name: str
     options: dict[str, Any] = field(default_factory=dict)
     label: str = ""
+    solver: Solver | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         if not self.label:
@@ -66,6 +68,8 @@ class SolverSpec:
 
     def build(self) -> Solver:
         """The solver instance (raises ``ValueError`` naming the valid solvers / options)."""
+        if self.solver is not None:
+            return self.solver
         registry = registered_solvers()
         if self.name not in registry:
             raise ValueError(f"unknown solver {self.name!r}; valid solvers: {', '.join(sorted(registry))}")
@@ -93,7 +97,9 @@ def parse_solver_spec(spec) -> SolverSpec:
     if isinstance(spec, SolverSpec):
         return spec
     if isinstance(spec, Solver):
-        return SolverSpec(spec.name, dict(spec.options()))
+        if registered_solvers().get(spec.name) is type(spec):
+            return SolverSpec(spec.name, dict(spec.options()))
+        return SolverSpec(spec.name, dict(spec.options()), label=type(spec).__name__, solver=spec)
     if isinstance(spec, type) and issubclass(spec, Solver):
         return SolverSpec(spec.name, {})
     if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], str):
@@ -146,7 +152,7 @@ _DEFAULT_CANDIDATES = (
     "heun",
     "dpm_solver++:order=2,multistep=true",
     "dpm_solver++:order=3,multistep=true",
-    "dpm_solver++:order=3,multistep=true,variant=exact",
+    "dpm_solver++:order=3,multistep=true,update=exact",
     "unipc",
     "deis",
     "ipndm",
