@@ -12,7 +12,9 @@ from hypothesis import strategies as st
 from sde_diffusion import registered_solvers, sample, validate_grid
 from sde_diffusion.grids import make_grid
 from sde_diffusion.studies import GridOptResult, get_problem, grid_from_lambdas, optimise_grid, rms_error
+from sde_diffusion.studies.grid_optimizer import coordinate_descent, select_knots
 from sde_diffusion.studies.problems import SCHEDULES
+from sde_diffusion.studies.results import SCHEMA_VERSION
 
 SOLVERS = ["ddim"] + (["dpm_solver++:order=2,multistep=true"] if "dpm_solver++" in registered_solvers() else [])
 
@@ -90,7 +92,7 @@ def test_grid_from_lambdas_validates_and_keeps_exact_end_points():
 def test_result_json_round_trip_and_errors():
     res = optimise_grid("gauss2d", "ddim", 4, pilot=8, heldout=8, max_evals=10, progress=False)
     d = json.loads(res.to_json())
-    assert d["schema_version"] == 1 and d["kind"] == "sde_diffusion.optimised_grid" and len(d["grid"]) == 5
+    assert d["schema_version"] == SCHEMA_VERSION and d["kind"] == "sde_diffusion.optimised_grid" and len(d["grid"]) == 5
     back = GridOptResult.from_dict(d)
     assert torch.equal(back.grid, res.grid) and back.heldout_error == res.heldout_error
     with pytest.raises(ValueError, match="deterministic"):
@@ -104,3 +106,48 @@ def test_optimise_grid_for_a_bare_model_uses_the_prior_and_torchdiffeq():
     res = optimise_grid(model, "ddim", 4, x_shape=(2,), pilot=16, heldout=16, max_evals=10, rtol=1e-8, progress=False)
     _check_valid(res, model.schedule)
     assert res.problem == "model" and res.pilot_error <= res.pilot_error_init
+
+
+@settings(max_examples=40, deadline=None)
+@given(k=st.integers(1, 7), data=st.data())
+def test_select_knots_is_the_exhaustive_optimum(k, data):
+    """The dynamic programme returns the cheapest monotone path of exactly `steps` steps (checked by enumeration)."""
+    import itertools
+    import math
+
+    steps = data.draw(st.integers(1, k))
+    vals = data.draw(st.lists(st.floats(0.0, 10.0), min_size=(k + 1) ** 2, max_size=(k + 1) ** 2))
+    cost = torch.tensor(vals, dtype=torch.float64).reshape(k + 1, k + 1)
+    path = select_knots(cost, steps)
+    assert path[0] == 0 and path[-1] == k and len(path) == steps + 1
+    assert all(a < b for a, b in zip(path, path[1:]))
+
+    def total(p):
+        return sum(float(cost[a, b]) for a, b in zip(p, p[1:]))
+
+    best = min(total((0, *mid, k)) for mid in itertools.combinations(range(1, k), steps - 1))
+    assert math.isclose(total(path), best, rel_tol=1e-12, abs_tol=1e-12)
+
+
+def test_select_knots_respects_missing_steps():
+    inf = float("inf")
+    cost = torch.full((4, 4), inf, dtype=torch.float64)
+    cost[0, 1] = cost[1, 2] = cost[2, 3] = 1.0
+    cost[0, 3] = 0.5
+    assert select_knots(cost, 1) == [0, 3] and select_knots(cost, 3) == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="no finite path"):
+        select_knots(cost, 2)
+
+
+def test_coordinate_descent_never_increases_and_skips_invalid_candidates():
+    target = torch.tensor([0.0, 0.3, 0.5, 1.0], dtype=torch.float64)
+
+    def err(lams):
+        if bool((lams[1:] <= lams[:-1]).any()):
+            raise ValueError("not monotone")
+        return float((lams - target).abs().sum())
+
+    start = torch.tensor([0.0, 1 / 3, 2 / 3, 1.0], dtype=torch.float64)
+    lams, best, init, evals, history = coordinate_descent(err, start, max_evals=400, min_step=1e-3)
+    assert best <= init and all(b <= a for a, b in zip(history, history[1:]))
+    assert best < 0.05 * init and lams[0] == 0.0 and lams[-1] == 1.0

@@ -1,7 +1,8 @@
 """The ``sde-diffusion`` command line: one module per command.
 
-Each command module (``schedules``, ``solvers``, ``study``, ``sample``, ``train``, ``optimise_grid``) exposes
-``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``; :data:`COMMANDS` maps the command names to them.
+Each command module (``schedules``, ``solvers``, ``study``, ``sample``, ``train``, ``optimise_grid``,
+``calibrate``) exposes ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``; :data:`COMMANDS` maps the
+command names to them.
 Errors that are the user's (unknown names, bad options) print one line and exit with status 2 -- never a
 traceback: [`UsageError`][sde_diffusion.cli.common.UsageError] for what the commands check, and argparse's own
 errors are printed on one line too.
@@ -13,7 +14,9 @@ Commands:
 * ``study`` -- convergence / order studies on the built-in problems; writes ``study.json`` and ``study.png``;
 * ``sample`` -- sample a built-in problem with one solver; writes ``samples.pt`` and ``samples.png``;
 * ``train`` -- train a score network on a synthetic data set; writes ``OUT/ckpt.pt``;
-* ``optimise-grid`` (alias ``optimize-grid``) -- optimise the time grid of a solver at an NFE budget.
+* ``optimise-grid`` (alias ``optimize-grid``) -- optimise the time grid of a solver at an NFE budget;
+* ``calibrate`` -- choose the solver and grid of a trained checkpoint at an NFE budget (``CKPT.calibration.json``,
+  which ``sample --checkpoint`` then uses).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import argparse
 import sys
 from types import ModuleType
 
-from . import optimise_grid, sample, schedules, solvers, study, train
+from . import calibrate, optimise_grid, sample, schedules, solvers, study, train
 from .common import OneLineErrorParser, UsageError
 
 __all__ = ["main", "COMMANDS", "UsageError", "build_parser"]
@@ -35,6 +38,7 @@ COMMANDS: dict[str, ModuleType] = {
     "sample": sample,
     "train": train,
     "optimise-grid": optimise_grid,
+    "calibrate": calibrate,
 }
 ALIASES = {"optimise-grid": ["optimize-grid"]}
 

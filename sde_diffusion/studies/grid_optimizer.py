@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from ..grids import make_grid, validate_grid
+from ..grids import grid_from_lambdas, make_grid
 from ..models import Model
 from ..reference import probability_flow_reference
 from ..sample import sample
@@ -38,7 +39,7 @@ from .problems import Problem, get_problem
 from .results import SCHEMA_VERSION
 from .specs import parse_solver_spec, steps_for_nfe
 
-__all__ = ["GridOptResult", "optimise_grid", "grid_from_lambdas"]
+__all__ = ["GridOptResult", "optimise_grid", "grid_from_lambdas", "coordinate_descent", "select_knots"]
 
 _KIND = "sde_diffusion.optimised_grid"
 
@@ -89,13 +90,6 @@ class GridOptResult:
         for k in ("grid", "init_grid"):
             d[k] = torch.tensor(d[k], dtype=torch.float64)
         return cls(**d)
-
-
-def grid_from_lambdas(schedule, lambdas: torch.Tensor, t_start: float, t_end: float) -> torch.Tensor:
-    """The decreasing time grid with half-log-SNR knots ``lambdas`` (increasing) and exact end points."""
-    ts = schedule.inverse_lambda(lambdas.to(torch.float64)).clone()
-    ts[0], ts[-1] = t_start, t_end
-    return validate_grid(schedule, ts, decreasing=t_start > t_end)
 
 
 def optimise_grid(
@@ -194,32 +188,17 @@ def optimise_grid(
         return rms_error(sample(make_model(), x, solver=sol, steps=steps, grid=grid).x, ref)
 
     lams = sch.lambda_(init_grid)
-    best = error(init_grid, xp, rp)
-    init_err, evals, history = best, 1, [best]
     bar = _progress(max_sweeps, progress, f"grid {spec.label} NFE {nfe}")
     try:
-        for _ in range(max_sweeps):
-            improved = False
-            for i in range(1, steps):
-                for cand in _moves(lams, i, step):
-                    try:
-                        grid = grid_from_lambdas(sch, cand, t0, t1)
-                    except ValueError:
-                        continue  # round-off made the candidate invalid: skip it
-                    e = error(grid, xp, rp)
-                    evals += 1
-                    if math.isfinite(e) and e < best:
-                        best, lams, improved = e, cand, True
-                if evals >= max_evals:
-                    break
-            history.append(best)
-            bar.update(1)
-            if evals >= max_evals:
-                break
-            if not improved:
-                step *= 0.5
-                if step < min_step:
-                    break
+        lams, best, init_err, evals, history = coordinate_descent(
+            lambda cand: error(grid_from_lambdas(sch, cand, t0, t1), xp, rp),
+            lams,
+            step=step,
+            min_step=min_step,
+            max_sweeps=max_sweeps,
+            max_evals=max_evals,
+            on_sweep=lambda: bar.update(1),
+        )
     finally:
         bar.close()
     grid = grid_from_lambdas(sch, lams, t0, t1) if steps > 1 else init_grid
@@ -241,6 +220,50 @@ def optimise_grid(
     )
 
 
+def coordinate_descent(
+    error,
+    lams: torch.Tensor,
+    *,
+    step: float = 0.5,
+    min_step: float = 0.02,
+    max_sweeps: int = 30,
+    max_evals: int = 1500,
+    on_sweep=None,
+    deadline: float | None = None,
+) -> tuple[torch.Tensor, float, float, int, list[float]]:
+    """Pattern search over the interior knots of ``lams`` (see the module docstring): ``error(lams) -> float``.
+
+    Returns ``(best_lams, best_error, initial_error, evaluations, history)``; ``history`` holds the best error after
+    each sweep. A candidate whose error raises ``ValueError`` (a grid made invalid by round-off) or is not finite is
+    skipped. ``deadline`` (a ``time.perf_counter`` value) stops the search early.
+    """
+    best = init = error(lams)
+    evals, history, n = 1, [best], lams.shape[0] - 1
+    for _ in range(max_sweeps if n > 1 else 0):
+        improved = False
+        for i in range(1, n):
+            for cand in _moves(lams, i, step):
+                try:
+                    e = error(cand)
+                except ValueError:
+                    continue
+                evals += 1
+                if math.isfinite(e) and e < best:
+                    best, lams, improved = e, cand, True
+            if evals >= max_evals or (deadline is not None and time.perf_counter() > deadline):
+                break
+        history.append(best)
+        if on_sweep is not None:
+            on_sweep()
+        if evals >= max_evals or (deadline is not None and time.perf_counter() > deadline):
+            break
+        if not improved:
+            step *= 0.5
+            if step < min_step:
+                break
+    return lams, best, init, evals, history
+
+
 def _moves(lams: torch.Tensor, i: int, step: float) -> list[torch.Tensor]:
     """Knot ``i`` moved towards its right and its left neighbour by the fraction ``step`` of the gap."""
     out = []
@@ -249,3 +272,29 @@ def _moves(lams: torch.Tensor, i: int, step: float) -> list[torch.Tensor]:
         cand[i] = lams[i] + step * gap
         out.append(cand)
     return out
+
+
+def select_knots(cost: torch.Tensor, steps: int) -> list[int]:
+    r"""The ``steps + 1`` indices ``0 = k_0 < k_1 < ... < k_steps = K`` of a fine candidate grid of ``K + 1`` knots
+    that minimise ``sum_n cost[k_{n-1}, k_n]``: a dynamic programme in the style of GITS (Chen et al. 2024,
+    arXiv:2405.11326), where ``cost[i, j]`` is the local error of one step from knot ``i`` to knot ``j`` (``inf``
+    where not computed). ``O(steps K^2)`` additions on the host; exact (the global optimum of the additive model).
+    """
+    c = torch.as_tensor(cost, dtype=torch.float64)
+    k = c.shape[0] - 1
+    if c.shape != (k + 1, k + 1) or not 1 <= steps <= k:
+        raise ValueError(f"cost must be square (K+1, K+1) with 1 <= steps <= K, got {tuple(c.shape)}, steps={steps}")
+    inf = torch.tensor(math.inf, dtype=torch.float64)
+    best = torch.full((k + 1,), math.inf, dtype=torch.float64)
+    best[0] = 0.0
+    back = []
+    for _ in range(steps):
+        total = best[:, None] + torch.where(torch.triu(torch.ones_like(c, dtype=torch.bool), 1), c, inf)
+        best, arg = total.min(dim=0)
+        back.append(arg)
+    if not math.isfinite(float(best[k])):
+        raise ValueError(f"no finite path of {steps} steps through the cost matrix")
+    path = [k]
+    for arg in reversed(back):
+        path.append(int(arg[path[-1]]))
+    return path[::-1]
