@@ -96,6 +96,10 @@ def _make_grid_cached(schedule, grid, steps, t_start, t_end, rho, decreasing) ->
     return ts
 
 
+#: per-step finiteness sums are folded into one device vector every this many steps
+_SUMS_BLOCK = 256
+
+
 def _finite_probe(x: torch.Tensor) -> Callable:
     """The per-step finiteness record: the sum of the state (any NaN/inf makes it non-finite), one reduction kernel
     on the device. Summed in the state's own precision for float32/float64 -- a float64 accumulator would double the
@@ -311,7 +315,7 @@ def sample(
     nfe0 = model.nfe
     x, state = s.init(x_T)
     trajectory = [x] if return_trajectory else None
-    sums = [] if check_finite else None
+    sums, blocks = ([] if check_finite else None), []
     probe = _finite_probe(x)
     # hot loop: locals only, no per-step wrapper objects unless the solver draws noise
     step, src, ts = s.solver.step, s.noise, s.ts
@@ -327,6 +331,9 @@ def sample(
             x, state = out[:2] if embedded else out
             if sums is not None:
                 sums.append(probe(x))
+                if len(sums) == _SUMS_BLOCK:  # fold into one device vector: no Python object per step is kept
+                    blocks.append(torch.stack(sums))
+                    sums.clear()
             if trajectory is not None:
                 trajectory.append(x)
             if callback is not None:
@@ -335,8 +342,8 @@ def sample(
             x = s.denoise(x)
             if sums is not None:
                 sums.append(probe(x))
-    if sums:
-        bad = ~torch.isfinite(torch.stack(sums))
+    if sums is not None and (sums or blocks):
+        bad = ~torch.isfinite(torch.cat(blocks + ([torch.stack(sums)] if sums else [])))
         if bool(bad.any()):
             k = int(bad.nonzero()[0, 0])
             ts = s.ts if s.ts.ndim == 1 else s.ts[:, 0]

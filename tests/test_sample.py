@@ -3,6 +3,7 @@ denoising, the coefficient-plan cache, trajectories and callbacks, and clear err
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from solver_checks import F64, gaussian_2d, mixture_2d, prior
@@ -306,3 +307,73 @@ def test_non_finite_final_denoising_is_step_n(setup):
     with pytest.raises(NonFiniteError) as info:
         sample(model, x, steps=4, denoise_to_zero=True)
     assert info.value.step == 4
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# front-door validation, bounded NFE -> steps rule, arguments that cannot be honoured (issue 15, items 1, 6, 7, 9)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("x_T", "error", "message"),
+    [
+        (torch.ones(2, 3, dtype=torch.int64), TypeError, "x_T must be a floating-point"),
+        (np.ones((2, 3)), TypeError, "x_T must be a torch.Tensor"),
+        (torch.tensor(1.0), ValueError, "x_T must have a batch dimension"),
+        (torch.ones(0, 3), ValueError, "x_T has an empty batch"),
+    ],
+)
+def test_bad_initial_state_is_refused_at_the_front_door(x_T, error, message):
+    model = PointMass(torch.tensor([0.1, 0.2, 0.3])).model(VPLinear())
+    for solver in ("ddim", "adaptive_multistep"):
+        with pytest.raises(error, match=message):
+            sample(model, x_T, solver=solver, **({"steps": 4} if solver == "ddim" else {}))
+
+
+def test_generator_must_be_a_generator():
+    model = PointMass(torch.tensor([0.1])).model(VPLinear())
+    with pytest.raises(TypeError, match="generator must be a torch.Generator"):
+        sample(model, torch.ones(2, 1), solver="ddpm", steps=4, generator=0)
+
+
+def test_sampler_step_validates_its_index():
+    model = PointMass(torch.tensor([0.1])).model(VPLinear())
+    s = Sampler(model, torch.ones(2, 1), solver="ddim", steps=4)
+    x, state = s.init(torch.ones(2, 1))
+    for bad, error in ((-1, ValueError), (4, ValueError), (1.0, TypeError), (True, TypeError)):
+        with pytest.raises(error, match="i"):
+            s.step(x, state, bad)
+    s.step(x, state, 3)
+
+
+def test_steps_for_nfe_is_bounded_for_every_registered_solver():
+    """One NFE -> steps rule (the Solver base's bisection): for every registered solver and budget the answer is the
+    largest step count that fits, found with O(log nfe) cost evaluations -- no unbounded loop (dpm_solver_fast used to
+    hang the CLI)."""
+    for name in sorted(registered_solvers()):
+        solver = get_solver(name)
+        if solver.adaptive:
+            continue
+        for nfe in (1, 2, 7, 20, 97):
+            steps = solver.steps_for_nfe(nfe)
+            assert steps == 0 or solver.final_nfe(steps) <= nfe, (name, nfe, steps)
+            assert solver.final_nfe(steps + 1) > nfe, (name, nfe, steps)
+    fast = get_solver("dpm_solver_fast", nfe=20)
+    assert fast.steps_for_nfe(20) == 7 and fast.steps_for_nfe(19) == 0 and fast.steps_for_nfe(1000) == 7
+    assert get_solver("dpm_solver_fast").steps_for_nfe(20) == 7  # budgets 3K - 1: K = 7 spends exactly 20
+    with pytest.raises(ValueError, match="budget"):
+        get_solver("ddim").steps_for_nfe(0)
+
+
+def test_dpm_solver_fast_on_the_fixed_grid_path():
+    sch = VPLinear()
+    model = PointMass(torch.tensor([0.1, 0.2])).model(sch, "eps")
+    x = torch.randn(3, 2, generator=torch.Generator().manual_seed(0))
+    by_budget = sample(model, x, solver="dpm_solver_fast", nfe=20)
+    by_steps = sample(model, x, solver="dpm_solver_fast", steps=7)
+    assert by_budget.nfe == by_steps.nfe == 20 and torch.equal(by_budget.x, by_steps.x)
+    for bad in (dict(steps=7), dict(grid="logsnr"), dict(grid=by_budget.ts)):
+        with pytest.raises(ValueError, match=f"{next(iter(bad))}= cannot be honoured"):
+            sample(model, x, solver="dpm_solver_fast", nfe=20, **bad)
+    with pytest.raises(ValueError, match="grid="):
+        get_solver("dpm_solver_fast", grid="karras")

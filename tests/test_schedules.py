@@ -69,18 +69,18 @@ def test_check_schedule_passes_on_defaults(schedule):
 class _WrongDrift(VPLinear):
     """f off by 1%: every other property still holds."""
 
-    def _f(self, t):
-        return 1.01 * super()._f(t)
+    def f_unchecked(self, t):
+        return 1.01 * super().f_unchecked(t)
 
 
 class _WrongInverse(VEGeometric):
-    def _inverse_lambda(self, lam):
-        return super()._inverse_lambda(lam) + 1e-6
+    def inverse_lambda_unchecked(self, lam):
+        return super().inverse_lambda_unchecked(lam) + 1e-6
 
 
 class _WrongG2(SubVPLinear):
-    def _g2(self, t):
-        return 1.001 * super()._g2(t)
+    def g2_unchecked(self, t):
+        return 1.001 * super().g2_unchecked(t)
 
 
 @pytest.mark.parametrize(
@@ -443,3 +443,28 @@ def test_ve_geometric_extrapolates():
 def test_schedule_is_abstract():
     with pytest.raises(NotImplementedError):
         NoiseSchedule().alpha(0.5)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# issue 15, item 9: refused inputs
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("lam", [math.inf, -math.inf, math.nan])
+def test_inverse_lambda_refuses_non_finite_lambda(lam):
+    for sch in (VPLinear(), VEGeometric(), EDM()):
+        with pytest.raises(ValueError, match="lam="):
+            sch.inverse_lambda(torch.tensor([0.0, lam], dtype=torch.float64))
+
+
+def test_vp_discrete_refuses_multidimensional_betas():
+    with pytest.raises(ValueError, match="one-dimensional"):
+        VPDiscrete(torch.full((3, 3), 0.01))
+    with pytest.raises(ValueError, match="one-dimensional"):
+        VPDiscrete(alphas_cumprod=torch.linspace(0.9, 0.1, 9).reshape(3, 3))
+
+
+@pytest.mark.parametrize("betas", [[0.5, 1.5], [0.0, 0.1], [0.1, -0.2], [[0.1, 0.2]], [0.1]])
+def test_trained_betas_outside_the_open_unit_interval_are_refused(betas):
+    with pytest.raises(ValueError, match="trained_betas"):
+        betas_from_config({"trained_betas": betas})
