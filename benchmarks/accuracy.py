@@ -110,48 +110,48 @@ def our_configs() -> list[str]:
     """Every deterministic fixed-budget configuration of ours (run on each grid of :data:`GRIDS`)."""
     c = ["ddim", "euler", "heun", "heun:variable=sigma"]
     for lof in ("true", "false"):
-        c += [f"dpm_solver++:order=2,multistep=true,variant={v},lower_order_final={lof}" for v in ("paper", "exact")]
+        c += [f"dpm_solver++:order=2,multistep=true,update={v},lower_order_final={lof}" for v in ("paper", "exact")]
         c += [
-            f"dpm_solver++:order=3,multistep=true,variant={v},lower_order_final={lof}"
+            f"dpm_solver++:order=3,multistep=true,update={v},lower_order_final={lof}"
             for v in ("paper", "heun", "exact")
         ]
     c += [
-        "dpm_solver++:order=2,multistep=false,variant=paper",
-        "dpm_solver++:order=2,multistep=false,variant=heun",
-        "dpm_solver++:order=3,multistep=false,variant=paper",
-        "dpm_solver++:order=3,multistep=false,variant=exact",
+        "dpm_solver++:order=2,multistep=false,update=paper",
+        "dpm_solver++:order=2,multistep=false,update=heun",
+        "dpm_solver++:order=3,multistep=false,update=paper",
+        "dpm_solver++:order=3,multistep=false,update=exact",
         "dpm_solver++:order=2,multistep=false,stages=grid",
         "dpm_solver++:order=3,multistep=false,stages=grid",
     ]
-    c += [f"dpm_solver:order={o},multistep=true,variant={v}" for o in (2, 3) for v in ("paper", "exact")]
-    c += ["dpm_solver:order=2", "dpm_solver:order=3", "dpm_solver:order=3,variant=exact"]
+    c += [f"dpm_solver:order={o},multistep=true,update={v}" for o in (2, 3) for v in ("paper", "exact")]
+    c += ["dpm_solver:order=2", "dpm_solver:order=3", "dpm_solver:order=3,update=exact"]
     c += ["dpm_solver_fast:order=2", "dpm_solver_fast:order=3"]
-    c += [f"deis:variant={v},order={o}" for v in ("tab", "rhoab", "logrho") for o in (2, 3)]
-    c += [f"deis:variant=rhork,tableau={t}" for t in ("heun", "kutta3", "rk4")]
+    c += [f"deis:method={v},order={o}" for v in ("tab", "rhoab", "logrho") for o in (2, 3)]
+    c += [f"deis:method=rhork,tableau={t}" for t in ("heun", "kutta3", "rk4")]
     c += [
-        f"unipc:order={o},variant={v},lower_order_final={lof}"
+        f"unipc:predictor_order={o},b_h={v},lower_order_final={lof}"
         for o in (2, 3)
         for v in ("bh1", "bh2")
         for lof in ("false", "true")
     ]
-    c += [f"unipc:order={o},variant={v},prediction=eps" for o in (2, 3) for v in ("bh1", "bh2")]
+    c += [f"unipc:predictor_order={o},b_h={v},prediction=eps" for o in (2, 3) for v in ("bh1", "bh2")]
     c += [
-        "unipc:order=1,variant=bh1",
-        "unipc:order=1,variant=bh2",
-        "unipc:order=2,disable_corrector=true",
-        "unipc:order=3,disable_corrector=true",
+        "unipc:predictor_order=1,b_h=bh1",
+        "unipc:predictor_order=1,b_h=bh2",
+        "unipc:predictor_order=2,disable_corrector=true",
+        "unipc:predictor_order=3,disable_corrector=true",
     ]
-    c += ["pndm:variant=s", "pndm:variant=f", "plms", "ipndm:order=2", "ipndm:order=3", "ipndm:order=4"]
+    c += ["pndm:warmup=heun", "pndm:warmup=rk4", "plms", "ipndm:ab_order=2", "ipndm:ab_order=3", "ipndm:ab_order=4"]
     return c
 
 
 #: our configurations whose grid is optimised (the top of the fixed-grid ranking at NFE 10-20 and the new UniPC
 #: default); see :func:`run_optimised`
 OPTIMISED_CONFIGS = (
-    "ipndm:order=3",
-    "deis:variant=logrho,order=3",
-    "unipc:order=2,variant=bh1,prediction=eps",
-    "unipc:order=3",
+    "ipndm:ab_order=3",
+    "deis:method=logrho,order=3",
+    "unipc:predictor_order=2,b_h=bh1,prediction=eps",
+    "unipc:predictor_order=3",
 )
 
 PRECISION_CONFIGS = (
@@ -159,9 +159,9 @@ PRECISION_CONFIGS = (
     "heun:variable=sigma",
     "dpm_solver++:order=2,multistep=true",
     "dpm_solver++:order=3,multistep=true",
-    "unipc:order=3,variant=bh2",
+    "unipc:predictor_order=3,b_h=bh2",
     "deis:order=3",
-    "ipndm:order=4",
+    "ipndm:ab_order=4",
 )
 
 
@@ -393,11 +393,11 @@ def quick_settings() -> Settings:
         target_nfe=(10,),
         grids=("logsnr", "karras"),
         batch=(("ring", 64),),
-        ours=("ddim", "dpm_solver++:order=2,multistep=true", "unipc:order=3"),
+        ours=("ddim", "dpm_solver++:order=2,multistep=true", "unipc:predictor_order=3"),
         precision_configs=("ddim",),
         precision_nfe=(10,),
         quick=True,
-        opt_configs=("unipc:order=3",),
+        opt_configs=("unipc:predictor_order=3",),
         opt_nfe=(10,),
         opt_pilot=(("ring", 32),),
         opt_heldout=16,
@@ -1086,16 +1086,16 @@ def rank_ours(runs: list[dict], cells, output: str, nfes, metric: str = "error")
 
 #: configurations compared in the "Recommended defaults" table (those present in a run are reported)
 CANDIDATES = (
-    "deis:variant=logrho,order=3",
-    "dpm_solver:order=3,multistep=true,variant=exact",
-    "ipndm:order=3",
-    "ipndm:order=4",
-    "unipc:order=2,variant=bh1,prediction=eps",
-    "unipc:order=3,variant=bh2,prediction=eps",
-    "unipc:order=2,variant=bh2,lower_order_final=true",
-    "unipc:order=3,variant=bh2,lower_order_final=true",
-    "dpm_solver++:order=2,multistep=true,variant=paper,lower_order_final=true",
-    "dpm_solver++:order=3,multistep=true,variant=paper,lower_order_final=true",
+    "deis:method=logrho,order=3",
+    "dpm_solver:order=3,multistep=true,update=exact",
+    "ipndm:ab_order=3",
+    "ipndm:ab_order=4",
+    "unipc:predictor_order=2,b_h=bh1,prediction=eps",
+    "unipc:predictor_order=3,b_h=bh2,prediction=eps",
+    "unipc:predictor_order=2,b_h=bh2,lower_order_final=true",
+    "unipc:predictor_order=3,b_h=bh2,lower_order_final=true",
+    "dpm_solver++:order=2,multistep=true,update=paper,lower_order_final=true",
+    "dpm_solver++:order=3,multistep=true,update=paper,lower_order_final=true",
     "heun:variable=sigma",
     "ddim",
 )

@@ -26,7 +26,7 @@ from sde_diffusion.training.train import load_model, train
 SOLVERS = [
     ("DDIM", "ddim", {}, 50),
     ("DPM-Solver++(2M)", "dpm_solver++", {"order": 2}, 20),
-    ("UniPC-2", "unipc", {"order": 2}, 10),
+    ("UniPC-2", "unipc", {"predictor_order": 2}, 10),
 ]
 
 

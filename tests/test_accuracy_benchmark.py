@@ -251,7 +251,7 @@ PARITY = [
             space="vp",
             kwargs=dict(timestep_spacing="trailing", solver_order=3, final_sigmas_type="sigma_min"),
         ),
-        dict(solver="unipc", order=3, lower_order_final=True),
+        dict(solver="unipc", predictor_order=3, lower_order_final=True),
     ),
     (
         "vp-discrete",

@@ -73,7 +73,7 @@ def test_repeated_calls_hit_the_plan_cache_and_coefficients_are_computed_once(mo
     assert prepare_plan(solver, sch, ts, x) is prepare_plan(get_solver("plms"), sch, ts.clone(), x)
     # a different grid, solver option, dtype or schedule is a miss
     sample(model, x, solver="plms", steps=steps + 1)
-    sample(model, x, solver="ipndm", order=2, steps=steps)
+    sample(model, x, solver="ipndm", ab_order=2, steps=steps)
     sample(model, x.float(), solver="plms", steps=steps)
     sample(PointMass(torch.tensor([0.5, -0.5])).model(VPLinear(beta_max=19.0)), x, solver="plms", steps=steps)
     assert plan_cache_stats["misses"] - misses0 == 5
@@ -228,9 +228,9 @@ def test_solvers_keep_no_more_model_outputs_than_their_memory(name, prediction):
 
 MULTISTEP = [
     ("plms", {}, 4),
-    ("pndm", {"variant": "s"}, 2),
-    ("pndm", {"variant": "f"}, 4),
-    ("ipndm", {"order": 3}, 3),
+    ("pndm", {"warmup": "heun"}, 2),
+    ("pndm", {"warmup": "rk4"}, 4),
+    ("ipndm", {"ab_order": 3}, 3),
     ("dpm_solver++", {"order": 2, "multistep": True}, 2),
     ("dpm_solver++", {"order": 3, "multistep": True}, 3),
     ("deis", {"order": 3}, 3),
@@ -278,7 +278,7 @@ def test_lincomb_matches_the_plain_expression_for_float_tensor_and_unit_coeffici
 def test_multiplier_columns_become_host_scalars_of_the_state_dtype():
     sch = VPLinear()
     x = torch.zeros(2, 3, dtype=torch.float32)
-    plan = prepare_plan(get_solver("ipndm", order=2), sch, make_grid(sch, "logsnr", 5), x)
+    plan = prepare_plan(get_solver("ipndm", ab_order=2), sch, make_grid(sch, "logsnr", 5), x)
     ratio = plan.steps[2].ratio
     assert isinstance(ratio, torch.Tensor) and ratio.ndim == 0 and ratio.dtype == torch.float32
     assert ratio.device.type == "cpu"

@@ -16,8 +16,9 @@ embedding of diffusers' UNets is defined for every real label). For ``N = 1000``
 ``v_prediction -> v`` (:data:`PREDICTION_TYPES`).
 
 **The scheduler.** [`SDEScheduler`][sde_diffusion.interop.diffusers.SDEScheduler] is a diffusers ``SchedulerMixin``:
-``pipe.scheduler = SDEScheduler.from_config(pipe.scheduler.config, solver="unipc", order=3)`` and the pipeline's own
-``__call__`` runs our solver. See its docstring (and ``docs/interop/diffusers.md``) for what is supported.
+``pipe.scheduler = SDEScheduler.from_config(pipe.scheduler.config, solver="unipc", predictor_order=3)`` and the
+pipeline's own ``__call__`` runs our solver. See its docstring (and ``docs/interop/diffusers.md``) for what is
+supported.
 
 This module imports diffusers; ``import sde_diffusion`` does not.
 """
@@ -242,12 +243,12 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
     r"""A diffusers scheduler that runs one of our fixed-grid solvers inside an unchanged diffusers pipeline.
 
     ```python
-    pipe.scheduler = SDEScheduler.from_config(pipe.scheduler.config, solver="unipc", order=3)
+    pipe.scheduler = SDEScheduler.from_config(pipe.scheduler.config, solver="unipc", predictor_order=3)
     images = pipe(prompt, num_inference_steps=10).images
     ```
 
     ``from_config`` keeps the betas, ``prediction_type`` and thresholding settings of the replaced scheduler, takes
-    ``solver`` and ``grid`` and passes every other keyword (``order=3``, ``variant=...``) to the solver
+    ``solver`` and ``grid`` and passes every other keyword (``predictor_order=3``, ``update=...``) to the solver
     ([`get_solver`][sde_diffusion.solvers.base.get_solver]); the replaced scheduler's config is kept as
     ``reference`` so that ``grid="diffusers"`` can use its timesteps.
 
@@ -336,7 +337,7 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
         """Build from a diffusers scheduler config, or from a scheduler itself (``from_config(pipe.scheduler)``,
         which also names its class when the config does not -- a config only carries ``_class_name`` once saved or
         loaded); keywords that are not ``__init__`` arguments are solver options
-        (``from_config(cfg, solver="unipc", order=3)``)."""
+        (``from_config(cfg, solver="unipc", predictor_order=3)``)."""
         if isinstance(config, SchedulerMixin):
             config = {**config.config, "_class_name": type(config).__name__}
         config = {k: v for k, v in dict(config or {}).items() if k != "_use_default_values"}

@@ -20,7 +20,7 @@ A tableau ``(A, b, c)`` with ``s`` stages takes a step of size ``d`` of ``dy/ds 
 Both right-hand sides are linear in ``(x, eps)``, so every stage input and the result are linear combinations of
 ``x``, the earlier stage inputs (``variable="t"`` only) and the stage outputs with per-step float64 coefficients
 computed once per grid ([`rk_coefficients`][sde_diffusion.solvers.tableaux.rk_coefficients]); the step
-([`rk_step`][sde_diffusion.solvers.tableaux.rk_step]) is one fused [`lincomb`][sde_diffusion._ops.lincomb] per
+([`rk_step`][sde_diffusion.solvers.tableaux.rk_step]) is one fused ``lincomb`` per
 stage. Zero tableau entries cost nothing. NFE per step = number of stages.
 """
 
@@ -130,8 +130,8 @@ class RKLayout:
 
 
 def rk_coefficients(layout: RKLayout, ts: torch.Tensor, base) -> dict:
-    """float64 per-step coefficients of ``layout`` on the grid ``ts`` (``base``: the grid's
-    [`GridTable`][sde_diffusion.solvers.table.GridTable]; its ``at_lambda`` gives the interior stage points)."""
+    """float64 per-step coefficients of ``layout`` on the grid ``ts`` (``base``: the grid's ``GridTable``; its
+    ``at_lambda`` gives the interior stage points)."""
     tab = layout.tableau
     s = tab.stages
     t, dt = ts[:-1], ts[1:] - ts[:-1]

@@ -230,8 +230,10 @@ SOLVER_OPTIONS: dict[str, Callable[[Any], Any]] = {
     "sde_dpm_solver++": lambda st: st.fixed_dictionaries(
         {"order": st.integers(1, 2), "eta": st.one_of(st.just(0.0), st.floats(0.0, 1.0, allow_nan=False))}
     ),
-    "unipc": lambda st: st.fixed_dictionaries({"order": st.integers(1, 3), "variant": st.sampled_from(["bh1", "bh2"])}),
-    "pndm": lambda st: st.fixed_dictionaries({"variant": st.sampled_from(["s", "f"])}),
+    "unipc": lambda st: st.fixed_dictionaries(
+        {"predictor_order": st.integers(1, 3), "b_h": st.sampled_from(["bh1", "bh2"])}
+    ),
+    "pndm": lambda st: st.fixed_dictionaries({"warmup": st.sampled_from(["heun", "rk4"])}),
 }
 """Registry name -> ``f(hypothesis.strategies)`` giving a strategy of valid option dicts for that solver.
 :func:`solvers` uses the default options (``{}``) for a registered name that is not in this table, so every new
