@@ -9,6 +9,7 @@ from sde_diffusion.analytic import Gaussian, GaussianMixture
 from sde_diffusion.sample import Sampler
 from sde_diffusion.schedules import EDM, SubVPLinear, VEGeometric, VPCosine, VPDiscrete, VPLinear
 from sde_diffusion.solvers.base import NoiseSource
+from sde_diffusion.studies.fitting import fit_line
 
 F64 = torch.float64
 
@@ -45,10 +46,7 @@ def prior(schedule, n: int, d: int = 2, seed: int = 0) -> torch.Tensor:
 
 def fitted_slope(nfe, errors) -> float:
     """Least-squares slope of ``log(error)`` against ``log(NFE)``, sign flipped (a method of order p gives ~p)."""
-    x = torch.log(torch.as_tensor(nfe, dtype=F64))
-    y = torch.log(torch.as_tensor(errors, dtype=F64))
-    xc = x - x.mean()
-    return -float((xc * (y - y.mean())).sum() / (xc * xc).sum())
+    return fit_line(nfe, errors).order
 
 
 class _UnitNoise(NoiseSource):

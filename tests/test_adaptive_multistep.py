@@ -2,7 +2,6 @@
 
 import math
 
-import numpy as np
 import pytest
 import torch
 
@@ -10,6 +9,7 @@ from sde_diffusion import Gaussian, GaussianMixture, PointMass, VPCosine, VPLine
 from sde_diffusion.solvers import get_solver
 from sde_diffusion.solvers._expint import lagrange_weights
 from sde_diffusion.solvers.adaptive_multistep import AdaptiveMultistep, pi_factor
+from sde_diffusion.studies.fitting import fit_line
 
 #: measured err/tol of the global error (max over samples of the RMS error, rtol = atol = tol) over the tolerances
 #: below: 0.70 .. 2.06 (order 3) and 1.50 .. 4.03 (order 2); the stated band leaves a factor ~2.5 either side.
@@ -35,7 +35,7 @@ def test_global_error_tracks_tolerance_and_nfe_grows_like_tol_to_minus_one_over_
         ratios.append(err / tol)
         nfes.append(r.nfe)
     assert all(BAND[0] <= q <= BAND[1] for q in ratios), ratios
-    slope = np.polyfit(np.log(TOLS[order]), np.log(nfes), 1)[0]
+    slope = -fit_line(TOLS[order], nfes).order
     assert slope == pytest.approx(-1.0 / order, abs=0.07), (slope, nfes)
 
 

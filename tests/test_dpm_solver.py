@@ -15,17 +15,10 @@ import sde_diffusion as sd
 from sde_diffusion.reference import probability_flow_reference
 from sde_diffusion.solvers.dpm_solver import fast_orders, grid_groups, update_weights
 from sde_diffusion.solvers.warmup import LOWER_ORDER_FINAL_BELOW, step_orders
+from sde_diffusion.studies.fitting import fit_line
 
 VP = sd.VPLinear()
 VE = sd.VEGeometric()
-
-
-def _fit_slope(nfes, errs) -> float:
-    """Least-squares slope of -log(error) against log(NFE)."""
-    x = torch.log(torch.tensor(nfes, dtype=torch.float64))
-    y = torch.log(torch.tensor(errs, dtype=torch.float64))
-    a = torch.stack([x, torch.ones_like(x)], 1)
-    return -float(torch.linalg.lstsq(a, y[:, None]).solution[0, 0])
 
 
 def _xT(n=6, d=1, seed=1):
@@ -101,7 +94,7 @@ def _order_errors(name, opts, problem, nfes):
 )
 def test_order_slope_on_gaussian(name, opts, problem, nfes, want):
     solver, used, errs = _order_errors(name, opts, problem, nfes)
-    slope = _fit_slope(used, errs)
+    slope = fit_line(used, errs).order
     print(
         f"\n{name} {opts}: NFE {used} max|err| {[f'{e:.2e}' for e in errs]} slope {slope:.3f} (declared {solver.order})"
     )
@@ -440,9 +433,8 @@ def test_adaptive_reports_and_tracks_tolerance(order):
         assert len(res.ts) == info["accepted"] + 1 and float(res.ts[-1]) == t1
         errs.append(float((res.x - exact).abs().max()))
         nfes.append(res.nfe)
-    print(
-        f"\nadaptive order {order}: NFE {nfes} errors {[f'{e:.1e}' for e in errs]} slope {_fit_slope(nfes, errs):.2f}"
-    )
+    slope = fit_line(nfes, errs).order
+    print(f"\nadaptive order {order}: NFE {nfes} errors {[f'{e:.1e}' for e in errs]} slope {slope:.2f}")
     assert errs[0] > errs[1] > errs[2] and nfes[0] < nfes[1] < nfes[2]
     assert errs[2] < 1e-4
 
@@ -731,5 +723,7 @@ def test_report_slopes_on_sharp_ring():
             res = sd.sample(model, x_T, solver=solver, steps=nfe // solver.nfe_per_step)
             nfes.append(res.nfe)
             errs.append(float((res.x - ref).abs().max()))
-        print(f"\nring {name} {opts}: NFE {nfes} err {[f'{e:.1e}' for e in errs]} slope {_fit_slope(nfes, errs):.2f}")
+        print(
+            f"\nring {name} {opts}: NFE {nfes} err {[f'{e:.1e}' for e in errs]} slope {fit_line(nfes, errs).order:.2f}"
+        )
         assert errs[-1] < errs[0]

@@ -51,17 +51,15 @@ class OrderMeasurement:
 
 
 def fit_order(nfe: list[int], errors: list[float], kind: str) -> OrderMeasurement:
-    import numpy as np
+    from ..studies.fitting import fit_line
 
     if len(nfe) < 4 or len(set(nfe)) != len(nfe):
         raise ValueError(f"an order fit needs at least 4 distinct NFE values, got {nfe}")
     if not all(math.isfinite(e) and e > 0 for e in errors):
         raise AssertionError(f"errors must be positive and finite to fit an order: {dict(zip(nfe, errors))}")
-    n, log_e = np.asarray(nfe, dtype=float), np.log(errors)
-    design = np.stack([np.ones_like(n), -np.log(n), 1.0 / n], axis=1)
-    order = np.linalg.lstsq(design, log_e, rcond=None)[0][1]
-    slope = -np.polyfit(np.log(n), log_e, 1)[0]
-    return OrderMeasurement(float(order), float(slope), list(nfe), list(errors), kind)
+    order = fit_line(nfe, errors, correction=True).order
+    slope = fit_line(nfe, errors).order
+    return OrderMeasurement(order, slope, list(nfe), list(errors), kind)
 
 
 def steps_for(solver: Solver, nfe: int) -> int:
