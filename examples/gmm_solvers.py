@@ -18,6 +18,7 @@ import time
 import torch
 
 from sde_diffusion import ForwardSDE, GaussianMixture, VPLinear, sample
+from sde_diffusion.studies.plots import scatter_samples
 
 # (label, solver name, options, steps, grid, stochastic)
 RUNS = [
@@ -86,7 +87,7 @@ def plot(exact, floor: float, results, path: str) -> None:
     rows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
     for ax, (label, x, nfe, dist, _) in zip(axes.flat, panels):
-        ax.scatter(x[:, 0].numpy(), x[:, 1].numpy(), s=1.5, alpha=0.5, color="C0" if nfe is None else "C1")
+        scatter_samples(ax, x, s=1.5, alpha=0.5, color="C0" if nfe is None else "C1")
         title = label if nfe is None else f"{label}\nNFE {nfe}, sliced W2 {dist:.3f}"
         ax.set_title(title, fontsize=9)
         ax.set_xlim(-3.2, 3.2)

@@ -18,6 +18,7 @@ import time
 import torch
 
 from sde_diffusion import ForwardSDE, Model, VPLinear
+from sde_diffusion.studies.plots import scatter_samples
 from sde_diffusion.training.data import ring, ring_distribution
 from sde_diffusion.training.nets import MLPScoreNet
 from sde_diffusion.training.train import load_model, train
@@ -117,7 +118,7 @@ def main(argv=None) -> None:
 
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.9), squeeze=False)
     for ax, (label, x, nfe, sw, paired) in zip(axes.flat, panels):
-        ax.scatter(x[:, 0].numpy(), x[:, 1].numpy(), s=1.0, alpha=0.5, color="C0" if nfe is None else "C1")
+        scatter_samples(ax, x, s=1.0, alpha=0.5, color="C0" if nfe is None else "C1")
         title = label if nfe is None else f"{label}\nNFE {nfe}, SW1 {sw:.3f}, to exact {paired:.3f}"
         ax.set_title(title, fontsize=8)
         ax.set_xlim(-3, 3)

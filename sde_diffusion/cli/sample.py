@@ -175,7 +175,7 @@ def _checkpoint_data(args, x):
 
 def _plot_samples(x, target, title: str, path: Path, label: str = "samples") -> None:
     """Scatter of the first two coordinates (2-D data), or a grid of the first images (image data)."""
-    from ..studies.plots import new_figure, save_figure
+    from ..studies.plots import new_figure, save_figure, scatter_samples
 
     if x.ndim == 4:  # images (B, C, H, W): a grid of up to 8 x 8
         k = min(8, int(len(x) ** 0.5))
@@ -188,10 +188,9 @@ def _plot_samples(x, target, title: str, path: Path, label: str = "samples") -> 
         return
     fig, axes = new_figure(size=(4.8, 4.6))
     ax = axes[0, 0]
-    flat = x.reshape(len(x), -1)
     if target is not None:
-        ax.scatter(target[:, 0].numpy(), target[:, 1].numpy(), s=3, color="0.75", label="exact")
-    ax.scatter(flat[:, 0].numpy(), flat[:, 1].numpy(), s=3, color="C3", label=label)
+        scatter_samples(ax, target, color="0.75", label="exact")
+    scatter_samples(ax, x, color="C3", label=label)
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, markerscale=3)
     save_figure(fig, path)
