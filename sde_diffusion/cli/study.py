@@ -200,6 +200,7 @@ def _write_study(out: Path, studies: dict, args, elapsed: float) -> None:
     from ..studies.plots import (
         new_figure,
         plot_convergence,
+        plot_local_orders,
         plot_samples,
         plot_trajectories,
         plot_work_precision,
@@ -220,6 +221,8 @@ def _write_study(out: Path, studies: dict, args, elapsed: float) -> None:
         return
     for name, res in studies.items():
         save_figure(plot_convergence(res), out / f"{name}_error.png")
+        if res.fits:
+            save_figure(plot_local_orders(res), out / f"{name}_local_orders.png")
         if res.dist_metric is not None and name != "main":
             save_figure(plot_convergence(res, metric="dist_error"), out / f"{name}_dist_error.png")
     save_figure(plot_work_precision(studies["main"]), out / "main_work_precision.png")

@@ -1,28 +1,44 @@
 r"""The result of a convergence study and its versioned JSON form.
 
-JSON schema (``schema_version`` 1) of one study::
+JSON schema (``schema_version`` 2) of one study::
 
     {
-      "schema_version": 1,
+      "schema_version": 2,
       "kind": "sde_diffusion.convergence_study",
       "problem": "ring", "schedule": "vp-linear", "grid": "logsnr", "seed": 0, "n": 512,
-      "dtype": "float64", "device": "cpu",
+      "dtype": "float64", "device": "cpu", "roundoff": float,
       "reference": {"ode": {...}, "sde": {...} | null},   # kind, tolerance, estimated error, sweep
       "dist_metric": "sliced_w2" | "gaussian_w2" | null, "dist_floor": float | null,
       "solvers": {label: {"name", "options", "order", "strong_order", "nfe_per_step", "stochastic", "memory",
                           "adaptive", "reference"}},
       "runs": [{"solver", "nfe_budget", "steps", "nfe", "error", "error_max", "dist_error", "wall_time",
-                "error_median"}],
-      "fits": {label: {"error": OrderFit, "dist_error": OrderFit | null}}
+                "error_median", "refined"}],
+      "chains": {label: {"budgets", "steps", "nfe", "diffs", "refinement_stop", "refinement_time"}},
+      "fits": {label: {"error": OrderFit | null, "dist_error": OrderFit | null, "richardson": OrderFit | null}}
     }
 
-where ``OrderFit`` is ``{"asymptotic": LineFit | null, "pre_asymptotic": LineFit | null, "floor", "excluded",
-"declared"}`` and ``LineFit`` is ``{"order", "stderr", "intercept", "nfe_min", "nfe_max", "points"}``.
+``runs`` holds every point: the requested budgets (``refined: false``, the practical range) and those added by
+the automatic refinement (``refined: true``). ``chains`` is each solver's doubling chain (the largest requested
+budget and its halvings present in the request, then the refined budgets): ``diffs[k]`` is the RMS difference of
+the final states of solves ``k`` and ``k + 1`` (the Richardson differences), ``refinement_stop`` why the refinement
+stopped (``"reached"``, ``"floor"``, ``"max_nfe"``, ``"time"``, or ``null`` without refinement).
+
+``OrderFit`` is ``{"asymptotic", "pre_asymptotic", "effective": LineFit | null, "floor", "excluded", "declared",
+"nfe", "errors", "local_orders", "status", "verdict", "drift", "trend_persists", "nfe_needed", "floor_nfe", "tol",
+"confirm_tol"}``: ``nfe``/``errors`` the points fitted (floor excluded), ``local_orders`` between successive ones,
+``status`` one of ``confirmed``, ``below``, ``above``, ``measured``, ``not_reached``, ``floor`` and ``verdict`` its
+one-line text (see :mod:`.fitting`). ``LineFit`` is ``{"order", "stderr", "intercept", "nfe_min", "nfe_max",
+"points", "residual"}``. The ``richardson`` fit is over the nominal NFE (``steps x nfe_per_step``) of each chain's
+coarse solves.
+
 ``error`` is the pathwise RMS error (against the exact flow or the ODE reference for deterministic solvers; against the
 SDE reference on the same Brownian path -- the strong error -- for stochastic ones), ``error_median`` the median over
 the batch of the per-sample RMS error, ``error_max`` the largest coordinate error; ``dist_error`` the distributional
 error against exact samples; ``wall_time`` seconds. New fields may be added without a version change; renaming or
-removing one bumps ``schema_version``.
+removing one, or changing what one means, bumps ``schema_version``. Version 2 (from version 1): every run has
+``refined``; ``chains`` and ``roundoff`` are new; an ``OrderFit``'s ``asymptotic`` is ``null`` unless the local orders
+support an asymptotic range (version 1 always fitted the trailing points), and it carries the points, local orders,
+status and verdict.
 """
 
 from __future__ import annotations
