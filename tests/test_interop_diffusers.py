@@ -397,66 +397,52 @@ def test_multi_evaluation_solvers_repeat_like_diffusers_heun(sd_pipe):
     assert singlestep.timesteps.dtype == torch.float32  # stages between grid points get fractional labels
 
 
-def test_img2img_strength_matches_diffusers(sd_pipe):
-    pipe = diffusers.StableDiffusionImg2ImgPipeline(**sd_pipe.components)
+def _img2img(sd_pipe, scheduler):
+    pipe = diffusers.StableDiffusionImg2ImgPipeline(**{**sd_pipe.components, "scheduler": scheduler})
     pipe.set_progress_bar_config(disable=True)
     image = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        return pipe(
+            PROMPT, image=image, strength=0.6, num_inference_steps=5, guidance_scale=SCALE,
+            generator=torch.Generator().manual_seed(0), output_type="latent",
+        ).images  # fmt: skip
+
+
+def test_img2img_strength_matches_diffusers(sd_pipe):
     ddim = _sd_ddim()
-
-    def run(s):
-        pipe.scheduler = s
-        with torch.no_grad():
-            return pipe(
-                PROMPT,
-                image=image,
-                strength=0.6,
-                num_inference_steps=5,
-                guidance_scale=SCALE,
-                generator=torch.Generator().manual_seed(0),
-                output_type="latent",
-            ).images
-
-    ref, ours = run(ddim), run(SDEScheduler.from_config(ddim, solver="ddim"))
+    ref, ours = _img2img(sd_pipe, ddim), _img2img(sd_pipe, SDEScheduler.from_config(ddim, solver="ddim"))
     assert (ours - ref).abs().max() <= 1e-5 * ref.abs().max()
-    assert torch.isfinite(run(SDEScheduler.from_config(ddim, solver="unipc", predictor_order=3))).all()
+    assert torch.isfinite(_img2img(sd_pipe, SDEScheduler.from_config(ddim, solver="unipc", predictor_order=3))).all()
     # strength 0.6 of 5 steps starts at step 2: evaluation 2 * order
-    assert torch.isfinite(run(SDEScheduler.from_config(ddim, solver="heun"))).all()
+    assert torch.isfinite(_img2img(sd_pipe, SDEScheduler.from_config(ddim, solver="heun"))).all()
     with pytest.raises(ValueError, match="step boundary"):  # steps of 3, 3, 3, 2, 1 evaluations: order 1
-        run(SDEScheduler.from_config(ddim, solver="dpm_solver", order=3, multistep=False))
+        _img2img(sd_pipe, SDEScheduler.from_config(ddim, solver="dpm_solver", order=3, multistep=False))
+
+
+def _inpaint(sd_pipe, scheduler, strength):
+    pipe = diffusers.StableDiffusionInpaintPipeline(**{**sd_pipe.components, "scheduler": scheduler})
+    pipe.set_progress_bar_config(disable=True)
+    image = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    mask = torch.zeros(1, 1, 16, 16)
+    mask[..., 4:12, 4:12] = 1.0
+    with torch.no_grad():
+        return pipe(
+            PROMPT, image=image, mask_image=mask, height=16, width=16, strength=strength, num_inference_steps=5,
+            guidance_scale=SCALE, generator=torch.Generator().manual_seed(0), output_type="latent",
+        ).images  # fmt: skip
 
 
 def test_inpainting_matches_diffusers(sd_pipe):
     """A 4-channel UNet in StableDiffusionInpaintPipeline: the pipeline overwrites the known region of the state
     after every step (``add_noise`` at the next timestep); one-evaluation-per-step solvers take the edited state."""
-    pipe = diffusers.StableDiffusionInpaintPipeline(**sd_pipe.components)
-    pipe.set_progress_bar_config(disable=True)
-    image = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(3))
-    mask = torch.zeros(1, 1, 16, 16)
-    mask[..., 4:12, 4:12] = 1.0
     ddim = _sd_ddim()
-
-    def run(s, strength):
-        pipe.scheduler = s
-        with torch.no_grad():
-            return pipe(
-                PROMPT,
-                image=image,
-                mask_image=mask,
-                height=16,
-                width=16,
-                strength=strength,
-                num_inference_steps=5,
-                guidance_scale=SCALE,
-                generator=torch.Generator().manual_seed(0),
-                output_type="latent",
-            ).images
-
     for strength in (1.0, 0.6):
-        ref, ours = run(ddim, strength), run(SDEScheduler.from_config(ddim, solver="ddim"), strength)
+        ref = _inpaint(sd_pipe, ddim, strength)
+        ours = _inpaint(sd_pipe, SDEScheduler.from_config(ddim, solver="ddim"), strength)
         assert (ours - ref).abs().max() <= 1e-5 * ref.abs().max()
-    assert torch.isfinite(run(SDEScheduler.from_config(ddim, solver="unipc"), 1.0)).all()
+    assert torch.isfinite(_inpaint(sd_pipe, SDEScheduler.from_config(ddim, solver="unipc"), 1.0)).all()
     with pytest.raises(RuntimeError, match="one evaluation per step"):
-        run(SDEScheduler.from_config(ddim, solver="heun"), 1.0)
+        _inpaint(sd_pipe, SDEScheduler.from_config(ddim, solver="heun"), 1.0)
 
 
 def test_scheduler_refusals_and_errors(sd_pipe):
@@ -496,3 +482,48 @@ def test_config_round_trip_keeps_solver_and_reference(tmp_path):
     assert torch.equal(back.timesteps, ref.timesteps)
     # a new solver drops the old one's options
     assert SDEScheduler.from_config(back.config, solver="ddim").config.solver_options == {}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the agreement figures of docs/interop/diffusers.md:  python tests/test_interop_diffusers.py
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def agreement_table(tmp_path) -> list[tuple[str, str, float, float]]:
+    """(pipeline, reference, max |output difference|, max |state difference| / max |state|) for every check above."""
+    rows = []
+    with _default_float32():
+        unet = _tiny_unet2d()
+        inputs: list = []
+        unet.register_forward_hook(lambda mod, args, out: inputs.append(args[0].detach().clone()))
+        pipe = diffusers.DDPMPipeline(unet=unet, scheduler=diffusers.DDPMScheduler())
+        pipe.set_progress_bar_config(disable=True)
+        for name, make in REFERENCES.items():
+            ref = make()
+            img_ref, traj_ref = _run_ddpm(pipe, inputs, ref)
+            img, traj = _run_ddpm(pipe, inputs, _ours_for(ref))
+            rel = float((traj - traj_ref).abs().max() / traj_ref.abs().max())
+            rows.append(("DDPMPipeline, 8 steps", name, float((img - img_ref).abs().max()), rel))
+        sd = _tiny_sd_pipeline(tmp_path)
+        for kind in ("ddim", "dpm2m"):
+            ref = _sd_ddim() if kind == "ddim" else diffusers.DPMSolverMultistepScheduler.from_config(_sd_ddim().config)
+            lat_ref, lat = _run_sd(sd, ref), _run_sd(sd, _ours_for(ref))
+            img_ref, img = _run_sd(sd, ref, output_type="pt"), _run_sd(sd, _ours_for(ref), output_type="pt")
+            rel = float((lat - lat_ref).abs().max() / lat_ref.abs().max())
+            rows.append(("StableDiffusionPipeline, 6 steps", kind, float((img - img_ref).abs().max()), rel))
+        edits = [("Img2Img, strength 0.6", lambda s: _img2img(sd, s))]
+        edits += [(f"Inpaint, strength {st}", lambda s, st=st: _inpaint(sd, s, st)) for st in (1.0, 0.6)]
+        for name, run in edits:
+            ddim = _sd_ddim()
+            ref, ours = run(ddim), run(SDEScheduler.from_config(ddim, solver="ddim"))
+            rows.append((name, "ddim", float("nan"), float((ours - ref).abs().max() / ref.abs().max())))
+    return rows
+
+
+if __name__ == "__main__":
+    import tempfile
+    from pathlib import Path
+
+    torch.set_num_threads(1)
+    for pipeline, ref, out, state in agreement_table(Path(tempfile.mkdtemp())):
+        print(f"{pipeline:34s} {ref:18s} max|image diff| {out:.2e}   max|state diff|/max|state| {state:.2e}")
