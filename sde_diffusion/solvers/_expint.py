@@ -170,9 +170,9 @@ def long_step_consistent(
     sigma_a eps``) the update is exact iff that sum holds. For a long step the update cancels two terms of size
     ``ratio |x_a|`` (about ``150 |x|`` for one VP-linear noise-prediction step over the whole range); forming the
     sum from the frame's own floats (instead of ``expm1`` of a difference of two rounded half log-SNRs, each off by
-    an ulp of ``|lambda|``) keeps that cancellation exact and cuts the round-off of a one-step point-mass solve about
-    eightfold. For short steps the difference ``end - ratio * start`` would cancel instead, so the ``expm1``-based
-    weights are kept there.
+    an ulp of ``|lambda|``) keeps that cancellation exact (the effect on point-mass round-off is measured in
+    docs/theory/exponential_integrators.md). For short steps the difference ``end - ratio * start`` would cancel
+    instead, so the ``expm1``-based weights are kept there.
 
     Args:
         weights: ``(..., m)``, ``m >= 1`` (not modified).

@@ -132,8 +132,8 @@ class PredictorCorrector(Solver):
     ``norm="batch"`` (default, as in the authors' code) takes ``||z||`` and ``||score||`` as batch means of the
     per-sample norms, so ``eps_L`` is one number per step; ``norm="sample"`` uses each sample's own norms (the paper's
     corrector algorithm read literally). The per-sample ratio is only safe in high dimension: its randomness correlates
-    with ``z`` and ``x``, which biases the Langevin step by ``O(eps_L/d)`` per correction -- on 8-D Gaussian data
-    it doubles the output variance, while ``"batch"`` stays within a few percent.
+    with ``z`` and ``x``, which biases the Langevin step by ``O(eps_L/d)`` per correction (how much on low-dimensional
+    data: docs/theory/reverse_sde.md).
 
     NFE per step ``1 + n_corrector``. The Langevin corrector has a fixed signal-to-noise ratio, so its bias does
     not vanish as the grid is refined; the predictor alone is weak order 1 (declared ``order``).

@@ -526,7 +526,7 @@ _COMMON_DOC = r"""
     warm-up step of 3M adds an ``O(h^2)`` term whose constant is the integrand's derivative at ``t_start`` (tiny at high
     noise: third order is what is observed). With ``stages="grid"`` the
     ``"paper"``/``"midpoint"`` third-order update needs its stages at ``r = 1/3, 2/3 + O(h)``, which holds on any grid
-    that is a smooth map of a uniform one (logSNR, time-uniform, time-quadratic; measured slopes 3.0).
+    that is a smooth map of a uniform one (logSNR, time-uniform, time-quadratic; slopes in tests/test_dpm_solver.py).
     NFE: singlestep ``order`` per step (``stages="grid"``: one per interval), multistep one per step.
     Memory: multistep ``order - 1`` model outputs; singlestep none between steps (``stages="grid"``: the group's
     first state and up to ``order - 1`` outputs).
