@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import sys
 import types
 from collections.abc import Callable, Sequence
@@ -53,6 +54,7 @@ __all__ = [
     "stochastic_study",
     "order_table",
     "study_table",
+    "plot_study",
 ]
 
 #: extra normals per step that a probe run provides (``noise.normal(x, k)``, ``k <`` this)
@@ -213,27 +215,61 @@ def _kd_run(problem: Problem, name: str, ts: torch.Tensor, x_t: torch.Tensor, no
         return data.x0(a * y, t, sch)
 
     kw = dict(opts)
-    if noise_sampler is not None and "noise_sampler" in getattr(kd, fn).__code__.co_varnames:
+    if noise_sampler is not None and "noise_sampler" in inspect.signature(getattr(kd, fn)).parameters:
         kw["noise_sampler"] = noise_sampler
     return a1 * getattr(kd, fn)(denoiser, x_t / a0, sig, disable=True, **kw)
 
 
+class ProbeBrownian:
+    """A Brownian path whose values are linear combinations of unit normals, for probing k-diffusion's samplers:
+    ``W`` at a new point is drawn from the Brownian bridge between its neighbours (or as a Brownian step beyond the
+    ends) with one fresh unit normal, which is ``unit[k]`` for the ``k``-th fresh draw (``unit=None``: zeros, to
+    count the draws). Called as k-diffusion's ``noise_sampler(sigma, sigma_next)``: the normalised increment."""
+
+    def __init__(self, like: torch.Tensor, unit: torch.Tensor | None = None):
+        self.like, self.unit, self.draws = like, unit, 0
+        self.points: dict[float, torch.Tensor] = {}
+
+    def _fresh(self) -> torch.Tensor:
+        k, self.draws = self.draws, self.draws + 1
+        return torch.zeros_like(self.like) if self.unit is None else self.unit[k]
+
+    def _at(self, s: float) -> torch.Tensor:
+        if s in self.points:
+            return self.points[s]
+        if not self.points:
+            w = torch.zeros_like(self.like)
+        else:
+            lo = max((p for p in self.points if p < s), default=None)
+            hi = min((p for p in self.points if p > s), default=None)
+            if lo is None or hi is None:
+                end = hi if lo is None else lo
+                w = self.points[end] + abs(s - end) ** 0.5 * self._fresh()
+            else:
+                f = (s - lo) / (hi - lo)
+                w = (
+                    (1 - f) * self.points[lo]
+                    + f * self.points[hi]
+                    + ((s - lo) * (hi - s) / (hi - lo)) ** 0.5 * self._fresh()
+                )
+        self.points[s] = w
+        return w
+
+    def __call__(self, sigma, sigma_next) -> torch.Tensor:
+        a, b = float(sigma), float(sigma_next)
+        return (self._at(b) - self._at(a)) / abs(b - a) ** 0.5
+
+
 def _kd_gaussian_law(problem: Problem, name: str, ts: torch.Tensor):
-    calls = []
-
-    def counting(sigma, sigma_next):
-        calls.append(1)
-        return torch.zeros_like(probe_x)
-
-    probe_x = torch.zeros((2, *problem.event_shape), dtype=torch.float64)
-    _kd_run(problem, name, ts, probe_x, counting)
-    slots = len(calls)
+    """Exact law of k-diffusion's sampler ``name``: its noise sampler is a :class:`ProbeBrownian` in ``sigma_ve``
+    (the time of k-diffusion's ``BrownianTreeNoiseSampler``)."""
+    counter = ProbeBrownian(torch.zeros((2, *problem.event_shape), dtype=torch.float64))
+    _kd_run(problem, name, ts, counter.like, counter)
 
     def run(x, unit):
-        it = iter(unit)
-        return _kd_run(problem, name, ts, x, lambda s, sn: next(it))
+        return _kd_run(problem, name, ts, x, ProbeBrownian(x, unit))
 
-    return _affine_law(run, problem, slots, 0)
+    return _affine_law(run, problem, counter.draws, 0)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -351,7 +387,7 @@ def study_table(result: dict) -> str:
 
 
 def order_table(
-    solvers: dict[str, Solver],
+    solvers: dict[str, Solver | Callable[[int], Solver]],
     *,
     weak_steps: Sequence[int] = (16, 32, 64, 128),
     strong_steps: Sequence[int] = (16, 32, 64, 128),
@@ -360,15 +396,86 @@ def order_table(
     strong: bool = True,
 ) -> list[dict]:
     """Measured weak (exact law, Gaussian data) and strong (torchsde, same Brownian path) orders of each solver on a
-    logSNR grid, beside the declared ones."""
+    logSNR grid, beside the declared ones. A value may be a factory ``steps -> solver`` for methods whose options
+    must be refined with the grid (Restart's inner runs)."""
     p = get_problem(problem, schedule)
     rows, reference = [], None
-    for label, s in solvers.items():
+    for label, entry in solvers.items():
+        make = (lambda n, e=entry: e) if isinstance(entry, Solver) else entry
+        s = make(weak_steps[0])
         row = {"solver": label, "order": s.order, "strong_order": s.strong_order}
-        w = weak_errors(p, s, weak_steps)
+        w = [weak_errors(p, make(n), [n])[0] for n in weak_steps]
         row["weak_errors"], row["weak_fit"] = w, fitted_order(weak_steps, w)
         if strong and s.strong_order is not None:
             e, reference = strong_errors(p, s, strong_steps, reference=reference)
             row["strong_errors"], row["strong_fit"] = e, fitted_order(strong_steps, e)
         rows.append(row)
     return rows
+
+
+def plot_study(result: dict, problem: str, labels: Sequence[str] | None = None, ax=None):
+    """Error against NFE (log-log) of ``labels`` (default: every row) on one problem of a :func:`stochastic_study`
+    result; stochastic solvers solid, deterministic dashed, k-diffusion's dotted; the sampling floor in grey.
+    Needs matplotlib."""
+    import matplotlib.pyplot as plt
+
+    rows = result["problems"][problem]
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 4.5))
+    floor = 0.0
+    for label in labels or list(rows):
+        pts = [(c["nfe"], c["error"]) for c in rows[label].values() if c]
+        if not pts:
+            continue
+        floor = max(floor, max(c["floor"] for c in rows[label].values() if c))
+        style = ":" if label.startswith("kd:") else ("-" if _is_stochastic(label) else "--")
+        ax.loglog(*zip(*pts), style, marker="o", ms=3, label=label)
+    if floor > 0:
+        ax.axhline(floor, color="0.6", lw=1, label="sampling floor")
+    ax.set_xlabel("NFE")
+    ax.set_ylabel(next(c["metric"] for v in rows.values() for c in v.values() if c))
+    ax.set_title(problem)
+    ax.legend(fontsize=6, ncol=2)
+    return ax
+
+
+def _is_stochastic(label: str) -> bool:
+    solver = default_study_solvers().get(label)
+    return bool(solver is not None and solver.stochastic)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m sde_diffusion.studies.stochastic [--orders]``: print the distribution-error table (and with
+    ``--orders`` the measured weak/strong orders of the stochastic solvers) as markdown."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--orders", action="store_true", help="also measure weak and strong orders")
+    ap.add_argument("--samples", type=int, default=4000, help="samples for the mixture problems")
+    ap.add_argument("--nfe", type=int, nargs="+", default=[10, 20, 50], help="NFE budgets")
+    ap.add_argument("--figure", help="also write a PNG of error against NFE (one panel per problem)")
+    args = ap.parse_args(argv)
+    torch.set_default_dtype(torch.float64)
+    result = stochastic_study(nfes=args.nfe, samples=args.samples)
+    print(study_table(result))
+    if args.figure:
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, len(result["problems"]), figsize=(7 * len(result["problems"]), 5))
+        for ax, name in zip(list(getattr(axes, "flat", [axes])), result["problems"]):
+            plot_study(result, name, ax=ax)
+        fig.tight_layout()
+        fig.savefig(args.figure, dpi=110)
+    if args.orders:
+        solvers = {k: s for k, s in default_study_solvers().items() if s.stochastic}
+        solvers["edm_stochastic"] = get_solver("edm_stochastic", s_churn=5.0)  # gamma = 5/N shrinks with N
+        solvers["restart"] = lambda n: get_solver("restart", intervals=((0.1, 2.0, 2, max(n // 4, 1)),))
+        print("| solver | weak order (declared) | weak fit | strong order (declared) | strong fit |")
+        print("|---|---|---|---|---|")
+        for r in order_table(solvers):
+            strong = f"{r['strong_fit']:.2f}" if "strong_fit" in r else "—"
+            print(f"| {r['solver']} | {r['order']:g} | {r['weak_fit']:.2f} | {r['strong_order']} | {strong} |")
+
+
+if __name__ == "__main__":
+    main()
