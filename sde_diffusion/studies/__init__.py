@@ -9,11 +9,15 @@ Quick start::
     res.plot().savefig("orders.png")    # log-log error vs NFE (Agg backend)
     open("study.json", "w").write(res.to_json())
 
-Modules: :mod:`.problems` (registry of problems and schedules), :mod:`.specs` (solver configurations, NFE budgets),
-:mod:`.metrics` (RMS, Gaussian W2, sliced W2), :mod:`.convergence` (the study and its automatic refinement),
-:mod:`.fitting` (order fits, asymptotic-range verdicts, Richardson orders),
-:mod:`.results` (result object and JSON schema), :mod:`.report` (markdown), :mod:`.plots` (figures),
-:mod:`.grid_optimizer` (time-grid optimisation). Matplotlib and tqdm are imported only when used.
+Modules: [`problems`][sde_diffusion.studies.problems] (registry of problems and schedules),
+[`specs`][sde_diffusion.studies.specs] (solver configurations, NFE budgets),
+[`metrics`][sde_diffusion.studies.metrics] (RMS, Gaussian W2, sliced W2),
+[`convergence`][sde_diffusion.studies.convergence] (the study and its automatic refinement),
+[`fitting`][sde_diffusion.studies.fitting] (order fits, asymptotic-range verdicts, Richardson orders),
+[`results`][sde_diffusion.studies.results] (result object and JSON schema), [`report`][sde_diffusion.studies.report]
+(markdown), [`plots`][sde_diffusion.studies.plots] (figures),
+[`grid_optimizer`][sde_diffusion.studies.grid_optimizer] (time-grid optimisation). Matplotlib and tqdm are imported
+only when used.
 """
 
 from .convergence import DEFAULT_NFE, convergence_study, fit_study, ode_reference, sde_reference

@@ -1,6 +1,8 @@
 r"""Convergence studies: error, cost and wall time of solver configurations over NFE budgets.
 
-For each solver configuration and each NFE budget, :func:`convergence_study` runs :func:`sde_diffusion.sample` on
+For each solver configuration and each NFE budget,
+[`convergence_study`][sde_diffusion.studies.convergence.convergence_study] runs [`sample`][sde_diffusion.sample.sample]
+on
 one batch of start states ``x_T`` drawn from the problem's start distribution, with
 ``steps = steps_for_nfe(solver, nfe)`` (the largest step count that fits the budget; the *actual* NFE spent,
 ``SampleResult.nfe``, is what is reported and fitted) and measures
@@ -8,10 +10,12 @@ one batch of start states ``x_T`` drawn from the problem's start distribution, w
 * ``error`` -- the pathwise RMS error at ``t_min``
 
   - deterministic solvers: against the exact probability-flow map (Gaussian / point-mass data, closed form) or the
-    torchdiffeq reference (:func:`~sde_diffusion.reference.probability_flow_reference`: float64, ``rtol = atol``
+    torchdiffeq reference ([`probability_flow_reference`][sde_diffusion.reference.probability_flow_reference]: float64,
+    ``rtol = atol``
     default ``1e-10``, the end point hit exactly);
   - stochastic solvers: the **strong** error against the reverse-SDE reference driven by the *same* Brownian path
-    (:func:`~sde_diffusion.reference.brownian_path`, :func:`~sde_diffusion.reference.reverse_sde_reference`,
+    ([`brownian_path`][sde_diffusion.reference.brownian_path],
+    [`reverse_sde_reference`][sde_diffusion.reference.reverse_sde_reference],
     integrated in ``K`` logSNR-uniform segments of ``S`` sub-steps each so that the stiff end near ``t_min`` gets
     small steps);
 
@@ -25,7 +29,7 @@ The reference's own accuracy is estimated by a sweep: the ODE reference is recom
 ``10^4 x`` looser, the SDE reference with half the sub-steps; the RMS difference to the reference is reported, and
 the difference of the nearest looser setting is used as the (conservative) estimated error of the reference. Order
 fits exclude points at or below ``max(estimated reference error, 100 eps(dtype) * scale)`` as well as a trailing
-plateau (:func:`~sde_diffusion.studies.fitting.fit_order`).
+plateau ([`fit_order`][sde_diffusion.studies.fitting.fit_order]).
 """
 
 from __future__ import annotations
@@ -174,9 +178,9 @@ def convergence_study(
     ``refine``, extend each solver's budgets by doubling until its asymptotic range is reached.
 
     Args:
-        problem: a :class:`~sde_diffusion.studies.problems.Problem` or a built-in name (with ``schedule``).
+        problem: a [`Problem`][sde_diffusion.studies.problems.Problem] or a built-in name (with ``schedule``).
         solvers: configurations (``"name:k=v,..."``, ``(name, options)``, classes, instances); default
-            :func:`~sde_diffusion.studies.specs.default_solvers`.
+            [`default_solvers`][sde_diffusion.studies.specs.default_solvers].
         nfe: NFE budgets; each becomes ``steps_for_nfe(solver, budget)`` steps (budgets too small are skipped).
         grid: the time grid name (``"logsnr"``, ``"time_uniform"``, ``"time_quadratic"``, ``"karras"``).
         reference: ``"auto"`` (exact when available, else torchdiffeq; torchsde for stochastic solvers),
@@ -192,7 +196,7 @@ def convergence_study(
         distributional: also measure the distributional error.
         repeats: wall time is the minimum over this many runs.
         refine: after the requested budgets, double each solver's largest budget until its order fit claims an
-            asymptotic range (:func:`~sde_diffusion.studies.fitting.fit_order`; the Richardson differences when
+            asymptotic range ([`fit_order`][sde_diffusion.studies.fitting.fit_order]; the Richardson differences when
             there is no reference), a floor is hit, or a limit below is reached. Refined runs are marked
             ``refined`` and kept out of the practical-range tables.
         max_nfe: largest refined budget (default ``32 x`` the largest requested one).
@@ -203,7 +207,7 @@ def convergence_study(
         keep_samples: keep the final states for scatter plots (default: for problems of dimension 2).
 
     Returns:
-        :class:`~sde_diffusion.studies.results.StudyResult` with the order fits filled in.
+        [`StudyResult`][sde_diffusion.studies.results.StudyResult] with the order fits filled in.
     """
     problem = get_problem(problem, schedule)
     dt, dev = _dtype(dtype), torch.device(device)
@@ -411,7 +415,7 @@ def _nominal_nfe(chain: dict, info: dict) -> list[int]:
 
 
 def fit_study(result: StudyResult) -> StudyResult:
-    """Fill ``result.fits``: for each solver, :func:`~sde_diffusion.studies.fitting.fit_order` of
+    """Fill ``result.fits``: for each solver, [`fit_order`][sde_diffusion.studies.fitting.fit_order] of
 
     * ``"error"`` -- the pathwise error at every point (requested and refined), against the declared order (the
       strong order for stochastic solvers), with ``effective`` the plain fit over the requested (practical) range

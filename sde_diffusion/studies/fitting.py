@@ -5,9 +5,10 @@ For a method of order ``p``, ``error = C NFE^{-p} (1 + O(NFE^{-q}))`` once the s
 it stops decreasing at a *floor* -- round-off, the accuracy of the reference solution, or the Monte-Carlo error of a
 distributional metric. The **local order** between successive points,
 
-.. math:: p_i = -\frac{\log e_i - \log e_{i-1}}{\log n_i - \log n_{i-1}},
+$$ p_i = -\frac{\log e_i - \log e_{i-1}}{\log n_i - \log n_{i-1}}, $$
 
-tends to ``p`` in the asymptotic range. :func:`fit_order` separates the three ranges and *claims* an asymptotic range
+tends to ``p`` in the asymptotic range. [`fit_order`][sde_diffusion.studies.fitting.fit_order] separates the three
+ranges and *claims* an asymptotic range
 only when the local orders say so:
 
 1. **Floor.** Points with ``error <= floor`` (an absolute level the caller knows: a few times the reference's
@@ -31,12 +32,14 @@ order within ``confirm_tol`` (default 0.15) for the verdict ("order p confirmed"
 declared"). Otherwise the verdict is "not reached" -- with the local orders and, at the current trend, the NFE at
 which the range would be reached -- or "floor at NFE n" when a floor cut the sequence first.
 
-Each fit is ordinary least squares on ``(log NFE, log error)`` (:func:`fit_line`, the one order fit of the package:
-studies, :mod:`sde_diffusion.testing` and the tests all use it): order ``= -slope`` with the usual standard error
+Each fit is ordinary least squares on ``(log NFE, log error)`` ([`fit_line`][sde_diffusion.studies.fitting.fit_line],
+the one order fit of the package:
+studies, [`testing`][sde_diffusion.testing] and the tests all use it): order ``= -slope`` with the usual standard error
 ``sqrt(SSR/(n-k) (X^T X)^{-1})`` (``None`` without spare points), optionally with a ``1/NFE`` correction column that
 absorbs the leading pre-asymptotic term.
 
-**Reference-free orders** (:func:`richardson_orders`): solutions ``x_N, x_{2N}, x_{4N}`` of three successive
+**Reference-free orders** ([`richardson_orders`][sde_diffusion.studies.fitting.richardson_orders]): solutions ``x_N,
+x_{2N}, x_{4N}`` of three successive
 step doublings give ``d_N = ||x_N - x_{2N}|| = C N^{-p} (1 - 2^{-p}) + ...``, so
 ``p_R = log2(d_N / d_{2N})`` estimates the order without any reference; twice the change from the previous triplet is
 its error bar (it bounds the remaining bias when the deviation shrinks by at least a third per doubling).
@@ -230,7 +233,7 @@ def _extrapolate(p, u, ns, tol, declared, kappa, g_b, w_b) -> float | None:
 
 @dataclass
 class OrderFit:
-    """Result of :func:`fit_order`.
+    """Result of [`fit_order`][sde_diffusion.studies.fitting.fit_order].
 
     ``asymptotic`` is the fit over the claimed asymptotic range (``None`` when it was not reached), ``effective``
     the plain fit over the practical range (the points within ``effective_range``, all kept points by default),

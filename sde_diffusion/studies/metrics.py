@@ -1,18 +1,22 @@
 r"""Error metrics for convergence studies.
 
-* :func:`rms_error` -- pathwise error ``sqrt(mean_{b,i} (x - y)^2)`` (root-mean-square over the batch *and* the
-  coordinates, so that problems of different dimension are comparable); :func:`max_error` its ``max |x - y|``;
-  :func:`median_error` the median over the batch of the per-sample ``sqrt(mean_i (x - y)^2)`` -- insensitive to the
+* [`rms_error`][sde_diffusion.studies.metrics.rms_error] -- pathwise error ``sqrt(mean_{b,i} (x - y)^2)``
+  (root-mean-square over the batch *and* the
+  coordinates, so that problems of different dimension are comparable);
+  [`max_error`][sde_diffusion.studies.metrics.max_error] its ``max |x - y|``;
+  [`median_error`][sde_diffusion.studies.metrics.median_error] the median over the batch of the per-sample
+  ``sqrt(mean_i (x - y)^2)`` -- insensitive to the
   few samples that a solver sends to a different mode of a mixture than the exact flow does.
-* :func:`gaussian_w2` -- the exact 2-Wasserstein distance between two Gaussians,
+* [`gaussian_w2`][sde_diffusion.studies.metrics.gaussian_w2] -- the exact 2-Wasserstein distance between two Gaussians,
   ``W2^2 = |m_1 - m_2|^2 + tr(S_1 + S_2 - 2 (S_2^{1/2} S_1 S_2^{1/2})^{1/2})`` (Dowson & Landau 1982), used between
   ``N(empirical mean, empirical covariance)`` of the samples and the exact Gaussian marginal.
-* :func:`sliced_w2` -- the sliced 2-Wasserstein distance ``(E_u W2^2(u.X, u.Y))^{1/2}`` over random unit
+* [`sliced_w2`][sde_diffusion.studies.metrics.sliced_w2] -- the sliced 2-Wasserstein distance ``(E_u W2^2(u.X,
+  u.Y))^{1/2}`` over random unit
   directions ``u`` (Rabin et al. 2011), each 1-D distance exact by sorting; used against exact samples of mixtures.
 
 The two distributional metrics have a sampling floor of order ``scale * sqrt(d / n)``: they stop decreasing once the
 solver error is below the Monte-Carlo error of ``n`` samples. Fits exclude that plateau automatically
-(:mod:`~sde_diffusion.studies.fitting`).
+([`fitting`][sde_diffusion.studies.fitting]).
 """
 
 from __future__ import annotations

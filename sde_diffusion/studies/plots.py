@@ -3,14 +3,19 @@ r"""Matplotlib figures of studies, drawn on the Agg backend.
 Figures are created as ``matplotlib.figure.Figure`` objects with an Agg canvas attached, never through ``pyplot``:
 the global backend of the caller is left alone and nothing needs a display.
 
-* :func:`plot_convergence` -- log-log error against the actual NFE, one line per solver, with dashed reference
+* [`plot_convergence`][sde_diffusion.studies.plots.plot_convergence] -- log-log error against the actual NFE, one line
+  per solver, with dashed reference
   slopes ``NFE^{-p}``; the asymptotic fit range is drawn thicker, refined points (past the requested budgets) open;
-* :func:`plot_local_orders` -- the local orders between successive NFE values against NFE, with the declared orders;
-* :func:`plot_samples` -- scatter of the final samples of 2-D problems against exact samples, one panel per solver
-  (:func:`scatter_samples` draws one such cloud; the CLI's ``sample`` command uses it too);
-* :func:`plot_trajectories` -- paths of a few particles in the plane (2-D problems), on the solver's grid and the
+* [`plot_local_orders`][sde_diffusion.studies.plots.plot_local_orders] -- the local orders between successive NFE
+  values against NFE, with the declared orders;
+* [`plot_samples`][sde_diffusion.studies.plots.plot_samples] -- scatter of the final samples of 2-D problems against
+  exact samples, one panel per solver
+  ([`scatter_samples`][sde_diffusion.studies.plots.scatter_samples] draws one such cloud; the CLI's ``sample`` command
+  uses it too);
+* [`plot_trajectories`][sde_diffusion.studies.plots.plot_trajectories] -- paths of a few particles in the plane (2-D
+  problems), on the solver's grid and the
   reference's;
-* :func:`study_figure` -- the summary figure of ``sde-diffusion study``.
+* [`study_figure`][sde_diffusion.studies.plots.study_figure] -- the summary figure of ``sde-diffusion study``.
 """
 
 from __future__ import annotations
@@ -84,7 +89,8 @@ def nice_log_ticks(lo: float, hi: float, *, min_ratio: float = 1.7) -> list[int]
 
 
 def _nfe_axis(ax, lo: float, hi: float) -> None:
-    """Plain-number NFE ticks that do not overlap (see :func:`nice_log_ticks`)."""
+    """Plain-number NFE ticks that do not overlap (see
+    [`nice_log_ticks`][sde_diffusion.studies.plots.nice_log_ticks])."""
     from matplotlib.ticker import NullFormatter
 
     ticks = nice_log_ticks(lo, hi)

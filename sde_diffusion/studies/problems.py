@@ -1,6 +1,7 @@
 r"""Built-in test problems: a data distribution with an exact score, a noise schedule and a start distribution.
 
-A :class:`Problem` couples an exact oracle from :mod:`sde_diffusion.analytic` with a schedule. Sampling starts from
+A [`Problem`][sde_diffusion.studies.problems.Problem] couples an exact oracle from [`analytic`][sde_diffusion.analytic]
+with a schedule. Sampling starts from
 the **exact** diffused marginal ``p_{t_max}`` (``x_T = alpha(t_max) x_0 + sigma(t_max) eps``), not from the prior
 ``N(0, sigma(t_max)^2 I)``: the two differ by ``alpha(t_max) x_0`` (``e^{-5.03} ~ 0.0066`` for ``vp-linear``), and
 starting from ``p_{t_max}`` makes the exact probability-flow map carry the start samples to ``p_{t_min}`` exactly, so
@@ -139,8 +140,8 @@ class Problem:
 
     Args:
         name: short name (used in reports).
-        data: the exact oracle (:class:`~sde_diffusion.analytic.AnalyticDistribution`).
-        schedule: a :class:`~sde_diffusion.schedules.NoiseSchedule` or a short schedule name.
+        data: the exact oracle ([`AnalyticDistribution`][sde_diffusion.analytic.AnalyticDistribution]).
+        schedule: a [`NoiseSchedule`][sde_diffusion.schedules.NoiseSchedule] or a short schedule name.
         start: ``"marginal"`` (exact ``p_{t_max}``, the default) or ``"prior"`` (``N(0, sigma(t_max)^2 I)``).
     """
 
@@ -182,7 +183,7 @@ class Problem:
         return float(self.schedule.t_min)
 
     def model(self, prediction: str = "eps", **kwargs) -> Model:
-        """The exact oracle network as a :class:`~sde_diffusion.models.Model` (fresh NFE counter)."""
+        """The exact oracle network as a [`Model`][sde_diffusion.models.Model] (fresh NFE counter)."""
         return self.data.model(self.schedule, prediction, **kwargs)
 
     def _alpha_sigma(self, t: float) -> tuple[float, float]:
@@ -211,7 +212,8 @@ class Problem:
     def target_samples(
         self, n: int, generator: torch.Generator | None = None, *, dtype=torch.float64, device=None
     ) -> torch.Tensor:
-        """``n`` exact samples of ``p_{t_min}``: what an exact sampler started from :meth:`start` produces (when
+        """``n`` exact samples of ``p_{t_min}``: what an exact sampler started from
+        [`start`][sde_diffusion.studies.problems.Problem.start] produces (when
         ``start="marginal"``)."""
         return self.marginal_samples(n, self.t_end, generator, dtype=dtype, device=device)
 
@@ -241,8 +243,8 @@ class Problem:
 def exact_gaussian_flow(
     data: AnalyticDistribution, x: torch.Tensor, t_from: float, t_to: float, schedule: NoiseSchedule
 ) -> torch.Tensor:
-    """Closed-form probability-flow map for :class:`~sde_diffusion.analytic.Gaussian` data (its ``flow``) and for a
-    :class:`~sde_diffusion.analytic.PointMass` (the zero-variance limit: ``z = (x - alpha m)/sigma`` is kept)."""
+    """Closed-form probability-flow map for [`Gaussian`][sde_diffusion.analytic.Gaussian] data (its ``flow``) and for a
+    [`PointMass`][sde_diffusion.analytic.PointMass] (the zero-variance limit: ``z = (x - alpha m)/sigma`` is kept)."""
     if isinstance(data, Gaussian):
         return data.flow(x, t_from, t_to, schedule)
     if isinstance(data, PointMass):
@@ -256,9 +258,11 @@ def exact_gaussian_flow(
 def get_problem(
     name: str | Problem = "ring", schedule: str | NoiseSchedule = "vp-linear", *, start: str = "marginal"
 ) -> Problem:
-    """A built-in :class:`Problem` from its short name (see :data:`PROBLEMS`) on a schedule (see :data:`SCHEDULES`).
+    """A built-in [`Problem`][sde_diffusion.studies.problems.Problem] from its short name (see
+    [`PROBLEMS`][sde_diffusion.studies.problems.PROBLEMS]) on a schedule (see
+    [`SCHEDULES`][sde_diffusion.studies.problems.SCHEDULES]).
 
-    A :class:`Problem` passed in is returned unchanged.
+    A [`Problem`][sde_diffusion.studies.problems.Problem] passed in is returned unchanged.
     """
     if isinstance(name, Problem):
         return name

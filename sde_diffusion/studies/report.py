@@ -1,13 +1,18 @@
 r"""Text reports of studies: markdown tables and a JSON bundle of several studies.
 
-* :func:`error_table` -- one row per solver configuration, one column per requested NFE budget (the practical range;
+* [`error_table`][sde_diffusion.studies.report.error_table] -- one row per solver configuration, one column per
+  requested NFE budget (the practical range;
   the actual NFE spent is shown where it differs from the budget, e.g. Heun's ``2N - 1``);
-* :func:`order_table` -- declared order, the *effective* order over the requested NFE range (a plain fit: in the
+* [`order_table`][sde_diffusion.studies.report.order_table] -- declared order, the *effective* order over the requested
+  NFE range (a plain fit: in the
   pre-asymptotic range it describes the practical range, not the method), the asymptotic fit with its range when
   one was claimed, the reference-free Richardson estimate, and the one-line verdict;
-* :func:`local_order_table` -- the local orders between successive NFE values (the evidence for the verdict);
-* :func:`study_markdown` -- all three, with a header naming the problem, the reference and its estimated accuracy;
-* :func:`bundle` / :func:`load_bundle` -- several studies in one versioned JSON document (what ``sde-diffusion study``
+* [`local_order_table`][sde_diffusion.studies.report.local_order_table] -- the local orders between successive NFE
+  values (the evidence for the verdict);
+* [`study_markdown`][sde_diffusion.studies.report.study_markdown] -- all three, with a header naming the problem, the
+  reference and its estimated accuracy;
+* [`bundle`][sde_diffusion.studies.report.bundle] / [`load_bundle`][sde_diffusion.studies.report.load_bundle] --
+  several studies in one versioned JSON document (what ``sde-diffusion study``
   writes to ``study.json``).
 """
 
@@ -41,7 +46,8 @@ def _row(cells: list[str]) -> str:
 
 def error_table(result: StudyResult, metric: str = "error") -> str:
     """Markdown table of ``metric`` (``"error"``, ``"dist_error"``, ``"wall_time"``) by solver and requested NFE
-    budget (refined budgets are in :func:`local_order_table` and the JSON)."""
+    budget (refined budgets are in [`local_order_table`][sde_diffusion.studies.report.local_order_table] and the
+    JSON)."""
     budgets = result.budgets
     lines = [_row(["solver"] + [f"NFE {b}" for b in budgets]), _row(["---"] * (len(budgets) + 1))]
     for label in result.labels:
@@ -190,7 +196,8 @@ def bundle(studies: dict[str, StudyResult], **meta: Any) -> dict[str, Any]:
 
 
 def load_bundle(text_or_dict) -> dict[str, StudyResult]:
-    """The studies of a document written by :func:`bundle` (a JSON string or the parsed dict)."""
+    """The studies of a document written by [`bundle`][sde_diffusion.studies.report.bundle] (a JSON string or the
+    parsed dict)."""
     d = json.loads(text_or_dict) if isinstance(text_or_dict, str) else text_or_dict
     if d.get("kind") != _BUNDLE_KIND or d.get("schema_version") != SCHEMA_VERSION:
         raise ValueError(f"not a version-{SCHEMA_VERSION} study bundle")

@@ -27,7 +27,8 @@ stopped (``"reached"``, ``"floor"``, ``"max_nfe"``, ``"time"``, or ``null`` with
 "nfe", "errors", "local_orders", "status", "verdict", "drift", "trend_persists", "nfe_needed", "floor_nfe", "tol",
 "confirm_tol"}``: ``nfe``/``errors`` the points fitted (floor excluded), ``local_orders`` between successive ones,
 ``status`` one of ``confirmed``, ``below``, ``above``, ``measured``, ``not_reached``, ``floor`` and ``verdict`` its
-one-line text (see :mod:`.fitting`). ``LineFit`` is ``{"order", "stderr", "intercept", "nfe_min", "nfe_max",
+one-line text (see [`fitting`][sde_diffusion.studies.fitting]). ``LineFit`` is ``{"order", "stderr", "intercept",
+"nfe_min", "nfe_max",
 "points", "residual"}``. The ``richardson`` fit is over the nominal NFE (``steps x nfe_per_step``) of each chain's
 coarse solves.
 
@@ -196,13 +197,15 @@ class StudyResult:
 
     # ---- reports ---------------------------------------------------------------------------------------------------
     def to_markdown(self, metric: str = "error") -> str:
-        """Markdown tables: the error at every NFE budget, then the fitted orders (see :mod:`.report`)."""
+        """Markdown tables: the error at every NFE budget, then the fitted orders (see
+        [`report`][sde_diffusion.studies.report])."""
         from .report import study_markdown
 
         return study_markdown(self, metric)
 
     def plot(self, metric: str = "error", ax=None):
-        """Log-log error against NFE with reference slopes (see :func:`.plots.plot_convergence`)."""
+        """Log-log error against NFE with reference slopes (see
+        [`plot_convergence`][sde_diffusion.studies.plots.plot_convergence])."""
         from .plots import plot_convergence
 
         return plot_convergence(self, metric=metric, ax=ax)

@@ -3,7 +3,7 @@ r"""Solver configurations for studies: ``"name:key=value,key=value"`` strings, N
 A study runs a list of *solver configurations*: a registry name with options. They are written as
 ``"dpm_solver++:order=3"`` or ``"ddim:eta=1"`` (several options separated by ``,`` or ``:``); values are parsed as
 ``int``, then ``float``, then ``bool`` (``true``/``false``/``yes``/``no``), then ``None`` (``none``), else kept as
-strings. A ``(name, options)`` tuple, a :class:`~sde_diffusion.solvers.base.Solver` class or instance work too.
+strings. A ``(name, options)`` tuple, a [`Solver`][sde_diffusion.solvers.base.Solver] class or instance work too.
 
 NFE budget to steps: the largest number of steps whose exact cost ``solver.final_nfe(steps)`` fits the budget
 (``nfe // nfe_per_step`` for most solvers, ``(nfe + 1) // 2`` for Heun, whose last step is an Euler step).
@@ -54,7 +54,8 @@ def _format_value(v: Any) -> str:
 @dataclass
 class SolverSpec:
     """A registry name with options; ``label`` is how reports name it (``name:k=v,...`` by default). ``solver``
-    carries an instance of a class that is not the registered one (a user's subclass): :meth:`build` returns it."""
+    carries an instance of a class that is not the registered one (a user's subclass):
+    [`build`][sde_diffusion.studies.specs.SolverSpec.build] returns it."""
 
     name: str
     options: dict[str, Any] = field(default_factory=dict)
@@ -93,7 +94,8 @@ def solver_option_names(cls: type[Solver]) -> list[str]:
 
 
 def parse_solver_spec(spec) -> SolverSpec:
-    """A :class:`SolverSpec` from ``"name:k=v,k=v"``, ``(name, options)``, a Solver class/instance or a spec."""
+    """A [`SolverSpec`][sde_diffusion.studies.specs.SolverSpec] from ``"name:k=v,k=v"``, ``(name, options)``, a Solver
+    class/instance or a spec."""
     if isinstance(spec, SolverSpec):
         return spec
     if isinstance(spec, Solver):
