@@ -8,8 +8,6 @@ same grid and noise.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import subprocess
 import sys
 
@@ -17,6 +15,8 @@ import pytest
 import torch
 
 diffusers = pytest.importorskip("diffusers")
+
+from diffusers_tiny import default_float32, sd_ddim, tiny_sd_pipeline, tiny_unet2d  # noqa: E402
 
 from sde_diffusion import VPDiscrete, betas_from_config, sample  # noqa: E402
 from sde_diffusion.interop.diffusers import (  # noqa: E402
@@ -32,35 +32,10 @@ from sde_diffusion.latent import LatentModel  # noqa: E402
 F32 = torch.float32
 
 
-@contextlib.contextmanager
-def _default_float32():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(F32)  # diffusers' pipelines run in float32 (the suite's default is float64)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(old)
-
-
 @pytest.fixture(autouse=True)
 def _float32():
-    with _default_float32():
+    with default_float32():
         yield
-
-
-def _tiny_unet2d(**kw):
-    torch.manual_seed(0)
-    return diffusers.UNet2DModel(
-        sample_size=8,
-        in_channels=3,
-        out_channels=3,
-        layers_per_block=1,
-        block_out_channels=(8, 16),
-        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-        norm_num_groups=4,
-        **kw,
-    ).eval()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -119,7 +94,7 @@ def test_import_sde_diffusion_does_not_import_diffusers():
 
 
 def test_unet2d_model_wrapper_calls_the_network_at_the_label():
-    unet = _tiny_unet2d()
+    unet = tiny_unet2d()
     cfg = diffusers.DDPMScheduler(prediction_type="v_prediction").config
     m = diffusers_model(unet, cfg)
     assert m.prediction == "v"
@@ -132,7 +107,7 @@ def test_unet2d_model_wrapper_calls_the_network_at_the_label():
 
 
 def test_class_labels_and_guidance_are_one_batched_call():
-    unet = _tiny_unet2d(num_class_embeds=4)
+    unet = tiny_unet2d(num_class_embeds=4)
     calls = []
     unet.register_forward_hook(lambda mod, args, out: calls.append(args[0].shape[0]))
     cfg = diffusers.DDPMScheduler().config
@@ -159,8 +134,8 @@ def test_class_labels_and_guidance_are_one_batched_call():
 
 @pytest.fixture(scope="module")
 def ddpm_pipe():
-    with _default_float32():
-        unet = _tiny_unet2d()
+    with default_float32():
+        unet = tiny_unet2d()
     inputs = []
     unet.register_forward_hook(lambda mod, args, out: inputs.append(args[0].detach().clone()))
     pipe = diffusers.DDPMPipeline(unet=unet, scheduler=diffusers.DDPMScheduler())
@@ -224,87 +199,10 @@ def test_diffusers_grid_without_class_name_falls_back_to_ddim():
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _tiny_tokenizer(tmp_path):
-    transformers = pytest.importorskip("transformers")
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for ch in "abcdefghijklmnopqrstuvwxyz":
-        vocab[ch] = len(vocab)
-        vocab[ch + "</w>"] = len(vocab)
-    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
-    (tmp_path / "merges.txt").write_text("#version: 0.2\n")
-    tok = transformers.CLIPTokenizer(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"), model_max_length=8)
-    config = transformers.CLIPTextConfig(
-        vocab_size=len(vocab),
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        max_position_embeddings=8,
-        bos_token_id=0,
-        eos_token_id=1,
-        pad_token_id=1,
-        projection_dim=16,
-    )
-    return tok, transformers.CLIPTextModel(config).eval()
-
-
-def _sd_ddim():
-    """Stable Diffusion's scheduler settings (scaled_linear betas, steps_offset 1, no alpha_0 = 1)."""
-    return diffusers.DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
-
-
 @pytest.fixture(scope="module")
 def sd_pipe(tmp_path_factory):
-    with _default_float32():
-        return _tiny_sd_pipeline(tmp_path_factory.mktemp("clip"))
-
-
-def _tiny_sd_pipeline(tmp_path):
-    tok, text_encoder = _tiny_tokenizer(tmp_path)
-    torch.manual_seed(0)
-    unet = diffusers.UNet2DConditionModel(
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=16,
-        norm_num_groups=4,
-        attention_head_dim=2,
-    ).eval()
-    vae = diffusers.AutoencoderKL(
-        block_out_channels=(8,),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",),
-        up_block_types=("UpDecoderBlock2D",),
-        latent_channels=4,
-        norm_num_groups=4,
-        layers_per_block=1,
-        sample_size=8,
-    ).eval()
-    sched = _sd_ddim()
-    pipe = diffusers.StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tok,
-        unet=unet,
-        scheduler=sched,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    with default_float32():
+        return tiny_sd_pipeline(tmp_path_factory.mktemp("clip"))
 
 
 PROMPT, NEGATIVE, SCALE = "a cat", "dog", 3.0
@@ -327,7 +225,7 @@ def _run_sd(pipe, scheduler, steps=6, output_type="latent", seed=0):
 
 @pytest.mark.parametrize("kind", ["ddim", "dpm2m"])
 def test_stable_diffusion_matches_diffusers_schedulers(sd_pipe, kind):
-    base = _sd_ddim()
+    base = sd_ddim()
     ref = base if kind == "ddim" else diffusers.DPMSolverMultistepScheduler.from_config(base.config)
     lat_ref = _run_sd(sd_pipe, ref)
     lat = _run_sd(sd_pipe, _ours_for(ref))
@@ -350,7 +248,7 @@ def _guided_model(pipe, config):
 def test_every_fixed_grid_solver_runs_in_the_pipeline_as_in_sample(sd_pipe, solver):
     """The pipeline's own loop driving SDEScheduler gives our ``sample`` on the same grid and noise (multi-evaluation
     steps included), and stays finite."""
-    ddim = _sd_ddim()
+    ddim = sd_ddim()
     sch = SDEScheduler.from_config(ddim, solver=solver)
     lat = _run_sd(sd_pipe, sch, steps=4)
     assert torch.isfinite(lat).all()
@@ -372,7 +270,7 @@ def _ddim_grid(ddim, steps):
 
 def test_latent_model_reproduces_the_stable_diffusion_pipeline(sd_pipe):
     """LatentModel (scaled_linear schedule, the VAE's scaling factor) + our sampler = the pipeline's images."""
-    ddim = _sd_ddim()
+    ddim = sd_ddim()
     steps = 5
     img = _run_sd(sd_pipe, SDEScheduler.from_config(ddim, solver="unipc"), steps=steps, output_type="pt")
     lm = LatentModel.from_vae(_guided_model(sd_pipe, ddim.config), sd_pipe.vae)
@@ -385,7 +283,7 @@ def test_latent_model_reproduces_the_stable_diffusion_pipeline(sd_pipe):
 
 
 def test_multi_evaluation_solvers_repeat_like_diffusers_heun(sd_pipe):
-    sch = SDEScheduler.from_config(_sd_ddim(), solver="heun")
+    sch = SDEScheduler.from_config(sd_ddim(), solver="heun")
     sch.set_timesteps(5)
     # Heun: 2 evaluations per interval (the second at the interval's end), the last interval an Euler step, as in
     # diffusers' HeunDiscreteScheduler; the pipeline counts steps by `order`
@@ -409,7 +307,7 @@ def _img2img(sd_pipe, scheduler):
 
 
 def test_img2img_strength_matches_diffusers(sd_pipe):
-    ddim = _sd_ddim()
+    ddim = sd_ddim()
     ref, ours = _img2img(sd_pipe, ddim), _img2img(sd_pipe, SDEScheduler.from_config(ddim, solver="ddim"))
     assert (ours - ref).abs().max() <= 1e-5 * ref.abs().max()
     assert torch.isfinite(_img2img(sd_pipe, SDEScheduler.from_config(ddim, solver="unipc", predictor_order=3))).all()
@@ -435,7 +333,7 @@ def _inpaint(sd_pipe, scheduler, strength):
 def test_inpainting_matches_diffusers(sd_pipe):
     """A 4-channel UNet in StableDiffusionInpaintPipeline: the pipeline overwrites the known region of the state
     after every step (``add_noise`` at the next timestep); one-evaluation-per-step solvers take the edited state."""
-    ddim = _sd_ddim()
+    ddim = sd_ddim()
     for strength in (1.0, 0.6):
         ref = _inpaint(sd_pipe, ddim, strength)
         ours = _inpaint(sd_pipe, SDEScheduler.from_config(ddim, solver="ddim"), strength)
@@ -446,7 +344,7 @@ def test_inpainting_matches_diffusers(sd_pipe):
 
 
 def test_scheduler_refusals_and_errors(sd_pipe):
-    cfg = _sd_ddim()
+    cfg = sd_ddim()
     with pytest.raises(ValueError, match="adaptive"):
         SDEScheduler.from_config(cfg, solver="dpm_solver_adaptive")
     with pytest.raises(ValueError, match="forward"):
@@ -492,8 +390,8 @@ def test_config_round_trip_keeps_solver_and_reference(tmp_path):
 def agreement_table(tmp_path) -> list[tuple[str, str, float, float]]:
     """(pipeline, reference, max |output difference|, max |state difference| / max |state|) for every check above."""
     rows = []
-    with _default_float32():
-        unet = _tiny_unet2d()
+    with default_float32():
+        unet = tiny_unet2d()
         inputs: list = []
         unet.register_forward_hook(lambda mod, args, out: inputs.append(args[0].detach().clone()))
         pipe = diffusers.DDPMPipeline(unet=unet, scheduler=diffusers.DDPMScheduler())
@@ -504,9 +402,9 @@ def agreement_table(tmp_path) -> list[tuple[str, str, float, float]]:
             img, traj = _run_ddpm(pipe, inputs, _ours_for(ref))
             rel = float((traj - traj_ref).abs().max() / traj_ref.abs().max())
             rows.append(("DDPMPipeline, 8 steps", name, float((img - img_ref).abs().max()), rel))
-        sd = _tiny_sd_pipeline(tmp_path)
+        sd = tiny_sd_pipeline(tmp_path)
         for kind in ("ddim", "dpm2m"):
-            ref = _sd_ddim() if kind == "ddim" else diffusers.DPMSolverMultistepScheduler.from_config(_sd_ddim().config)
+            ref = sd_ddim() if kind == "ddim" else diffusers.DPMSolverMultistepScheduler.from_config(sd_ddim().config)
             lat_ref, lat = _run_sd(sd, ref), _run_sd(sd, _ours_for(ref))
             img_ref, img = _run_sd(sd, ref, output_type="pt"), _run_sd(sd, _ours_for(ref), output_type="pt")
             rel = float((lat - lat_ref).abs().max() / lat_ref.abs().max())
@@ -514,7 +412,7 @@ def agreement_table(tmp_path) -> list[tuple[str, str, float, float]]:
         edits = [("Img2Img, strength 0.6", lambda s: _img2img(sd, s))]
         edits += [(f"Inpaint, strength {st}", lambda s, st=st: _inpaint(sd, s, st)) for st in (1.0, 0.6)]
         for name, run in edits:
-            ddim = _sd_ddim()
+            ddim = sd_ddim()
             ref, ours = run(ddim), run(SDEScheduler.from_config(ddim, solver="ddim"))
             rows.append((name, "ddim", float("nan"), float((ours - ref).abs().max() / ref.abs().max())))
     return rows

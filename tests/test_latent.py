@@ -103,20 +103,11 @@ def test_errors():
 
 
 def test_from_vae_uses_the_autoencoders_config():
-    diffusers = pytest.importorskip("diffusers")
+    pytest.importorskip("diffusers")
+    from diffusers_tiny import tiny_vae
+
     torch.manual_seed(0)
-    vae = diffusers.AutoencoderKL(
-        block_out_channels=(8,),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",),
-        up_block_types=("UpDecoderBlock2D",),
-        latent_channels=4,
-        norm_num_groups=4,
-        layers_per_block=1,
-        sample_size=8,
-        scaling_factor=0.18215,
-    ).eval()
+    vae = tiny_vae(scaling_factor=0.18215)
     model = PointMass(torch.zeros(4, 8, 8, dtype=torch.float64)).model(stable_diffusion_schedule())
     lm = LatentModel.from_vae(model, vae)
     assert lm.scaling_factor == 0.18215 and lm.shift_factor == 0.0
