@@ -1,8 +1,7 @@
 """Agreement with k-diffusion's samplers on the same sigmas and the same noise (float64, to 1e-10).
 
-k-diffusion is optional (``pip install --no-deps k-diffusion``): only its ``sampling`` module is loaded, without the
-package ``__init__`` (which imports training dependencies). Its ``utils`` needs torchvision; where that is missing a
-one-function stand-in for ``utils.append_dims`` (the only helper ``sampling`` calls) is registered instead.
+k-diffusion is optional (``pip install --no-deps k-diffusion``): only its ``sampling`` module is loaded
+(:func:`~sde_diffusion.studies.stochastic.load_kdiffusion_sampling`).
 
 The noise: k-diffusion asks a ``noise_sampler(sigma, sigma_next)`` for normalised increments; we give it the same
 continuous path ``W`` (piecewise linear through a random walk) that our solvers read through
@@ -10,46 +9,21 @@ continuous path ``W`` (piecewise linear through a random walk) that our solvers 
 query points that differ by an ulp give increments that differ by an ulp).
 """
 
-import importlib
-import importlib.util
-import sys
-import types
-
 import pytest
 import torch
 
 import sde_diffusion as sd
 from sde_diffusion.analytic import Gaussian, GaussianMixture
 from sde_diffusion.solvers.base import BrownianNoise
+from sde_diffusion.studies.stochastic import load_kdiffusion_sampling
 
 pytest.importorskip("torchsde")
 pytest.importorskip("scipy")
 
 
-def _load_kdiffusion_sampling():
-    spec = importlib.util.find_spec("k_diffusion")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("k-diffusion is not installed (pip install --no-deps k-diffusion)")
-    if "k_diffusion.sampling" in sys.modules:
-        return sys.modules["k_diffusion.sampling"]
-    pkg = types.ModuleType("k_diffusion")
-    pkg.__path__ = list(spec.submodule_search_locations)
-    sys.modules.setdefault("k_diffusion", pkg)
-    try:
-        importlib.import_module("k_diffusion.utils")
-    except ImportError:
-        utils = types.ModuleType("k_diffusion.utils")
-
-        def append_dims(x, target_dims):
-            return x[(...,) + (None,) * (target_dims - x.ndim)]
-
-        utils.append_dims = append_dims
-        sys.modules["k_diffusion.utils"] = utils
-        sys.modules["k_diffusion"].utils = utils
-    return importlib.import_module("k_diffusion.sampling")
-
-
-kd = _load_kdiffusion_sampling()
+kd = load_kdiffusion_sampling()
+if kd is None:
+    pytest.skip("k-diffusion is not installed (pip install --no-deps k-diffusion)", allow_module_level=True)
 
 
 class PiecewiseLinearPath:
@@ -126,4 +100,42 @@ def test_same_as_kdiffusion(ours, opts, theirs, kd_opts, data_kind):
     path = PiecewiseLinearPath(x.shape, -sch.t_max, -sch.t_min)
     got = sd.sample(model, x, solver=ours, grid=ts, noise=BrownianNoise(path), **opts).x
     want = getattr(kd, theirs)(_denoiser(data, sch), x, ts, disable=True, noise_sampler=_noise_sampler(path), **kd_opts)
+    assert torch.allclose(got, want, rtol=0, atol=1e-10), (got - want).abs().max()
+
+
+@pytest.mark.parametrize("churn", [(0.0, 0.0, float("inf"), 1.0), (8.0, 0.05, 10.0, 1.003), (80.0, 0.0, 50.0, 1.0)])
+def test_edm_churn_same_as_kdiffusion_heun(churn):
+    """EDM's churned Heun against k-diffusion's ``sample_heun``: k-diffusion draws ``torch.randn_like`` at every step
+    and takes a Heun step on every interval (its grids end at sigma = 0, ours at t_min): we compare our state one
+    step before the end with k-diffusion run on the first ``N - 1`` intervals (``s_churn`` rescaled so that
+    ``gamma = s_churn/N`` is the same)."""
+    s_churn, s_tmin, s_tmax, s_noise = churn
+    sch, data, model, x = _problem("mixture")
+    n = 10
+    ts = sd.grids.make_grid(sch, "karras", n)
+    torch.manual_seed(123)
+    draws = torch.stack([torch.randn_like(x) for _ in range(n)])
+    got = sd.sample(
+        model,
+        x,
+        solver="edm_stochastic",
+        grid=ts,
+        noise=draws,
+        return_trajectory=True,
+        s_churn=s_churn,
+        s_tmin=s_tmin,
+        s_tmax=s_tmax,
+        s_noise=s_noise,
+    ).trajectory[n - 1]
+    torch.manual_seed(123)
+    want = kd.sample_heun(
+        _denoiser(data, sch),
+        x,
+        ts[:-1],
+        disable=True,
+        s_churn=s_churn * (n - 1) / n,
+        s_tmin=s_tmin,
+        s_tmax=s_tmax,
+        s_noise=s_noise,
+    )
     assert torch.allclose(got, want, rtol=0, atol=1e-10), (got - want).abs().max()

@@ -37,8 +37,6 @@ __all__ = [
     "DPMSolver2Ancestral",
     "DPMSolverPP2SAncestral",
     "ancestral_split",
-    "grid_logs",
-    "point_at_lambda",
     "singlestep_to",
     "check_eta",
 ]
@@ -50,24 +48,6 @@ def check_eta(eta) -> float:
     if eta > 1.0:
         raise ValueError(f"eta must be in [0, 1], got {eta!r}")
     return eta
-
-
-def grid_logs(schedule, ts: torch.Tensor, table) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(log alpha, log sigma)`` at the grid points (float64, shape of ``ts``): from the per-grid table when it
-    carries them, else from the schedule."""
-    if hasattr(table, "log_alpha"):
-        return table.log_alpha, table.log_sigma
-    return schedule.log_alpha_unchecked(ts), schedule.log_sigma_unchecked(ts)
-
-
-def point_at_lambda(schedule, table, lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(t, log alpha, log sigma)`` of the schedule point with half log-SNR ``lam`` (float64): the table's
-    ``at_lambda`` when it has one, else the schedule's inverse."""
-    if hasattr(table, "at_lambda"):
-        p = table.at_lambda(lam)
-        return p.t, p.log_alpha, p.log_sigma
-    t = schedule.inverse_lambda_unchecked(lam)
-    return t, schedule.log_alpha_unchecked(t), schedule.log_sigma_unchecked(t)
 
 
 def ancestral_split(lam: torch.Tensor, lam_next: torch.Tensor, eta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,13 +63,14 @@ def ancestral_split(lam: torch.Tensor, lam_next: torch.Tensor, eta: float) -> tu
     return lam_next - 0.5 * torch.log1p(-(eta * eta) * q), eta * torch.sqrt(q)
 
 
-def singlestep_to(schedule, table, sign: int, order: int, lam, la, ls, la_end, ls_end, variant: str = "paper") -> dict:
+def singlestep_to(grid, sign: int, order: int, lam, la, ls, la_end, ls_end, update: str = "paper") -> dict:
     r"""Coefficients of one singlestep exponential-integrator step per grid interval, from ``(la, ls)`` (log alpha,
     log sigma of the start) to an arbitrary end point ``(la_end, ls_end)`` whose half log-SNR is
     ``lambda_end = la_end - ls_end`` (a grid point or a virtual point such as an ancestral ``sigma_down``).
 
     The stages sit on the schedule at ``lambda + r_j (lambda_end - lambda)`` (``r = 1/2``; ``1/3, 2/3``) and use
-    the rules of :func:`~sde_diffusion.solvers.dpm_solver.update_rule` (``variant``). Keys as read by
+    the rules of :func:`~sde_diffusion.solvers.dpm_solver.update_rule` (``update``); stage points come from the
+    grid table's ``at_lambda`` (``grid``, a :class:`~sde_diffusion.solvers.table.GridTable`). Keys as read by
     :func:`~sde_diffusion.solvers.dpm_solver.run_singlestep_stages` and
     :func:`~sde_diffusion.solvers.dpm_solver.final_update`: ``t_s{j}, alpha_s{j}, sigma_s{j}, ratio_s{j},
     w_s{j}_{m}`` and ``ratio, w{m}``.
@@ -98,15 +79,16 @@ def singlestep_to(schedule, table, sign: int, order: int, lam, la, ls, la_end, l
     nodes, table = [lam], {}
     for j, r in enumerate(STAGE_NODES[order][1:], start=1):
         lam_j = lam + r * h
-        t_j, la_j, ls_j = point_at_lambda(schedule, table, lam_j)
+        stage = grid.at_lambda(lam_j)
+        t_j, la_j, ls_j = stage.t, stage.log_alpha, stage.log_sigma
         ratio, c = combination(
-            sign, update_rule(variant, False, j, final=False), torch.stack(nodes, -1), la, ls, la_j, ls_j
+            sign, update_rule(update, False, j, final=False), torch.stack(nodes, -1), la, ls, la_j, ls_j
         )
         table.update({f"t_s{j}": t_j, f"alpha_s{j}": torch.exp(la_j), f"sigma_s{j}": torch.exp(ls_j)})
         table[f"ratio_s{j}"] = ratio
         table.update({f"w_s{j}_{m}": c[..., m] for m in range(j)})
         nodes.append(la_j - ls_j)
-    rule = update_rule(variant, False, order, final=True)
+    rule = update_rule(update, False, order, final=True)
     ratio, c = combination(sign, rule, torch.stack(nodes, -1), la, ls, la_end, ls_end)
     table["ratio"] = ratio
     table.update({f"w{m}": c[..., m] for m in range(order)})
@@ -139,15 +121,13 @@ class AncestralSolver(Solver):
     def options(self):
         return {"eta": self.eta, "s_noise": self.s_noise}
 
-    def coefficients(self, schedule, ts, base):
-        la, ls = grid_logs(schedule, ts, base)
+    def coefficients(self, schedule, ts, table):
+        la, ls = table.log_alpha, table.log_sigma
         lam = la - ls
         lam_down, up = ancestral_split(lam[:-1], lam[1:], self.eta)
-        table = singlestep_to(
-            schedule, base, self.sign, self.base_order, lam[:-1], la[:-1], ls[:-1], la[1:], la[1:] - lam_down
-        )
-        table["c_noise"] = self.s_noise * torch.exp(ls[1:]) * up
-        return table
+        coefs = singlestep_to(table, self.sign, self.base_order, lam[:-1], la[:-1], ls[:-1], la[1:], la[1:] - lam_down)
+        coefs["c_noise"] = self.s_noise * torch.exp(ls[1:]) * up
+        return coefs
 
     def step(self, model, x, state, c, noise):
         outs = run_singlestep_stages(model, x, c, self.kind, self.base_order)

@@ -26,7 +26,6 @@ import math
 
 import torch
 
-from .ancestral import grid_logs, point_at_lambda
 from .base import Solver, lincomb, register
 from .options import check_nonnegative
 
@@ -87,15 +86,16 @@ class EDMStochastic(Solver):
     def final_nfe(self, steps):
         return 2 * steps - 1
 
-    def coefficients(self, schedule, ts, base):
-        la, ls = grid_logs(schedule, ts, base)
+    def coefficients(self, schedule, ts, table):
+        la, ls = table.log_alpha, table.log_sigma
         lam = la - ls
         n = ts.shape[0] - 1
         sig = torch.exp(-lam[:-1])
         inside = (sig >= self.s_tmin) & (sig <= self.s_tmax)
         gamma = torch.where(inside, min(self.s_churn / n, math.sqrt(2.0) - 1.0), 0.0).to(torch.float64)
         lam_hat = lam[:-1] - torch.log1p(gamma)
-        t_c, la_c, ls_c = point_at_lambda(schedule, base, lam_hat)
+        p = table.at_lambda(lam_hat)
+        t_c, la_c, ls_c = p.t, p.log_alpha, p.log_sigma
         churned = gamma > 0
         t_hat = torch.where(churned, t_c, ts[:-1])
         la_hat, ls_hat = torch.where(churned, la_c, la[:-1]), torch.where(churned, ls_c, ls[:-1])

@@ -23,7 +23,6 @@ import math
 import torch
 
 from ..grids import family_lambdas
-from .ancestral import grid_logs, point_at_lambda
 from .base import Solver, lincomb, register
 from .edm_stochastic import heun_sigma_coefficients, heun_sigma_step, model_time
 
@@ -71,10 +70,10 @@ class Restart(Solver):
     def final_nfe(self, steps):
         return 2 * steps - 1 + sum(2 * n * k for _, _, k, n in self.intervals)
 
-    def coefficients(self, schedule, ts, base):
+    def coefficients(self, schedule, ts, table):
         if ts.ndim != 1:
             raise ValueError("restart needs one grid shared by the batch")
-        la, ls = grid_logs(schedule, ts, base)
+        la, ls = table.log_alpha, table.log_sigma
         lam = la - ls
         a_x, a_eps = heun_sigma_coefficients(la[:-1], lam[:-1], la[1:], lam[1:])
         n_steps = ts.shape[0] - 1
@@ -88,7 +87,8 @@ class Restart(Solver):
             if lam_hi >= lam_lo:
                 raise ValueError(f"restart sigma_hi={hi} is not above the grid level {math.exp(-lam_lo):.4g}")
             lams = family_lambdas("karras", lam_hi, lam_lo, n)
-            tt, lai, lsi = point_at_lambda(schedule, base, lams)
+            p = table.at_lambda(lams)
+            tt, lai, lsi = p.t.clone(), p.log_alpha.clone(), p.log_sigma.clone()
             # the inner run ends exactly on the main-grid point
             tt[-1], lai[-1], lsi[-1] = ts[j + 1], la[j + 1], ls[j + 1]
             lams = lai - lsi

@@ -35,7 +35,7 @@ import math
 
 import torch
 
-from .ancestral import ancestral_split, check_eta, grid_logs, point_at_lambda
+from .ancestral import ancestral_split, check_eta
 from .base import BrownianNoise, Solver, StepNoise, lincomb, register
 from .dpm_solver import SDEDPMSolverPP, combination
 from .options import check_nonnegative, check_positive
@@ -90,11 +90,12 @@ class SDEDPMSolverPP2S(Solver):
     def options(self):
         return {"eta": self.eta, "r": self.r, "s_noise": self.s_noise}
 
-    def coefficients(self, schedule, ts, base):
-        la, ls = grid_logs(schedule, ts, base)
+    def coefficients(self, schedule, ts, table):
+        la, ls = table.log_alpha, table.log_sigma
         lam = la - ls
         la0, ls0, lam0 = la[:-1], ls[:-1], lam[:-1]
-        t_s, la_s, ls_s = point_at_lambda(schedule, base, lam0 + self.r * (lam[1:] - lam0))
+        stage = table.at_lambda(lam0 + self.r * (lam[1:] - lam0))
+        t_s, la_s, ls_s = stage.t, stage.log_alpha, stage.log_sigma
         one = lam0[..., None]
         # stage: ancestral DPM-Solver++-1 to sigma_s
         lam_d1, up1 = ancestral_split(lam0, la_s - ls_s, self.eta)
