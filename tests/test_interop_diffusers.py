@@ -236,6 +236,25 @@ def test_stable_diffusion_matches_diffusers_schedulers(sd_pipe, kind):
     assert (img - img_ref).abs().max() <= 1e-5
 
 
+def test_custom_timesteps_match_diffusers(sd_pipe):
+    """``pipe(timesteps=[...])`` (the pipeline's ``retrieve_timesteps``): the given labels, then a final denoising --
+    DPM-Solver++(2M) with ``final_sigmas_type="zero"``."""
+    ref = diffusers.DPMSolverMultistepScheduler.from_config(sd_ddim().config)
+    labels = [999, 749, 499, 249, 99]
+
+    def run(s):
+        sd_pipe.scheduler = s
+        with torch.no_grad():
+            return sd_pipe(
+                PROMPT, negative_prompt=NEGATIVE, height=16, width=16, timesteps=labels, guidance_scale=SCALE,
+                generator=torch.Generator().manual_seed(0), output_type="latent",
+            ).images  # fmt: skip
+
+    lat_ref, lat = run(ref), run(_ours_for(ref))
+    assert torch.equal(sd_pipe.scheduler.timesteps, torch.tensor(labels))
+    assert (lat - lat_ref).abs().max() <= 1e-5 * lat_ref.abs().max()
+
+
 def _guided_model(pipe, config):
     with torch.no_grad():
         cond, uncond = pipe.encode_prompt(PROMPT, "cpu", 1, True, NEGATIVE)
@@ -315,6 +334,11 @@ def test_img2img_strength_matches_diffusers(sd_pipe):
     assert torch.isfinite(_img2img(sd_pipe, SDEScheduler.from_config(ddim, solver="heun"))).all()
     with pytest.raises(ValueError, match="step boundary"):  # steps of 3, 3, 3, 2, 1 evaluations: order 1
         _img2img(sd_pipe, SDEScheduler.from_config(ddim, solver="dpm_solver", order=3, multistep=False))
+    sch = SDEScheduler.from_config(ddim, solver="unipc")
+    sch.set_timesteps(5)
+    sch.set_begin_index(2)
+    sch.set_begin_index(3)  # from the whole grid again, not from the previous start
+    assert sch.begin_index == 3 and sch.timesteps.tolist() == ddim.timesteps.tolist()
 
 
 def _inpaint(sd_pipe, scheduler, strength):

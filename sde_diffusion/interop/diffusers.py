@@ -451,6 +451,7 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
             ts = make_grid(self.schedule, self.config.grid, num_inference_steps)
             denoise = bool(self.config.denoise_to_zero)
         self._setup(ts, denoise)
+        self._full = (ts, denoise, self._eval_steps, self._eval_times)
         self.num_inference_steps = len(self._ts) - 1 + int(self._denoise)
         self.timesteps = self._labels(device)
         self._begin_index = None
@@ -487,29 +488,26 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
         the solver then runs on the rest of the grid from a fresh start."""
         if self.timesteps is None:
             raise RuntimeError("call set_timesteps before set_begin_index")
+        ts, denoise, steps, times = self._full  # (a later call starts from the whole grid again)
+        self._setup(ts, denoise)
+        self._begin_index = begin_index
         if begin_index == 0:
-            self._begin_index = 0
             return
         k = begin_index
-        if (
-            not 0 <= k < len(self._eval_steps)
-            or self._eval_steps[k] < 0
-            or (self._eval_steps[k - 1] == self._eval_steps[k])
-        ):
+        if not 0 <= k < len(steps) or steps[k] < 0 or steps[k - 1] == steps[k]:
             raise ValueError(
                 f"begin index {k} is not the first evaluation of a solver step of {self.solver.name!r}: a pipeline "
                 "may only start at a step boundary (img2img strength works with solvers of one evaluation per step, "
                 f"or when order={self.order} evaluations make every step)"
             )
-        j = self._eval_steps[k]
-        wanted = self._eval_times[k:]
-        self._setup(self._ts[j:], self._denoise)
-        if self._eval_times.shape != wanted.shape or not bool(torch.all(self._eval_times == wanted)):
+        j = steps[k]
+        self._setup(ts[j:], denoise)
+        if self._eval_times.shape != times[k:].shape or not bool(torch.all(self._eval_times == times[k:])):
             raise ValueError(
                 f"solver {self.solver.name!r} evaluates at other times when restarted at step {j}; start at 0 or "
                 "use a solver of one evaluation per step"
             )
-        self._begin_index, self._total_evals = begin_index, begin_index + len(self._eval_steps)
+        self._total_evals = begin_index + len(self._eval_steps)
 
     def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
         """VP state, no input scaling."""
