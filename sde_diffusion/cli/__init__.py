@@ -3,9 +3,12 @@
 Each command module (``schedules``, ``solvers``, ``study``, ``sample``, ``train``, ``optimise_grid``,
 ``calibrate``) exposes ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``; :data:`COMMANDS` maps the
 command names to them.
-Errors that are the user's (unknown names, bad options) print one line and exit with status 2 -- never a
-traceback: [`UsageError`][sde_diffusion.cli.common.UsageError] for what the commands check, and argparse's own
-errors are printed on one line too.
+Errors that are the user's (unknown names, bad options, unusable output paths or checkpoints) print one line and
+exit with status 2 -- never a traceback: [`UsageError`][sde_diffusion.cli.common.UsageError] for what the commands
+check, and argparse's own errors are printed on one line too. Every command checks its arguments and its output
+paths before it starts working, and never overwrites a result: ``study``, ``sample`` and ``optimise-grid`` refuse an
+``--out`` that already holds their outputs. Ctrl-C prints one line and exits with status 130 (``train`` first
+finishes its step and writes its checkpoint; SIGTERM: 143).
 
 Commands:
 
@@ -72,11 +75,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     command = canonical_command(args.command)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the command line, for messages such as "resume with"
     try:
         return int(COMMANDS[command].run(args) or 0)
     except UsageError as e:
         print(f"sde-diffusion {command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"sde-diffusion {command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -5,7 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import UsageError, add_common, check_problem, progress, setup_torch, solver_specs
+from .common import (
+    UsageError,
+    add_common,
+    check_out_file,
+    check_problem,
+    positive_int,
+    progress,
+    setup_torch,
+    solver_specs,
+)
 
 __all__ = ["HELP", "add_arguments", "run"]
 
@@ -15,12 +24,15 @@ HELP = "optimise the time grid of a solver at an NFE budget"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_common(p)
     p.add_argument("--solver", default="ddim", help="deterministic solver configuration")
-    p.add_argument("--nfe", type=int, default=10, help="NFE budget (default 10)")
-    p.add_argument("--pilot", type=int, default=256, help="pilot batch size (default 256)")
-    p.add_argument("--heldout", type=int, default=1024, help="held-out batch size (default 1024)")
-    p.add_argument("--max-evals", type=int, default=1500, help="largest number of solves in the search")
+    p.add_argument("--nfe", type=positive_int, default=10, help="NFE budget (default 10)")
+    p.add_argument("--pilot", type=positive_int, default=256, help="pilot batch size (default 256)")
+    p.add_argument("--heldout", type=positive_int, default=1024, help="held-out batch size (default 1024)")
+    p.add_argument("--max-evals", type=positive_int, default=1500, help="largest number of solves in the search")
     p.add_argument("--quick", action="store_true", help="small batches and few evaluations (for CI)")
-    p.add_argument("--out", help="write the result as JSON to this file")
+    p.add_argument(
+        "--out",
+        help="write the result as JSON to this file (checked before the optimisation: not an existing file or folder)",
+    )
 
 
 def run(args) -> int:
@@ -28,10 +40,17 @@ def run(args) -> int:
     from ..studies.grid_optimizer import optimise_grid
 
     check_problem(args)
+    check_out_file(args.out)
     setup_torch(args)
     (spec,) = solver_specs([args.solver])
-    if spec.build().stochastic:
+    solver = spec.build()
+    if solver.stochastic:
         raise UsageError(f"solver {spec.label!r} is stochastic; optimise-grid needs a deterministic solver")
+    if getattr(solver, "direction", "backward") != "backward":
+        raise UsageError(
+            f"solver {spec.label!r} integrates forward in time (data -> noise: an inversion); optimise-grid needs a "
+            "sampler that runs from noise to data"
+        )
     if min(args.nfe, args.pilot, args.heldout, args.max_evals) < 1:
         raise UsageError("--nfe, --pilot, --heldout and --max-evals must be positive")
     pilot, heldout, max_evals = (32, 128, 40) if args.quick else (args.pilot, args.heldout, args.max_evals)

@@ -3,23 +3,46 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import time
 from pathlib import Path
 
-from .common import UsageError, add_common, check_problem, new_out_dir, setup_torch, solver_specs
+from .common import (
+    UsageError,
+    add_common,
+    available_memory,
+    check_out_dir,
+    check_problem,
+    format_bytes,
+    new_out_dir,
+    positive_int,
+    setup_torch,
+    solver_specs,
+)
 
-__all__ = ["HELP", "add_arguments", "run"]
+__all__ = ["HELP", "add_arguments", "run", "CHUNK", "chunk_generator"]
 
 HELP = "sample a built-in problem or a trained checkpoint with one solver; writes samples.pt/.png"
+
+#: samples per batch of the sampling loop (bounds its memory whatever --n is); the error metric and the plot use
+#: the first CHUNK samples
+CHUNK = 32768
+OUTPUTS = ("samples.pt", "samples.png")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_common(p)
     p.add_argument("--solver", default="ddim", help="solver configuration, e.g. 'dpm_solver++:order=2'")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--nfe", type=int, help="NFE budget (default 10)")
-    g.add_argument("--steps", type=int, help="number of steps (instead of --nfe)")
-    p.add_argument("--n", type=int, default=2048, help="number of samples (default 2048)")
+    g.add_argument("--nfe", type=positive_int, help="NFE budget (default 10)")
+    g.add_argument("--steps", type=positive_int, help="number of steps (instead of --nfe)")
+    p.add_argument(
+        "--n",
+        type=positive_int,
+        default=2048,
+        help=f"number of samples (default 2048); sampled in batches of {CHUNK} (the first with --seed, batch k "
+        "with a seed derived from (seed, k)); refused when the samples would not fit in the memory available",
+    )
     p.add_argument(
         "--checkpoint",
         help="sample a checkpoint written by `sde-diffusion train` instead of a built-in "
@@ -31,39 +54,74 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="with --checkpoint: ignore CKPT.calibration.json (written by `sde-diffusion calibrate`), which is "
         "otherwise used (its solver, steps and grid) when its NFE matches --nfe",
     )
-    p.add_argument("--out", help="output folder (default ./samples-YYYYmmdd-HHMMSS)")
+    p.add_argument(
+        "--out",
+        help="output folder (default ./samples-YYYYmmdd-HHMMSS); refused if it already holds samples.pt or samples.png",
+    )
+
+
+def chunk_generator(seed: int, k: int):
+    """The generator of batch ``k``: seeded with ``seed`` for ``k = 0`` (so ``--n`` up to :data:`CHUNK` samples
+    exactly as one batch would), else with a seed derived from ``(seed, k)``."""
+    import torch
+
+    if k == 0:
+        return torch.Generator().manual_seed(seed)
+    digest = hashlib.sha256(f"sde-diffusion sample {seed} {k}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
 
 def _model_source(args):
-    """``(model, x_T, problem or None)``: a built-in problem, or with ``--checkpoint`` a trained network (its
-    schedule and prediction type are recorded in the checkpoint; ``problem`` is then ``None``)."""
+    """``(model, start, problem or None, shape)``: a built-in problem, or with ``--checkpoint`` a trained network
+    (its schedule and prediction type are recorded in the checkpoint; ``problem`` is then ``None``); ``start(n,
+    generator)`` draws ``n`` start states in ``--dtype`` on ``--device``; ``shape`` is one sample's shape."""
     import torch
 
     from ..studies.problems import get_problem
 
+    dtype = getattr(torch, args.dtype)
     if args.checkpoint:
         from ..sdes import ForwardSDE
         from ..training.train import load_checkpoint, load_model
 
         path = Path(args.checkpoint)
         if not path.is_file():
-            raise UsageError(f"--checkpoint: no such file {str(path)!r}")
+            raise UsageError(f"--checkpoint: {'not a file' if path.exists() else 'no such file'} {str(path)!r}")
         try:
             state = load_checkpoint(path)
-            model = load_model(path, device=args.device, dtype=getattr(torch, args.dtype))
+            model = load_model(path, device=args.device, dtype=dtype)
         except (ValueError, RuntimeError, KeyError) as e:
             raise UsageError(f"--checkpoint {str(path)!r}: {e}") from None
         shape = tuple(state.get("data_shape") or ())
         if not shape:
             raise UsageError(f"--checkpoint {str(path)!r} records no data shape")
-        x_T = ForwardSDE(model.schedule).prior_sample(
-            (args.n, *shape), torch.Generator().manual_seed(args.seed), dtype=getattr(torch, args.dtype)
-        )
-        return model, x_T.to(args.device), None
+        sde = ForwardSDE(model.schedule)
+
+        def start(n, gen):
+            return sde.prior_sample((n, *shape), gen, dtype=dtype).to(args.device)
+
+        return model, start, None, shape
     check_problem(args)
     problem = get_problem(args.problem, args.schedule)
-    x_T = problem.start(args.n, torch.Generator().manual_seed(args.seed))
-    return problem.model(), x_T.to(device=args.device, dtype=getattr(torch, args.dtype)), problem
+
+    def start(n, gen):
+        return problem.start(n, gen).to(device=args.device, dtype=dtype)
+
+    return problem.model(), start, problem, tuple(problem.event_shape)
+
+
+def _check_memory(args, shape) -> None:
+    """Refuse an ``--n`` whose samples (kept in float64 on the host, plus one batch in flight) would not fit."""
+    numel = 1
+    for d in shape:
+        numel *= int(d)
+    need = args.n * numel * 8
+    free = available_memory("cpu")
+    if free is not None and need > 0.8 * free:
+        raise UsageError(
+            f"--n {args.n} needs {format_bytes(need)} for the samples alone ({args.n} x {tuple(shape)} float64) but "
+            f"{format_bytes(free)} of memory is available; use a smaller --n"
+        )
 
 
 def run(args) -> int:
@@ -77,17 +135,22 @@ def run(args) -> int:
 
     if args.n < 2:
         raise UsageError("--n must be at least 2")
+    check_out_dir(args.out, outputs=OUTPUTS)
     setup_torch(args)
     (spec,) = solver_specs([args.solver])
     solver = spec.build()
-    model, x_T, problem = _model_source(args)
+    if getattr(solver, "direction", "backward") != "backward":
+        raise UsageError(
+            f"solver {spec.label!r} integrates forward in time (data -> noise: an inversion); sample needs a solver "
+            "that runs from noise to data"
+        )
+    model, start, problem, shape = _model_source(args)
+    _check_memory(args, shape)
     if args.steps is not None:
-        if args.steps < 1:
-            raise UsageError("--steps must be a positive integer")
         steps = args.steps
     else:
         nfe = 10 if args.nfe is None else args.nfe
-        steps = steps_for_nfe(solver, nfe) if nfe >= 1 else 0
+        steps = steps_for_nfe(solver, nfe)
         if steps < 1:
             raise UsageError(f"--nfe {nfe} is too small for solver {spec.label!r}")
     grid = args.grid
@@ -100,11 +163,18 @@ def run(args) -> int:
         kw = cal.sample_kwargs(model.schedule)
         solver, steps, grid = kw["solver"], kw["steps"], kw["grid"]
         spec.label = f"{cal.solver} @ {cal.grid} (calibrated)"
-    gen = torch.Generator(device=args.device).manual_seed(args.seed + 1)
+    x = torch.empty((args.n, *shape), dtype=torch.float64)
     t0 = time.perf_counter()
-    res = sample(model, x_T, solver=solver, steps=steps, grid=grid, generator=gen if solver.stochastic else None)
+    for k, lo in enumerate(range(0, args.n, CHUNK)):
+        count = min(CHUNK, args.n - lo)
+        x_T = start(count, chunk_generator(args.seed, k))
+        gen = torch.Generator(device=args.device).manual_seed(chunk_generator(args.seed + 1, k).initial_seed())
+        res = sample(model, x_T, solver=solver, steps=steps, grid=grid, generator=gen if solver.stochastic else None)
+        x[lo : lo + count] = res.x.detach().to("cpu", torch.float64)
+        del x_T
     wall = time.perf_counter() - t0
-    x = res.x.detach().to("cpu", torch.float64)
+    shown = x[:CHUNK]  # the metric and the plot
+    capped = f" (first {len(shown)} samples)" if len(shown) < len(x) else ""
     out = new_out_dir(args.out, "samples")
     if problem is None:  # a trained checkpoint
         name, sched = Path(args.checkpoint).name, type(model.schedule).__name__
@@ -120,14 +190,15 @@ def run(args) -> int:
             },
             out / "samples.pt",
         )
-        data, dist_text = _checkpoint_data(args, x)
-        _plot_samples(x, data, f"{name} / {sched}: {spec.label}, NFE {res.nfe}", out / "samples.png", label=spec.label)
-        print(f"{name} / {sched}: {spec.label}, {steps} steps, NFE {res.nfe}, {wall * 1e3:.1f} ms{dist_text}")
+        data, dist_text = _checkpoint_data(args, shown)
+        title = f"{name} / {sched}: {spec.label}, NFE {res.nfe}"
+        _plot_samples(shown, data, title, out / "samples.png", label=spec.label)
+        print(f"{name} / {sched}: {spec.label}, {steps} steps, NFE {res.nfe}, {wall * 1e3:.1f} ms{dist_text}{capped}")
         print(f"wrote {out / 'samples.pt'} and {out / 'samples.png'}")
         return 0
-    target = problem.target_samples(args.n, torch.Generator().manual_seed(args.seed + 2))
+    target = problem.target_samples(len(shown), torch.Generator().manual_seed(args.seed + 2))
     metric_name, metric = _dist_metric(problem, target)
-    dist = metric(x)
+    dist = metric(shown)
     torch.save(
         {
             "x": x,
@@ -142,7 +213,7 @@ def run(args) -> int:
         out / "samples.pt",
     )
     _plot_samples(
-        x,
+        shown,
         target,
         f"{problem.name} / {problem.schedule_name}: {spec.label}, NFE {res.nfe}",
         out / "samples.png",
@@ -150,7 +221,7 @@ def run(args) -> int:
     )
     print(
         f"{problem.name} / {problem.schedule_name}: {spec.label}, {steps} steps, NFE {res.nfe}, "
-        f"{wall * 1e3:.1f} ms; {metric_name} to exact samples {dist:.3e}"
+        f"{wall * 1e3:.1f} ms; {metric_name} to exact samples {dist:.3e}{capped}"
     )
     print(f"wrote {out / 'samples.pt'} and {out / 'samples.png'}")
     return 0
@@ -161,8 +232,8 @@ def _checkpoint_data(args, x):
     to them, or ``(None, "")`` for image data."""
     import torch
 
-    from ..training.data import get_dataset
     from ..studies.metrics import sliced_w2
+    from ..training.data import get_dataset
     from ..training.train import load_checkpoint
 
     state = load_checkpoint(args.checkpoint)

@@ -13,10 +13,12 @@ from .common import (
     UsageError,
     add_common,
     check_choice,
+    check_out_dir,
     check_problem,
     flatten,
     int_list,
     new_out_dir,
+    positive_int,
     progress,
     setup_torch,
     solver_specs,
@@ -49,7 +51,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=int, help="batch size (default 512; 128 with --quick)")
     p.add_argument("--reference", default="auto", help="auto | exact | torchdiffeq | none")
     p.add_argument("--rtol", type=float, help="torchdiffeq reference tolerance (default 1e-10; 1e-8 with --quick)")
-    p.add_argument("--repeats", type=int, default=1, help="wall time = minimum over this many runs (default 1)")
+    p.add_argument(
+        "--repeats", type=positive_int, default=1, help="wall time = minimum over this many runs (default 1)"
+    )
     p.add_argument(
         "--order-problem",
         default="gauss2d",
@@ -63,7 +67,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="do not extend the budgets of the main and order studies past the requested ones (by default each "
         "solver's largest budget is doubled until its asymptotic range is reached, a floor is hit, or a limit)",
     )
-    p.add_argument("--max-nfe", type=int, help="largest refined budget (default 32x the largest requested; 4x --quick)")
+    p.add_argument(
+        "--max-nfe", type=positive_int, help="largest refined budget (default 32x the largest requested; 4x --quick)"
+    )
     p.add_argument(
         "--refine-time",
         type=float,
@@ -78,7 +84,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--figures", action="store_true", help="also write one PNG per study, samples and trajectories")
     p.add_argument("--quick", action="store_true", help="a reduced study for CI (a few seconds)")
-    p.add_argument("--out", help="output folder (default ./study-YYYYmmdd-HHMMSS)")
+    p.add_argument(
+        "--out",
+        help="output folder (default: a new ./study-YYYYmmdd-HHMMSS); refused if it already holds study.json or "
+        "study.png (results are never overwritten)",
+    )
     p.epilog = "problems: " + "; ".join(f"{k} ({v.description})" for k, v in PROBLEMS.items())
 
 
@@ -117,6 +127,7 @@ def run(args) -> int:
         raise UsageError("--n must be at least 2 and --rtol positive")
     if (args.max_nfe is not None and args.max_nfe < 1) or not args.refine_time >= 0:
         raise UsageError("--max-nfe must be positive and --refine-time non-negative")
+    check_out_dir(args.out, outputs=("study.json", "study.png"))
     setup_torch(args)
     specs = solver_specs(args.solvers or default_solvers())
     nfe = flatten(args.nfe) or quick.get("nfe", _MAIN_NFE)

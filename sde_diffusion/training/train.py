@@ -14,18 +14,38 @@ norm ``grad_clip``; AdamW step (Loshchilov & Hutter 2019, arXiv:1711.05101); the
 
 A checkpoint (a plain ``torch.save`` dictionary that loads with ``weights_only=True``) holds the network, EMA and
 optimizer states, the step, RNG states, the config, the loss history, the schedule (class and parameters), the
-prediction type and the network's class and constructor config. :func:`load_model` turns it back into a
+prediction type and the network's class and constructor config, and a SHA-256 checksum of all of that
+(:func:`payload_checksum`), verified by :func:`load_checkpoint`: a flipped byte anywhere in the payload is a
+:class:`CheckpointError` naming the file, never silently wrong weights. :func:`load_model` turns it back into a
 :class:`~sde_diffusion.models.Model` with the EMA weights.
+
+Resuming (``train(..., checkpoint=path)`` with an existing ``path``) checks every setting that defines the run --
+:data:`RUN_SETTINGS`: the schedule and its parameters, the data set, its options and shape, the network's class,
+configuration and parameter shapes, the prediction type, the time input and the :class:`TrainConfig` fields of
+:data:`RESUME_KEYS` (loss, lr, batch size, seed, optimizer and EMA settings) -- and refuses a mismatch with a
+:class:`CheckpointMismatch` naming each differing setting, before anything is written. What may change on resume:
+``steps`` (more or fewer total steps), ``checkpoint_every``, ``log_every``, ``stop_at``, ``mixed_precision``, the
+device and the progress bar.
+
+SIGINT (Ctrl-C) and SIGTERM during :func:`train` (from the main thread) finish the current step, write the
+checkpoint atomically and raise :class:`TrainingInterrupted`; a second signal acts immediately. Temporary files
+``<checkpoint>.*.tmp`` left by a process killed while saving are removed by the next :func:`train` with that
+checkpoint.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import glob
+import hashlib
 import math
 import os
+import signal
+import struct
 import sys
 import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -35,11 +55,11 @@ import torch
 from torch import nn
 
 from .. import schedules as _schedules
+from ..models import Model, _check_prediction
+from ..schedules import NoiseSchedule, VPDiscrete
 from .data import get_dataset
 from .losses import get_loss
-from ..models import Model, _check_prediction
 from .nets import NETS, build_net
-from ..schedules import NoiseSchedule, VPDiscrete
 
 __all__ = [
     "TrainConfig",
@@ -53,11 +73,20 @@ __all__ = [
     "time_input_map",
     "TIME_INPUTS",
     "CHECKPOINT_FORMAT",
+    "CheckpointError",
+    "CheckpointMismatch",
+    "TrainingInterrupted",
+    "payload_checksum",
+    "remove_stale_temporaries",
+    "RESUME_KEYS",
+    "RUN_SETTINGS",
 ]
 
-CHECKPOINT_FORMAT = "sde_diffusion.train/1"
-# fields that must agree between a checkpoint and the run that resumes from it
-_RESUME_KEYS = (
+#: format tag of the checkpoints written now (with a payload checksum); ``.../1`` files (no checksum) still load
+CHECKPOINT_FORMAT = "sde_diffusion.train/2"
+_LEGACY_FORMATS = ("sde_diffusion.train/1",)
+#: :class:`TrainConfig` fields that must agree between a checkpoint and the run that resumes from it
+RESUME_KEYS = (
     "batch_size",
     "loss",
     "loss_options",
@@ -70,6 +99,43 @@ _RESUME_KEYS = (
     "ema_decay",
     "grad_clip",
 )
+#: every setting compared on resume (the config fields above and the run's other defining settings)
+RUN_SETTINGS = (
+    *RESUME_KEYS,
+    "prediction",
+    "time_input",
+    "schedule",
+    "data",
+    "data_options",
+    "data_shape",
+    "net_class",
+    "net_config",
+    "parameter shapes",
+)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used: empty, not a checkpoint, unreadable or corrupted (checksum
+    mismatch). The message names the file."""
+
+
+class CheckpointMismatch(ValueError):
+    """Resuming from a checkpoint whose run differs from this one; the message names every differing setting."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """:func:`train` stopped by SIGINT or SIGTERM after finishing a step and writing its checkpoint.
+
+    Attributes:
+        signum: the signal number (``signal.SIGINT`` or ``signal.SIGTERM``).
+        step: steps done (the checkpoint's step).
+        checkpoint: the checkpoint written (``None`` when ``train`` had no checkpoint path).
+    """
+
+    def __init__(self, signum: int, step: int, checkpoint: Path | None):
+        self.signum, self.step, self.checkpoint = int(signum), int(step), checkpoint
+        where = f"; wrote {checkpoint}" if checkpoint is not None else ""
+        super().__init__(f"interrupted by {signal.Signals(signum).name} after step {step}{where}")
 
 
 @dataclass
@@ -227,11 +293,44 @@ def time_input_map(schedule: NoiseSchedule, kind: str = "t") -> str | Callable:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def _feed(h, obj) -> None:
+    """Feed a canonical byte encoding of ``obj`` (nested dicts, lists, tensors and scalars) into hash ``h``."""
+    if torch.is_tensor(obj):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(obj, dict):
+        h.update(b"D%d" % len(obj))
+        for k in sorted(obj, key=repr):
+            _feed(h, k)
+            _feed(h, obj[k])
+    elif isinstance(obj, (list, tuple)):
+        h.update(b"L%d" % len(obj) if isinstance(obj, list) else b"U%d" % len(obj))
+        for v in obj:
+            _feed(h, v)
+    elif isinstance(obj, float):
+        h.update(b"F" + struct.pack("<d", obj))
+    elif obj is None or isinstance(obj, (bool, int, str, bytes)):
+        h.update(f"S{type(obj).__name__}:{obj!r}".encode())
+    else:
+        raise TypeError(f"cannot checksum a {type(obj).__name__} in a checkpoint")
+
+
+def payload_checksum(state: dict[str, Any]) -> str:
+    """SHA-256 (hex) of a canonical encoding of a checkpoint's contents (every key but ``"checksum"``): tensors by
+    dtype, shape and raw bytes, containers in key order, scalars exactly."""
+    h = hashlib.sha256()
+    _feed(h, {k: v for k, v in state.items() if k != "checksum"})
+    return h.hexdigest()
+
+
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write ``state`` with ``torch.save`` atomically: to a temporary file in the same directory, flushed and
-    fsync'ed, then ``os.replace``-d over ``path`` (so a crash never leaves a truncated checkpoint)."""
+    """Write ``state`` and its :func:`payload_checksum` (key ``"checksum"``) with ``torch.save`` atomically: to a
+    temporary file ``<path>.<random>.tmp`` in the same directory, flushed and fsync'ed, then ``os.replace``-d over
+    ``path`` (so a crash never leaves a truncated checkpoint)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    state = {**state, "checksum": payload_checksum(state)}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -246,11 +345,48 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     return path
 
 
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files ``<path>.*.tmp`` that a process killed inside :func:`save_checkpoint` left
+    behind; returns what was removed."""
+    path = Path(path)
+    removed = []
+    for tmp in path.parent.glob(f"{glob.escape(path.name)}.*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+            removed.append(tmp)
+    return removed
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | None = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by :func:`train` (``weights_only=True``: plain data and tensors only)."""
-    state = torch.load(Path(path), map_location=map_location, weights_only=True)
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint")
+    """Load a checkpoint written by :func:`train` (``weights_only=True``: plain data and tensors only) and verify
+    its checksum.
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointError: the file is empty, not a readable ``torch.save`` file, not a training checkpoint, or its
+            contents do not match the checksum stored when it was written (corrupted); the message names the file.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory, not a checkpoint file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes), not a checkpoint")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises many types here (UnpicklingError, RuntimeError, EOFError, ...)
+        reason = (str(e).strip().splitlines() or [""])[0][:100]
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__}: {reason})") from None
+    if not isinstance(state, dict) or state.get("format") not in (CHECKPOINT_FORMAT, *_LEGACY_FORMATS):
+        raise CheckpointError(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint")
+    if state["format"] == CHECKPOINT_FORMAT:
+        try:
+            actual = payload_checksum(state)
+        except TypeError as e:
+            raise CheckpointError(f"{path} is corrupted: {e}") from None
+        if state.get("checksum") != actual:
+            raise CheckpointError(
+                f"{path} is corrupted: its contents do not match the checksum stored when it was written"
+            )
     return state
 
 
@@ -297,6 +433,87 @@ def load_model(
 # ---------------------------------------------------------------------------------------------------------------------
 # the loop
 # ---------------------------------------------------------------------------------------------------------------------
+
+
+def _shapes(state_dict: dict[str, Any]) -> dict[str, list[int]]:
+    return {k: list(v.shape) for k, v in state_dict.items() if torch.is_tensor(v)}
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equality of plain data with tensors inside (same dtype, shape and values)."""
+    if torch.is_tensor(a) or torch.is_tensor(b):
+        return torch.is_tensor(a) and torch.is_tensor(b) and a.dtype == b.dtype and torch.equal(a.cpu(), b.cpu())
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return bool(a == b)
+
+
+def _short(v: Any) -> str:
+    if torch.is_tensor(v):
+        return f"tensor{list(v.shape)}"
+    if isinstance(v, dict):
+        text = "{" + ", ".join(f"{k}: {_short(x)}" for k, x in v.items()) + "}"
+        return text if len(text) <= 160 else text[:157] + "..."
+    return repr(v)
+
+
+def checkpoint_settings(state: dict[str, Any]) -> dict[str, Any]:
+    """The :data:`RUN_SETTINGS` recorded in a checkpoint (those a legacy checkpoint lacks are left out)."""
+    out = {k: v for k, v in TrainConfig.from_dict(state["config"]).to_dict().items() if k in RESUME_KEYS}
+    for key in RUN_SETTINGS[len(RESUME_KEYS) :]:
+        if key == "parameter shapes":
+            out[key] = _shapes(state["net"])
+        elif key in state:
+            out[key] = state[key]
+    return out
+
+
+def check_resume(state: dict[str, Any], settings: dict[str, Any], path: Path) -> None:
+    """Raise :class:`CheckpointMismatch` naming every setting of :data:`RUN_SETTINGS` on which the checkpoint
+    ``state`` (read from ``path``) and this run's ``settings`` differ."""
+    recorded = checkpoint_settings(state)
+    diffs = [
+        f"{k} (checkpoint {_short(recorded[k])}, this run {_short(settings[k])})"
+        for k in RUN_SETTINGS
+        if k in recorded and not _same(recorded[k], settings[k])
+    ]
+    if diffs:
+        raise CheckpointMismatch(
+            f"cannot resume from {path}: it was trained with other settings: {'; '.join(diffs)}. The checkpoint is "
+            "unchanged; resume with its settings, or start afresh elsewhere (or with resume=False)"
+        )
+
+
+class StopOnSignals:
+    """Context manager: while active (and entered from the main thread), the first SIGINT or SIGTERM only sets
+    ``signum`` (the loop then finishes its step and stops); the previous handlers are then restored, so a second
+    signal acts at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopOnSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.signum = signum
+        self._restore()
+
+    def _restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+        self._previous = {}
+
+    def __exit__(self, *exc) -> None:
+        self._restore()
 
 
 def _show_progress(progress: bool | None) -> bool:
@@ -372,7 +589,9 @@ def train(
         prediction: ``eps``, ``x0``, ``v`` or ``score``.
         config: a :class:`TrainConfig`; keyword ``overrides`` replace its fields.
         checkpoint: checkpoint path; written every ``config.checkpoint_every`` steps and at the end.
-        resume: continue from ``checkpoint`` when it exists (its hyper-parameters must match; ``steps`` may grow).
+        resume: continue from ``checkpoint`` when it exists. Every setting of :data:`RUN_SETTINGS` must match the
+            checkpoint's (else :class:`CheckpointMismatch`, the file untouched); ``steps``, ``checkpoint_every``,
+            ``log_every``, ``stop_at``, ``mixed_precision``, the device and ``progress`` may change.
         device: training device (default: where ``net`` is).
         progress: tqdm progress bar with the loss; ``None`` shows it only when stderr is a terminal.
         stop_at: stop (and checkpoint) after this many total steps even if ``config.steps`` is larger -- for
@@ -381,13 +600,26 @@ def train(
         time_input: the network's time input, ``"t"`` or ``"logsnr"`` (see :func:`time_input_map`); recorded in
             checkpoints and restored by :func:`load_model`.
         **overrides: fields of :class:`TrainConfig`.
+
+    Raises:
+        CheckpointError: ``checkpoint`` exists (and ``resume``) but is empty, unreadable or corrupted.
+        CheckpointMismatch: ``checkpoint`` belongs to a run with other settings (see ``resume``).
+        TrainingInterrupted: SIGINT or SIGTERM arrived; the step in progress was finished and the checkpoint
+            written (a later call with the same arguments resumes from it).
     """
-    _check_prediction(prediction)
-    time_map = time_input_map(schedule, time_input)
     if not isinstance(net, nn.Module):
         raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
     if not isinstance(schedule, NoiseSchedule):
         raise TypeError(f"schedule must be a NoiseSchedule, got {type(schedule).__name__}")
+    _check_prediction(prediction)
+    time_map = time_input_map(schedule, time_input)
+    unknown = sorted(set(overrides) - {f.name for f in fields(TrainConfig)})
+    if unknown:
+        raise TypeError(f"train() got unknown options {unknown}; valid: {[f.name for f in fields(TrainConfig)]}")
+    if stop_at is not None and (isinstance(stop_at, bool) or not isinstance(stop_at, int) or stop_at < 0):
+        raise ValueError(f"stop_at must be a non-negative integer or None, got {stop_at!r}")
+    if config is not None and not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig or None, got {type(config).__name__}")
     cfg = TrainConfig.from_dict({**(config or TrainConfig()).to_dict(), **overrides})
     sampler = get_dataset(data, **(data_options or {}))
     loss_fn = get_loss(cfg.loss, **cfg.loss_options)
@@ -408,15 +640,31 @@ def train(
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
 
     step, losses = 0, []
+    data_name = data if isinstance(data, str) else None
+    # the shape of one data point, for samplers of the checkpoint (drawn with its own generator: the training
+    # stream is untouched)
+    data_shape = list(sampler(1, torch.Generator(device=gen.device).manual_seed(0)).shape[1:])
+    sched_spec = (
+        schedule_spec(schedule) if type(schedule).__name__ in _SCHEDULE_CLASSES else {"class": type(schedule).__name__}
+    )
+    settings = {
+        **{k: v for k, v in cfg.to_dict().items() if k in RESUME_KEYS},
+        "prediction": prediction,
+        "time_input": time_input,
+        "schedule": sched_spec,
+        "data": data_name,
+        "data_options": dict(data_options or {}),
+        "data_shape": data_shape,
+        "net_class": type(net).__name__,
+        "net_config": getattr(net, "config", None),
+        "parameter shapes": _shapes(net.state_dict()),
+    }
     ckpt_path = Path(checkpoint) if checkpoint is not None else None
+    if ckpt_path is not None:
+        remove_stale_temporaries(ckpt_path)
     if ckpt_path is not None and resume and ckpt_path.exists():
         state = load_checkpoint(ckpt_path, map_location=device)
-        old = TrainConfig.from_dict(state["config"]).to_dict()
-        new = cfg.to_dict()
-        bad = [k for k in _RESUME_KEYS if old[k] != new[k]]
-        bad += [k for k, v in (("prediction", prediction), ("time_input", time_input)) if state.get(k, "t") != v]
-        if bad:
-            raise ValueError(f"cannot resume from {ckpt_path}: {bad} differ from this run")
+        check_resume(state, settings, ckpt_path)
         net.load_state_dict(state["net"])
         ema_net.load_state_dict(state["ema"])
         opt.load_state_dict(state["optimizer"])
@@ -426,10 +674,6 @@ def train(
         step, losses = int(state["step"]), list(state["losses"])
 
     model = Model(net, schedule, prediction, time_input=time_map)
-    data_name = data if isinstance(data, str) else None
-    # the shape of one data point, for samplers of the checkpoint (drawn with its own generator: the training
-    # stream is untouched)
-    data_shape = list(sampler(1, torch.Generator(device=gen.device).manual_seed(0)).shape[1:])
 
     def make_state() -> dict[str, Any]:
         return {
@@ -442,9 +686,7 @@ def train(
             "rng": _rng_state(gen, device),
             "config": cfg.to_dict(),
             "losses": list(losses),
-            "schedule": schedule_spec(schedule)
-            if type(schedule).__name__ in _SCHEDULE_CLASSES
-            else {"class": type(schedule).__name__},
+            "schedule": sched_spec,
             "prediction": prediction,
             "time_input": time_input,
             "net_class": type(net).__name__,
@@ -472,31 +714,35 @@ def train(
 
     net.train()
     try:
-        while step < last:
-            lr = _learning_rate(cfg, step)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            x0 = sampler(cfg.batch_size, gen).to(device=device, dtype=param_dtype)
-            with torch.autocast(device_type="cuda", dtype=amp_dtype) if use_amp else contextlib.nullcontext():
-                loss = loss_fn(model, x0, gen)
-            scaler.scale(loss).backward()
-            if cfg.grad_clip is not None:
-                scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-            scaler.step(opt)
-            scaler.update()
-            opt.zero_grad(set_to_none=True)
-            _ema_update(ema_net, net, min(cfg.ema_decay, (1.0 + step) / (10.0 + step)))
-            pending.append(loss.detach())
-            step += 1
-            if len(pending) >= cfg.log_every:
-                flush()
-            if ckpt_path is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < last:
-                flush()
+        with StopOnSignals() as stop:
+            while step < last and stop.signum is None:
+                lr = _learning_rate(cfg, step)
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                x0 = sampler(cfg.batch_size, gen).to(device=device, dtype=param_dtype)
+                with torch.autocast(device_type="cuda", dtype=amp_dtype) if use_amp else contextlib.nullcontext():
+                    loss = loss_fn(model, x0, gen)
+                scaler.scale(loss).backward()
+                if cfg.grad_clip is not None:
+                    scaler.unscale_(opt)
+                    torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+                scaler.step(opt)
+                scaler.update()
+                opt.zero_grad(set_to_none=True)
+                _ema_update(ema_net, net, min(cfg.ema_decay, (1.0 + step) / (10.0 + step)))
+                pending.append(loss.detach())
+                step += 1
+                if len(pending) >= cfg.log_every:
+                    flush()
+                periodic = cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < last
+                if ckpt_path is not None and periodic and stop.signum is None:
+                    flush()
+                    written = save_checkpoint(make_state(), ckpt_path)
+            flush()
+            if ckpt_path is not None:
                 written = save_checkpoint(make_state(), ckpt_path)
-        flush()
-        if ckpt_path is not None:
-            written = save_checkpoint(make_state(), ckpt_path)
+            if stop.signum is not None and step < last:
+                raise TrainingInterrupted(stop.signum, step, written)
     finally:
         if bar is not None:
             bar.close()
