@@ -15,6 +15,7 @@ broadcast against ``x`` (e.g. shape ``(B, 1, ..., 1)``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -110,6 +111,10 @@ class DynamicThresholding:
             raise ValueError(f"max_value must be >= 1, got {self.max_value!r}")
 
     def __call__(self, x0: torch.Tensor) -> torch.Tensor:
+        if x0.ndim < 1:
+            raise ValueError(f"x0 must have a batch dimension, got a tensor of shape {tuple(x0.shape)}")
+        if x0.numel() == 0:  # an empty batch (or empty samples): nothing to threshold
+            return x0
         flat = x0.reshape(x0.shape[0], -1).abs()
         compute = flat if flat.dtype in (torch.float32, torch.float64) else flat.float()
         s = torch.quantile(compute, self.percentile, dim=1).to(x0.dtype)
@@ -233,7 +238,18 @@ class Model:
         ``out = uncond + scale (cond - uncond)``, applied in the network's own parametrisation
         (``scale = 1`` is the conditional model, ``0`` the unconditional one). One guided call counts as one NFE.
         """
-        scale = float(scale)
+        for name, f in (("cond_fn", cond_fn), ("uncond_fn", uncond_fn)):
+            if not callable(f):
+                raise TypeError(f"{name} must be a callable fn(x, t), got {type(f).__name__}")
+        try:
+            value = float(scale)
+        except (TypeError, ValueError):
+            value = None
+        if value is None or isinstance(scale, (bool, str)):
+            raise TypeError(f"scale must be a real number, got {scale!r}")
+        if not math.isfinite(value):
+            raise ValueError(f"scale must be finite, got {scale!r}")
+        scale = value
 
         def fn(x, t):
             u = uncond_fn(x, t)

@@ -6,7 +6,14 @@ from . import data, losses, nets, train
 from .data import DATASETS, get_dataset
 from .losses import LOSSES, get_loss
 from .nets import NETS, MLPScoreNet, UNet, build_net
-from .train import TrainResult, load_checkpoint, load_model
+from .train import (
+    CheckpointError,
+    CheckpointMismatch,
+    TrainingInterrupted,
+    TrainResult,
+    load_checkpoint,
+    load_model,
+)
 from .train import train as train_model
 
 __all__ = [
@@ -23,6 +30,9 @@ __all__ = [
     "UNet",
     "build_net",
     "TrainResult",
+    "CheckpointError",
+    "CheckpointMismatch",
+    "TrainingInterrupted",
     "load_checkpoint",
     "load_model",
     "train_model",
