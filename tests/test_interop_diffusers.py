@@ -380,6 +380,9 @@ def test_scheduler_refusals_and_errors(sd_pipe):
         sch.step(torch.zeros(1, 4, 2, 2), 0, torch.zeros(1, 4, 2, 2))
     sch.set_timesteps(2)
     x = torch.zeros(1, 4, 2, 2)
+    with pytest.raises(ValueError, match="in order"):
+        sch.step(torch.zeros_like(x), sch.timesteps[1], x)
+    sch.set_timesteps(2)
     for t in sch.timesteps:
         x = sch.step(torch.zeros_like(x), t, x).prev_sample
     with pytest.raises(RuntimeError, match="times for"):

@@ -454,6 +454,7 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
         self._full = (ts, denoise, self._eval_steps, self._eval_times)
         self.num_inference_steps = len(self._ts) - 1 + int(self._denoise)
         self.timesteps = self._labels(device)
+        self._host_labels = self._labels("cpu").tolist()
         self._begin_index = None
 
     def _setup(self, ts: torch.Tensor, denoise: bool) -> None:
@@ -551,6 +552,7 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
                     f"{self.solver.name!r}; state edits between steps (inpainting) need a solver with one "
                     "evaluation per step"
                 )
+        self._check_timestep(timestep, run["k"])
         run["noise"].generator = generator
         run["outs"].append(_mean_part(model_output, sample))
         run["k"] += 1
@@ -559,6 +561,22 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
         if not return_dict:
             return (x,)
         return SchedulerOutput(prev_sample=x)
+
+    def _check_timestep(self, timestep, k: int) -> None:
+        """The pipeline must step in the order of ``timesteps`` (checked unless reading ``timestep`` would
+        synchronise a device)."""
+        if isinstance(timestep, torch.Tensor):
+            if timestep.device.type != "cpu" or timestep.numel() != 1:
+                return
+            timestep = float(timestep)
+        if not isinstance(timestep, (int, float)):
+            return
+        want = self._host_labels[k]
+        if abs(timestep - want) > 1e-3 * max(1.0, abs(want)):
+            raise ValueError(
+                f"step {k} got timestep {timestep}, but timesteps[{k}] = {want}: SDEScheduler must be stepped once "
+                "per entry of its timesteps, in order"
+            )
 
     # ---- the replay ------------------------------------------------------------------------------------------------
     def _start(self, sample: torch.Tensor) -> dict:
