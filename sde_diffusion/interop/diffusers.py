@@ -364,12 +364,15 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
 
     # ---- grid and evaluation times -------------------------------------------------------------------------------
     def _reference_scheduler(self):
+        """The replaced scheduler (``reference``), or DDIM with the reference's settings (or our betas) when the
+        reference names no diffusers scheduler class."""
         ref = dict(self.config.reference or {})
         cls = getattr(diffusers, str(ref.get("_class_name", "")), None)
         if cls is None or not (isinstance(cls, type) and issubclass(cls, SchedulerMixin)) or cls is SDEScheduler:
             cls = diffusers.DDIMScheduler
-            ref = {k: self.config[k] for k in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule")}
-            ref["trained_betas"] = self.config.trained_betas
+            betas = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas")
+            keys = set(inspect.signature(cls.__init__).parameters)
+            ref = {**{k: self.config[k] for k in betas}, **{k: v for k, v in ref.items() if k in keys}}
         return cls.from_config(ref)
 
     def _diffusers_grid(self, n: int | None, timesteps) -> tuple[torch.Tensor, bool]:
