@@ -159,7 +159,9 @@ def diffusers_model(
 
     def fn(x, t):
         wide = torch.float32 if t.device.type == "mps" else torch.float64  # (label of a float32 t, rounded once)
-        label = (t.to(wide) * n - 1.0).to(t.dtype)
+        # labels stay at least float32 (diffusers' timestep embedding runs in float32; a half label near 999 would
+        # be off by up to 0.25)
+        label = (t.to(wide) * n - 1.0).to(torch.promote_types(t.dtype, torch.float32))
         b = x.shape[0]
         ehs = _batched(encoder_hidden_states, b, "encoder_hidden_states")
         labels = _batched(class_labels, b, "class_labels")
