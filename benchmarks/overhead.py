@@ -34,15 +34,15 @@ from sde_diffusion.solvers import get_solver, registered_solvers  # noqa: E402
 SHAPES = ((1, 4, 64, 64), (4, 3, 64, 64))
 #: extra variants worth a row of their own (skipped when not registered or not accepted)
 VARIANTS = (
-    ("ipndm", {"order": 1}),  # DDIM(eta=0) written with lincomb + host_scalars: the first-order reference
-    ("pndm", {"variant": "s"}),
-    ("ipndm", {"order": 2}),
-    ("ipndm", {"order": 3}),
+    ("ipndm", {"ab_order": 1}),  # DDIM(eta=0) written with lincomb + host_scalars: the first-order reference
+    ("pndm", {"warmup": "heun"}),
+    ("ipndm", {"ab_order": 2}),
+    ("ipndm", {"ab_order": 3}),
     ("dpm_solver++", {"order": 2, "multistep": True}),
     ("dpm_solver++", {"order": 3, "multistep": True}),
     ("dpm_solver", {"order": 2, "multistep": True}),
-    ("unipc", {"order": 2}),
-    ("unipc", {"order": 3}),
+    ("unipc", {"predictor_order": 2}),
+    ("unipc", {"predictor_order": 3}),
     ("deis", {"order": 2}),
     ("deis", {"order": 3}),
 )
@@ -79,7 +79,7 @@ def solver_specs(only=None) -> list[tuple[str, dict]]:
             solver = get_solver(name, **opts)
         except (ValueError, TypeError):
             continue
-        if getattr(solver, "adaptive", False) or solver.key() in seen:
+        if solver.adaptive or solver.key() in seen:
             continue
         seen.add(solver.key())
         specs.append((name, opts))
