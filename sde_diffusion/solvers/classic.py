@@ -15,7 +15,7 @@ import torch
 
 from .base import Solver, host_scalars, lincomb, register
 from .options import check_choice, check_int, check_positive
-from .tableaux import TABLEAUX, RKLayout, rk_coefficients, rk_step
+from .tableaux import TABLEAUX, rk_coefficients, rk_layout, rk_step
 
 __all__ = ["Euler", "Heun", "EulerMaruyama", "PredictorCorrector"]
 
@@ -34,7 +34,7 @@ class _PFODE(Solver):
 
     def __init__(self, variable: str = "t"):
         self.variable = check_choice("variable", variable, ("t", "sigma"))
-        self.layout = RKLayout(TABLEAUX[self.tableau], self.variable)
+        self.layout = rk_layout(TABLEAUX[self.tableau], self.variable)
 
     def options(self):
         return {"variable": self.variable}

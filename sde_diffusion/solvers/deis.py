@@ -38,7 +38,7 @@ from ._expint import exp_weighted_quadrature, lagrange_poly_weights, long_step_c
 from .base import Solver, host_scalars, register
 from .dpm_solver import DPMSolver, multistep_update
 from .options import check_choice, check_int
-from .tableaux import ButcherTableau, RKLayout, get_tableau, rk_coefficients, rk_step, tableau_name
+from .tableaux import ButcherTableau, get_tableau, rk_coefficients, rk_layout, rk_step, tableau_name
 from .warmup import step_orders
 
 __all__ = ["DEIS", "deis_multistep_weights", "QUADRATURE_NODES", "METHODS"]
@@ -135,7 +135,7 @@ class DEIS(Solver):
             self.tableau = get_tableau("rk4" if tableau is None else tableau)
             if order is not None and check_int("order", order) != self.tableau.order:
                 raise ValueError(f"order={order!r} contradicts the tableau's order {self.tableau.order}")
-            self.layout = RKLayout(self.tableau, "sigma")
+            self.layout = rk_layout(self.tableau, "sigma")
             self.order, self.nfe_per_step, self.memory = float(self.tableau.order), self.tableau.stages, 0
         else:
             if tableau is not None:

@@ -375,6 +375,10 @@ def final_update(c, x, outs, k: int, suffix: str = "") -> torch.Tensor:
             return lincomb(c.ratio, x, c.w0, outs[0])
         if k == 2:
             return lincomb(c.ratio, x, c.w0, outs[0], c.w1, outs[1])
+        if k == 3:
+            return lincomb(c.ratio, x, c.w0, outs[0], c.w1, outs[1], c.w2, outs[2])
+        if k == 4:
+            return lincomb(c.ratio, x, c.w0, outs[0], c.w1, outs[1], c.w2, outs[2], c.w3, outs[3])
     return _combine(getattr(c, f"ratio{suffix}"), x, [getattr(c, f"w{suffix}{m}") for m in range(k)], outs)
 
 

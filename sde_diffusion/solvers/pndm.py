@@ -45,7 +45,7 @@ Adams--Bashforth formulas instead of extra model evaluations. ``ipndm`` with ``a
 
 from __future__ import annotations
 
-from functools import cache, cached_property
+from functools import cache
 
 import torch
 
@@ -54,7 +54,7 @@ from .base import Solver, host_scalars, register
 from .dpm_solver import multistep_update
 from .first_order import ddim_coefficients
 from .options import check_choice, check_int
-from .tableaux import TABLEAUX, RKLayout, rk_coefficients, rk_step
+from .tableaux import TABLEAUX, RKLayout, rk_coefficients, rk_layout, rk_step
 from .warmup import step_orders
 
 __all__ = ["PNDM", "PLMS", "IPNDM", "adams_bashforth"]
@@ -96,9 +96,9 @@ class _PseudoMultistep(Solver):
         """``(mode, ab_order)`` of each of ``n`` steps."""
         raise NotImplementedError
 
-    @cached_property
+    @property
     def _layout(self) -> RKLayout:
-        return RKLayout(TABLEAUX[self.warmup], "sigma")
+        return rk_layout(TABLEAUX[self.warmup], "sigma")
 
     def final_nfe(self, steps: int) -> int:
         extra = TABLEAUX[self.warmup].stages - 1 if self.warmup else 0
