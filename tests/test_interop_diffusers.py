@@ -157,9 +157,12 @@ REFERENCES = {
     "ddim_leading": lambda: diffusers.DDIMScheduler(clip_sample=False),
     "ddim_offset1": lambda: diffusers.DDIMScheduler(clip_sample=False, set_alpha_to_one=False, steps_offset=1),
     "ddim_trailing": lambda: diffusers.DDIMScheduler(clip_sample=False, timestep_spacing="trailing"),
+    "ddim_v_prediction": lambda: diffusers.DDIMScheduler(clip_sample=False, prediction_type="v_prediction"),
+    "ddim_sample_prediction": lambda: diffusers.DDIMScheduler(clip_sample=False, prediction_type="sample"),
     "dpm2m_zero": lambda: diffusers.DPMSolverMultistepScheduler(),
     "dpm2m_trailing": lambda: diffusers.DPMSolverMultistepScheduler(timestep_spacing="trailing"),
     "dpm2m_sigma_min": lambda: diffusers.DPMSolverMultistepScheduler(final_sigmas_type="sigma_min"),
+    "dpm2m_v_prediction": lambda: diffusers.DPMSolverMultistepScheduler(prediction_type="v_prediction"),
 }
 
 
