@@ -10,12 +10,11 @@ Notation for a step from ``t`` to ``s`` (``s < t`` when sampling): ``h = lambda_
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from ._expint import long_step_consistent
 from .base import Solver, host_scalars, lincomb, register
+from .options import check_choice, check_nonnegative
 
 __all__ = ["DDIM", "DDIMInverse", "DDPM", "ddim_coefficients"]
 
@@ -40,12 +39,6 @@ def ddim_coefficients(c: dict, eta: float) -> dict[str, torch.Tensor]:
     }
 
 
-def _nonneg_float(name, v):
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-        raise ValueError(f"{name} must be a finite non-negative number, got {v!r}")
-    return float(v)
-
-
 @register("ddim")
 class DDIM(Solver):
     r"""DDIM (Song, Meng & Ermon 2021, arXiv:2010.02502) with stochasticity ``eta``.
@@ -64,7 +57,7 @@ class DDIM(Solver):
     exact_for_point_mass = True
 
     def __init__(self, eta: float = 0.0):
-        self.eta = _nonneg_float("eta", eta)
+        self.eta = check_nonnegative("eta", eta)
         self.stochastic = self.eta > 0
         self.strong_order = 0.5 if self.stochastic else None
 
@@ -114,9 +107,7 @@ class DDPM(Solver):
     reference = "arXiv:2006.11239"
 
     def __init__(self, variance: str = "beta_tilde"):
-        if variance not in ("beta_tilde", "beta"):
-            raise ValueError(f"variance must be 'beta_tilde' or 'beta', got {variance!r}")
-        self.variance = variance
+        self.variance = check_choice("variance", variance, ("beta_tilde", "beta"))
 
     def options(self):
         return {"variance": self.variance}
