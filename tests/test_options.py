@@ -71,3 +71,35 @@ def test_int_sequence():
         check_int_sequence("orders", ())
     with pytest.raises(TypeError, match="sequence"):
         check_int_sequence("orders", "32")
+
+
+BAD_SOLVER_OPTIONS = [
+    ("dpm_solver", {"order": 2.0}, "order"),
+    ("dpm_solver++", {"order": True}, "order"),
+    ("dpm_solver++", {"update": "bogus"}, "update"),
+    ("dpm_solver", {"orders": (3, 2.5)}, "orders"),
+    ("sde_dpm_solver++", {"eta": float("nan")}, "eta"),
+    ("deis", {"order": 2.0}, "order"),
+    ("deis", {"method": "ab"}, "method"),
+    ("deis", {"method": "rhork", "tableau": "rk5"}, "tableau"),
+    ("unipc", {"predictor_order": 2.0}, "predictor_order"),
+    ("unipc", {"b_h": "bh3"}, "b_h"),
+    ("unipc", {"lower_order_final": 1}, "lower_order_final"),
+    ("pndm", {"warmup": "s"}, "warmup"),
+    ("ipndm", {"ab_order": 2.0}, "ab_order"),
+    ("euler", {"variable": "lambda"}, "variable"),
+    ("heun", {"variable": 1}, "variable"),
+    ("pc", {"snr": 0.0}, "snr"),
+    ("pc", {"n_corrector": 1.0}, "n_corrector"),
+    ("ddim", {"eta": -1.0}, "eta"),
+    ("ddpm", {"variance": "fixed"}, "variance"),
+]
+
+
+@pytest.mark.parametrize("name,options,option", BAD_SOLVER_OPTIONS, ids=lambda v: str(v))
+def test_bad_solver_options_fail_at_construction_naming_the_option(name, options, option):
+    """A bad option fails when the solver is built (not inside ``coefficients`` or ``step``), with its name."""
+    from sde_diffusion.solvers import get_solver
+
+    with pytest.raises((TypeError, ValueError), match=option):
+        get_solver(name, **options)
