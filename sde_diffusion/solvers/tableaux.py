@@ -65,6 +65,7 @@ class ButcherTableau:
         return len(self.b)
 
 
+#: the built-in tableaux by name: forward Euler, Heun (explicit trapezoid), Kutta's third-order method, classical RK4
 TABLEAUX: dict[str, ButcherTableau] = {
     "euler": ButcherTableau(A=((),), b=(1.0,), c=(0.0,), order=1),
     "heun": ButcherTableau(A=((), (1.0,)), b=(0.5, 0.5), c=(0.0, 1.0), order=2),
