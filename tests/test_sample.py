@@ -377,3 +377,23 @@ def test_dpm_solver_fast_on_the_fixed_grid_path():
             sample(model, x, solver="dpm_solver_fast", nfe=20, **bad)
     with pytest.raises(ValueError, match="grid="):
         get_solver("dpm_solver_fast", grid="karras")
+
+
+def test_every_registered_solver_runs_through_sample_with_its_exact_nfe():
+    """Registry sweep: each solver, with default options, runs from ``sample`` on an NFE budget turned into steps by
+    its own ``steps_for_nfe`` (adaptive ones under their default controller) and spends what it declares."""
+    sch = VPLinear()
+    model = PointMass(torch.tensor([0.3, -0.1])).model(sch)
+    x = torch.randn(3, 2, generator=torch.Generator().manual_seed(0))
+    for name in sorted(registered_solvers()):
+        solver = get_solver(name)
+        kw = {"generator": torch.Generator().manual_seed(1)} if solver.stochastic else {}
+        if solver.adaptive:
+            res = sample(model, x, solver=solver, **kw)
+            assert res.nfe == res.info["nfe"] == solver.final_nfe(res.info["accepted"]) + res.info["rejected_nfe"]
+            continue
+        budget = max(12, solver.final_nfe(1))  # (one restart step alone costs 13)
+        steps = solver.steps_for_nfe(budget)
+        res = sample(model, x, solver=solver, steps=steps, **kw)
+        assert res.nfe == solver.final_nfe(steps) <= budget, name
+        assert bool(torch.isfinite(res.x).all()), name
