@@ -1,6 +1,7 @@
-"""The accuracy benchmark (benchmarks/accuracy.py): the --quick run writes a well-formed JSON/markdown pair whose
-summary follows from its runs, and the harness feeds diffusers exactly our problem (same times, same network): on a
-grid both can express, diffusers' schedulers and the equivalent solver of ours agree to float32 round-off."""
+"""The accuracy benchmark (``python -m benchmarks.accuracy``): the --quick run writes a well-formed JSON/markdown pair
+whose summary follows from its runs, the harnesses feed diffusers and k-diffusion exactly our problem (same times,
+same network): on a grid both can express, their samplers and the equivalent solver of ours agree to round-off; the
+calibrated runs never saw the evaluation batch; the learned problem is a trained network with its own reference."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 import math
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -20,11 +22,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def acc():
-    spec = importlib.util.spec_from_file_location("accuracy_benchmark", ROOT / "benchmarks" / "accuracy.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    """Every public name of the benchmark package's modules in one namespace."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    names = ("", ".configurations", ".problems", ".runners", ".report", ".diffusers_adapter", ".kdiffusion_adapter")
+    mods = [importlib.import_module("benchmarks.accuracy" + n) for n in names]
+    return SimpleNamespace(**{k: v for m in mods for k, v in vars(m).items() if not k.startswith("_")})
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +61,8 @@ def test_quick_run_schema(acc, quick):
     _, res, md = quick
     assert res["schema_version"] == acc.SCHEMA_VERSION and res["kind"] == acc.KIND
     assert res["settings"]["quick"] is True and res["timing"]["total_s"] > 0
-    assert {(p["problem"], p["schedule"]) for p in res["problems"]} == {("ring", "vp-discrete"), ("ring", "edm")}
+    want = {("ring", "vp-discrete"), ("ring", "edm"), ("ring-net", "edm")}
+    assert {(p["problem"], p["schedule"]) for p in res["problems"]} == want
     for p in res["problems"]:
         assert 0 <= p["reference"]["error_estimate"] < 1e-6 and p["reference"]["rtol"] == 1e-10
     libs = {r["library"] for r in res["runs"]}
@@ -69,93 +73,79 @@ def test_quick_run_schema(acc, quick):
         assert r["error"] is not None and math.isfinite(r["error"]) and r["error"] > 0
         if r["library"] == "ours":
             assert r["t_end"] == (0.001 if r["schedule"] == "vp-discrete" else 0.002)
+    if acc.kdiffusion_version() is not None:
+        assert "k-diffusion" in libs and res["environment"]["k-diffusion"]
     if acc.diffusers_version() is not None:
         assert "diffusers" in libs and res["environment"]["vp_table_matches_diffusers"] is True
     for p in res["precision"]:
         assert p["model_dtype"] in acc.MODEL_DTYPES and p["error_vs_float64"] >= 0
     assert "# Accuracy benchmark" in md and "Best of ours vs best of diffusers" in md
-    assert "## Target cells" in md and "## Optimised grids" in md
+    assert "## Calibrated vs default vs best peer" in md and "## Default solver" in md
 
 
-OPT_KEYS = {
-    "init_grid",
-    "pilot_seed",
-    "pilot_n",
-    "pilot_error_init",
-    "pilot_error",
-    "opt_evaluations",
-    "grid_times",
-    "error_init_grid",
-    "error_median_init_grid",
-    "accepted",
-    "opt_heldout_error",
-    "opt_heldout_error_init",
-}
+CAL_KEYS = {"calibrated_grid", "calibration_seconds", "calibration_heldout_error", "calibration_baseline", "grid_times"}
 
 
-def test_quick_optimised_runs(acc, quick):
-    """The quick run has optimised-grid runs for every configured config, target NFE, cell and output; their grid is
-    a valid grid with the right number of steps and the exact end points, their pilot batch is not the evaluation
-    batch, the search never ends worse than it started (pilot error), and a grid that does not lower the validation
-    error is not used."""
+def test_quick_calibrated_runs(quick):
+    """Calibrated runs for every unit, output and calibrated NFE; their grid is valid with exact end points, and the
+    calibration never returned something worse (on its own held-out half) than its best fixed configuration."""
     _, res, _ = quick
     s = res["settings"]
-    opt = [r for r in res["runs"] if r["grid"] == "optimised"]
-    want = {
-        (p["problem"], p["schedule"], c, o, n)
-        for p in res["problems"]
-        for c in s["opt_configs"]
-        for o in ("state", "x0")
-        for n in s["opt_nfe"]
-    }
-    assert {(r["problem"], r["schedule"], r["config"], r["output"], r["nfe_budget"]) for r in opt} == want
-    for r in opt:
-        assert OPT_KEYS <= set(r) and r["library"] == "ours" and r["eligible"]
-        assert r["pilot_seed"] == s["opt_seed"] != s["seed"] and r["pilot_n"] == s["opt_pilot"][r["problem"]]
-        assert r["init_grid"] in s["grids"] and r["pilot_error"] <= r["pilot_error_init"]
-        assert r["nfe"] == r["nfe_budget"] and r["steps"] == r["nfe_budget"] - (r["output"] == "x0")
+    cal = [r for r in res["runs"] if r["grid"] == "calibrated"]
+    want = {(p["problem"], p["schedule"], o, n) for p in res["problems"] for o in ("state", "x0") for n in s["cal_nfe"]}
+    assert {(r["problem"], r["schedule"], r["output"], r["nfe_budget"]) for r in cal} == want
+    for r in cal:
+        assert CAL_KEYS <= set(r) and r["library"] == "ours" and r["eligible"] and r["nfe"] <= r["nfe_budget"]
+        assert r["calibration_heldout_error"] <= r["calibration_baseline"]["heldout_error"]
         ts = r["grid_times"]
         assert len(ts) == r["steps"] + 1 and ts[0] == r["t_start"] and ts[-1] == r["t_end"]
-        assert all(a > b for a, b in zip(ts, ts[1:]))
-        assert r["error"] > 0 and r["error_init_grid"] > 0
-        # kept only if it lowers the validation error; otherwise the run is the start grid's run
-        assert r["accepted"] == (r["opt_heldout_error"] < r["opt_heldout_error_init"])
-        if not r["accepted"]:
-            assert r["error"] == r["error_init_grid"]
-    assert len(res["summary"]["optimised"]) == len(opt)
+        assert all(a > b for a, b in zip(ts, ts[1:])) and r["error"] > 0
 
 
-def test_pilot_batch_is_not_the_evaluation_batch(acc):
-    """Honest hold-out: the pilot (and the optimiser's held-out) seeds must differ from the evaluation seed, so the
-    pilot states differ from the evaluation states."""
+def test_calibration_seed_is_not_the_evaluation_seed(acc):
+    """Honest hold-out: calibration draws its start states from another seed than the evaluation batch."""
     s = acc.Settings()
-    assert s.opt_seed != s.seed and s.opt_seed + 1 != s.seed
-    assert set(s.opt_nfe) <= set(s.target_nfe) and s.opt_configs
-    for seed in (s.opt_seed, s.opt_seed + 1):
-        with pytest.raises(ValueError):
-            acc.Settings(seed=seed)
+    assert s.cal_seed != s.seed and set(s.cal_nfe) <= set(s.target_nfe)
+    with pytest.raises(ValueError):
+        acc.Settings(seed=s.cal_seed)
     p = acc.make_problem("ring", "edm")
-    assert not torch.equal(acc.start_states(p, 8, s.opt_seed), acc.start_states(p, 8, s.seed))
+    assert not torch.equal(acc.start_states(p, 8, s.cal_seed), acc.start_states(p, 8, s.seed))
+    assert not any(acc.parse_solver_spec(c).build().stochastic for c in s.cal_solvers)
 
 
-def test_full_settings_include_optimised_part(acc):
-    """The full run optimises 2-4 deterministic configurations, at both outputs' budgets, on every problem."""
+def test_full_settings_cover_issue_14(acc):
+    """NFE 5, 10, 20 are target cells; the learned network problem, k-diffusion and calibration are on; the
+    default candidates (bare registry names) are all run."""
     s = acc.Settings()
-    assert 2 <= len(s.opt_configs) <= 4
-    assert not any(acc.parse_solver_spec(c).build().stochastic for c in s.opt_configs)
-    assert s.opt_budgets() == sorted({b for n in s.opt_nfe for b in (n - 1, n)})
-    assert set(dict(s.opt_pilot)) == set(s.problems)
+    assert {5, 10, 20} <= set(s.target_nfe) and s.learned and s.kdiffusion and s.cal_nfe
+    assert set(acc.DEFAULT_CANDIDATES) <= set(s.ours) and "vp_quadratic" in s.grids
+    assert s.default == acc.default_config() and s.default[0] in s.ours
 
 
-def test_pilot_problem_memoises_the_reference(acc):
-    """PilotProblem's "exact flow" is the torchdiffeq reference, computed once per batch."""
-    p = acc.make_problem("ring", "edm")
-    pilot = acc.PilotProblem(p, 1e-9)
-    x = acc.start_states(p, 8, 3)
-    r1 = pilot.exact_flow(x)
-    ref, _ = acc.reference(p, x, [], 1e-10)
-    assert acc.rms_error(r1, ref[acc._key(p.t_end)]) < 1e-7
-    assert torch.equal(pilot.exact_flow(x.clone()), r1) and len(pilot._memo) == 1
+def test_learned_problem_is_a_trained_network_with_its_own_reference(acc, quick):
+    """The learned problem's network was trained (its checkpoint exists), its start states come from the prior, and
+    its reference is its own dopri5 solution: the reported error estimate is small."""
+    out, res, _ = quick
+    (p,) = [p for p in res["problems"] if p["problem"] == "ring-net"]
+    assert p["reference"]["error_estimate"] < 1e-5 and p["reference"]["rtol"] == 1e-10
+    problem = acc.make_problem("ring-net", "edm", res["settings"]["net_dir"])
+    assert problem.checkpoint.is_file() and problem.start_kind == "prior"
+    x = problem.model().predict(torch.zeros(4, 2), torch.full((4,), 1.0), "x0")
+    assert x.shape == (4, 2) and bool(torch.isfinite(x).all())
+
+
+@pytest.mark.parametrize("schedule", ["edm", "vp-discrete"])
+def test_kdiffusion_harness_matches_our_equivalent_solver(acc, schedule):
+    """k-diffusion's DPM-Solver++(2M) on its exponential sigma schedule (uniform in lambda) through the harness (VE
+    scaling, sigma -> t) equals ours on the logSNR grid without lower-order final step to float64 round-off."""
+    if acc.kdiffusion_version() is None:
+        pytest.skip("k-diffusion not installed")
+    p = acc.make_problem("ring", schedule)
+    x_T = acc.start_states(p, 16, 1)
+    cfg = acc.KDiffusionConfig("sample_dpmpp_2m", (), "exponential")
+    theirs, nfe = acc.kdiffusion_run(cfg, p, x_T, 10, False)
+    mine = sample(p.model(), x_T, solver="dpm_solver++", order=2, lower_order_final=False, steps=10, grid="logsnr").x
+    assert nfe == 10 and float((theirs - mine).abs().max()) < 1e-12 * max(float(mine.abs().max()), 1.0)
 
 
 def test_quick_summary_follows_from_runs(quick):
@@ -168,18 +158,22 @@ def test_quick_summary_follows_from_runs(quick):
             == (h["problem"], h["schedule"], h["output"], h["nfe"])
             and r["eligible"]
         ]
-        ours = min(r["error"] for r in cell if r["library"] == "ours" and r["grid"] != "optimised")
-        ours_opt = min(r["error"] for r in cell if r["library"] == "ours")
-        assert h["ours"]["error"] == ours and h["ours_optimised"]["error"] == ours_opt <= ours
+        ours = min(r["error"] for r in cell if r["library"] == "ours" and r["grid"] != "calibrated")
+        assert h["ours"]["error"] == ours
         theirs = [r["error"] for r in cell if r["library"] == "diffusers"]
+        peers = [r["error"] for r in cell if r["library"] in ("diffusers", "k-diffusion")]
         if theirs:
             assert h["diffusers"]["error"] == min(theirs)
             assert h["ratio"] == pytest.approx(ours / min(theirs))
-            assert h["ratio_optimised"] == pytest.approx(ours_opt / min(theirs))
             assert h["target_met"] == (h["ratio"] <= 0.5)
-            assert h["target_met_optimised"] == (h["ratio_optimised"] <= 0.5)
+        if peers:
+            assert h["peer"]["error"] == min(peers)
+            cal = next(r for r in cell if r["library"] == "ours" and r["grid"] == "calibrated")
+            assert h["ratio_calibrated"] == pytest.approx(cal["error"] / min(peers))
+            assert h["target_met_calibrated"] == (h["ratio_calibrated"] <= 0.5)
+            assert h["target_met_default"] == (h["ratio_default"] <= 1.0)
     t = res["summary"]["target"]
-    assert t["met"] <= t["met_optimised"] <= t["cells"]
+    assert t["met"] <= t["cells"] and t["met_calibrated"] <= t["cells_calibrated"]
     top = res["summary"]["ranking"]["state"]["target_nfe"][0]
     ratios = []
     for h in res["summary"]["headline"]:
@@ -209,7 +203,7 @@ def test_x0_output_is_denoised_state(acc):
     by = {r["output"]: r for r in runs}
     assert by["state"]["nfe"] == 6 and by["x0"]["nfe"] == 6 and by["x0"]["steps"] == 5
     ddim5 = sample(p.model(), x_T, solver="ddim", steps=5, grid="logsnr").x
-    want = acc.rms_error(acc.denoise(p, ddim5, p.t_end), acc.denoise(p, ref[acc._key(p.t_end)], p.t_end))
+    want = acc.rms_error(acc.denoise(p, ddim5, p.t_end), acc.denoise(p, ref[acc.time_key(p.t_end)], p.t_end))
     assert by["x0"]["error"] == pytest.approx(want, rel=1e-12)
 
 
@@ -219,11 +213,11 @@ def test_x0_output_is_denoised_state(acc):
 
 
 def _diffusers_grid(acc, cfg, plan, problem):
-    sched = acc._make_scheduler(cfg)
-    with acc._quiet():
+    sched = acc.make_scheduler(cfg)
+    with acc.quiet():
         sched.set_timesteps(plan.steps)
     if cfg.space == "edm":
-        ts = [acc._snap(float(s), problem) for s in sched.sigmas[:-1]]
+        ts = [acc.snap_time(float(s), problem) for s in sched.sigmas[:-1]]
     else:
         ts = [(float(k) + 1) / acc.N_TRAIN for k in sched.timesteps] + [problem.t_end]
     ts = torch.tensor(ts, dtype=torch.float64)
@@ -301,8 +295,8 @@ def test_harness_matches_our_equivalent_solver(acc, schedule, cfg, ours):
     assert plan.at_t_min and plan.nfe == 10 and plan.t_start == p.t_start
     x0 = x_T
     dtype = torch.float32 if cfg.cls.startswith("UniPC") else torch.float64  # see run_diffusers_one
-    with acc._default_dtype(dtype):
-        theirs = acc._diffusers_loop(plan, p, x0)
+    with acc.default_dtype(dtype):
+        theirs = acc.diffusers_loop(plan, p, x0)
     mine = sample(p.model(), x0, grid=_diffusers_grid(acc, cfg, plan, p), **ours).x
     scale = float(mine.abs().max())
     assert float((theirs - mine).abs().max()) < 2e-6 * max(scale, 1.0)

@@ -1,0 +1,5 @@
+"""``python -m benchmarks.accuracy``: run the accuracy benchmark."""
+
+from . import main
+
+main()
