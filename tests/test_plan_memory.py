@@ -92,3 +92,24 @@ def test_chunked_rows_give_the_same_answer(monkeypatch):
     b = sample(MODEL, x, solver="dpm_solver++", grid=grid).x
     sd.clear_caches()
     assert torch.equal(a, b)
+
+
+def test_vector_columns_become_tuples_per_step():
+    """A (N, K) column reaches the step as a K-tuple (floats for a shared grid, (B, 1) device tensors per sample)."""
+    from sde_diffusion.solvers.base import Solver, vector_column
+
+    class Probe(Solver):
+        def coefficients(self, schedule, ts, table):
+            return {"w": vector_column(torch.stack([table.h, 2 * table.h, 3 * table.h], -1))}
+
+        def step(self, model, x, state, c, noise):
+            return x, state + (c.w,)
+
+    x = torch.zeros(2, 1)
+    shared = base.prepare_plan(Probe(), SCH, torch.linspace(1.0, 0.1, 4, dtype=torch.float64), x, cache=False)
+    c = shared.row(1)
+    assert isinstance(c.w, tuple) and c.w == (c.h, 2 * c.h, 3 * c.h)
+    ts = torch.stack([torch.linspace(1.0, 0.1, 4), torch.linspace(0.9, 0.2, 4)], 1).double()
+    per_sample = base.prepare_plan(Probe(), SCH, ts, x, cache=False).row(2)
+    assert len(per_sample.w) == 3 and per_sample.w[2].shape == (2, 1)
+    torch.testing.assert_close(per_sample.w[2], 3 * per_sample.h)

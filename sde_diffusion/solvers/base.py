@@ -17,7 +17,8 @@ also returns an error estimate, so it can run under an adaptive controller), ``r
 **Coefficients, before the loop.** ``coefficients(schedule, ts, table) -> dict[str, column]`` returns every
 per-step number beyond the :class:`~sde_diffusion.solvers.table.GridTable` ``table`` (float64, whole grid at once:
 columns ``(N,)``, or ``(N, B)`` for one grid per sample; integer/bool columns stay on the host; wrap a multiplier
-column in :func:`host_scalars`). Stage points come from ``table.at_lambda(lam) -> (t, alpha, sigma)``; the
+column in :func:`host_scalars`, a column of ``K`` values per step in :func:`vector_column` -- then ``c.w[j]``, not
+``K`` fields named by f-strings). Stage points come from ``table.at_lambda(lam) -> (t, alpha, sigma)``; the
 ``schedule`` argument is there for its options only -- a solver calls none of its methods.
 
 **The step record.** The plan turns the columns into one typed record per step (a slots dataclass derived from
@@ -106,6 +107,8 @@ __all__ = [
     "lincomb",
     "host_scalars",
     "HostScalars",
+    "vector_column",
+    "VectorColumn",
     "GridTable",
 ]
 
@@ -309,6 +312,22 @@ def base_coefficients(schedule: NoiseSchedule, ts: torch.Tensor) -> dict[str, to
     return GridTable(schedule, ts).columns()
 
 
+class VectorColumn:
+    """Marker for a per-step *vector* of coefficients (see :func:`vector_column`)."""
+
+    __slots__ = ("values",)
+
+    def __init__(self, values: torch.Tensor):
+        self.values = values
+
+
+def vector_column(v: torch.Tensor) -> VectorColumn:
+    """Mark a column of ``K`` coefficients per step -- shape ``(N, K)`` for a shared grid, ``(N, B, K)`` per sample:
+    each step record gets a tuple of ``K`` values (floats, or device tensors ``(B, 1, ..., 1)``), so a method keeps
+    e.g. its weights as ``c.w[j]`` instead of ``K`` fields named ``w0, w1, ...``."""
+    return VectorColumn(v)
+
+
 class HostScalars:
     """Marker for a per-step multiplier column (see :func:`host_scalars`)."""
 
@@ -406,7 +425,7 @@ class Plan:
 
 
 def _column_bytes(v: Any) -> int:
-    if isinstance(v, HostScalars):
+    if isinstance(v, (HostScalars, VectorColumn)):
         v = v.values
     return v.numel() * v.element_size() if isinstance(v, torch.Tensor) else sys.getsizeof(v)
 
@@ -421,6 +440,9 @@ def _model_times(ts: torch.Tensor, per_sample: bool, batch: int, device, dtype) 
 
 def _to_step_values(v: Any, lo: int, hi: int, per_sample: bool, device, dtype, ndim: int) -> list:
     m = hi - lo
+    if isinstance(v, VectorColumn):
+        parts = [_to_step_values(col, lo, hi, per_sample, device, dtype, ndim) for col in v.values.unbind(-1)]
+        return [tuple(p) for p in zip(*parts)]
     if isinstance(v, HostScalars):
         col = v.values[lo:hi]
         return [1.0 if one else e for e, one in zip(col.to(dtype).unbind(0), (col == 1.0).tolist())]
