@@ -1,30 +1,35 @@
 r"""Calibration: the deterministic solver and the time grid that sample a given model best at a given NFE budget.
 
-:func:`calibrate` searches, for one model and one budget, over deterministic solver configurations and time grids,
-scoring each by the RMS error at ``t_end`` on a *pilot* batch against the probability-flow ODE solution of the same
-model (:func:`~sde_diffusion.reference.probability_flow_reference`, torchdiffeq dopri5 in float64):
+[`calibrate`][sde_diffusion.calibration.calibrate] searches, for one model and one budget, over deterministic
+solver configurations and time grids, scoring each by the RMS error at ``t_end`` on a *pilot* batch against the
+probability-flow ODE solution of the same model
+([`probability_flow_reference`][sde_diffusion.reference.probability_flow_reference], torchdiffeq dopri5, float64):
 
-1. **Screen** -- every solver configuration (``solvers="auto"``: :data:`AUTO_SOLVERS`) on every grid family of
-   :mod:`sde_diffusion.grids` at a few values of its parameter (:data:`SCREEN_GRIDS`), ``steps_for_nfe(solver, nfe)``
-   steps each.
+1. **Screen** -- every solver configuration (``solvers="auto"``:
+   [`AUTO_SOLVERS`][sde_diffusion.calibration.AUTO_SOLVERS]) on every grid family of
+   [`sde_diffusion.grids`][sde_diffusion.grids] at a few values of its parameter
+   ([`SCREEN_GRIDS`][sde_diffusion.calibration.SCREEN_GRIDS]), ``steps_for_nfe(solver, nfe)`` steps each.
 2. **Family parameters** -- for the best few configurations, the continuous parameter of each parametric family
    (``rho`` of ``karras``, ``p`` of ``vp_power``, ``cosine_power``, ``lambda_power``) by a bounded scalar search in
-   its logarithm (``scipy.optimize.minimize_scalar``).
-3. **Free knots** -- a dynamic programme over a fine candidate grid (:func:`~sde_diffusion.studies.grid_optimizer.
-   select_knots`, arXiv:2405.11326): the fine grid is the best family's grid at ``6 N`` steps, the cost of a step
-   from knot ``i`` to knot ``j`` the error of one step of a proxy solver (DDIM, DPM-Solver++(2S)) started on the
-   reference trajectory at ``i`` against the reference at ``j`` -- ``O(K^2)`` single steps, batched as one call per
-   start knot with one grid per sample. The fine grid contains the family grid, so the programme can only move away
-   from it where the local errors say so. The resulting grids, then a short pattern search
-   (:func:`~sde_diffusion.studies.grid_optimizer.coordinate_descent`) from the best one, are scored with the real
-   solvers.
+   its logarithm (``scipy.optimize.minimize_scalar``): a global step over the family, which coordinate descent on
+   single knots cannot take.
+3. **Free knots** -- a dynamic programme over a fine candidate grid
+   ([`select_knots`][sde_diffusion.studies.grid_optimizer.select_knots], in the style of GITS, arXiv:2405.11326):
+   the fine grid is the best family's grid at ``6 N`` (``4 N`` above 12 steps) steps, the cost of a step from knot
+   ``i`` to knot ``j`` the error of one step of a proxy solver (DDIM, DPM-Solver++(2S)) started on the reference
+   trajectory at ``i`` against the reference at ``j`` -- ``O(K^2)`` single steps, batched as one call per start
+   knot with one grid per sample. The fine grid contains the family's own grid (every 6th knot), so the programme
+   only moves away from it where the local errors say so. Then a short pattern search
+   ([`coordinate_descent`][sde_diffusion.studies.grid_optimizer.coordinate_descent]) starts from the best grid
+   found so far. Every candidate is scored with the real solver.
 4. **Validation** -- the best candidates *and* the best fixed configuration (a named grid with its default
    parameter) are evaluated on an independent *held-out* batch; the one with the smallest held-out error is
    returned, so the result is never worse on held-out data than the best fixed configuration.
 
-The result, a :class:`Calibration`, stores the solver configuration, the grid as half-log-SNR knots and as times, the
-pilot and held-out errors, the reference's own error (a second solve at 100x the tolerance) and the runners-up; it is
-saved as JSON and loads back. Use it as ``sample(model, x, **cal.sample_kwargs())``.
+The result, a [`Calibration`][sde_diffusion.calibration.Calibration], stores the solver configuration, the grid
+as half-log-SNR knots and as times, the pilot and held-out errors, the reference's own error (a second solve at
+100x the tolerance) and the runners-up; it is saved as JSON and loads back. Use it as
+``sample(model, x, **cal.sample_kwargs())``.
 
 Deterministic for a given ``seed`` (batches are drawn from it on the CPU in float64) unless ``budget_s`` cuts the
 search short. The searched solvers are deterministic only: a stochastic sampler's error against the ODE flow is not
@@ -110,7 +115,8 @@ _PROXIES = ("ddim", "dpm_solver++:order=2,multistep=false,lower_order_final=fals
 
 @dataclass
 class Calibration:
-    """A calibrated solver and grid for one model and NFE budget (see :func:`calibrate`).
+    """A calibrated solver and grid for one model and NFE budget
+    (see [`calibrate`][sde_diffusion.calibration.calibrate]).
 
     ``solver`` is a configuration string (``"name:k=v,..."``), ``grid`` says where the grid came from (a family
     name with its parameter, ``"dp[...]"`` for the dynamic programme, ``"+cd"`` after the pattern search), ``lambdas``
@@ -158,7 +164,7 @@ class Calibration:
         return grid_from_lambdas(schedule, lam, float(ends[0]), float(ends[-1]))
 
     def sample_kwargs(self, schedule=None) -> dict[str, Any]:
-        """Keywords for :func:`~sde_diffusion.sample.sample`: ``sample(model, x, **cal.sample_kwargs())``."""
+        """Keywords for [`sample`][sde_diffusion.sample.sample]: ``sample(model, x, **cal.sample_kwargs())``."""
         return {"solver": self.build_solver(), "steps": self.steps, "grid": self.grid_for(schedule)}
 
     def to_dict(self) -> dict[str, Any]:
@@ -272,13 +278,14 @@ def calibrate(
     model evaluations (the method is in the module docstring).
 
     Args:
-        model: the :class:`~sde_diffusion.models.Model` (its network must accept float64 inputs: the reference
+        model: the [`Model`][sde_diffusion.models.Model] (its network must accept float64 inputs: the reference
             integrates in float64).
         nfe: the budget; each solver runs ``steps_for_nfe(solver, nfe)`` steps.
         x_shape: the event shape of one sample; pilot and held-out start states are drawn from the prior
             ``N(0, sigma(t_max)^2 I)`` with seeds ``seed`` and ``seed + 1``.
         x_T: start states instead of ``x_shape`` (at least 2): the first half is the pilot, the rest held out.
-        solvers: ``"auto"`` (:data:`AUTO_SOLVERS`) or a list of deterministic configurations.
+        solvers: ``"auto"`` ([`AUTO_SOLVERS`][sde_diffusion.calibration.AUTO_SOLVERS]) or a list of
+            deterministic configurations.
         grids: the named grids of the screening stage.
         pilot, heldout: batch sizes (with ``x_shape``).
         budget_s: wall-clock budget; the search stops where it is when the budget is spent (the validation stage

@@ -22,9 +22,9 @@ Two grids are defined in the model's own time (they depend on the schedule): ``t
 and ``time_quadratic`` (uniform in ``sqrt(t)``, DPM-Solver's choice for discrete-time models).
 
 A grid name may carry its continuous parameter: ``"vp_power:p=1.5"``, ``"karras:rho=5"`` (see
-:func:`parse_grid`). All grids are computed in float64; the end points are exact (set, not computed) and the result
-is validated: strictly monotone, inside the schedule's ``[t_min, t_max]``, no duplicates. Which family wins where is
-measured in the accuracy benchmark (docs/benchmarks/accuracy.md).
+[`parse_grid`][sde_diffusion.grids.parse_grid]). All grids are computed in float64; the end points are exact
+(set, not computed) and the result is validated: strictly monotone, inside the schedule's ``[t_min, t_max]``, no
+duplicates. Which family wins where is measured in the accuracy benchmark (docs/benchmarks/accuracy.md).
 """
 
 from __future__ import annotations
@@ -268,7 +268,8 @@ def parse_grid(text: str) -> tuple[str, dict[str, float]]:
 
 
 def format_grid(name: str, **params) -> str:
-    """The inverse of :func:`parse_grid` (``repr`` of each float, so the round trip is exact)."""
+    """The inverse of [`parse_grid`][sde_diffusion.grids.parse_grid] (``repr`` of each float: an exact round
+    trip)."""
     return name + (":" + ",".join(f"{k}={v!r}" for k, v in params.items()) if params else "")
 
 
@@ -313,8 +314,8 @@ def make_grid(
     rho: float = 7.0,
     decreasing: bool = True,
 ) -> torch.Tensor:
-    """A validated float64 grid from a name in :data:`GRIDS` (optionally with its parameter, ``"vp_power:p=1.5"``)
-    or an explicit tensor of times.
+    """A validated float64 grid from a name in [`GRIDS`][sde_diffusion.grids.GRIDS] (optionally with its
+    parameter, ``"vp_power:p=1.5"``) or an explicit tensor of times.
 
     ``rho`` is the exponent of ``"karras"`` when the name does not set it. For an explicit tensor,
     ``steps``/``t_start``/``t_end`` are taken from it (when also given they must agree). ``decreasing=False``

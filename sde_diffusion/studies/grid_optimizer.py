@@ -10,12 +10,17 @@ logSNR-uniform grid. For each interior knot in turn, two moves are tried -- towa
 ``step`` of the gap to it, and towards the left neighbour by the same fraction of that gap -- and the better one is
 kept if it lowers the pilot error. Relative moves keep the knots strictly ordered by construction. After a sweep over
 all knots without improvement ``step`` is halved; the search stops when ``step < min_step``, after ``max_sweeps``
-sweeps or ``max_evals`` solves. Every candidate grid goes through :func:`~sde_diffusion.grids.validate_grid`
+sweeps or ``max_evals`` solves. Every candidate grid goes through [`validate_grid`][sde_diffusion.grids.validate_grid]
 (an invalid one is rejected), so the returned grid is always valid, has exactly ``N + 1`` points and the exact end
 points; it plugs into ``sample(..., grid=result.grid)``.
 
 The error is then reported on an independent *held-out* batch for both the optimised and the initial grid: the
 pilot error alone would be an optimistic estimate (the grid is fitted to it).
+
+Coordinate descent moves one knot at a time and stops in the first local minimum of that kind: started from
+``logsnr`` it can end far from a better family's grid (issue 14). [`calibrate`][sde_diffusion.calibration.calibrate]
+therefore uses it only as a final polish, after a global search over grid families and their parameters and a
+dynamic programme over a fine candidate grid ([`select_knots`][sde_diffusion.studies.grid_optimizer.select_knots]).
 """
 
 from __future__ import annotations
@@ -116,8 +121,8 @@ def optimise_grid(
     """Optimise the time grid of ``solver`` at budget ``nfe`` (see the module docstring for the method).
 
     Args:
-        target: a built-in problem name, a :class:`~sde_diffusion.studies.problems.Problem`, or a
-            :class:`~sde_diffusion.models.Model` (then ``x_shape``, the event shape, is required: start states come
+        target: a built-in problem name, a [`Problem`][sde_diffusion.studies.problems.Problem], or a
+            [`Model`][sde_diffusion.models.Model] (then ``x_shape``, the event shape, is required: start states come
             from the prior ``N(0, sigma(t_max)^2 I)`` and references from torchdiffeq).
         solver: a deterministic solver configuration (``"dpm_solver++:order=2,multistep=true"``, an instance, ...).
         nfe: the NFE budget; the grid has ``steps_for_nfe(solver, nfe)`` steps.
@@ -138,7 +143,8 @@ def optimise_grid(
         progress: tqdm bar over sweeps (``None``: only on a terminal).
 
     Returns:
-        :class:`GridOptResult`; ``result.grid`` is a validated float64 tensor for ``sample(grid=...)``.
+        [`GridOptResult`][sde_diffusion.studies.grid_optimizer.GridOptResult]; ``result.grid`` is a validated float64
+        tensor for ``sample(grid=...)``.
     """
     spec = parse_solver_spec(solver)
     sol = spec.build()
