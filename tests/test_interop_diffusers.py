@@ -304,6 +304,33 @@ def test_latent_model_reproduces_the_stable_diffusion_pipeline(sd_pipe):
     assert (img - (out.x / 2 + 0.5).clamp(0, 1)).abs().max() <= 1e-5  # the pipeline's postprocessing
 
 
+def test_our_grids_in_the_pipeline(sd_pipe):
+    """``grid="karras"`` (any of our grid names): ``num_inference_steps`` intervals from t_max to t_min, no final
+    denoising unless asked; the pipeline gives our ``sample`` on that grid."""
+    ddim = sd_ddim()
+    sch = SDEScheduler.from_config(ddim, solver="dpm_solver++", grid="karras")
+    lat = _run_sd(sd_pipe, sch, steps=5)
+    assert len(sch.timesteps) == 5 and sch.timesteps.dtype == torch.float32  # (off the training grid)
+    x_T = torch.randn(lat.shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = sample(_guided_model(sd_pipe, ddim.config), x_T, solver="dpm_solver++", grid="karras", steps=5)
+    assert (lat - ref.x).abs().max() <= 1e-5 * ref.x.abs().max()
+    denoised = SDEScheduler.from_config(ddim, solver="dpm_solver++", grid="karras", denoise_to_zero=True)
+    denoised.set_timesteps(5)
+    assert len(denoised.timesteps) == 6
+
+
+def test_stochastic_solver_with_a_generator_per_image(sd_pipe):
+    sd_pipe.scheduler = SDEScheduler.from_config(sd_ddim(), solver="ddpm")
+    gens = [torch.Generator().manual_seed(i) for i in range(2)]
+    with torch.no_grad():
+        out = sd_pipe(
+            PROMPT, height=16, width=16, num_inference_steps=4, num_images_per_prompt=2, generator=gens,
+            output_type="latent",
+        ).images  # fmt: skip
+    assert out.shape[0] == 2 and torch.isfinite(out).all()
+
+
 def test_multi_evaluation_solvers_repeat_like_diffusers_heun(sd_pipe):
     sch = SDEScheduler.from_config(sd_ddim(), solver="heun")
     sch.set_timesteps(5)
