@@ -13,7 +13,7 @@ from sde_diffusion.solvers.first_order import ddim_coefficients
 from sde_diffusion.solvers.pndm import IPNDM, PLMS, PNDM, adams_bashforth
 from sde_diffusion.studies.fitting import fit_line
 
-VARIANTS = [
+CONFIGS = [
     ("pndm", {"warmup": "heun"}),
     ("pndm", {"warmup": "rk4"}),
     ("plms", {}),
@@ -22,7 +22,7 @@ VARIANTS = [
     ("ipndm", {"ab_order": 3}),
     ("ipndm", {"ab_order": 4}),
 ]
-IDS = ["-".join([n] + [f"{k}={v}" for k, v in o.items()]) for n, o in VARIANTS]
+IDS = ["-".join([n] + [f"{k}={v}" for k, v in o.items()]) for n, o in CONFIGS]
 
 #: measured global order (slope of log error against log NFE, VP-linear, logSNR grid, NFE 48..249);
 #: documented in docs/theory/pndm.md. F-PNDM's slope against NFE is steeper because its 8 extra NFE are a
@@ -74,7 +74,7 @@ def test_registry_and_options():
         adams_bashforth(5)
 
 
-@pytest.mark.parametrize("name,opts", VARIANTS, ids=IDS)
+@pytest.mark.parametrize("name,opts", CONFIGS, ids=IDS)
 @pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
 def test_point_mass_is_exact(name, opts, prediction):
     """Along the exact path of point-mass data ``eps`` is constant, so every consistent gradient part (Adams--Bashforth,
@@ -90,7 +90,7 @@ def test_point_mass_is_exact(name, opts, prediction):
         torch.testing.assert_close(r.x, exact, rtol=0, atol=1e-9)
 
 
-@pytest.mark.parametrize("name,opts", VARIANTS, ids=IDS)
+@pytest.mark.parametrize("name,opts", CONFIGS, ids=IDS)
 def test_nfe_is_exact(name, opts):
     sch = VPLinear()
     model = PointMass(torch.tensor([0.3])).model(sch)
@@ -98,7 +98,7 @@ def test_nfe_is_exact(name, opts):
     for steps in (1, 2, 3, 4, 7):
         r = sample(model, torch.ones(2, 1), solver=name, steps=steps, **opts)
         assert r.nfe == solver.final_nfe(steps), (steps, r.nfe)
-    extra = {"pndm-warmup=heun": 1, "pndm-warmup=rk4": 9, "plms": 1}.get(IDS[VARIANTS.index((name, opts))], 0)
+    extra = {"pndm-warmup=heun": 1, "pndm-warmup=rk4": 9, "plms": 1}.get(IDS[CONFIGS.index((name, opts))], 0)
     assert solver.final_nfe(10) == 10 + extra
 
 
@@ -180,7 +180,7 @@ def test_plms_steady_state_step_is_ab4_on_eps_with_ddim_transfer():
     torch.testing.assert_close(traj[5], d["ratio"] * traj[4] + d["c_eps"] * e_prime, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("name,opts", [VARIANTS[1], VARIANTS[2], VARIANTS[6]], ids=[IDS[1], IDS[2], IDS[6]])
+@pytest.mark.parametrize("name,opts", [CONFIGS[1], CONFIGS[2], CONFIGS[6]], ids=[IDS[1], IDS[2], IDS[6]])
 def test_per_sample_grids_match_separate_runs(name, opts):
     sch = VPLinear()
     g, x_T, _ = _gaussian_problem(sch, n=3)
@@ -195,7 +195,7 @@ def test_per_sample_grids_match_separate_runs(name, opts):
         torch.testing.assert_close(joint.x[b : b + 1], alone.x, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("name,opts", VARIANTS, ids=IDS)
+@pytest.mark.parametrize("name,opts", CONFIGS, ids=IDS)
 def test_memory_holds_at_most_order_minus_one_outputs(name, opts):
     sch = VPLinear()
     model = PointMass(torch.tensor([0.3])).model(sch)
@@ -210,7 +210,7 @@ def test_memory_holds_at_most_order_minus_one_outputs(name, opts):
         assert len(state) == min(i + 1, k - 1)
 
 
-@pytest.mark.parametrize("name,opts", VARIANTS, ids=IDS)
+@pytest.mark.parametrize("name,opts", CONFIGS, ids=IDS)
 def test_measured_order_on_gaussian(name, opts):
     """Global order on a logSNR-uniform grid: about 2 for every Adams--Bashforth variant (fixed uniform-grid
     coefficients), 1 for iPNDM(1) = DDIM. Asserts the documented measurement +-0.2, and the declared ``order``."""
@@ -223,7 +223,7 @@ def test_measured_order_on_gaussian(name, opts):
         errs.append(float((r.x - exact).abs().max()))
         nfes.append(r.nfe)
     slope = fit_line(nfes, errs).order
-    key = IDS[VARIANTS.index((name, opts))]
+    key = IDS[CONFIGS.index((name, opts))]
     assert slope == pytest.approx(MEASURED_ORDER[key], abs=0.2), slope
     assert get_solver(name, **opts).order == pytest.approx(slope, abs=0.25)
     assert math.isfinite(errs[-1]) and errs[-1] < errs[0]

@@ -48,7 +48,6 @@ __all__ = [
     "SDEDPMSolverPP",
     "DPMSolverFast",
     "UPDATES",
-    "VARIANTS",
     "multistep_update",
     "update_weights",
     "update_rule",
@@ -63,7 +62,6 @@ __all__ = [
 
 #: values of the ``update`` option (which rule each update of a method uses: :func:`update_rule`)
 UPDATES = ("paper", "midpoint", "heun", "exact")
-VARIANTS = UPDATES  # (the option's name before 0.2)
 #: stage nodes ``r_j`` (fractions of the step in lambda) of the singlestep methods of the paper
 STAGE_NODES = {1: (0.0,), 2: (0.0, 0.5), 3: (0.0, 1.0 / 3.0, 2.0 / 3.0)}
 
