@@ -1,18 +1,19 @@
 r"""The one sampling loop.
 
-:func:`sample` resolves the solver, the controller and the grid, prepares (or fetches from the cache) the float64
-coefficient plan, then runs the loop: one ``solver.step`` per step.
+[`sample`][sde_diffusion.sample.sample] resolves the solver, the controller and the grid, prepares (or fetches from the
+cache) the float64 coefficient plan, then runs the loop: one ``solver.step`` per step.
 
-* **Fixed grid** (:class:`~sde_diffusion.solvers.controllers.FixedGrid`, the default of every fixed-step solver): the
-  grid is known before the loop; inside it there is no ``.item()``, no indexing of device tensors by device scalars,
+* **Fixed grid** ([`FixedGrid`][sde_diffusion.solvers.controllers.FixedGrid], the default of every fixed-step solver):
+  the grid is known before the loop; inside it there is no ``.item()``, no indexing of device tensors by device scalars,
   no host decision and no host/device synchronisation; ``check_finite`` keeps a device-side record (one sum per step)
   and inspects it once, after the loop.
 * **Adaptive** (a controller with ``adaptive = True``, the default of ``adaptive_multistep`` and
   ``dpm_solver_adaptive``): the solver returns an error estimate with each step
-  (:class:`~sde_diffusion.solvers.base.EmbeddedStep`) and the controller accepts or rejects it and proposes the next
-  step -- one host/device synchronisation per attempted step (reading the scaled error).
+  ([`EmbeddedStep`][sde_diffusion.solvers.base.EmbeddedStep]) and the controller accepts or rejects it and proposes the
+  next step -- one host/device synchronisation per attempted step (reading the scaled error).
 
-For users who own the loop, :class:`Sampler` exposes the fixed-grid pieces: ``init`` and ``step``.
+For users who own the loop, [`Sampler`][sde_diffusion.sample.Sampler] exposes the fixed-grid pieces: ``init`` and
+``step``.
 """
 
 from __future__ import annotations
@@ -79,8 +80,9 @@ def clear_caches() -> None:
 
 
 def _make_grid_cached(schedule, grid, steps, t_start, t_end, rho, decreasing) -> torch.Tensor:
-    """:func:`make_grid`, memoised for named grids (building one costs tens of microseconds, which a 50-step call
-    would pay as ~1 us per step). Keyed like the plan cache: schedule identity and ``repr``, grid spec."""
+    """[`make_grid`][sde_diffusion.grids.make_grid], memoised for named grids (building one costs tens of microseconds,
+    which a 50-step call would pay as ~1 us per step). Keyed like the plan cache: schedule identity and ``repr``, grid
+    spec."""
     if not isinstance(grid, str):
         return make_grid(schedule, grid, steps, t_start, t_end, rho=rho, decreasing=decreasing)
     key = (id(schedule), repr(schedule), grid, steps, t_start, t_end, rho, decreasing)
@@ -163,8 +165,8 @@ class Sampler:
     """Manual stepping over a prepared grid: ``x, state = s.init(x_T)``, then ``x, state = s.step(x, state, i)``
     for ``i in range(s.num_steps)``, and optionally ``s.denoise(x)``.
 
-    Args mirror :func:`sample` (fixed grids only). The plan (coefficients for the grid) is computed once, in
-    float64, on creation.
+    Args mirror [`sample`][sde_diffusion.sample.sample] (fixed grids only). The plan (coefficients for the grid) is
+    computed once, in float64, on creation.
     """
 
     def __init__(
@@ -258,7 +260,7 @@ def sample(
     """Integrate from ``t_start`` (default ``t_max``) to ``t_end`` (default ``t_min``) with one solver.
 
     Args:
-        model: a :class:`~sde_diffusion.models.Model`.
+        model: a [`Model`][sde_diffusion.models.Model].
         x_T: the initial state, a floating-point tensor ``(B, ...)`` (e.g.
             ``ForwardSDE(schedule).prior_sample(shape)``).
         solver: registry name, class or instance (``get_solver`` options may be passed as keywords).
@@ -269,25 +271,25 @@ def sample(
         t_end: last time (default ``t_min``; ``t_max`` for a forward solver).
         rho: the exponent of the ``"karras"`` grid.
         controller: the step-size controller (default: the solver's own, ``solver.default_controller()``):
-            :class:`~sde_diffusion.solvers.controllers.FixedGrid`,
-            :class:`~sde_diffusion.solvers.controllers.PIController` or
-            :class:`~sde_diffusion.solvers.controllers.DPMSolverStepRule` (the last two need a solver with an
-            embedded error estimate). ``steps``/``grid`` are refused under an adaptive controller.
+            [`FixedGrid`][sde_diffusion.solvers.controllers.FixedGrid],
+            [`PIController`][sde_diffusion.solvers.controllers.PIController] or
+            [`DPMSolverStepRule`][sde_diffusion.solvers.controllers.DPMSolverStepRule] (the last two need a solver with
+            an embedded error estimate). ``steps``/``grid`` are refused under an adaptive controller.
         denoise_to_zero: finish with one x0 prediction at ``t_end`` (one more NFE).
         generator: randomness of stochastic solvers, as independent normals.
         noise: randomness of stochastic solvers, given instead of (or, for a Brownian path, besides) ``generator``:
             a tensor of standard normals of shape ``(steps, *x.shape)``, a torchsde Brownian path indexed by
-            ``s = -t`` (see :func:`~sde_diffusion.reference.brownian_path`) or a
-            :class:`~sde_diffusion.solvers.base.NoiseSource`.
+            ``s = -t`` (see [`brownian_path`][sde_diffusion.reference.brownian_path]) or a
+            [`NoiseSource`][sde_diffusion.solvers.base.NoiseSource].
         callback: ``callback(i, t, x)`` after every (accepted) step (``t`` the new time; may synchronise, it is yours).
         return_trajectory: keep the state at every grid point.
         progress: show a tqdm bar (fixed grids).
-        check_finite: raise :class:`NonFiniteError` naming the first non-finite step (checked after the loop on a
-            fixed grid, at once under an adaptive controller).
+        check_finite: raise [`NonFiniteError`][sde_diffusion.sample.NonFiniteError] naming the first non-finite step
+            (checked after the loop on a fixed grid, at once under an adaptive controller).
         sync_debug: on CUDA, run a fixed-grid loop under ``torch.cuda.set_sync_debug_mode("error")``.
 
     Returns:
-        :class:`SampleResult` with the exact number of model evaluations spent.
+        [`SampleResult`][sde_diffusion.sample.SampleResult] with the exact number of model evaluations spent.
     """
     if not isinstance(model, Model):
         raise TypeError(f"model must be a sde_diffusion.Model, got {type(model).__name__}")

@@ -7,8 +7,9 @@ The step from ``lambda_n`` to ``lambda_{n+1} = lambda_n + h`` is the DPM-Solver+
    \qquad W_j = \int_0^h e^{-(h-u)} L_j(u)\, du, \]
 
 where ``D_m`` is the data prediction at ``lambda_m`` and ``L_j`` the Lagrange basis through the ``q`` newest nodes
-``u_j = lambda_{n-j} - lambda_n`` (:func:`~sde_diffusion.solvers._expint.lagrange_weights` with ``sign = -1``).
-With ``q`` nodes the local error is ``O(h^{q+1})`` and the global order ``q``; ``q`` ramps up ``1, 2, ..., order``.
+``u_j = lambda_{n-j} - lambda_n`` ([`lagrange_weights`][sde_diffusion.solvers._expint.lagrange_weights] with ``sign =
+-1``). With ``q`` nodes the local error is ``O(h^{q+1})`` and the global order ``q``; ``q`` ramps up ``1, 2, ...,
+order``.
 
 **Error estimate, no extra NFE.** The difference of the order-``q`` and order-``(q-1)`` extrapolations through the
 same history, ``err = alpha_{n+1} sum_j (W^{(q)}_j - W^{(q-1)}_j) D_{n-j}``, estimates the local error of the
@@ -22,7 +23,7 @@ step is accepted (and wasted, and counted, when it is rejected).
 
 **Controller.** The solver is the step with its embedded estimate; the step size is chosen by the one loop,
 [`sample`][sde_diffusion.sample.sample], under its default controller
-:class:`~sde_diffusion.solvers.controllers.PIController` (PI control on the scaled error
+[`PIController`][sde_diffusion.solvers.controllers.PIController] (PI control on the scaled error
 ``E = max_b rms(err / (atol + rtol max(|x_n|, |x_{n+1}|)))`` with ``p`` the order of the estimate: ``q``, 2 on the
 first step). The step ratio is bounded by ``fac_max``, which keeps the variable-step multistep formula zero-stable.
 With ``controller=FixedGrid()`` it runs on any grid as a variable-step multistep method (``steps=``/``grid=``).
@@ -59,7 +60,7 @@ class AdaptiveMultistep(Solver):
     Args:
         order: 2 or 3 -- the number of nodes of the extrapolation (global order).
         rtol, atol, h_init, safety, fac_min, fac_max, b1, b2, max_steps: the options of its default controller,
-            :class:`~sde_diffusion.solvers.controllers.PIController`.
+            [`PIController`][sde_diffusion.solvers.controllers.PIController].
 
     1 NFE per accepted step (plus the initial evaluation and any rejected first-step attempts), memory ``order - 1``.
     State: ``(lams, outputs, current)`` -- the lambdas and data predictions of the newest nodes (newest first) and

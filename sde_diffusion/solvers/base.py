@@ -6,7 +6,7 @@ How to write a solver
 A solver is a small object holding only its options; it says how to take *one* step. The one loop is
 [`sample`][sde_diffusion.sample.sample]; a solver never loops over steps and never calls a schedule.
 
-**Metadata** (class attributes declared on :class:`Solver`, overridden where they differ):
+**Metadata** (class attributes declared on [`Solver`][sde_diffusion.solvers.base.Solver], overridden where they differ):
 ``order`` (ODE global order; weak order for stochastic solvers), ``strong_order``, ``nfe_per_step`` (nominal;
 ``final_nfe(steps)`` is exact), ``stochastic``, ``memory`` (past model outputs kept in the state), ``direction``
 (``"backward"`` t_max -> t_min, ``"forward"`` for inversion), ``exact_for_point_mass`` (exact at any step count on
@@ -15,35 +15,38 @@ point-mass data), ``couples_batch`` (a step mixes samples of the batch, so per-s
 also returns an error estimate, so it can run under an adaptive controller), ``reference`` (arXiv id).
 
 **Coefficients, before the loop.** ``coefficients(schedule, ts, table) -> dict[str, column]`` returns every
-per-step number beyond the :class:`~sde_diffusion.solvers.table.GridTable` ``table`` (float64, whole grid at once:
+per-step number beyond the [`GridTable`][sde_diffusion.solvers.table.GridTable] ``table`` (float64, whole grid at once:
 columns ``(N,)``, or ``(N, B)`` for one grid per sample; integer/bool columns stay on the host; wrap a multiplier
-column in :func:`host_scalars`, a column of ``K`` values per step in :func:`vector_column` -- then ``c.w[j]``, not
-``K`` fields named by f-strings). Stage points come from ``table.at_lambda(lam) -> (t, alpha, sigma)``; the
-``schedule`` argument is there for its options only -- a solver calls none of its methods.
+column in [`host_scalars`][sde_diffusion.solvers.base.host_scalars], a column of ``K`` values per step in
+[`vector_column`][sde_diffusion.solvers.base.vector_column] -- then ``c.w[j]``, not ``K`` fields named by f-strings).
+Stage points come from ``table.at_lambda(lam) -> (t, alpha, sigma)``; the ``schedule`` argument is there for its options
+only -- a solver calls none of its methods.
 
 **The step record.** The plan turns the columns into one typed record per step (a slots dataclass derived from
-:class:`StepCoefficients`, fields fixed per solver: the base fields below plus the solver's own keys):
+[`StepCoefficients`][sde_diffusion.solvers.base.StepCoefficients], fields fixed per solver: the base fields below plus
+the solver's own keys):
 
 * ``index`` (int), ``last`` (bool);
 * ``t``, ``t_next`` -- *model-time inputs*: device tensors ``(B,)`` in the state's dtype, for ``model.predict``;
 * ``t_host``, ``t_next_host`` -- the same times as numbers: Python floats for a shared grid, device tensors
   ``(B, 1, ..., 1)`` for per-sample grids (like every other coefficient);
 * ``alpha``, ``sigma``, ``alpha_next``, ``sigma_next``, ``lam``, ``lam_next``, ``h = lam_next - lam`` -- floats
-  for a shared grid (0-d host tensors where marked with :func:`host_scalars`), ``(B, 1, ..., 1)`` device tensors
-  for per-sample grids.
+  for a shared grid (0-d host tensors where marked with [`host_scalars`][sde_diffusion.solvers.base.host_scalars]),
+  ``(B, 1, ..., 1)`` device tensors for per-sample grids.
 
 **The step.** ``step(model, x, state, c, noise) -> (x_next, state_next)``; all history travels in ``state`` (a tuple
-from ``init_state(x)``), never in the solver. ``noise`` is a :class:`StepNoise` (``None`` for deterministic
-solvers). An *embedded* solver (``embedded = True``) returns an :class:`EmbeddedStep` instead:
-``(x_next, state_next, error, error_order, retry_state)`` -- ``error`` the estimate of the local error (a tensor like
-``x``; for a pair of solutions ``x_high - x_low``), ``error_order`` the power of ``h`` it scales with, and
-``retry_state`` the state to retry from when the step is rejected (e.g. keeping a model output already paid for).
-On a fixed grid the loop keeps ``x_next`` and ``state_next`` only.
+from ``init_state(x)``), never in the solver. ``noise`` is a [`StepNoise`][sde_diffusion.solvers.base.StepNoise]
+(``None`` for deterministic solvers). An *embedded* solver (``embedded = True``) returns an
+[`EmbeddedStep`][sde_diffusion.solvers.base.EmbeddedStep] instead: ``(x_next, state_next, error, error_order,
+retry_state)`` -- ``error`` the estimate of the local error (a tensor like ``x``; for a pair of solutions ``x_high -
+x_low``), ``error_order`` the power of ``h`` it scales with, and ``retry_state`` the state to retry from when the step
+is rejected (e.g. keeping a model output already paid for). On a fixed grid the loop keeps ``x_next`` and ``state_next``
+only.
 
 **Controllers.** ``solver.default_controller()`` names the controller ``sample`` uses when none is given
-(:class:`~sde_diffusion.solvers.controllers.FixedGrid` for all fixed-step solvers;
-:class:`~sde_diffusion.solvers.controllers.PIController` / ``DPMSolverStepRule`` for the adaptive ones, built from
-their ``rtol``/``atol`` options). ``sample(..., controller=...)`` overrides it.
+([`FixedGrid`][sde_diffusion.solvers.controllers.FixedGrid] for all fixed-step solvers;
+[`PIController`][sde_diffusion.solvers.controllers.PIController] / ``DPMSolverStepRule`` for the adaptive ones, built
+from their ``rtol``/``atol`` options). ``sample(..., controller=...)`` overrides it.
 
 **Budgets.** ``final_nfe(steps)`` is the exact model-evaluation count; ``steps_for_nfe(nfe)`` the largest step count
 within a budget (bounded search; the one rule used by studies and the CLI).
@@ -63,9 +66,10 @@ A complete solver (DDIM with ``eta = 0``)::
             return lincomb(c.ratio, x, c.c_eps, eps), state
 
 Plans are stored as a structure of float64 arrays (one column per coefficient); the per-step records are built from
-them for the state's device and dtype and cached (bounded in bytes, :func:`clear_plan_cache`) -- for grids longer than
-:data:`ROWS_CACHED_UP_TO` steps they are built in chunks as the loop advances, so memory does not grow with the step
-count.
+them for the state's device and dtype and cached (bounded in bytes,
+[`clear_plan_cache`][sde_diffusion.solvers.base.clear_plan_cache]) -- for grids longer than
+[`ROWS_CACHED_UP_TO`][sde_diffusion.solvers.base.ROWS_CACHED_UP_TO] steps they are built in chunks as the loop advances,
+so memory does not grow with the step count.
 """
 
 from __future__ import annotations
@@ -142,7 +146,7 @@ class Solver:
     couples_batch: bool = False
     #: the default controller chooses the steps: ``steps=``/``grid=`` are refused unless a fixed grid is asked for
     adaptive: bool = False
-    #: ``step`` returns an :class:`EmbeddedStep` (with an error estimate)
+    #: ``step`` returns an [`EmbeddedStep`][sde_diffusion.solvers.base.EmbeddedStep] (with an error estimate)
     embedded: bool = False
     #: arXiv reference of the method
     reference: str = ""
@@ -152,7 +156,8 @@ class Solver:
         return {}
 
     def coefficients(self, schedule: NoiseSchedule, ts: torch.Tensor, table: GridTable) -> dict[str, Any]:
-        """Per-step float64 coefficients beyond ``table`` (a :class:`GridTable` for ``ts``)."""
+        """Per-step float64 coefficients beyond ``table`` (a [`GridTable`][sde_diffusion.solvers.table.GridTable] for
+        ``ts``)."""
         return {}
 
     def init_state(self, x: torch.Tensor) -> tuple:
@@ -308,12 +313,13 @@ class FinalPoint:
 
 def base_coefficients(schedule: NoiseSchedule, ts: torch.Tensor) -> dict[str, torch.Tensor]:
     """float64 per-step ``t, t_next, alpha, sigma, alpha_next, sigma_next, lam, lam_next, h`` for a grid (the
-    columns of its :class:`GridTable`)."""
+    columns of its [`GridTable`][sde_diffusion.solvers.table.GridTable])."""
     return GridTable(schedule, ts).columns()
 
 
 class VectorColumn:
-    """Marker for a per-step *vector* of coefficients (see :func:`vector_column`)."""
+    """Marker for a per-step *vector* of coefficients (see
+    [`vector_column`][sde_diffusion.solvers.base.vector_column])."""
 
     __slots__ = ("values",)
 
@@ -329,7 +335,7 @@ def vector_column(v: torch.Tensor) -> VectorColumn:
 
 
 class HostScalars:
-    """Marker for a per-step multiplier column (see :func:`host_scalars`)."""
+    """Marker for a per-step multiplier column (see [`host_scalars`][sde_diffusion.solvers.base.host_scalars])."""
 
     __slots__ = ("values",)
 
@@ -346,16 +352,19 @@ def host_scalars(v: torch.Tensor) -> HostScalars | torch.Tensor:
     multiply of a 16k-element state itself), and a 0-d tensor of another dtype costs a conversion; a 0-d host tensor
     of the state's dtype is used as is -- on CUDA too, where it is passed to the kernel as a scalar argument (no
     copy, no synchronisation). Entries exactly equal to 1 (VE schedules) become the float ``1.0``, which
-    :func:`lincomb` skips. Meant for the ``a`` of :func:`lincomb`; weights ``w`` stay floats (``add_(y, alpha=w)``
-    takes them unwrapped)."""
+    [`lincomb`][sde_diffusion.solvers.base.lincomb] skips. Meant for the ``a`` of
+    [`lincomb`][sde_diffusion.solvers.base.lincomb]; weights ``w`` stay floats (``add_(y, alpha=w)`` takes them
+    unwrapped)."""
     return HostScalars(v) if v.ndim == 1 else v
 
 
 #: per-step records are cached with the plan for grids up to this many steps; longer grids build them in chunks of
-#: :data:`ROW_CHUNK` as the loop advances (their memory then does not grow with the step count)
+#: [`ROW_CHUNK`][sde_diffusion.solvers.base.ROW_CHUNK] as the loop advances (their memory then does not grow with the
+#: step count)
 ROWS_CACHED_UP_TO = 4096
 ROW_CHUNK = 256
-#: the plan cache holds at most this many bytes (estimated; see :func:`plan_cache_bytes`)
+#: the plan cache holds at most this many bytes (estimated; see
+#: [`plan_cache_bytes`][sde_diffusion.solvers.base.plan_cache_bytes])
 PLAN_CACHE_BYTES = 32 * 2**20
 #: estimated bytes of one per-step value held in a record (a float, a 0-d tensor or a device-tensor view)
 _BYTES_PER_FLOAT, _BYTES_PER_TENSOR = 24, 400
@@ -364,9 +373,11 @@ _BYTES_PER_FLOAT, _BYTES_PER_TENSOR = 24, 400
 @dataclass
 class Plan:
     """Everything the loop needs for one grid, as a structure of arrays: the float64 (or integer) ``columns`` of the
-    solver's coefficients (``(N,)`` or ``(N, B)``; a :class:`HostScalars` column keeps its marker), the
-    :class:`GridTable`, and the per-step records for the state's device and dtype -- cached in ``rows`` for grids up
-    to :data:`ROWS_CACHED_UP_TO` steps, built in chunks by :meth:`iter_rows` otherwise."""
+    solver's coefficients (``(N,)`` or ``(N, B)``; a [`HostScalars`][sde_diffusion.solvers.base.HostScalars] column
+    keeps its marker), the [`GridTable`][sde_diffusion.solvers.table.GridTable], and the per-step records for the
+    state's device and dtype -- cached in ``rows`` for grids up to
+    [`ROWS_CACHED_UP_TO`][sde_diffusion.solvers.base.ROWS_CACHED_UP_TO] steps, built in chunks by
+    [`iter_rows`][sde_diffusion.solvers.base.Plan.iter_rows] otherwise."""
 
     ts: torch.Tensor
     table: GridTable
@@ -651,10 +662,11 @@ class StepNoise:
 
 
 def make_noise_source(noise=None, generator: torch.Generator | None = None) -> NoiseSource | None:
-    """Build a :class:`NoiseSource` from what the user passed to ``sample``.
+    """Build a [`NoiseSource`][sde_diffusion.solvers.base.NoiseSource] from what the user passed to ``sample``.
 
-    ``noise`` may be a :class:`NoiseSource`, a tensor of shape ``(steps, *x.shape)`` of standard normals, or a
-    torchsde Brownian object (anything callable as ``bm(ta, tb)``); ``generator`` alone gives independent draws.
+    ``noise`` may be a [`NoiseSource`][sde_diffusion.solvers.base.NoiseSource], a tensor of shape ``(steps, *x.shape)``
+    of standard normals, or a torchsde Brownian object (anything callable as ``bm(ta, tb)``); ``generator`` alone gives
+    independent draws.
     """
     if noise is None:
         return None if generator is None else GeneratorNoise(generator)

@@ -9,18 +9,19 @@ adaptive controller is, for every attempt::
     accepted = controller.update(st, e, error_order, lam_new, abs(t_new - t_end))
     ... until controller.finished(st)
 
-* :class:`FixedGrid` -- the default: the grid is fixed before the loop; no host decision per step, no
-  synchronisation (the loop never calls it).
-* :class:`PIController` -- the PI rule (Gustafsson 1991; Hairer & Wanner, *Solving ODEs II*, IV.2) on the scaled
-  error ``E = max_b rms(err / (atol + rtol max(|x_n|, |x_{n+1}|)))``: accept when ``E <= 1`` and set
-  ``h_new = h clip(s E_n^{-b_1/p} E_{n-1}^{b_2/p}, f_min, f_max)`` (``p`` the order of the estimate, ``f_max = 1``
-  right after a rejection); a rejected step retries with ``h min(0.9, max(f_min, s E^{-1/p}))`` (at least a 10% cut,
-  so retries cannot stall). The last step is shortened to land on ``t_end``, or stretched when it would leave a sliver
-  under 10% of ``h``.
-* :class:`DPMSolverStepRule` -- Algorithm 4 of DPM-Solver (Lu et al. 2022, arXiv:2206.00927): with ``x_low`` the
-  lower-order solution, ``E = max_b rms((x_high - x_low)/delta)``, ``delta = max(atol, rtol max(|x_low|, |x_prev|))``
-  (``x_prev`` the lower-order solution of the last accepted step, initially ``x_T``); accept when ``E <= 1`` and in
-  any case ``h <- min(theta h E^{-1/k}, lambda_end - lambda_s)``; stop when ``|s - t_end| <= t_err``.
+* [`FixedGrid`][sde_diffusion.solvers.controllers.FixedGrid] -- the default: the grid is fixed before the loop; no host
+  decision per step, no synchronisation (the loop never calls it).
+* [`PIController`][sde_diffusion.solvers.controllers.PIController] -- the PI rule (Gustafsson 1991; Hairer & Wanner,
+  *Solving ODEs II*, IV.2) on the scaled error ``E = max_b rms(err / (atol + rtol max(|x_n|, |x_{n+1}|)))``: accept
+  when ``E <= 1`` and set ``h_new = h clip(s E_n^{-b_1/p} E_{n-1}^{b_2/p}, f_min, f_max)`` (``p`` the order of the
+  estimate, ``f_max = 1`` right after a rejection); a rejected step retries with ``h min(0.9, max(f_min, s E^{-1/p}))``
+  (at least a 10% cut, so retries cannot stall). The last step is shortened to land on ``t_end``, or stretched when it
+  would leave a sliver under 10% of ``h``.
+* [`DPMSolverStepRule`][sde_diffusion.solvers.controllers.DPMSolverStepRule] -- Algorithm 4 of DPM-Solver (Lu et al.
+  2022, arXiv:2206.00927): with ``x_low`` the lower-order solution, ``E = max_b rms((x_high - x_low)/delta)``,
+  ``delta = max(atol, rtol max(|x_low|, |x_prev|))`` (``x_prev`` the lower-order solution of the last accepted step,
+  initially ``x_T``); accept when ``E <= 1`` and in any case ``h <- min(theta h E^{-1/k}, lambda_end - lambda_s)``;
+  stop when ``|s - t_end| <= t_err``.
 """
 
 from __future__ import annotations

@@ -8,12 +8,12 @@ solution ``x_low`` and a higher-order one ``x_high`` that share their model eval
 
 The step returns ``x_high`` (local extrapolation) with the error estimate ``x_high - x_low``; the step size is chosen
 by the one loop, [`sample`][sde_diffusion.sample.sample], under the default controller
-:class:`~sde_diffusion.solvers.controllers.DPMSolverStepRule` (the paper's rule: ``E = max_batch RMS((x_high -
-x_low)/delta)``, ``delta = max(atol, rtol max(|x_low|, |x_prev|))``, ``h <- min(theta h E^{-1/order},
+[`DPMSolverStepRule`][sde_diffusion.solvers.controllers.DPMSolverStepRule] (the paper's rule: ``E = max_batch
+RMS((x_high - x_low)/delta)``, ``delta = max(atol, rtol max(|x_low|, |x_prev|))``, ``h <- min(theta h E^{-1/order},
 lambda_end - lambda_s)``). The coefficients of each attempt come from the same float64 tables as the fixed-step
-singlestep solver (:func:`~sde_diffusion.solvers.dpm_solver.singlestep_table` with the embedded lower-order update).
-After a rejection the model output at the unchanged ``(x, s)`` is reused (the retry state), so a rejected attempt
-costs one evaluation less than an accepted one (the reference code re-evaluates it).
+singlestep solver ([`singlestep_table`][sde_diffusion.solvers.dpm_solver.singlestep_table] with the embedded lower-order
+update). After a rejection the model output at the unchanged ``(x, s)`` is reused (the retry state), so a rejected
+attempt costs one evaluation less than an accepted one (the reference code re-evaluates it).
 """
 
 from __future__ import annotations
@@ -33,11 +33,11 @@ _NODES = {2: {1: STAGE_NODES[1], 2: STAGE_NODES[2]}, 3: {1: STAGE_NODES[1], 2: (
 class DPMSolverAdaptive(Solver):
     r"""Adaptive DPM-Solver-12 (``order=2``) / DPM-Solver-23 (``order=3``), Algorithm 4 of arXiv:2206.00927.
 
-    Options: ``order`` (2 | 3), ``update`` (the update rules, as :class:`~sde_diffusion.solvers.dpm_solver.DPMSolver`)
-    and the options of its default controller :class:`~sde_diffusion.solvers.controllers.DPMSolverStepRule`:
-    ``rtol`` (0.05), ``atol`` (0.0078, the paper's value for data in ``[-1, 1]``), ``theta`` (safety factor 0.9),
-    ``t_err`` (stop within this time of ``t_end``; 1e-5), ``h_init`` (first trial step in lambda; 0.05),
-    ``max_steps`` (attempts before giving up).
+    Options: ``order`` (2 | 3), ``update`` (the update rules, as
+    [`DPMSolver`][sde_diffusion.solvers.dpm_solver.DPMSolver]) and the options of its default controller
+    [`DPMSolverStepRule`][sde_diffusion.solvers.controllers.DPMSolverStepRule]: ``rtol`` (0.05), ``atol`` (0.0078, the
+    paper's value for data in ``[-1, 1]``), ``theta`` (safety factor 0.9), ``t_err`` (stop within this time of
+    ``t_end``; 1e-5), ``h_init`` (first trial step in lambda; 0.05), ``max_steps`` (attempts before giving up).
 
     Order: the step control makes the error scale like the tolerance; against NFE the accepted higher-order
     solution converges with order ``order``. NFE: ``order`` per accepted attempt (``order - 1`` per rejected one:

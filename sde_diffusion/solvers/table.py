@@ -1,10 +1,11 @@
 r"""The per-grid float64 table: everything a solver may know about the schedule on one grid.
 
-A solver never calls a schedule. It receives a :class:`GridTable` built once per grid (in float64, on the host,
-before the loop): ``lambda``, ``alpha``, ``sigma``, ``log alpha``, ``log sigma`` at every grid point, the steps
-``h = lambda_{i+1} - lambda_i``, the SDE coefficients ``f``/``g^2`` at the grid points (computed on first use), and
-:meth:`GridTable.at_lambda`, the map ``lambda -> (t, alpha, sigma)`` for stage points (``t`` the exact inverse of the
-half log-SNR, ``alpha``/``sigma`` evaluated at that ``t``, so that they agree with what the model sees).
+A solver never calls a schedule. It receives a [`GridTable`][sde_diffusion.solvers.table.GridTable] built once per grid
+(in float64, on the host, before the loop): ``lambda``, ``alpha``, ``sigma``, ``log alpha``, ``log sigma`` at every grid
+point, the steps ``h = lambda_{i+1} - lambda_i``, the SDE coefficients ``f``/``g^2`` at the grid points (computed on
+first use), and [`at_lambda`][sde_diffusion.solvers.table.GridTable.at_lambda], the map ``lambda -> (t, alpha, sigma)``
+for stage points (``t`` the exact inverse of the half log-SNR, ``alpha``/``sigma`` evaluated at that ``t``, so that they
+agree with what the model sees).
 
 Per-step columns (shape ``(N,)`` for a shared grid, ``(N, B)`` for one grid per sample) are available both as
 attributes and by key, so ``table["h"]`` and ``table.h`` are the same tensor:
