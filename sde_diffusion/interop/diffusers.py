@@ -56,6 +56,7 @@ __all__ = [
     "timestep_to_t",
     "diffusers_model",
     "SDEScheduler",
+    "fixed_grid_solvers",
 ]
 
 logger = logging.get_logger(__name__)
@@ -630,6 +631,3 @@ def fixed_grid_solvers() -> list[str]:
         for name, cls in registered_solvers().items()
         if not getattr(cls, "adaptive", False) and getattr(cls, "direction", "backward") == "backward"
     )
-
-
-__all__.append("fixed_grid_solvers")
