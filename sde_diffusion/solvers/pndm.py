@@ -89,16 +89,13 @@ class _PseudoMultistep(Solver):
     #: Adams--Bashforth order of the steady state; the state keeps ``memory = ab_order - 1`` past outputs
     ab_order: int = 4
     memory: int = 3
-    #: the pseudo-RK warm-up tableau (None: no RK steps)
+    #: the pseudo-RK warm-up tableau (None: no RK steps) and its step (set with it, never built inside ``step``)
     warmup: str | None = None
+    _layout: RKLayout | None = None
 
     def _modes(self, n: int) -> list[tuple[int, int]]:
         """``(mode, ab_order)`` of each of ``n`` steps."""
         raise NotImplementedError
-
-    @property
-    def _layout(self) -> RKLayout:
-        return rk_layout(TABLEAUX[self.warmup], "sigma")
 
     def final_nfe(self, steps: int) -> int:
         extra = TABLEAUX[self.warmup].stages - 1 if self.warmup else 0
@@ -148,6 +145,7 @@ class PNDM(_PseudoMultistep):
 
     def __init__(self, warmup: str = "rk4"):
         self.warmup = check_choice("warmup", warmup, ("rk4", "heun"))
+        self._layout = rk_layout(TABLEAUX[warmup], "sigma")
         self.ab_order = TABLEAUX[warmup].order
         self.memory = self.ab_order - 1
 
@@ -170,6 +168,7 @@ class PLMS(_PseudoMultistep):
     ab_order = 4
     memory = 3
     warmup = "heun"
+    _layout = rk_layout(TABLEAUX["heun"], "sigma")
 
     def _modes(self, n):
         return [(RK, 1)] + [(MULTISTEP, q) for q in step_orders(4, n)[1:]]
