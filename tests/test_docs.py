@@ -244,6 +244,34 @@ def test_there_are_runnable_pages():
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# references
+# ---------------------------------------------------------------------------------------------------------------------
+
+ARXIV = re.compile(r"(?<![\d.])(\d{4}\.\d{4,5})(?![\d])")
+
+
+def cited_arxiv_ids() -> dict[str, str]:
+    """arXiv id -> one file citing it, over the docs pages, the package's docstrings and comments, and examples."""
+    cited: dict[str, str] = {}
+    sources = [*DOCS.rglob("*.md"), *(ROOT / PACKAGE).rglob("*.py"), *(ROOT / "examples").glob("*.py")]
+    for path in sources:
+        if path.name == "references.md":
+            continue
+        for line in path.read_text().splitlines():
+            if "arxiv" in line.lower():
+                for arxiv_id in ARXIV.findall(line):
+                    cited.setdefault(arxiv_id, str(path.relative_to(ROOT)))
+    return cited
+
+
+def test_every_cited_paper_is_on_the_references_page():
+    listed = set(ARXIV.findall((DOCS / "references.md").read_text()))
+    missing = {i: where for i, where in cited_arxiv_ids().items() if i not in listed}
+    assert not missing, f"arXiv ids cited but not on docs/references.md: {missing}"
+    assert len(listed) >= 30
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # docstrings
 # ---------------------------------------------------------------------------------------------------------------------
 
