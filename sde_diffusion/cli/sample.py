@@ -16,6 +16,7 @@ from .common import (
     format_bytes,
     new_out_dir,
     positive_int,
+    progress,
     setup_torch,
     solver_specs,
 )
@@ -163,9 +164,13 @@ def run(args) -> int:
         kw = cal.sample_kwargs(model.schedule)
         solver, steps, grid = kw["solver"], kw["steps"], kw["grid"]
         spec.label = f"{cal.solver} @ {cal.grid} (calibrated)"
+    from tqdm.auto import tqdm
+
     x = torch.empty((args.n, *shape), dtype=torch.float64)
+    starts = range(0, args.n, CHUNK)
+    show = None if progress(args) is None else False  # a bar over the batches, on a terminal only
     t0 = time.perf_counter()
-    for k, lo in enumerate(range(0, args.n, CHUNK)):
+    for k, lo in enumerate(tqdm(starts, desc="batches", disable=True if len(starts) == 1 else show, leave=False)):
         count = min(CHUNK, args.n - lo)
         x_T = start(count, chunk_generator(args.seed, k))
         gen = torch.Generator(device=args.device).manual_seed(chunk_generator(args.seed + 1, k).initial_seed())
