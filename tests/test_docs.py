@@ -5,7 +5,9 @@
   ``python tests/test_docs.py`` lists the missing names with the module to add to a page.
 * The fenced ``python`` blocks of the pages marked runnable (front matter ``runnable: true``) run, page by page in one
   namespace, in a scratch folder; a ``text`` block right after a ``python`` block is its expected output (numbers
-  compared to 3 significant digits, so a changed result fails).
+  compared to 3 significant digits, so a changed result fails). Blocks fenced as ``py`` are shown but not run (they
+  train a network or need a GPU); ``python examples/...`` scripts are included verbatim on the examples page.
+* Every arXiv id cited in the docs, the package's docstrings and the examples is on the references page.
 * Docstrings hold no control characters (a maths docstring that is not a raw string turns ``\\frac``, ``\\beta``,
   ``\\alpha`` into form feeds, backspaces and bells, and its maths silently disappears from the API pages).
 """
