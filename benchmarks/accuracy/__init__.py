@@ -1,9 +1,16 @@
-r"""Accuracy benchmark (issue 4): our deterministic solvers against diffusers' schedulers on exact Gaussian mixtures.
+r"""Accuracy benchmark (issues 4, 14): our deterministic solvers, and calibration, against diffusers' schedulers and
+k-diffusion's samplers, on exact Gaussian mixtures and on a trained network.
+
+Layout: ``configurations`` (ours, diffusers', k-diffusion's, the settings), ``problems`` (problems, the learned
+network, references), ``runners`` (our runs, calibrated runs, precision, the units of work and the orchestration),
+``diffusers_adapter`` and ``kdiffusion_adapter`` (the peers fed our problem), ``report`` (summaries, markdown).
 
 What is measured
 ----------------
 Problems (from :mod:`sde_diffusion.studies.problems`): ``ring`` (2-D, 8 narrow modes) and ``gmm64`` (64-D mixture of
-10 diagonal Gaussians), each on two schedules:
+10 diagonal Gaussians), each on two schedules, and ``ring-net`` on ``edm``: an MLP noise-prediction network trained
+(float32, seeded, a few minutes on a CPU; the checkpoint goes to ``OUT/networks``) on the procedural ring data and
+run in float64 -- its reference is its own dopri5 solution, its start states come from the prior:
 
 * ``vp-discrete`` -- DDPM linear betas (1e-4 .. 0.02), 1000 steps, with ``alphas_cumprod`` accumulated in float32
   exactly as diffusers does (``torch.cumprod(1 - linspace(..., dtype=float32))``), then held in float64 by
@@ -40,21 +47,23 @@ exponential noise level with a *rounded* timestep, the network sees the rounded 
 schedulers get the output that their own ``precondition_outputs`` maps to the exact data prediction at the sigma of
 the current step. Budgets: the largest ``num_inference_steps`` whose number of model calls (``len(timesteps)``) fits.
 
-Optimised grids (``grid = "optimised"``): for a few of our configurations (:data:`OPTIMISED_CONFIGS`) at NFE 10
-and 20, :func:`~sde_diffusion.studies.grid_optimizer.optimise_grid` fits the interior lambda knots on a *pilot* batch
-drawn from another seed (``opt_seed``; its validation batch ``opt_seed + 1``) -- the evaluation batch ``x_T``
-(``seed``) is never seen -- starting from the fixed grid that is best on the pilot; the grid is kept if it also lowers
-the validation error, else the start grid is used. The resulting grid is then run on ``x_T`` exactly like the fixed
-grids (same reference, same metric; the ``x0`` output at NFE ``n`` uses the grid optimised for the state at
-``n - 1``). The summary reports the ratio to diffusers' best both without and with these runs.
+k-diffusion (``pip install --no-deps k-diffusion``; never a core dependency): its deterministic samplers (Euler,
+Heun, DPM-2, LMS-2/3/4, DPM-Solver++(2M), and the SDE samplers at ``eta = 0``) on its Karras and exponential
+sigma schedules, in VE variables, with the same start states and references.
+
+Calibrated (``grid = "calibrated"``): :func:`sde_diffusion.calibrate` per problem and budget, on start states of
+another seed (``cal_seed``: half pilot, half its own held-out check) -- the evaluation batch ``x_T`` (``seed``) is
+never seen -- then run on ``x_T`` exactly like the named grids (the ``x0`` output at NFE ``n`` uses the calibration
+for ``n - 1``). The summary compares it, and ``sample()``'s proposed default (the registry name that ranks best on
+``logsnr`` at NFE 10-20), with the best peer configuration (diffusers or k-diffusion) per cell.
 
 Precision: for a few of our solvers, the network output cast to float16 / bfloat16 / float32 and back (float32
-state) against the float64 run of the same configuration, at NFE 10 and 50.
+state) against the float64 run of the same configuration, at NFE 10.
 
 Usage::
 
-    python benchmarks/accuracy.py --out benchmarks/results            # full (~3-5 min on 2 cores)
-    python benchmarks/accuracy.py --out /tmp/acc --quick              # seconds: smoke run
+    python -m benchmarks.accuracy --out benchmarks/results            # full (see docs/benchmarks/accuracy.md)
+    python -m benchmarks.accuracy --out /tmp/acc --quick              # smoke run (what the test runs)
 
 Writes ``accuracy.json`` (schema ``SCHEMA_VERSION``, every run) and ``accuracy.md`` (summary tables).
 """
@@ -69,7 +78,7 @@ from pathlib import Path
 
 import torch
 
-from .configurations import KIND, SCHEMA_VERSION, Settings, quick_settings
+from .configurations import KIND, SCHEMA_VERSION, Settings, our_configs, quick_settings
 from .report import to_markdown
 from .runners import run_benchmark
 
@@ -109,6 +118,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--no-diffusers", action="store_true", help="skip diffusers")
     ap.add_argument("--no-kdiffusion", action="store_true", help="skip k-diffusion")
     ap.add_argument("--no-calibration", action="store_true", help="skip the calibrated runs")
+    ap.add_argument("--sweep", action="store_true", help="every configuration of ours (our_configs), not the core ones")
     ap.add_argument("--networks", type=Path, help="where the learned problems' checkpoints go (default OUT/networks)")
     args = ap.parse_args(argv)
     settings = quick_settings() if args.quick else Settings()
@@ -120,6 +130,7 @@ def main(argv=None) -> dict:
             "kdiffusion": settings.kdiffusion and not args.no_kdiffusion,
             "cal_nfe": () if args.no_calibration else settings.cal_nfe,
             "net_dir": str(net_dir),
+            "ours": tuple(dict.fromkeys([*our_configs(), *settings.ours])) if args.sweep else settings.ours,
         }
     )
     jobs = args.jobs or (1 if args.quick else 2)

@@ -63,6 +63,29 @@ def our_configs() -> list[str]:
     return c
 
 
+#: configurations compared in the "Recommended defaults" table (those present in a run are reported)
+CANDIDATES = (
+    "deis:method=logrho,order=3",
+    "dpm_solver:order=3,multistep=true,update=exact",
+    "ipndm:ab_order=3",
+    "ipndm:ab_order=4",
+    "unipc:predictor_order=2,b_h=bh1,prediction=eps",
+    "unipc:predictor_order=3,b_h=bh2,prediction=eps",
+    "unipc:predictor_order=2,b_h=bh2,lower_order_final=true",
+    "unipc:predictor_order=3,b_h=bh2,lower_order_final=true",
+    "dpm_solver++:order=2,multistep=true,update=paper,lower_order_final=true",
+    "dpm_solver++:order=3,multistep=true,update=paper,lower_order_final=true",
+    "heun:variable=sigma",
+    "ddim",
+)
+
+
+def core_configs() -> list[str]:
+    """The configurations of the default run: the candidate defaults, the registry names with their default options
+    and what calibration searches (the full sweep, ``our_configs``, is ``--sweep``)."""
+    return list(dict.fromkeys([*CANDIDATES, *DEFAULT_CANDIDATES, *AUTO_SOLVERS, default_config()[0]]))
+
+
 #: registry names with their default options: what ``sample()``'s default ``solver=`` can name
 DEFAULT_CANDIDATES = ("ddim", "dpm_solver++", "dpm_solver", "unipc", "deis", "ipndm", "heun", "plms")
 
@@ -315,10 +338,10 @@ class Settings:
     nfe: tuple = (5, 10, 20)
     target_nfe: tuple = (5, 10, 20)
     grids: tuple = GRIDS
-    batch: tuple = (("ring", 256), ("gmm64", 64), ("ring-net", 256))
+    batch: tuple = (("ring", 256), ("gmm64", 64), ("ring-net", 128))
     rtol: float = 1e-10
     seed: int = 0
-    ours: tuple = field(default_factory=lambda: tuple(dict.fromkeys([*our_configs(), default_config()[0]])))
+    ours: tuple = field(default_factory=lambda: tuple(core_configs()))
     precision_configs: tuple = PRECISION_CONFIGS
     precision_nfe: tuple = (10,)
     precision_grid: str = "logsnr"
@@ -338,7 +361,7 @@ class Settings:
     cal_seed: int = 1000
     cal_batch: int = 192
     cal_refine: int = 2
-    cal_budget_s: float = 40.0
+    cal_budget_s: float = 30.0
     cal_rtol: float = 1e-9
 
     def __post_init__(self):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
-from .configurations import DEFAULT_CANDIDATES, DIFFUSERS_DEFAULT, MODEL_DTYPES, ROUNDS_STATE
+from .configurations import CANDIDATES, DEFAULT_CANDIDATES, DIFFUSERS_DEFAULT, MODEL_DTYPES, ROUNDS_STATE
 
 # ---------------------------------------------------------------------------------------------------------------------
 # summaries
@@ -87,23 +87,6 @@ def rank_ours(runs: list[dict], cells, output: str, nfes, metric: str = "error")
         if reg is not None:
             rows.append({"config": c, "grid": g, "regret": reg[0], "worst": reg[1]})
     return sorted(rows, key=lambda r: (r["regret"], r["worst"]))
-
-
-#: configurations compared in the "Recommended defaults" table (those present in a run are reported)
-CANDIDATES = (
-    "deis:method=logrho,order=3",
-    "dpm_solver:order=3,multistep=true,update=exact",
-    "ipndm:ab_order=3",
-    "ipndm:ab_order=4",
-    "unipc:predictor_order=2,b_h=bh1,prediction=eps",
-    "unipc:predictor_order=3,b_h=bh2,prediction=eps",
-    "unipc:predictor_order=2,b_h=bh2,lower_order_final=true",
-    "unipc:predictor_order=3,b_h=bh2,lower_order_final=true",
-    "dpm_solver++:order=2,multistep=true,update=paper,lower_order_final=true",
-    "dpm_solver++:order=3,multistep=true,update=paper,lower_order_final=true",
-    "heun:variable=sigma",
-    "ddim",
-)
 
 
 def candidate_table(runs: list[dict], cells, nfes, output: str = "state", grids=("logsnr", "karras")) -> list[dict]:
