@@ -288,8 +288,8 @@ def calibrate(
             deterministic configurations.
         grids: the named grids of the screening stage.
         pilot, heldout: batch sizes (with ``x_shape``).
-        budget_s: wall-clock budget; the search stops where it is when the budget is spent (the validation stage
-            always runs).
+        budget_s: wall-clock budget of the search (counted after the references are computed); the search stops
+            where it is when the budget is spent (the validation stage always runs).
         refine: how many of the best configurations get the family-parameter and free-knot stages.
         rtol: tolerance of the dopri5 reference (``atol`` the same).
         t_start, t_end: the interval (default ``t_max -> t_min`` of the schedule).
@@ -298,7 +298,6 @@ def calibrate(
         progress: tqdm bar over solves (``None``: only on a terminal).
     """
     started = time.perf_counter()
-    deadline = None if budget_s is None else started + float(budget_s)
     if not isinstance(model, Model):
         raise TypeError(f"model must be a sde_diffusion.Model, got {type(model).__name__}")
     if (x_shape is None) == (x_T is None):
@@ -339,7 +338,8 @@ def calibrate(
         total=total, desc=f"calibrate NFE {nfe}", disable=not progress if progress is not None else None, leave=False
     )
     try:
-        s = _Search(model, xp.to(device), xh.to(device), t0, t1, rtol, deadline, bar)
+        s = _Search(model, xp.to(device), xh.to(device), t0, t1, rtol, None, bar)
+        s.deadline = None if budget_s is None else time.perf_counter() + float(budget_s)  # the search, not the refs
         s.xp, s.xh = s.xp.to(dtype), s.xh.to(dtype)
         cands = _screen(s, built, grids)
         fixed = min((c for c in cands if c.grid in _FIXED), key=_pilot, default=min(cands, key=_pilot))

@@ -361,7 +361,7 @@ class Settings:
     cal_seed: int = 1000
     cal_batch: int = 192
     cal_refine: int = 2
-    cal_budget_s: float = 30.0
+    cal_budget_s: float = 50.0
     cal_rtol: float = 1e-9
 
     def __post_init__(self):
