@@ -233,6 +233,9 @@ def test_refinement_limits_time_and_nfe():
     assert capped.chains["heun"]["refinement_stop"] == "max_nfe"
     assert [r.nfe_budget for r in capped.runs if r.refined] == [20, 40] and capped.budgets == [5, 10]
     assert capped.fit("heun").status == "not_reached"
+    # budgets that map to the same step count (Heun: 1 and 2 NFE are both one step) still advance the refinement
+    tiny = convergence_study("gauss2d", ["heun"], [1], n=4, refine=True, max_nfe=16, progress=False)
+    assert [r.nfe_budget for r in tiny.runs] == [1, 2, 4, 8, 16] and tiny.chains["heun"]["steps"] == [1, 2, 4, 8]
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -277,12 +278,21 @@ def convergence_study(
     return result
 
 
+@dataclass
 class _Context:
-    """What every run of one study shares."""
+    """What every run of one study shares: the problem, the start states on the solvers' device and dtype, the
+    Brownian path, the references (by ``stochastic``), the distributional metric and whether to keep samples."""
 
-    def __init__(self, problem, x, grid, seed, bm, repeats, dev, refs, metric, keep):
-        self.problem, self.x, self.grid, self.seed, self.bm = problem, x, grid, seed, bm
-        self.repeats, self.dev, self.refs, self.metric, self.keep = repeats, dev, refs, metric, keep
+    problem: Problem
+    x: torch.Tensor
+    grid: str
+    seed: int
+    bm: object
+    repeats: int
+    dev: torch.device
+    refs: dict
+    metric: object
+    keep: bool
 
 
 def _doubling_chain(budgets: list[int]) -> list[int]:
@@ -308,7 +318,7 @@ def _study_solver(ctx, result, label, solver, budgets, bar, refine, max_nfe, tim
         if steps in done:  # two budgets with the same step count: the same run
             run = Run(**{**done[steps][0].__dict__, "nfe_budget": budget, "refined": refined})
             result.runs.append(run)
-            if budget in chain_budgets:
+            if budget in chain_budgets and not (chain and chain[-1][1] == steps):
                 chain.append((budget, steps, run.nfe, done[steps][1]))
             return run
         out, wall = _timed_sample(ctx.problem, solver, ctx.x, steps, ctx.grid, ctx.seed, ctx.bm, ctx.repeats, ctx.dev)
@@ -326,7 +336,7 @@ def _study_solver(ctx, result, label, solver, budgets, bar, refine, max_nfe, tim
         )
         done[steps] = (run, out.x.detach())
         result.runs.append(run)
-        if budget in chain_budgets or refined:
+        if (budget in chain_budgets or refined) and not (chain and chain[-1][1] == steps):
             chain.append((budget, steps, out.nfe, out.x.detach()))
         if ctx.keep and not refined:
             result.samples[(label, budget)] = out.x.detach().to("cpu", torch.float64)
@@ -342,13 +352,13 @@ def _study_solver(ctx, result, label, solver, budgets, bar, refine, max_nfe, tim
             if fit is not None and fit.status != "not_reached":
                 stop = "reached" if fit.reached else "floor"
                 break
-            last = chain[-1] if chain else None
-            budget = 2 * (last[0] if last else budgets[-1])
+            budget = 2 * max(budgets[-1], max((r.nfe_budget for r in result.runs if r.solver == label), default=0))
             if budget > max_nfe:
                 stop = "max_nfe"
                 break
-            prev = result.runs[-1]
-            if spent + prev.wall_time * budget / max(prev.nfe, 1) > time_share:
+            mine = [r for r in result.runs if r.solver == label]
+            predicted = mine[-1].wall_time * budget / max(mine[-1].nfe, 1) if mine else 0.0
+            if spent + predicted > time_share:
                 stop = "time"
                 break
             run = run_budget(budget, True)
