@@ -22,6 +22,7 @@ __all__ = [
     "setup_torch",
     "check_choice",
     "check_problem",
+    "check_grid_solver",
     "solver_specs",
     "progress",
     "new_out_dir",
@@ -143,6 +144,24 @@ def solver_specs(texts: list[str]) -> list:
             raise UsageError(str(e).replace("\n", " ")) from None
         specs.append(spec)
     return specs
+
+
+def check_grid_solver(label: str, solver, schedule, command: str, *, adaptive_ok: bool = False) -> None:
+    """Refuse, with the reason, a solver that cannot run on the time grid ``command`` chooses: an inversion (it
+    runs forward, data -> noise), an adaptive solver (its controller chooses the steps; allowed with
+    ``adaptive_ok``) or one that fixes its own grid (e.g. ``dpm_solver_fast:nfe=...``)."""
+    if getattr(solver, "direction", "backward") != "backward":
+        raise UsageError(
+            f"solver {label!r} integrates forward in time (data -> noise: an inversion); {command} needs a solver "
+            "that runs from noise to data"
+        )
+    if getattr(solver, "adaptive", False) and not adaptive_ok:
+        raise UsageError(
+            f"solver {label!r} is adaptive: its controller chooses the steps (set its rtol/atol options), so it has "
+            f"no NFE budget or grid for {command} to set"
+        )
+    if solver.own_grid(schedule, None, None) is not None and not adaptive_ok:
+        raise UsageError(f"solver {label!r} fixes its own steps and grid (see its options); {command} cannot set them")
 
 
 def progress(args) -> bool | None:

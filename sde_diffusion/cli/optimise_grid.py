@@ -8,6 +8,7 @@ from pathlib import Path
 from .common import (
     UsageError,
     add_common,
+    check_grid_solver,
     check_out_file,
     check_problem,
     positive_int,
@@ -38,6 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     """Optimise the time grid of a solver at an NFE budget on a pilot batch; report the held-out error."""
     from ..studies.grid_optimizer import optimise_grid
+    from ..studies.problems import get_schedule
 
     check_problem(args)
     check_out_file(args.out)
@@ -46,11 +48,7 @@ def run(args) -> int:
     solver = spec.build()
     if solver.stochastic:
         raise UsageError(f"solver {spec.label!r} is stochastic; optimise-grid needs a deterministic solver")
-    if getattr(solver, "direction", "backward") != "backward":
-        raise UsageError(
-            f"solver {spec.label!r} integrates forward in time (data -> noise: an inversion); optimise-grid needs a "
-            "sampler that runs from noise to data"
-        )
+    check_grid_solver(spec.label, solver, get_schedule(args.schedule), "optimise-grid")
     if min(args.nfe, args.pilot, args.heldout, args.max_evals) < 1:
         raise UsageError("--nfe, --pilot, --heldout and --max-evals must be positive")
     pilot, heldout, max_evals = (32, 128, 40) if args.quick else (args.pilot, args.heldout, args.max_evals)

@@ -11,6 +11,7 @@ from .common import (
     UsageError,
     add_common,
     available_memory,
+    check_grid_solver,
     check_out_dir,
     check_problem,
     format_bytes,
@@ -140,21 +141,22 @@ def run(args) -> int:
     setup_torch(args)
     (spec,) = solver_specs([args.solver])
     solver = spec.build()
-    if getattr(solver, "direction", "backward") != "backward":
-        raise UsageError(
-            f"solver {spec.label!r} integrates forward in time (data -> noise: an inversion); sample needs a solver "
-            "that runs from noise to data"
-        )
     model, start, problem, shape = _model_source(args)
+    check_grid_solver(spec.label, solver, model.schedule, "sample", adaptive_ok=True)
     _check_memory(args, shape)
-    if args.steps is not None:
+    grid = args.grid
+    if solver.adaptive or solver.own_grid(model.schedule, None, None) is not None:
+        if args.steps is not None or args.nfe is not None:
+            how = "is adaptive (set its rtol/atol options)" if solver.adaptive else "fixes them (see its options)"
+            raise UsageError(f"--nfe/--steps: solver {spec.label!r} chooses its own steps: it {how}")
+        steps = grid = None
+    elif args.steps is not None:
         steps = args.steps
     else:
         nfe = 10 if args.nfe is None else args.nfe
         steps = steps_for_nfe(solver, nfe)
         if steps < 1:
             raise UsageError(f"--nfe {nfe} is too small for solver {spec.label!r}")
-    grid = args.grid
     cal = None
     if args.checkpoint and not args.no_calibration and args.steps is None:
         from .calibrate import calibration_for
@@ -169,6 +171,7 @@ def run(args) -> int:
     x = torch.empty((args.n, *shape), dtype=torch.float64)
     starts = range(0, args.n, CHUNK)
     show = None if progress(args) is None else False  # a bar over the batches, on a terminal only
+    spent = (0, 0)
     t0 = time.perf_counter()
     for k, lo in enumerate(tqdm(starts, desc="batches", disable=True if len(starts) == 1 else show, leave=False)):
         count = min(CHUNK, args.n - lo)
@@ -176,7 +179,9 @@ def run(args) -> int:
         gen = torch.Generator(device=args.device).manual_seed(chunk_generator(args.seed + 1, k).initial_seed())
         res = sample(model, x_T, solver=solver, steps=steps, grid=grid, generator=gen if solver.stochastic else None)
         x[lo : lo + count] = res.x.detach().to("cpu", torch.float64)
+        spent = max(spent, (res.nfe, len(res.ts) - 1))  # what was spent (an adaptive solver's may vary by batch)
         del x_T
+    nfe, steps = spent
     wall = time.perf_counter() - t0
     shown = x[:CHUNK]  # the metric and the plot
     capped = f" (first {len(shown)} samples)" if len(shown) < len(x) else ""
@@ -187,7 +192,7 @@ def run(args) -> int:
             {
                 "x": x,
                 "ts": res.ts,
-                "nfe": res.nfe,
+                "nfe": nfe,
                 "solver": spec.label,
                 "checkpoint": str(args.checkpoint),
                 "grid": args.grid if cal is None else cal.grid,
@@ -196,9 +201,9 @@ def run(args) -> int:
             out / "samples.pt",
         )
         data, dist_text = _checkpoint_data(args, shown)
-        title = f"{name} / {sched}: {spec.label}, NFE {res.nfe}"
+        title = f"{name} / {sched}: {spec.label}, NFE {nfe}"
         _plot_samples(shown, data, title, out / "samples.png", label=spec.label)
-        print(f"{name} / {sched}: {spec.label}, {steps} steps, NFE {res.nfe}, {wall * 1e3:.1f} ms{dist_text}{capped}")
+        print(f"{name} / {sched}: {spec.label}, {steps} steps, NFE {nfe}, {wall * 1e3:.1f} ms{dist_text}{capped}")
         print(f"wrote {out / 'samples.pt'} and {out / 'samples.png'}")
         return 0
     target = problem.target_samples(len(shown), torch.Generator().manual_seed(args.seed + 2))
@@ -208,7 +213,7 @@ def run(args) -> int:
         {
             "x": x,
             "ts": res.ts,
-            "nfe": res.nfe,
+            "nfe": nfe,
             "solver": spec.label,
             "problem": problem.name,
             "schedule": problem.schedule_name,
@@ -220,12 +225,12 @@ def run(args) -> int:
     _plot_samples(
         shown,
         target,
-        f"{problem.name} / {problem.schedule_name}: {spec.label}, NFE {res.nfe}",
+        f"{problem.name} / {problem.schedule_name}: {spec.label}, NFE {nfe}",
         out / "samples.png",
         label=spec.label,
     )
     print(
-        f"{problem.name} / {problem.schedule_name}: {spec.label}, {steps} steps, NFE {res.nfe}, "
+        f"{problem.name} / {problem.schedule_name}: {spec.label}, {steps} steps, NFE {nfe}, "
         f"{wall * 1e3:.1f} ms; {metric_name} to exact samples {dist:.3e}{capped}"
     )
     print(f"wrote {out / 'samples.pt'} and {out / 'samples.png'}")

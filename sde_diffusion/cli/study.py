@@ -13,6 +13,7 @@ from .common import (
     UsageError,
     add_common,
     check_choice,
+    check_grid_solver,
     check_out_dir,
     check_problem,
     flatten,
@@ -113,7 +114,7 @@ def run(args) -> int:
     refined past its budgets until the asymptotic ranges are found (unless --no-refine); print the error tables,
     effective orders over the requested range, asymptotic verdicts and local orders; write study.json and study.png
     into --out."""
-    from ..studies.problems import PROBLEMS
+    from ..studies.problems import PROBLEMS, get_schedule
     from ..studies.specs import default_solvers
 
     check_problem(args)
@@ -130,6 +131,9 @@ def run(args) -> int:
     check_out_dir(args.out, outputs=("study.json", "study.png"))
     setup_torch(args)
     specs = solver_specs(args.solvers or default_solvers())
+    schedule = get_schedule(args.schedule)
+    for spec in specs:  # studies run every solver at NFE budgets on grids they choose
+        check_grid_solver(spec.label, spec.build(), schedule, "study")
     nfe = flatten(args.nfe) or quick.get("nfe", _MAIN_NFE)
     order_nfe = flatten(args.order_nfe) or quick.get("order_nfe", _ORDER_NFE)
     out = new_out_dir(args.out, "study")
