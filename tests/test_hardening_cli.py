@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from test_cli import _run as run_cli_process  # the console path in a fresh interpreter
 
 from sde_diffusion import cli
 
@@ -199,26 +197,13 @@ def test_every_command_appears_in_the_table():
     assert set(cli.COMMANDS) <= commands
 
 
-def _subprocess(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    return subprocess.run(
-        [sys.executable, "-m", "sde_diffusion.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=env,
-        timeout=300,
-    )
-
-
 @pytest.mark.slow  # two interpreter starts; the in-process table above runs the same code
 def test_as_real_processes_no_traceback(tmp_path, checkpoint_bytes):
     """The console path end to end: a resume mismatch and a corrupted checkpoint in one interpreter each."""
     prepare(tmp_path, "flipped", checkpoint_bytes)
     before = snapshot(tmp_path)
     for argv in ([*TRAIN, "--out", "d"], ["sample", "--checkpoint", "d/ckpt.pt", "--out", "o"]):
-        r = _subprocess(*argv, cwd=tmp_path)
+        r = run_cli_process(*argv, cwd=tmp_path)
         assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.count("\n") == 1, r.stderr
         assert "corrupted" in r.stderr
     assert snapshot(tmp_path) == before
