@@ -251,6 +251,14 @@ def test_leftover_temporaries_of_a_killed_save_are_removed(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt", "other.tmp"]
 
 
+def test_legacy_checkpoints_without_a_checksum_still_load_new_ones_need_it(tmp_path):
+    torch.save({"format": "sde_diffusion.train/1", "w": torch.ones(2)}, tmp_path / "old.pt")
+    assert load_checkpoint(tmp_path / "old.pt")["w"].tolist() == [1.0, 1.0]
+    torch.save({"format": "sde_diffusion.train/2", "w": torch.ones(2)}, tmp_path / "new.pt")
+    with pytest.raises(CheckpointError, match="corrupted"):
+        load_checkpoint(tmp_path / "new.pt")
+
+
 def test_save_checkpoint_adds_a_verifiable_checksum(tmp_path):
     path = save_checkpoint({"format": "sde_diffusion.train/2", "w": torch.arange(3.0)}, tmp_path / "c.pt")
     assert load_checkpoint(path)["w"].tolist() == [0.0, 1.0, 2.0]

@@ -41,6 +41,7 @@ import glob
 import hashlib
 import math
 import os
+import pickle
 import signal
 import struct
 import sys
@@ -373,7 +374,11 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | 
         raise CheckpointError(f"{path} is empty (0 bytes), not a checkpoint")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch raises many types here (UnpicklingError, RuntimeError, EOFError, ...)
+    except pickle.UnpicklingError:  # not a pickle, or one with objects weights_only=True refuses to build
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint (not a torch.save file of plain data and tensors)"
+        ) from None
+    except Exception as e:  # torch raises many types here (RuntimeError for a torn zip, EOFError, ...)
         reason = (str(e).strip().splitlines() or [""])[0][:100]
         raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__}: {reason})") from None
     if not isinstance(state, dict) or state.get("format") not in (CHECKPOINT_FORMAT, *_LEGACY_FORMATS):
