@@ -110,7 +110,7 @@ def test_bridge_substep_has_the_brownian_correlation():
     src = GeneratorNoise(torch.Generator().manual_seed(0))
     step = StepNoise(src, 0, ts)
     z = step.increment(x)
-    z1 = substep_increment(step, x, 0.8, z)
     f = 0.2 / 0.5
+    z1 = substep_increment(step, x, 0.8, f, z)
     assert abs(float(z1.var()) - 1.0) < 0.02
     assert abs(float((z1 * z).mean()) - math.sqrt(f)) < 0.01

@@ -11,8 +11,9 @@ attached to the main-grid point closest to ``sigma_lo`` (its level is the interv
 
 With an exact ODE the restarts leave the marginal unchanged (the forward jump is exact and the ODE maps
 ``p_{sigma_hi}`` to ``p_{sigma_lo'}``); they contract the error accumulated before ``sigma_lo'``, at the price of the
-ODE error of the inner runs. Weak order 2 (Heun) when all grids are refined together; no strong order (the restart
-noise is fresh normals, ``noise.normal(x, k)``). NFE: ``2N - 1`` for the main run plus ``2 n K`` per interval.
+ODE error of the inner runs. Weak order 2 (Heun) when the inner runs are refined with the main grid (``n`` a fraction
+of the step count, the default); with a fixed ``n`` their error is a floor (declared order 0). No strong order (the
+restart noise is fresh normals, ``noise.normal(x, k)``). NFE: ``2N - 1`` for the main run plus ``2 n K`` per interval.
 With ``K = 0`` (or no intervals) it is :class:`~sde_diffusion.solvers.classic.Heun` with ``variable="sigma"``.
 """
 
@@ -26,13 +27,20 @@ from ..grids import family_lambdas
 from .base import Solver, lincomb, register
 from .edm_stochastic import heun_sigma_coefficients, heun_sigma_step, model_time
 
-__all__ = ["Restart", "DEFAULT_RESTART"]
+__all__ = ["Restart", "DEFAULT_RESTART", "inner_steps"]
 
-#: one interval ``(sigma_lo, sigma_hi, K, n)``: the automatic setting of common Restart front ends for short runs
-DEFAULT_RESTART = ((0.1, 2.0, 2, 3),)
+#: one interval ``(sigma_lo, sigma_hi, K, n)``: ``[0.1, 2]`` as in common Restart front ends, two restarts, inner runs
+#: of a quarter of the main step count (so that the sampler converges as the grid is refined)
+DEFAULT_RESTART = ((0.1, 2.0, 2, 0.25),)
 
 
-def _check_intervals(intervals) -> tuple[tuple[float, float, int, int], ...]:
+def inner_steps(n: int | float, steps: int) -> int:
+    """Inner Heun steps of a restart interval: ``n`` itself (an int) or ``max(1, round(n * steps))`` (a fraction
+    ``0 < n <= 1`` of the main step count)."""
+    return n if isinstance(n, int) else max(1, round(n * steps))
+
+
+def _check_intervals(intervals) -> tuple[tuple[float, float, int, int | float], ...]:
     out = []
     for item in intervals:
         if len(item) != 4:
@@ -40,9 +48,11 @@ def _check_intervals(intervals) -> tuple[tuple[float, float, int, int], ...]:
         lo, hi, k, n = item
         if not (isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and 0 < lo < hi and math.isfinite(hi)):
             raise ValueError(f"restart interval needs 0 < sigma_lo < sigma_hi < inf, got {item!r}")
-        for name, v, least in (("K", k, 0), ("n", n, 1)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < least:
-                raise ValueError(f"restart {name} must be an int >= {least}, got {v!r}")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise ValueError(f"restart K must be an int >= 0, got {k!r}")
+        fraction = isinstance(n, float) and 0.0 < n <= 1.0
+        if isinstance(n, bool) or not (fraction or (isinstance(n, int) and n >= 1)):
+            raise ValueError(f"restart n must be an int >= 1 or a fraction in (0, 1] of the steps, got {n!r}")
         out.append((float(lo), float(hi), k, n))
     return tuple(out)
 
@@ -52,7 +62,9 @@ class Restart(Solver):
     r"""Restart sampling (arXiv:2306.14878): see the module docstring.
 
     Options: ``intervals`` -- a tuple of ``(sigma_lo, sigma_hi, K, n)`` (VE noise levels ``sigma_ve``, restarts
-    ``K``, inner Heun steps ``n``); default :data:`DEFAULT_RESTART`. Shared grids only (one grid for the batch).
+    ``K``, inner Heun steps ``n``: an int, or a fraction of the main step count, see :func:`inner_steps`); default
+    :data:`DEFAULT_RESTART`. Declared weak order 2 when every inner run is a fraction of the grid (refined with it);
+    0 when some interval has a fixed ``n`` (its inner ODE error does not shrink as the main grid is refined).
     Weak order 2, no strong order, NFE ``2N - 1 + sum 2 n K``.
     """
 
@@ -62,55 +74,88 @@ class Restart(Solver):
 
     def __init__(self, intervals=DEFAULT_RESTART):
         self.intervals = _check_intervals(intervals)
+        self.order = 2.0 if all(k == 0 or isinstance(n, float) for _, _, k, n in self.intervals) else 0.0
         self.stochastic = any(k > 0 for _, _, k, _ in self.intervals)
+        #: the restart normals of interval ``q`` are ``noise.normal(x, draw_offsets[q] + r)``, ``r < K_q``
+        self.draw_offsets = [sum(k for _, _, k, _ in self.intervals[:q]) for q in range(len(self.intervals))]
 
     def options(self):
         return {"intervals": self.intervals}
 
     def final_nfe(self, steps):
-        return 2 * steps - 1 + sum(2 * n * k for _, _, k, n in self.intervals)
+        return 2 * steps - 1 + sum(2 * inner_steps(n, steps) * k for _, _, k, n in self.intervals)
 
     def coefficients(self, schedule, ts, table):
-        if ts.ndim != 1:
-            raise ValueError("restart needs one grid shared by the batch")
+        """Main Heun steps, and per interval ``q`` the restart block as columns: ``rs{q}_any`` (host bool: some sample
+        restarts after this step), ``rs{q}_jx``/``rs{q}_jn`` (the jump) and per inner point ``m``
+        ``rs{q}_t{m}, rs{q}_a{m}, rs{q}_s{m}`` with the Heun coefficients ``rs{q}_ax{m}, rs{q}_ae{m}``. A sample whose
+        grid attaches the interval to another step gets the identity there (jump ``1, 0``; ``a_x = 1, a_eps = 0``),
+        so per-sample grids give every sample its own restarts. An interval whose ``sigma_hi`` is not above the grid
+        level it attaches to is skipped (for that sample)."""
         la, ls = table.log_alpha, table.log_sigma
         lam = la - ls
-        a_x, a_eps = heun_sigma_coefficients(la[:-1], lam[:-1], la[1:], lam[1:])
-        n_steps = ts.shape[0] - 1
-        restarts: list = [() for _ in range(n_steps)]
-        sig_grid = torch.exp(-lam)
-        for lo, hi, k, n in self.intervals:
-            if k == 0:
-                continue
-            j = int(torch.argmin((sig_grid[1:].log() - math.log(lo)).abs()))  # main step ending nearest sigma_lo
-            lam_lo, lam_hi = float(lam[j + 1]), -math.log(hi)
-            if lam_hi >= lam_lo:
-                raise ValueError(f"restart sigma_hi={hi} is not above the grid level {math.exp(-lam_lo):.4g}")
-            lams = family_lambdas("karras", lam_hi, lam_lo, n)
+        out = dict(zip(("a_x", "a_eps"), heun_sigma_coefficients(la[:-1], lam[:-1], la[1:], lam[1:])))
+        shared = ts.ndim == 1
+        ts2, la2, ls2 = (v[:, None] if shared else v for v in (ts, la, ls))
+        lam2 = la2 - ls2
+        n_steps, batch = ts2.shape[0] - 1, ts2.shape[1]
+        cols = torch.arange(batch)
+        for q, (lo, hi, k, n) in enumerate(self.intervals):
+            n = inner_steps(n, n_steps)
+            # main step ending nearest sigma_lo, per sample
+            j = torch.argmin((-lam2[1:] - math.log(lo)).abs(), dim=0)
+            lam_lo, lam_hi = lam2[j + 1, cols], -math.log(hi)
+            valid = lam_hi < lam_lo  # else the grid never comes below sigma_hi: no restart for that sample
+            starts = torch.where(valid, lam_hi, lam_lo - 1.0)  # (a harmless stand-in where not valid)
+            lams = torch.stack([family_lambdas("karras", float(a), float(b), n) for a, b in zip(starts, lam_lo)], -1)
             p = table.at_lambda(lams)
             tt, lai, lsi = p.t.clone(), p.log_alpha.clone(), p.log_sigma.clone()
             # the inner run ends exactly on the main-grid point
-            tt[-1], lai[-1], lsi[-1] = ts[j + 1], la[j + 1], ls[j + 1]
+            tt[-1], lai[-1], lsi[-1] = ts2[j + 1, cols], la2[j + 1, cols], ls2[j + 1, cols]
             lams = lai - lsi
             ix, ie = heun_sigma_coefficients(lai[:-1], lams[:-1], lai[1:], lams[1:])
-            jump_x = float(torch.exp(lai[0] - la[j + 1]))
-            jump_noise = float(torch.exp(lai[0]) * torch.sqrt(torch.exp(-2.0 * lams[0]) - torch.exp(-2.0 * lam[j + 1])))
-            inner = [
-                (float(tt[m]), float(torch.exp(lai[m])), float(torch.exp(lsi[m])), float(ix[m]), float(ie[m]))
-                for m in range(n)
-            ] + [(float(tt[n]), float(torch.exp(lai[n])), float(torch.exp(lsi[n])), 0.0, 0.0)]
-            restarts[j] = restarts[j] + ((k, jump_x, jump_noise, tuple(inner)),)
-        return {"a_x": a_x, "a_eps": a_eps, "restarts": restarts}
+            on = (torch.arange(n_steps)[:, None] == j[None, :]) & valid[None, :]  # (N, B)
+
+            def col(v, off, on=on):
+                v = torch.where(on, v.expand(on.shape), torch.as_tensor(off, dtype=torch.float64).expand(on.shape))
+                return v[:, 0] if shared else v
+
+            out[f"rs{q}_any"] = on.any(1) & (k > 0)
+            out[f"rs{q}_jx"] = col(torch.exp(lai[0] - la2[j + 1, cols]), 1.0)
+            jump = torch.exp(lai[0]) * torch.sqrt(torch.exp(-2.0 * lams[0]) - torch.exp(-2.0 * lam_lo))
+            out[f"rs{q}_jn"] = col(jump, 0.0)
+            for m in range(n + 1):
+                # off-block samples evaluate at their own next grid point (finite, unused)
+                out[f"rs{q}_t{m}"] = col(tt[m], ts2[1:])
+                out[f"rs{q}_a{m}"] = col(torch.exp(lai[m]), torch.exp(la2[1:]))
+                out[f"rs{q}_s{m}"] = col(torch.exp(lsi[m]), torch.exp(ls2[1:]))
+                if m < n:
+                    out[f"rs{q}_ax{m}"] = col(ix[m], 1.0)
+                    out[f"rs{q}_ae{m}"] = col(ie[m], 0.0)
+        out["rs_inner"] = [tuple(inner_steps(n, n_steps) for _, _, _, n in self.intervals)] * n_steps
+        return out
 
     def step(self, model, x, state, c, noise):
         x = heun_sigma_step(
             model, x, c.t, c.alpha, c.sigma, c.t_next, c.alpha_next, c.sigma_next, c.a_x, c.a_eps, c.last
         )
-        draw = 0
-        for k, jump_x, jump_noise, inner in c.restarts:
-            for _ in range(k):
-                x = lincomb(jump_x, x, jump_noise, noise.normal(x, draw))
-                draw += 1
-                for (ta, aa, sa, ax, ae), (tb, ab, sb, _, _) in zip(inner[:-1], inner[1:]):
-                    x = heun_sigma_step(model, x, model_time(c.t, ta), aa, sa, model_time(c.t, tb), ab, sb, ax, ae)
+        for q, (_, _, k, _) in enumerate(self.intervals):
+            if not getattr(c, f"rs{q}_any"):
+                continue
+            g = lambda name, q=q: getattr(c, f"rs{q}_{name}")  # noqa: E731
+            for r in range(k):
+                x = lincomb(g("jx"), x, g("jn"), noise.normal(x, self.draw_offsets[q] + r))
+                for m in range(c.rs_inner[q]):
+                    x = heun_sigma_step(
+                        model,
+                        x,
+                        model_time(c.t, g(f"t{m}")),
+                        g(f"a{m}"),
+                        g(f"s{m}"),
+                        model_time(c.t, g(f"t{m + 1}")),
+                        g(f"a{m + 1}"),
+                        g(f"s{m + 1}"),
+                        g(f"ax{m}"),
+                        g(f"ae{m}"),
+                    )
         return x, state

@@ -43,22 +43,22 @@ from .options import check_nonnegative, check_positive
 __all__ = ["SDEDPMSolverPP2S", "SDEDPMSolverPP3M", "substep_increment"]
 
 
-def substep_increment(noise: StepNoise, x: torch.Tensor, t_mid: float, z: torch.Tensor, k: int = 0) -> torch.Tensor:
+def substep_increment(noise: StepNoise, x: torch.Tensor, t_mid, f, z: torch.Tensor, k: int = 0) -> torch.Tensor:
     r"""The normalised increment ``(W(s_mid) - W(s_a))/sqrt(t_a - t_mid)`` of the step's driving Brownian motion over
-    the first part ``[t_a, t_mid]`` of step ``noise.i`` (``s = -t``).
+    the first part ``[t_a, t_mid]`` of step ``noise.i`` (``s = -t``), ``f = (t_a - t_mid)/(t_a - t_b)`` its fraction
+    of the step (a float, or a per-sample coefficient tensor).
 
-    A torchsde path (:class:`~sde_diffusion.solvers.base.BrownianNoise`) is queried directly; any other source
-    gives the Brownian-bridge draw ``sqrt(f) z + sqrt(1 - f) xi`` from the step's increment ``z`` (drawn once by the
-    caller: a generator gives a fresh normal at every ``noise.increment`` call) and the
-    independent normal ``xi = noise.normal(x, k)`` (``f = (t_a - t_mid)/(t_a - t_b)``), which has the same joint law
-    with ``z``."""
-    ts = noise.ts
-    ta, tb = float(ts[noise.i]), float(ts[noise.i + 1])
+    A torchsde path (:class:`~sde_diffusion.solvers.base.BrownianNoise`, one grid for the batch) is queried
+    directly; any other source gives the Brownian-bridge draw ``sqrt(f) z + sqrt(1 - f) xi`` from the step's
+    increment ``z`` (drawn once by the caller: a generator gives a fresh normal at every ``noise.increment`` call)
+    and the independent normal ``xi = noise.normal(x, k)``, which has the same joint law with ``z``."""
     src = noise.source
     if isinstance(src, BrownianNoise):
+        ta = float(noise.ts[noise.i])
         dw = src.bm(-ta, -float(t_mid))
         return (dw / math.sqrt(ta - float(t_mid))).reshape(x.shape).to(device=x.device, dtype=x.dtype)
-    f = (ta - float(t_mid)) / (ta - tb)
+    if isinstance(f, torch.Tensor):
+        return lincomb(torch.sqrt(f), z, torch.sqrt(1.0 - f), noise.normal(x, k))
     return lincomb(math.sqrt(f), z, math.sqrt(1.0 - f), noise.normal(x, k))
 
 
@@ -106,6 +106,7 @@ class SDEDPMSolverPP2S(Solver):
         fac = 1.0 / (2.0 * self.r)
         return {
             "t_s1": t_s,
+            "f_s1": (ts[:-1] - t_s) / (ts[:-1] - ts[1:]),
             "alpha_s1": torch.exp(la_s),
             "sigma_s1": torch.exp(ls_s),
             "ratio_s1": ratio_s,
@@ -121,7 +122,7 @@ class SDEDPMSolverPP2S(Solver):
         x0 = model.predict(x, c.t, "x0", c.alpha, c.sigma)
         if self.stochastic:
             z = noise.increment(x)
-            u = lincomb(c.ratio_s1, x, c.w_s1_0, x0, c.c_noise_s1, substep_increment(noise, x, c.t_s1, z))
+            u = lincomb(c.ratio_s1, x, c.w_s1_0, x0, c.c_noise_s1, substep_increment(noise, x, c.t_s1, c.f_s1, z))
         else:
             u = lincomb(c.ratio_s1, x, c.w_s1_0, x0)
         t_s = c.t_s1.reshape(c.t.shape) if isinstance(c.t_s1, torch.Tensor) else torch.full_like(c.t, c.t_s1)

@@ -55,6 +55,8 @@ __all__ = [
     "order_table",
     "study_table",
     "plot_study",
+    "kdiffusion_best",
+    "FIGURE_LABELS",
 ]
 
 #: extra normals per step that a probe run provides (``noise.normal(x, k)``, ``k <`` this)
@@ -279,7 +281,7 @@ def _kd_gaussian_law(problem: Problem, name: str, ts: torch.Tensor):
 
 def default_study_solvers() -> dict[str, Solver]:
     """Every registered fixed-grid sampling solver with its default options, the stochastic ones with their
-    reverse-SDE setting (``eta = 1``), EDM with EDM's churn and Restart with one short interval."""
+    reverse-SDE setting (``eta = 1``), EDM with EDM's churn and Restart with one restart per run."""
     skip = {"ddim_inverse"}
     out = {}
     for name, cls in sorted(registered_solvers().items()):
@@ -288,7 +290,7 @@ def default_study_solvers() -> dict[str, Solver]:
         out[name] = get_solver(name)
     out["ddim(eta=1)"] = get_solver("ddim", eta=1.0)
     out["edm_stochastic"] = get_solver("edm_stochastic", s_churn=40.0, s_tmin=0.05, s_tmax=50.0)
-    out["restart"] = get_solver("restart", intervals=((0.1, 2.0, 1, 2),))
+    out["restart"] = get_solver("restart", intervals=((0.1, 2.0, 1, 0.25),))
     return out
 
 
@@ -369,20 +371,45 @@ def stochastic_study(
     return out
 
 
+def _main_metric(rows: dict) -> str:
+    metrics = [c["metric"] for v in rows.values() for c in v.values() if c]
+    return max(set(metrics), key=metrics.count) if metrics else ""
+
+
+def kdiffusion_best(rows: dict, nfes: Sequence[int]) -> dict:
+    """Per NFE budget, the k-diffusion sampler with the smallest error among the ``kd:`` rows:
+    ``{nfe: (label, row)}``."""
+    out = {}
+    for n in nfes:
+        cands = [(label, v[n]) for label, v in rows.items() if label.startswith("kd:") and v[n]]
+        if cands:
+            out[n] = min(cands, key=lambda lr: lr[1]["error"])
+    return out
+
+
 def study_table(result: dict) -> str:
-    """Markdown: one table per problem, rows = solvers, columns = NFE budgets (error, and the floor once)."""
+    """Markdown: one table per problem, rows = solvers, columns = NFE budgets (error and actual NFE), then the best
+    k-diffusion sampler per budget. A cell measured with another metric than the problem's (a sampler whose step
+    couples the batch, estimated from samples) is marked with a dagger."""
     lines = []
     nfes = result["nfes"]
     for pname, rows in result["problems"].items():
-        metric = next((r["metric"] for v in rows.values() for r in v.values() if r), "")
-        floor = next((r["floor"] for v in rows.values() for r in v.values() if r and r["floor"]), 0.0)
-        lines += [f"### {pname} ({metric}; sampling floor {floor:.2e})", ""]
-        lines.append("| solver | " + " | ".join(f"NFE {n}" for n in nfes) + " |")
-        lines.append("|---" * (len(nfes) + 1) + "|")
+        metric = _main_metric(rows)
+        floor = max((c["floor"] for v in rows.values() for c in v.values() if c and c["metric"] == metric), default=0)
+        head = f"### {pname} ({metric}" + (f"; sampling floor {floor:.2e}" if floor else "") + ")"
+        lines += [head, "", "| solver | " + " | ".join(f"NFE {n}" for n in nfes) + " |", "|---" * (len(nfes) + 1) + "|"]
         for label, cells in rows.items():
-            vals = [f"{c['error']:.2e} ({c['nfe']})" if c else "—" for c in (cells[n] for n in nfes)]
+            vals = []
+            for c in (cells[n] for n in nfes):
+                mark = "" if not c or c["metric"] == metric else " †"
+                vals.append(f"{c['error']:.2e} ({c['nfe']}){mark}" if c else "—")
             lines.append(f"| {label} | " + " | ".join(vals) + " |")
-        lines.append("")
+        best = kdiffusion_best(rows, nfes)
+        if best:
+            cells = [f"{best[n][1]['error']:.2e} ({best[n][0]})" if n in best else "—" for n in nfes]
+            lines.append("| **k-diffusion's best** | " + " | ".join(cells) + " |")
+        others = {c["metric"]: c["floor"] for v in rows.values() for c in v.values() if c and c["metric"] != metric}
+        lines += [""] + [f"† {m} from samples (floor {f:.2e})" for m, f in others.items()] + [""]
     return "\n".join(lines)
 
 
@@ -413,27 +440,45 @@ def order_table(
     return rows
 
 
+#: the rows drawn by :func:`plot_study` by default
+FIGURE_LABELS = (
+    "euler_ancestral",
+    "dpm_solver++_2s_ancestral",
+    "dpm_solver_2_ancestral",
+    "sde_dpm_solver++_2s",
+    "sde_dpm_solver++",
+    "sde_dpm_solver++_3m",
+    "edm_stochastic",
+    "restart",
+    "dpm_solver++",
+    "unipc",
+    "kd:dpmpp_2m",
+    "kd:dpmpp_2m_sde",
+)
+
+
 def plot_study(result: dict, problem: str, labels: Sequence[str] | None = None, ax=None):
-    """Error against NFE (log-log) of ``labels`` (default: every row) on one problem of a :func:`stochastic_study`
-    result; stochastic solvers solid, deterministic dashed, k-diffusion's dotted; the sampling floor in grey.
-    Needs matplotlib."""
+    """Error against NFE (log-log) of ``labels`` (default :data:`FIGURE_LABELS`, those present) on one problem of a
+    :func:`stochastic_study` result; stochastic solvers solid, deterministic dashed, k-diffusion's dotted; the
+    sampling floor of a sampled metric in grey. Needs matplotlib."""
     import matplotlib.pyplot as plt
 
     rows = result["problems"][problem]
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 4.5))
+    metric = _main_metric(rows)
     floor = 0.0
-    for label in labels or list(rows):
-        pts = [(c["nfe"], c["error"]) for c in rows[label].values() if c]
+    for label in [lab for lab in (labels or FIGURE_LABELS) if lab in rows]:
+        pts = [(c["nfe"], c["error"]) for c in rows[label].values() if c and c["metric"] == metric]
         if not pts:
             continue
-        floor = max(floor, max(c["floor"] for c in rows[label].values() if c))
+        floor = max(floor, max(c["floor"] for c in rows[label].values() if c and c["metric"] == metric))
         style = ":" if label.startswith("kd:") else ("-" if _is_stochastic(label) else "--")
         ax.loglog(*zip(*pts), style, marker="o", ms=3, label=label)
     if floor > 0:
         ax.axhline(floor, color="0.6", lw=1, label="sampling floor")
     ax.set_xlabel("NFE")
-    ax.set_ylabel(next(c["metric"] for v in rows.values() for c in v.values() if c))
+    ax.set_ylabel(metric)
     ax.set_title(problem)
     ax.legend(fontsize=6, ncol=2)
     return ax
@@ -469,7 +514,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.orders:
         solvers = {k: s for k, s in default_study_solvers().items() if s.stochastic}
         solvers["edm_stochastic"] = get_solver("edm_stochastic", s_churn=5.0)  # gamma = 5/N shrinks with N
-        solvers["restart"] = lambda n: get_solver("restart", intervals=((0.1, 2.0, 2, max(n // 4, 1)),))
         print("| solver | weak order (declared) | weak fit | strong order (declared) | strong fit |")
         print("|---|---|---|---|---|")
         for r in order_table(solvers):
