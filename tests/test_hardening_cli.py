@@ -163,7 +163,9 @@ def prepare(root: Path, setup: str | None, checkpoint: bytes) -> None:
         if content is None:
             path.mkdir(parents=True, exist_ok=True)
         else:
-            path.write_bytes({"CKPT": checkpoint, "FLIPPED": flipped(checkpoint)}.get(content, content))
+            path.write_bytes(
+                checkpoint if content == "CKPT" else flipped(checkpoint) if content == "FLIPPED" else content
+            )
 
 
 def run_in_process(argv: list[str]) -> tuple[int, str, str]:
@@ -210,19 +212,38 @@ def test_as_real_processes_no_traceback(tmp_path, checkpoint_bytes):
 
 
 def test_sample_in_batches_equals_one_batch(tmp_path, monkeypatch):
-    """--n larger than a batch: the first batch is exactly the --n = CHUNK run; later batches are other draws."""
+    """--n larger than a batch: sample i starts from a state seeded by (seed, i), so batches of 16 give the one-batch
+    samples (a batch is one call of the sampler: equal up to round-off); the first batch is the --n 16 run exactly."""
     from sde_diffusion.cli import sample as sample_cmd
 
     args = ["sample", "--problem", "gauss2d", "--solver", "heun", "--steps", "3"]
     code, _, err = run_in_process([*args, "--n", "40", "--out", str(tmp_path / "one")])
     assert code == 0, err
     monkeypatch.setattr(sample_cmd, "CHUNK", 16)
-    code, out, err = run_in_process([*args, "--n", "40", "--out", str(tmp_path / "three")])
+    code, out, err = run_in_process([*args, "--n", "40", "--batch-size", "16", "--out", str(tmp_path / "three")])
     assert code == 0, err
     code, _, err = run_in_process([*args, "--n", "16", "--out", str(tmp_path / "small")])
     assert code == 0, err
     one, three, small = (torch.load(tmp_path / d / "samples.pt")["x"] for d in ("one", "three", "small"))
     assert three.shape == one.shape == (40, 2)
     assert torch.equal(three[:16], small)
-    assert not torch.equal(three[16:32], three[:16]) and not torch.equal(three[16:32], one[16:32])
+    torch.testing.assert_close(three, one, rtol=0, atol=1e-12)
+    assert not torch.equal(three[16:32], three[:16])
     assert "(first 16 samples)" in out
+
+
+def test_overwrite_replaces_results_only_when_asked(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    prepare(tmp_path, "study", b"")
+    code, _, err = run_in_process([*STUDY, "--no-refine", "--overwrite", "--out", "o"])
+    assert code == 0, err
+    assert (tmp_path / "o" / "study.json").read_bytes() != b"{}"
+    (tmp_path / "g.json").write_text("old")
+    code, _, err = run_in_process([*GRID, "--max-evals", "2", "--overwrite", "--out", "g.json"])
+    assert code == 0, err
+    assert (tmp_path / "g.json").read_text().startswith("{")
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "samples.pt").write_bytes(b"old")
+    code, _, err = run_in_process(["sample", "--n", "8", "--steps", "2", "--overwrite", "--out", "s"])
+    assert code == 0, err
+    assert torch.load(tmp_path / "s" / "samples.pt")["x"].shape == (8, 2)

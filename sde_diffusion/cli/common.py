@@ -26,6 +26,7 @@ __all__ = [
     "solver_specs",
     "progress",
     "new_out_dir",
+    "add_overwrite",
     "check_out_dir",
     "check_out_file",
     "available_memory",
@@ -179,9 +180,16 @@ def _check_parents(path: Path, option: str) -> None:
             return
 
 
-def check_out_dir(out: str | None, *, option: str = "--out", outputs: tuple[str, ...] = ()) -> None:
+def add_overwrite(p: argparse.ArgumentParser) -> None:
+    """The ``--overwrite`` flag: replace the outputs already in ``--out`` (refused otherwise)."""
+    p.add_argument("--overwrite", action="store_true", help="replace the outputs already in --out (refused otherwise)")
+
+
+def check_out_dir(
+    out: str | None, *, option: str = "--out", outputs: tuple[str, ...] = (), overwrite: bool = False
+) -> None:
     """Check an output folder before any work: not an existing file, not under a file, and (when ``outputs`` are
-    given) holding none of them already -- results are never overwritten silently."""
+    given and not ``overwrite``) holding none of them already -- results are never overwritten silently."""
     if not out:
         return
     path = Path(out)
@@ -189,23 +197,26 @@ def check_out_dir(out: str | None, *, option: str = "--out", outputs: tuple[str,
         raise UsageError(f"{option} {out!r} is an existing file; give a folder")
     _check_parents(path, option)
     taken = [name for name in outputs if (path / name).exists()]
-    if taken:
+    if taken and not overwrite:
         raise UsageError(
-            f"{option} {out!r} already holds {', '.join(taken)}; choose another folder or remove them (results "
-            "are never overwritten)"
+            f"{option} {out!r} already holds {', '.join(taken)}; choose another folder, or pass --overwrite to "
+            "replace them (results are never overwritten silently)"
         )
 
 
-def check_out_file(out: str | None, *, option: str = "--out") -> None:
-    """Check an output file before any work: not an existing folder or file (never overwritten), not under a
-    file."""
+def check_out_file(out: str | None, *, option: str = "--out", overwrite: bool = False) -> None:
+    """Check an output file before any work: not an existing folder, not an existing file (unless ``overwrite``),
+    not under a file."""
     if not out:
         return
     path = Path(out)
     if path.is_dir():
         raise UsageError(f"{option} {out!r} is an existing folder; give a file name")
-    if path.exists():
-        raise UsageError(f"{option} {out!r} already exists; choose another name or remove it (never overwritten)")
+    if path.exists() and not overwrite:
+        raise UsageError(
+            f"{option} {out!r} already exists; choose another name, or pass --overwrite to replace it (never "
+            "overwritten silently)"
+        )
     _check_parents(path, option)
 
 

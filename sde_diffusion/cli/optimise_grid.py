@@ -8,6 +8,7 @@ from pathlib import Path
 from .common import (
     UsageError,
     add_common,
+    add_overwrite,
     check_grid_solver,
     check_out_file,
     check_problem,
@@ -32,8 +33,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="small batches and few evaluations (for CI)")
     p.add_argument(
         "--out",
-        help="write the result as JSON to this file (checked before the optimisation: not an existing file or folder)",
+        help="write the result as JSON to this file (checked before the optimisation: not an existing folder, and "
+        "not an existing file unless --overwrite)",
     )
+    add_overwrite(p)
 
 
 def run(args) -> int:
@@ -42,7 +45,7 @@ def run(args) -> int:
     from ..studies.problems import get_schedule
 
     check_problem(args)
-    check_out_file(args.out)
+    check_out_file(args.out, overwrite=args.overwrite)
     setup_torch(args)
     (spec,) = solver_specs([args.solver])
     solver = spec.build()

@@ -10,6 +10,7 @@ from pathlib import Path
 from .common import (
     UsageError,
     add_common,
+    add_overwrite,
     available_memory,
     check_grid_solver,
     check_out_dir,
@@ -58,8 +59,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--out",
-        help="output folder (default ./samples-YYYYmmdd-HHMMSS); refused if it already holds samples.pt or samples.png",
+        help="output folder (default ./samples-YYYYmmdd-HHMMSS); refused if it already holds samples.pt or "
+        "samples.png, unless --overwrite",
     )
+    add_overwrite(p)
 
 
 def chunk_generator(seed: int, k: int):
@@ -137,7 +140,7 @@ def run(args) -> int:
 
     if args.n < 2:
         raise UsageError("--n must be at least 2")
-    check_out_dir(args.out, outputs=OUTPUTS)
+    check_out_dir(args.out, outputs=OUTPUTS, overwrite=args.overwrite)
     setup_torch(args)
     (spec,) = solver_specs([args.solver])
     solver = spec.build()

@@ -12,6 +12,7 @@ from pathlib import Path
 from .common import (
     UsageError,
     add_common,
+    add_overwrite,
     check_choice,
     check_grid_solver,
     check_out_dir,
@@ -88,8 +89,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--out",
         help="output folder (default: a new ./study-YYYYmmdd-HHMMSS); refused if it already holds study.json or "
-        "study.png (results are never overwritten)",
+        "study.png, unless --overwrite",
     )
+    add_overwrite(p)
     p.epilog = "problems: " + "; ".join(f"{k} ({v.description})" for k, v in PROBLEMS.items())
 
 
@@ -128,7 +130,7 @@ def run(args) -> int:
         raise UsageError("--n must be at least 2 and --rtol positive")
     if (args.max_nfe is not None and args.max_nfe < 1) or not args.refine_time >= 0:
         raise UsageError("--max-nfe must be positive and --refine-time non-negative")
-    check_out_dir(args.out, outputs=("study.json", "study.png"))
+    check_out_dir(args.out, outputs=("study.json", "study.png"), overwrite=args.overwrite)
     setup_torch(args)
     specs = solver_specs(args.solvers or default_solvers())
     schedule = get_schedule(args.schedule)
