@@ -7,8 +7,8 @@ import sys
 import pytest
 import torch
 
-from sde_diffusion.training.data import ring
 from sde_diffusion.studies.metrics import sliced_w2
+from sde_diffusion.training.data import ring
 
 
 def _cli(*args, cwd):
