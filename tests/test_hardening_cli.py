@@ -245,3 +245,14 @@ def test_overwrite_replaces_results_only_when_asked(tmp_path, monkeypatch):
     code, _, err = run_in_process(["sample", "--n", "8", "--steps", "2", "--overwrite", "--out", "s"])
     assert code == 0, err
     assert torch.load(tmp_path / "s" / "samples.pt")["x"].shape == (8, 2)
+
+
+def test_ctrl_c_in_any_command_is_one_line_and_exit_130(monkeypatch):
+    from sde_diffusion.cli import sample as sample_cmd
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sample_cmd, "run", interrupted)
+    code, _, err = run_in_process(["sample"])
+    assert code == 130 and err == "sde-diffusion sample: interrupted\n"
