@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
-import time
 from pathlib import Path
 
 from .common import (
@@ -23,13 +21,15 @@ from .common import (
     solver_specs,
 )
 
-__all__ = ["HELP", "add_arguments", "run", "CHUNK", "chunk_generator"]
+__all__ = ["HELP", "add_arguments", "run", "CHUNK", "BATCH"]
 
 HELP = "sample a built-in problem or a trained checkpoint with one solver; writes samples.pt/.png"
 
-#: samples per batch of the sampling loop (bounds its memory whatever --n is); the error metric and the plot use
-#: the first CHUNK samples
+#: the error metric and the plot use the first CHUNK samples
 CHUNK = 32768
+#: default samples per call of the sampler (--batch-size): a block of consecutive sample indices, the unit that the
+#: ranks of a torchrun job share out
+BATCH = 1024
 OUTPUTS = ("samples.pt", "samples.png")
 
 
@@ -41,10 +41,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--steps", type=positive_int, help="number of steps (instead of --nfe)")
     p.add_argument(
         "--n",
+        "--num-samples",
         type=positive_int,
         default=2048,
-        help=f"number of samples (default 2048); sampled in batches of {CHUNK} (the first with --seed, batch k "
-        "with a seed derived from (seed, k)); refused when the samples would not fit in the memory available",
+        help="number of samples (default 2048; spell it --num-samples after torchrun, whose own options --n "
+        "abbreviates); sample i starts from a state drawn with a seed derived from "
+        "(--seed, i), so the samples do not depend on the number of ranks under torchrun; refused when the "
+        "samples would not fit in the memory available",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=BATCH,
+        help=f"samples per call of the sampler (default {BATCH}): blocks of consecutive indices, shared out among "
+        "the ranks under torchrun (a stochastic solver's noise is drawn per block)",
     )
     p.add_argument(
         "--checkpoint",
@@ -63,17 +73,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "samples.png, unless --overwrite",
     )
     add_overwrite(p)
-
-
-def chunk_generator(seed: int, k: int):
-    """The generator of batch ``k``: seeded with ``seed`` for ``k = 0`` (so ``--n`` up to :data:`CHUNK` samples
-    exactly as one batch would), else with a seed derived from ``(seed, k)``."""
-    import torch
-
-    if k == 0:
-        return torch.Generator().manual_seed(seed)
-    digest = hashlib.sha256(f"sde-diffusion sample {seed} {k}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
 
 def _model_source(args):
@@ -131,16 +130,32 @@ def _check_memory(args, shape) -> None:
 
 def run(args) -> int:
     """Sample a built-in problem with one solver; save samples.pt and a scatter plot samples.png; print the NFE,
-    the wall time and the distributional error against exact samples."""
+    the wall time and the distributional error against exact samples. Under ``torchrun`` every rank samples its
+    blocks and writes its shard ``samples.shard-R-of-W.pt``; rank 0 writes samples.png and, last, the index
+    ``samples.index.json`` (see [`sde_diffusion.distributed`][sde_diffusion.distributed])."""
+    from ..distributed import Job
+
+    job = Job(args.device)
+    with job:
+        args.device = job.device
+        return _run(args, job)
+
+
+def _outputs(job) -> tuple[str, ...]:
+    from .sharding import OUTPUTS_SHARDED
+
+    return OUTPUTS_SHARDED if job.distributed else OUTPUTS
+
+
+def _run(args, job) -> int:
     import torch
 
-    from ..sample import sample
     from ..studies.convergence import _dist_metric
     from ..studies.specs import steps_for_nfe
 
     if args.n < 2:
         raise UsageError("--n must be at least 2")
-    check_out_dir(args.out, outputs=OUTPUTS, overwrite=args.overwrite)
+    check_out_dir(args.out, outputs=_outputs(job), overwrite=args.overwrite)
     setup_torch(args)
     (spec,) = solver_specs([args.solver])
     solver = spec.build()
@@ -169,23 +184,20 @@ def run(args) -> int:
         kw = cal.sample_kwargs(model.schedule)
         solver, steps, grid = kw["solver"], kw["steps"], kw["grid"]
         spec.label = f"{cal.solver} @ {cal.grid} (calibrated)"
-    from tqdm.auto import tqdm
+    from .sharding import sample_part
 
-    x = torch.empty((args.n, *shape), dtype=torch.float64)
-    starts = range(0, args.n, CHUNK)
-    show = None if progress(args) is None else False  # a bar over the batches, on a terminal only
-    spent = (0, 0)
-    t0 = time.perf_counter()
-    for k, lo in enumerate(tqdm(starts, desc="batches", disable=True if len(starts) == 1 else show, leave=False)):
-        count = min(CHUNK, args.n - lo)
-        x_T = start(count, chunk_generator(args.seed, k))
-        gen = torch.Generator(device=args.device).manual_seed(chunk_generator(args.seed + 1, k).initial_seed())
-        res = sample(model, x_T, solver=solver, steps=steps, grid=grid, generator=gen if solver.stochastic else None)
-        x[lo : lo + count] = res.x.detach().to("cpu", torch.float64)
-        spent = max(spent, (res.nfe, len(res.ts) - 1))  # what was spent (an adaptive solver's may vary by batch)
-        del x_T
-    nfe, steps = spent
-    wall = time.perf_counter() - t0
+    def part():
+        return sample_part(
+            model, start, solver, steps, grid, seed=args.seed, n=args.n, batch_size=args.batch_size, job=job,
+            device=args.device, show=None if progress(args) is None else False,
+        )  # fmt: skip
+
+    if job.distributed:
+        out = Path(job.all_gather(str(new_out_dir(args.out, "samples")) if job.is_main else None)[0])
+        out.mkdir(parents=True, exist_ok=True)  # every node (one shared folder on a shared file system)
+        return _run_sharded(args, job, out, part, spec, problem, model, steps, cal)
+    done = part()
+    x, ts, nfe, steps, wall = done.x, done.ts, done.nfe, done.steps, done.wall
     shown = x[:CHUNK]  # the metric and the plot
     capped = f" (first {len(shown)} samples)" if len(shown) < len(x) else ""
     out = new_out_dir(args.out, "samples")
@@ -194,7 +206,7 @@ def run(args) -> int:
         torch.save(
             {
                 "x": x,
-                "ts": res.ts,
+                "ts": ts,
                 "nfe": nfe,
                 "solver": spec.label,
                 "checkpoint": str(args.checkpoint),
@@ -215,7 +227,7 @@ def run(args) -> int:
     torch.save(
         {
             "x": x,
-            "ts": res.ts,
+            "ts": ts,
             "nfe": nfe,
             "solver": spec.label,
             "problem": problem.name,
@@ -237,6 +249,51 @@ def run(args) -> int:
         f"{wall * 1e3:.1f} ms; {metric_name} to exact samples {dist:.3e}{capped}"
     )
     print(f"wrote {out / 'samples.pt'} and {out / 'samples.png'}")
+    return 0
+
+
+def _run_sharded(args, job, out: Path, part, spec, problem, model, steps, cal) -> int:
+    """The torchrun path: every rank writes (or resumes) its shard; rank 0 reports on the first :data:`CHUNK`
+    samples, writes samples.png and then the index."""
+    import torch
+
+    from ..studies.convergence import _dist_metric
+    from .sharding import write_sharded
+
+    source = {"checkpoint": str(args.checkpoint)} if problem is None else {"problem": problem.name}
+    run = {
+        **source,
+        "schedule": args.schedule if problem is None else problem.schedule_name,
+        "solver": spec.label,
+        "steps": steps,
+        "nfe": args.nfe,
+        "grid": args.grid if cal is None else cal.grid,
+        "seed": args.seed,
+        "n": args.n,
+        "batch_size": args.batch_size,
+        "dtype": args.dtype,
+    }
+    got = write_sharded(job, out, part, run, args.n, min(args.n, CHUNK))
+    if got is None:
+        return 0
+    shown, ts, nfe, steps, wall, resumed, finish = got
+    capped = f" (first {len(shown)} samples)" if len(shown) < args.n else ""
+    again = f"; resumed the shards of ranks {resumed}" if resumed else ""
+    if problem is None:
+        name = f"{Path(args.checkpoint).name} / {type(model.schedule).__name__}"
+        target, dist_text = _checkpoint_data(args, shown)
+    else:
+        name = f"{problem.name} / {problem.schedule_name}"
+        target = problem.target_samples(len(shown), torch.Generator().manual_seed(args.seed + 2))
+        metric_name, metric = _dist_metric(problem, target)
+        dist_text = f"; {metric_name} to exact samples {metric(shown):.3e}"
+    _plot_samples(shown, target, f"{name}: {spec.label}, NFE {nfe}", out / "samples.png", label=spec.label)
+    index = finish()
+    print(
+        f"{name}: {spec.label}, {steps} steps, NFE {nfe}, {job.world_size} ranks, {wall * 1e3:.1f} ms (slowest "
+        f"rank){dist_text}{capped}{again}"
+    )
+    print(f"wrote {job.world_size} shards, {out / 'samples.png'} and {index}")
     return 0
 
 

@@ -50,7 +50,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "(default: ddim, heun and the registered high-order solvers)",
     )
     p.add_argument("--nfe", type=int_list, nargs="+", help=f"NFE budgets (default {_MAIN_NFE})")
-    p.add_argument("--n", type=int, help="batch size (default 512; 128 with --quick)")
+    p.add_argument(
+        "--n",
+        "--num-samples",
+        type=int,
+        help="batch size (default 512; 128 with --quick; --num-samples after torchrun)",
+    )
     p.add_argument("--reference", default="auto", help="auto | exact | torchdiffeq | none")
     p.add_argument("--rtol", type=float, help="torchdiffeq reference tolerance (default 1e-10; 1e-8 with --quick)")
     p.add_argument(
@@ -115,7 +120,16 @@ def run(args) -> int:
     """Run the main study (solvers x NFE on --problem), the order study and optionally the stochastic one, each
     refined past its budgets until the asymptotic ranges are found (unless --no-refine); print the error tables,
     effective orders over the requested range, asymptotic verdicts and local orders; write study.json and study.png
-    into --out."""
+    into --out. Under ``torchrun`` the solvers are shared out among the ranks (all cells of a solver on one rank)
+    and rank 0 gathers them and writes the outputs (see [`sde_diffusion.distributed`][sde_diffusion.distributed])."""
+    from ..distributed import Job
+
+    with Job(args.device) as job:
+        args.device = job.device
+        return _run(args, job)
+
+
+def _run(args, job) -> int:
     from ..studies.problems import PROBLEMS, get_schedule
     from ..studies.specs import default_solvers
 
@@ -138,8 +152,9 @@ def run(args) -> int:
         check_grid_solver(spec.label, spec.build(), schedule, "study")
     nfe = flatten(args.nfe) or quick.get("nfe", _MAIN_NFE)
     order_nfe = flatten(args.order_nfe) or quick.get("order_nfe", _ORDER_NFE)
-    out = new_out_dir(args.out, "study")
+    out = new_out_dir(args.out, "study") if job.is_main else None
     common = dict(
+        job=job,
         grid=args.grid,
         seed=args.seed,
         dtype=args.dtype,
@@ -194,6 +209,8 @@ def run(args) -> int:
             **common,
         )
     elapsed = time.perf_counter() - t0
+    if not job.is_main:
+        return 0
     for name, res in studies.items():
         print(f"## {name} study\n")
         print(res.to_markdown())
@@ -201,18 +218,26 @@ def run(args) -> int:
             print()
             print(res.to_markdown("dist_error"))
         print()
-    _write_study(out, studies, args, elapsed)
+    _write_study(out, studies, args, elapsed, job.world_size)
     print(f"studies ran in {elapsed:.1f} s; wrote {out / 'study.json'} and {out / 'study.png'}")
     return 0
 
 
-def _run_study(problem, schedule, specs, nfe, **kw):
+def _run_study(problem, schedule, specs, nfe, job, **kw):
+    """One study; under torchrun this rank's solvers only (a refinement time budget in proportion), merged on rank
+    0 (``None`` on the others)."""
+    from ..distributed import merge_study_results, shard_items
     from ..studies.convergence import convergence_study
 
-    return convergence_study(problem, specs, nfe, schedule=schedule, **kw)
+    mine = shard_items(specs, job.rank, job.world_size)
+    if kw.get("refine_time") is not None:
+        kw["refine_time"] = kw["refine_time"] * len(mine) / len(specs)
+    part = convergence_study(problem, mine, nfe, schedule=schedule, **kw) if mine else None
+    parts = job.gather(part)
+    return merge_study_results(parts) if job.is_main else None
 
 
-def _write_study(out: Path, studies: dict, args, elapsed: float) -> None:
+def _write_study(out: Path, studies: dict, args, elapsed: float, world_size: int = 1) -> None:
     from .. import __version__
     from ..studies.plots import (
         new_figure,
@@ -231,6 +256,7 @@ def _write_study(out: Path, studies: dict, args, elapsed: float) -> None:
         "command": "sde-diffusion " + " ".join(sys.argv[1:]),
         "created": dt.datetime.now().isoformat(timespec="seconds"),
         "elapsed_s": round(elapsed, 3),
+        "world_size": world_size,
     }
     (out / "study.json").write_text(json.dumps(bundle(studies, **meta), indent=2))
     save_figure(study_figure(studies["main"], studies.get("order")), out / "study.png")

@@ -61,7 +61,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    """Train a score network (an MLP for 2-D data, a small UNet for images) and write OUT/ckpt.pt."""
+    """Train a score network (an MLP for 2-D data, a small UNet for images) and write OUT/ckpt.pt. Under
+    ``torchrun`` the network trains with DistributedDataParallel, each rank on its rows of every --batch-size batch
+    (the global batch), and rank 0 writes the checkpoint (see
+    [`sde_diffusion.distributed`][sde_diffusion.distributed])."""
+    from ..distributed import Job
+
+    with Job(args.device) as job:
+        args.device = job.device
+        return _run(args, job)
+
+
+def _run(args, job) -> int:
     import torch
 
     from ..studies.problems import SCHEDULES, get_schedule
@@ -111,6 +122,8 @@ def run(args) -> int:
             file=sys.stderr,
         )
         return 128 + e.signum
+    if not job.is_main:
+        return 0
     tail = res.losses[-min(100, len(res.losses)) :]
     print(
         f"trained {args.data} for {res.step} steps in {time.perf_counter() - t0:.1f} s; "

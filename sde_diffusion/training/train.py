@@ -56,6 +56,7 @@ import torch
 from torch import nn
 
 from .. import schedules as _schedules
+from ..distributed import training_shard
 from ..models import Model, _check_prediction
 from ..schedules import NoiseSchedule, VPDiscrete
 from .data import get_dataset
@@ -678,7 +679,10 @@ def train(
         _set_rng_state(gen, state["rng"], device)
         step, losses = int(state["step"]), list(state["losses"])
 
-    model = Model(net, schedule, prediction, time_input=time_map)
+    shard = training_shard(net, cfg.batch_size, device)  # DistributedDataParallel under torchrun, else None
+    model = Model(net if shard is None else shard.rows_net, schedule, prediction, time_input=time_map)
+    if shard is not None:  # this rank's rows of the global batch (every rank draws the whole batch)
+        loss_fn = shard.loss(get_loss(cfg.loss, **cfg.loss_options, reduction="none"))
 
     def make_state() -> dict[str, Any]:
         return {
@@ -708,7 +712,8 @@ def train(
 
     def flush():
         if pending:
-            values = torch.stack(pending).float().cpu().tolist()
+            values = torch.stack(pending) if shard is None else shard.average(torch.stack(pending))
+            values = values.float().cpu().tolist()
             pending.clear()
             if not all(math.isfinite(v) for v in values):
                 raise FloatingPointError(f"non-finite training loss near step {step}")
@@ -720,7 +725,8 @@ def train(
     net.train()
     try:
         with StopOnSignals() as stop:
-            while step < last and stop.signum is None:
+            stop = stop if shard is None else shard.agreed(stop)  # ranks stop at the same step
+            while step < last and (stop.signum if shard is None else stop.poll()) is None:
                 lr = _learning_rate(cfg, step)
                 for group in opt.param_groups:
                     group["lr"] = lr
@@ -742,9 +748,9 @@ def train(
                 periodic = cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < last
                 if ckpt_path is not None and periodic and stop.signum is None:
                     flush()
-                    written = save_checkpoint(make_state(), ckpt_path)
+                    written = save_checkpoint(make_state(), ckpt_path) if shard is None or shard.is_main else None
             flush()
-            if ckpt_path is not None:
+            if ckpt_path is not None and (shard is None or shard.is_main):  # rank 0 writes
                 written = save_checkpoint(make_state(), ckpt_path)
             if stop.signum is not None and step < last:
                 raise TrainingInterrupted(stop.signum, step, written)
