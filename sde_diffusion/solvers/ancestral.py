@@ -69,10 +69,10 @@ def singlestep_to(grid, sign: int, order: int, lam, la, ls, la_end, ls_end, upda
     ``lambda_end = la_end - ls_end`` (a grid point or a virtual point such as an ancestral ``sigma_down``).
 
     The stages sit on the schedule at ``lambda + r_j (lambda_end - lambda)`` (``r = 1/2``; ``1/3, 2/3``) and use
-    the rules of :func:`~sde_diffusion.solvers.dpm_solver.update_rule` (``update``); stage points come from the
-    grid table's ``at_lambda`` (``grid``, a :class:`~sde_diffusion.solvers.table.GridTable`). Keys as read by
-    :func:`~sde_diffusion.solvers.dpm_solver.run_singlestep_stages` and
-    :func:`~sde_diffusion.solvers.dpm_solver.final_update`: ``t_s{j}, alpha_s{j}, sigma_s{j}, ratio_s{j},
+    the rules of [`update_rule`][sde_diffusion.solvers.dpm_solver.update_rule] (``update``); stage points come from the
+    grid table's ``at_lambda`` (``grid``, a [`GridTable`][sde_diffusion.solvers.table.GridTable]). Keys as read by
+    [`run_singlestep_stages`][sde_diffusion.solvers.dpm_solver.run_singlestep_stages] and
+    [`final_update`][sde_diffusion.solvers.dpm_solver.final_update]: ``t_s{j}, alpha_s{j}, sigma_s{j}, ratio_s{j},
     w_s{j}_{m}`` and ``ratio, w{m}``.
     """
     h = (la_end - ls_end) - lam

@@ -8,7 +8,7 @@ step ``i`` from ``sigma_i`` to ``sigma_{i+1}``:
    forward transition from ``sigma_i`` to ``sigma_hat`` (for ``S_noise = 1``);
 2. a Heun step of the ODE from ``sigma_hat`` to ``sigma_{i+1}``: ``y' = y_hat + (sigma_{i+1} - sigma_hat) eps_hat``,
    ``y_{i+1} = y_hat + (sigma_{i+1} - sigma_hat) (eps_hat + eps')/2`` (an Euler step on the last interval, as
-   :class:`~sde_diffusion.solvers.classic.Heun`).
+   [`Heun`][sde_diffusion.solvers.classic.Heun]).
 
 For a schedule with ``alpha != 1`` the state is ``x = alpha y``: the churned point ``(t_hat, alpha_hat)`` is the time
 whose VE noise level is ``sigma_hat``; it may lie beyond ``t_max`` when the churn acts at the first step
@@ -17,7 +17,7 @@ whose VE noise level is ``sigma_hat``; it may lie beyond ``t_max`` when the chur
 Order: with ``S_noise = 1`` the churn is exact in law for any data, so the only error in law is the ODE step's:
 weak order 2 (Heun). The churn noise is a fresh normal per step (the step's ``noise.increment``), not a
 discretisation of a Brownian integral, so no strong order is declared. 2 NFE per step (``2N - 1`` in all).
-``S_churn = 0`` is :class:`~sde_diffusion.solvers.classic.Heun` with ``variable="sigma"``.
+``S_churn = 0`` is [`Heun`][sde_diffusion.solvers.classic.Heun] with ``variable="sigma"``.
 """
 
 from __future__ import annotations

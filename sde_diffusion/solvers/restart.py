@@ -1,8 +1,8 @@
 r"""Restart sampling (Xu et al. 2023, arXiv:2306.14878): probability-flow ODE steps with forward-noise restarts.
 
 The main run is EDM's Heun on the probability-flow ODE (in ``y = x/alpha``, ``sigma_ve``; see
-:mod:`~sde_diffusion.solvers.edm_stochastic`). A restart interval ``[sigma_lo, sigma_hi]`` (VE noise levels) is
-attached to the main-grid point closest to ``sigma_lo`` (its level is the interval's actual lower end
+[`edm_stochastic`][sde_diffusion.solvers.edm_stochastic]). A restart interval ``[sigma_lo, sigma_hi]`` (VE noise
+levels) is attached to the main-grid point closest to ``sigma_lo`` (its level is the interval's actual lower end
 ``sigma_lo'``). After the main step that reaches it, ``K`` times:
 
 1. jump forward: ``y <- y + sqrt(sigma_hi^2 - sigma_lo'^2) z`` -- the exact forward transition, i.e. in the state
@@ -14,7 +14,7 @@ With an exact ODE the restarts leave the marginal unchanged (the forward jump is
 ODE error of the inner runs. Weak order 2 (Heun) when the inner runs are refined with the main grid (``n`` a fraction
 of the step count, the default); with a fixed ``n`` their error is a floor (declared order 0). No strong order (the
 restart noise is fresh normals, ``noise.normal(x, k)``). NFE: ``2N - 1`` for the main run plus ``2 n K`` per interval.
-With ``K = 0`` (or no intervals) it is :class:`~sde_diffusion.solvers.classic.Heun` with ``variable="sigma"``.
+With ``K = 0`` (or no intervals) it is [`Heun`][sde_diffusion.solvers.classic.Heun] with ``variable="sigma"``.
 """
 
 from __future__ import annotations
@@ -62,10 +62,11 @@ class Restart(Solver):
     r"""Restart sampling (arXiv:2306.14878): see the module docstring.
 
     Options: ``intervals`` -- a tuple of ``(sigma_lo, sigma_hi, K, n)`` (VE noise levels ``sigma_ve``, restarts
-    ``K``, inner Heun steps ``n``: an int, or a fraction of the main step count, see :func:`inner_steps`); default
-    :data:`DEFAULT_RESTART`. Declared weak order 2 when every inner run is a fraction of the grid (refined with it);
-    0 when some interval has a fixed ``n`` (its inner ODE error does not shrink as the main grid is refined).
-    Weak order 2, no strong order, NFE ``2N - 1 + sum 2 n K``.
+    ``K``, inner Heun steps ``n``: an int, or a fraction of the main step count, see
+    [`inner_steps`][sde_diffusion.solvers.restart.inner_steps]); default
+    [`DEFAULT_RESTART`][sde_diffusion.solvers.restart.DEFAULT_RESTART]. Declared weak order 2 when every inner run is a
+    fraction of the grid (refined with it); 0 when some interval has a fixed ``n`` (its inner ODE error does not shrink
+    as the main grid is refined). Weak order 2, no strong order, NFE ``2N - 1 + sum 2 n K``.
     """
 
     order = 2.0

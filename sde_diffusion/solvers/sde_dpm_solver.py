@@ -3,8 +3,8 @@ r"""SDE-DPM-Solver++ beyond 1/2M: the singlestep "DPM++ SDE" and the third-order
 ``sample_dpmpp_3m_sde``).
 
 **Singlestep (``sde_dpm_solver++_2s``).** A DPM-Solver++(2S) step whose two updates are both *ancestral*
-(:mod:`~sde_diffusion.solvers.ancestral`): with ``h = lambda_n - lambda``, the stage at ``lambda_s = lambda + r h``
-and VE-scaled ``y = x/alpha``,
+([`ancestral`][sde_diffusion.solvers.ancestral]): with ``h = lambda_n - lambda``, the stage at
+``lambda_s = lambda + r h`` and VE-scaled ``y = x/alpha``,
 
 * stage: ``y_s = (sigma_d'/sigma) y + (1 - sigma_d'/sigma) x0 + sigma_u' z_1`` with ``(sigma_d', sigma_u')`` the
   ancestral split of ``sigma -> sigma_s``, ``z_1`` the normalised Brownian increment over ``[t, t_s]``;
@@ -12,13 +12,13 @@ and VE-scaled ``y = x/alpha``,
   ``sigma -> sigma_n`` and ``z`` the increment over the *whole* step ``[t, t_n]`` (the update starts again from
   ``y``), so the two draws are correlated exactly as two increments of one Brownian path.
 
-With a Brownian path (torchsde ``BrownianInterval``, :func:`~sde_diffusion.reference.brownian_path`) the result
-barely depends on the step count; without one (independent normals) the sub-step increment is drawn from the
+With a Brownian path (torchsde ``BrownianInterval``, [`brownian_path`][sde_diffusion.reference.brownian_path]) the
+result barely depends on the step count; without one (independent normals) the sub-step increment is drawn from the
 Brownian bridge: ``z_1 = sqrt(f) z + sqrt(1 - f) xi`` (``f = (t - t_s)/(t - t_n)``, ``xi`` an extra normal), which
 has the same joint law. ``eta = 0`` is DPM-Solver++(2S) (``r = 1/2``).
 
 **3M (``sde_dpm_solver++_3m``).** The multistep data-prediction update for the reverse-SDE family with noise
-``sqrt(eta) g`` (see :class:`~sde_diffusion.solvers.dpm_solver.SDEDPMSolverPP`): linear part
+``sqrt(eta) g`` (see [`SDEDPMSolverPP`][sde_diffusion.solvers.dpm_solver.SDEDPMSolverPP]): linear part
 ``(sigma_n/sigma) e^{-eta h}``, weights of the step ``(1 + eta) h`` through the last three data predictions
 (``h phi_1 x0 + h phi_2 D_1 + h phi_3 D_2``, the published rule ``"ref3"``; the warm-up second step uses the exact
 ``phi_2`` weight, k-diffusion's choice, i.e. ``update="heun"``), and noise ``sigma_n sqrt(1 - e^{-2 eta h}) z``.
@@ -48,7 +48,7 @@ def substep_increment(noise: StepNoise, x: torch.Tensor, t_mid, f, z: torch.Tens
     the first part ``[t_a, t_mid]`` of step ``noise.i`` (``s = -t``), ``f = (t_a - t_mid)/(t_a - t_b)`` its fraction
     of the step (a float, or a per-sample coefficient tensor).
 
-    A torchsde path (:class:`~sde_diffusion.solvers.base.BrownianNoise`, one grid for the batch) is queried
+    A torchsde path ([`BrownianNoise`][sde_diffusion.solvers.base.BrownianNoise], one grid for the batch) is queried
     directly; any other source gives the Brownian-bridge draw ``sqrt(f) z + sqrt(1 - f) xi`` from the step's
     increment ``z`` (drawn once by the caller: a generator gives a fresh normal at every ``noise.increment`` call)
     and the independent normal ``xi = noise.normal(x, k)``, which has the same joint law with ``z``."""
@@ -135,8 +135,8 @@ class SDEDPMSolverPP2S(Solver):
 @register("sde_dpm_solver++_3m")
 class SDEDPMSolverPP3M(SDEDPMSolverPP):
     r"""SDE-DPM-Solver++(3M), "DPM++ 3M SDE" (k-diffusion's ``sample_dpmpp_3m_sde``; arXiv:2211.01095): the
-    multistep update of :class:`~sde_diffusion.solvers.dpm_solver.SDEDPMSolverPP` through the last *three* data
-    predictions (module docstring). One NFE per step, memory 2 outputs; warm-up orders 1, 2 and, with
+    multistep update of [`SDEDPMSolverPP`][sde_diffusion.solvers.dpm_solver.SDEDPMSolverPP] through the last *three*
+    data predictions (module docstring). One NFE per step, memory 2 outputs; warm-up orders 1, 2 and, with
     ``lower_order_final``, orders ``min(3, steps - i)`` below 15 steps.
 
     Options: ``eta >= 0``, ``lower_order_final``, ``update`` (``"heun"``, default: k-diffusion's form;

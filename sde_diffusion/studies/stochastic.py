@@ -4,21 +4,22 @@ error per NFE of every solver (stochastic and deterministic), optionally beside 
 **Exact law on Gaussian data.** With (diagonal) Gaussian data the exact model is affine in ``x``, and every sampler
 here is affine in its start ``x_T`` and in the standard normals it draws: ``x_out = M x_T + b + sum_k C_k xi_k``
 per coordinate. Running the solver on a batch of *probes* -- ``(x_T, xi) = (0, 0)``, ``(1, 0)`` and one unit
-normal at a time, fed through :class:`~sde_diffusion.solvers.base.TensorNoise` -- gives ``b``, ``M`` and every
+normal at a time, fed through [`TensorNoise`][sde_diffusion.solvers.base.TensorNoise] -- gives ``b``, ``M`` and every
 ``C_k``, hence the exact law ``N(M mu_T + b, M^2 v_T + sum_k C_k^2)`` of the output: no Monte-Carlo floor. The
 distribution error is the exact W2 between that law and the true marginal ``p_{t_min}``
 (``W2^2 = sum_i (m_i - m_i')^2 + (s_i - s_i')^2`` for diagonal Gaussians), and the weak order is its slope against
 the step count. (Solvers whose step couples the batch, like ``pc`` with batch-mean norms, are estimated from
-samples instead, :func:`~sde_diffusion.studies.metrics.gaussian_w2`.)
+samples instead, [`gaussian_w2`][sde_diffusion.studies.metrics.gaussian_w2].)
 
-**Mixtures.** Sliced W2 (:func:`~sde_diffusion.studies.metrics.sliced_w2`) between ``n`` samples and ``n`` exact
+**Mixtures.** Sliced W2 ([`sliced_w2`][sde_diffusion.studies.metrics.sliced_w2]) between ``n`` samples and ``n`` exact
 samples of ``p_{t_min}``, beside its sampling *floor*: the sliced W2 between two independent exact sample sets.
 
 **Strong error.** RMS distance at ``t_min`` to the torchsde reverse-SDE solution on the same Brownian path
-(:func:`~sde_diffusion.studies.convergence.sde_reference`).
+([`sde_reference`][sde_diffusion.studies.convergence.sde_reference]).
 
-Entry point: :func:`stochastic_study` (the ``sde-diffusion study --stochastic`` table) and :func:`order_table`
-(measured strong / weak orders).
+Entry points: [`stochastic_study`][sde_diffusion.studies.stochastic.stochastic_study] (the distribution-error table
+of ``sde-diffusion study --stochastic``) and [`order_table`][sde_diffusion.studies.stochastic.order_table] (measured
+strong / weak orders); ``python -m sde_diffusion.studies.stochastic`` prints both.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from .specs import steps_for_nfe
 
 __all__ = [
     "gaussian_law",
+    "ProbeBrownian",
     "law_w2",
     "weak_errors",
     "strong_errors",
@@ -70,7 +72,8 @@ def _start_law(problem: Problem) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _affine_law(run: Callable[[torch.Tensor, object], torch.Tensor], problem: Problem, slots: int, extra: int):
     """Exact (mean, variance) per coordinate of ``run(x_T, noise)`` for an affine sampler: ``slots`` step increments
-    and ``extra`` normals per step (as :class:`TensorNoise`), probed one unit normal at a time."""
+    and ``extra`` normals per step (as [`TensorNoise`][sde_diffusion.solvers.base.TensorNoise]), probed one unit normal
+    at a time."""
     d = problem.dim
     n_noise = slots * (1 + extra)
     p = 2 + n_noise
@@ -263,7 +266,8 @@ class ProbeBrownian:
 
 
 def _kd_gaussian_law(problem: Problem, name: str, ts: torch.Tensor):
-    """Exact law of k-diffusion's sampler ``name``: its noise sampler is a :class:`ProbeBrownian` in ``sigma_ve``
+    """Exact law of k-diffusion's sampler ``name``: its noise sampler is a
+    [`ProbeBrownian`][sde_diffusion.studies.stochastic.ProbeBrownian] in ``sigma_ve``
     (the time of k-diffusion's ``BrownianTreeNoiseSampler``)."""
     counter = ProbeBrownian(torch.zeros((2, *problem.event_shape), dtype=torch.float64))
     _kd_run(problem, name, ts, counter.like, counter)
@@ -297,8 +301,9 @@ def default_study_solvers() -> dict[str, Solver]:
 def distribution_error(
     problem: Problem, solver, nfe: int, *, grid="karras", samples: int = 4000, seed: int = 0
 ) -> dict | None:
-    """Distribution error of ``solver`` (a :class:`Solver` or a k-diffusion name ``"kd:..."``) at a budget of
-    ``nfe`` model evaluations: ``{"steps", "nfe", "error", "floor", "metric"}``; ``None`` if one step costs more."""
+    """Distribution error of ``solver`` (a [`Solver`][sde_diffusion.solvers.base.Solver] or a k-diffusion name
+    ``"kd:..."``) at a budget of ``nfe`` model evaluations: ``{"steps", "nfe", "error", "floor", "metric"}``;
+    ``None`` if one step costs more."""
     is_kd = isinstance(solver, str)
     if is_kd:
         per = KDIFFUSION[solver][2]
@@ -354,7 +359,8 @@ def stochastic_study(
     seed: int = 0,
     schedule: str = "vp-linear",
 ) -> dict:
-    """Distribution error per NFE of every solver (:func:`default_study_solvers`) and, when installed and
+    """Distribution error per NFE of every solver
+    ([`default_study_solvers`][sde_diffusion.studies.stochastic.default_study_solvers]) and, when installed and
     ``kdiffusion``, of k-diffusion's samplers on the same sigmas, for each problem. Returns
     ``{"problems": {name: {label: {nfe: row or None}}}, "nfes", "grid"}``."""
     solvers = default_study_solvers() if solvers is None else solvers
@@ -440,7 +446,7 @@ def order_table(
     return rows
 
 
-#: the rows drawn by :func:`plot_study` by default
+#: the rows drawn by [`plot_study`][sde_diffusion.studies.stochastic.plot_study] by default
 FIGURE_LABELS = (
     "euler_ancestral",
     "dpm_solver++_2s_ancestral",
@@ -458,8 +464,10 @@ FIGURE_LABELS = (
 
 
 def plot_study(result: dict, problem: str, labels: Sequence[str] | None = None, ax=None):
-    """Error against NFE (log-log) of ``labels`` (default :data:`FIGURE_LABELS`, those present) on one problem of a
-    :func:`stochastic_study` result; stochastic solvers solid, deterministic dashed, k-diffusion's dotted; the
+    """Error against NFE (log-log) of ``labels`` (default
+    [`FIGURE_LABELS`][sde_diffusion.studies.stochastic.FIGURE_LABELS], those present) on one problem of a
+    [`stochastic_study`][sde_diffusion.studies.stochastic.stochastic_study] result; stochastic solvers solid,
+    deterministic dashed, k-diffusion's dotted; the
     sampling floor of a sampled metric in grey. Needs matplotlib."""
     import matplotlib.pyplot as plt
 
