@@ -240,7 +240,7 @@ def sample(
     model: Model,
     x_T: torch.Tensor,
     *,
-    solver: str | type[Solver] | Solver = "ddim",
+    solver: str | type[Solver] | Solver = "ipndm",
     steps: int | None = None,
     grid: str | torch.Tensor | None = None,
     t_start: float | None = None,
