@@ -17,16 +17,6 @@ PRIVATE_FIELDS = ("_log_alpha_grid", "_t_grid", "_slopes", "_segment", "_set_ran
 PATTERN = re.compile(
     r"(?<!\bself)\.(" + "|".join(sorted(LEGACY_NAMES, key=len, reverse=True) + list(PRIVATE_FIELDS)) + r")\b"
 )
-#: modules owned by other work in progress that still use the old names (through the aliases); each entry must go
-#: once its module is migrated -- the test fails when a listed module is clean, so the list can only shrink
-PENDING = {
-    "training/losses.py",
-    "training/train.py",
-    "testing/solver_checks.py",
-    "testing/order.py",
-    "testing/schedule_checks.py",
-    "testing/cases.py",
-}
 
 
 def _offenders() -> dict[str, list[str]]:
@@ -44,10 +34,7 @@ def _offenders() -> dict[str, list[str]]:
 
 def test_no_module_outside_schedules_uses_the_private_protocol():
     offenders = _offenders()
-    new = {k: v for k, v in offenders.items() if k not in PENDING}
-    assert not new, "underscored schedule calls outside schedules.py:\n" + "\n".join(sum(new.values(), []))
-    migrated = sorted(PENDING - set(offenders))
-    assert not migrated, f"these modules no longer use the old names: remove them from PENDING: {migrated}"
+    assert not offenders, "underscored schedule calls outside schedules.py:\n" + "\n".join(sum(offenders.values(), []))
 
 
 def test_the_pattern_catches_what_it_should():

@@ -95,7 +95,7 @@ def marginal_sample(data: AnalyticDistribution, schedule: NoiseSchedule, t: torc
     g = torch.Generator().manual_seed(seed)
     x0 = data.sample(n, g, dtype=F64)
     z = torch.randn(x0.shape, generator=g, dtype=F64)
-    a, s = schedule._alpha_sigma(t)
+    a, s = schedule.alpha_sigma_unchecked(t)
     shape = (-1,) + (1,) * (x0.ndim - 1)
     return a.reshape(shape) * x0 + s.reshape(shape) * z if a.ndim else a * x0 + s * z
 

@@ -112,7 +112,7 @@ def weak_error(solver, schedule, data: Gaussian, ts) -> tuple[int, float]:
             "state's norm), so the exact-moment weak error does not apply; weak order not measured"
         )
     t0, t1 = torch.tensor(float(ts[0]), dtype=F64), torch.tensor(float(ts[-1]), dtype=F64)
-    (a0, s0), (a1, s1) = schedule._alpha_sigma(t0), schedule._alpha_sigma(t1)
+    (a0, s0), (a1, s1) = schedule.alpha_sigma_unchecked(t0), schedule.alpha_sigma_unchecked(t1)
     mu0, v0 = a0 * data.mean, a0**2 * data.std**2 + s0**2
     mu1, v1 = a1 * data.mean, a1**2 * data.std**2 + s1**2
     mean, var = A * mu0 + b, A**2 * v0 + (C**2).sum(0)

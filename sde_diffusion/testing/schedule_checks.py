@@ -47,7 +47,7 @@ def _prop_contract(s: NoiseSchedule, t):
     if not s.t_min < s.t_max:
         raise AssertionError(f"t_min={s.t_min!r} must be < t_max={s.t_max!r}")
     try:
-        s._check_t(torch.tensor([s.t_min, s.t_max], dtype=F64), "t_min/t_max")
+        s.check_t(torch.tensor([s.t_min, s.t_max], dtype=F64), "t_min/t_max")
     except ValueError as e:
         raise AssertionError(f"[t_min, t_max] must lie inside domain={s.domain!r}: {e}") from None
     if not isinstance(s.is_vp, bool):
@@ -65,7 +65,7 @@ def _prop_contract(s: NoiseSchedule, t):
             except NotImplementedError:
                 raise AssertionError(f"{type(s).__name__} must implement {needs}") from None
         try:
-            s._inverse_lambda(s._lambda(t))
+            s.inverse_lambda_unchecked(s.lambda_unchecked(t))
         except NotImplementedError:
             raise AssertionError(f"{type(s).__name__} must implement _inverse_lambda") from None
 

@@ -131,7 +131,7 @@ def sample_time(
         t = schedule.t_min + (schedule.t_max - schedule.t_min) * u
     elif kind == "logsnr":
         lam = schedule.lambda_min + (schedule.lambda_max - schedule.lambda_min) * u
-        t = schedule._inverse_lambda(lam)
+        t = schedule.inverse_lambda_unchecked(lam)
     else:
         raise ValueError(f"kind must be one of {TIME_SAMPLINGS}, got {kind!r}")
     return t.clamp(schedule.t_min, schedule.t_max)
@@ -147,8 +147,8 @@ def time_density(schedule: NoiseSchedule, t: torch.Tensor, kind: str = "uniform"
     if kind == "uniform":
         return torch.full_like(t, 1.0 / (schedule.t_max - schedule.t_min))
     if kind == "logsnr":
-        _, s = schedule._alpha_sigma(t)
-        return schedule._g2(t) / (2.0 * s * s * (schedule.lambda_max - schedule.lambda_min))
+        _, s = schedule.alpha_sigma_unchecked(t)
+        return schedule.g2_unchecked(t) / (2.0 * s * s * (schedule.lambda_max - schedule.lambda_min))
     if kind == "discrete":
         raise ValueError("the discrete time sampling has no density; it defines an average over steps")
     raise ValueError(f"kind must be one of {TIME_SAMPLINGS}, got {kind!r}")
@@ -203,12 +203,12 @@ def _prepare(model: Model, x0: torch.Tensor, t, noise, generator, kind: str):
         t = t.expand(b) if t.ndim == 0 else t
         if t.shape != (b,):
             raise ValueError(f"t must be a scalar or have shape ({b},), got {tuple(t.shape)}")
-        model.schedule._check_t(t)
+        model.schedule.check_t(t)
     if noise is None:
         noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
     elif noise.shape != x0.shape:
         raise ValueError(f"noise shape {tuple(noise.shape)} does not match x0 shape {tuple(x0.shape)}")
-    a64, s64 = model.schedule._alpha_sigma(t)
+    a64, s64 = model.schedule.alpha_sigma_unchecked(t)
     return t, noise, a64, s64
 
 
@@ -284,7 +284,7 @@ def _dsm_weight(schedule: NoiseSchedule, weighting) -> Callable:
     if weighting == "sigma2":
         return lambda t, a, s: s * s
     if weighting == "likelihood":
-        return lambda t, a, s: schedule._g2(t)
+        return lambda t, a, s: schedule.g2_unchecked(t)
     raise ValueError(f"weighting must be one of {DSM_WEIGHTINGS} or a callable, got {weighting!r}")
 
 
@@ -426,7 +426,7 @@ def vlb_coefficients(schedule: VPDiscrete, variance: str = "beta") -> VLBCoeffic
     sch = _discrete_steps(schedule)
     if variance not in VLB_VARIANCES:
         raise ValueError(f"variance must be one of {VLB_VARIANCES}, got {variance!r}")
-    log_ab = 2.0 * sch._log_alpha_grid  # log alpha_bar_k, k = 1..N
+    log_ab = 2.0 * sch.log_alpha_knots  # log alpha_bar_k, k = 1..N
     log_ab_prev = torch.cat([log_ab.new_zeros(1), log_ab[:-1]])
     ab = torch.exp(log_ab)
     beta = -torch.expm1(log_ab - log_ab_prev)
@@ -449,7 +449,7 @@ def prior_kl(schedule: VPDiscrete, x0: torch.Tensor) -> torch.Tensor:
     r"""``L_T = KL(q(x_N | x0) || N(0, I)) = 1/2 sum_i [alpha_bar_N (x0_i^2 - 1) - log(1 - alpha_bar_N)]``,
     per sample (shape ``(B,)``)."""
     sch = _discrete_steps(schedule)
-    log_ab = float(2.0 * sch._log_alpha_grid[-1])
+    log_ab = float(2.0 * sch.log_alpha_knots[-1])
     ab = math.exp(log_ab)
     d = x0[0].numel()
     sq = (x0 * x0).reshape(x0.shape[0], -1).sum(-1)

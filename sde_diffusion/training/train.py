@@ -254,7 +254,7 @@ def schedule_spec(schedule: NoiseSchedule) -> dict[str, Any]:
             "t_min": schedule.t_min,
             "t_max": schedule.t_max,
         }
-    return {"class": name, **schedule._params()}
+    return {"class": name, **schedule.params()}
 
 
 def schedule_from_spec(spec: dict[str, Any]) -> NoiseSchedule:
@@ -284,7 +284,7 @@ def time_input_map(schedule: NoiseSchedule, kind: str = "t") -> str | Callable:
         span = lam_max - lam_min
 
         def to_u(t: torch.Tensor) -> torch.Tensor:
-            return (lam_max - schedule._lambda(t)) / span
+            return (lam_max - schedule.lambda_unchecked(t)) / span
 
         return to_u
     raise ValueError(f"time_input must be one of {TIME_INPUTS}, got {kind!r}")
