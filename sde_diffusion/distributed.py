@@ -51,7 +51,6 @@ __all__ = [
     "Dist",
     "environment",
     "Job",
-    "JobFailed",
     "sample_seed",
     "block_range",
     "shard_items",
@@ -117,10 +116,6 @@ def environment() -> Dist:
     if world < 1 or not 0 <= rank < world or local < 0:
         raise ValueError(f"bad torchrun environment: RANK={rank}, WORLD_SIZE={world}, LOCAL_RANK={local}")
     return Dist(rank, world, local)
-
-
-class JobFailed(RuntimeError):
-    """Raised on a rank whose job was stopped because another rank failed."""
 
 
 class Job:
@@ -225,11 +220,13 @@ class Job:
                 if self.is_main:  # stay alive (and watching) until every rank is done
                     while not all(self.store.check([f"done/{r}"]) for r in range(self.world_size)):
                         time.sleep(self.interval)
-            elif not isinstance(exc, JobFailed):
+            else:
+                if self.is_main:  # rank 0 reports its own error: its watchdog must not race it
+                    self._stop.set()
                 self._post_failure(exc_type, exc, tb)
         finally:
             self._stop.set()
-            if exc is None or isinstance(exc, JobFailed):
+            if exc is None:
                 dist.destroy_process_group()
 
     def _post_failure(self, exc_type, exc, tb) -> None:

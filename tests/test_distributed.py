@@ -311,3 +311,48 @@ def test_a_killed_or_hung_rank_fails_the_job_in_bounded_time(tmp_path, sig):
     # SIGKILL: torchrun's monitor, seconds; SIGSTOP: rank 0's report after the 4 s heartbeat, then torchrun ends the
     # stopped rank after its 30 s grace
     assert elapsed < 60, elapsed
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_every_rank_at_one_step_and_rank_0_writes_the_checkpoint(tmp_path):
+    """SIGINT to the whole job (a terminal's Ctrl-C): the ranks agree on the step, rank 0 writes the checkpoint and
+    says how to resume; the checkpoint then resumes in one process."""
+    proc = subprocess.Popen(
+        [
+            *TORCHRUN,
+            "--local-ranks-filter",
+            "0",
+            "-m",
+            "sde_diffusion.cli",
+            *TRAIN,
+            "--steps",
+            "100000",
+            "--out",
+            "r",
+            "--checkpoint-every",
+            "50",
+        ],
+        cwd=tmp_path,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "r" / "ckpt.pt").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)  # training: the first periodic checkpoint is written
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    from sde_diffusion.training.train import load_checkpoint
+
+    assert proc.returncode != 0 and "interrupted by SIGINT after step" in err, err
+    step = load_checkpoint(tmp_path / "r" / "ckpt.pt")["step"]
+    assert f"after step {step};" in err
+    more = one_process(*TRAIN, "--steps", str(step + 5), "--out", "r", cwd=tmp_path)
+    assert more.returncode == 0, more.stderr
+    assert load_checkpoint(tmp_path / "r" / "ckpt.pt")["step"] == step + 5
