@@ -30,9 +30,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import sde_diffusion as sd  # noqa: E402
+from sde_diffusion.reference import brownian_path, probability_flow_reference, reverse_sde_reference  # noqa: E402
 from sde_diffusion.training.data import shapes  # noqa: E402
 from sde_diffusion.training.nets import UNet  # noqa: E402
-from sde_diffusion.reference import brownian_path, probability_flow_reference, reverse_sde_reference  # noqa: E402
 from sde_diffusion.training.train import train  # noqa: E402
 
 SIZES = {
@@ -84,7 +84,7 @@ def _solver_configs():
             base = sd.get_solver(name)
         except Exception:  # noqa: BLE001 - a solver that needs options is listed with them below
             base = None
-        if base is not None and (getattr(base, "adaptive", False) or base.direction != "backward"):
+        if base is not None and (base.adaptive or base.direction != "backward"):
             continue
         seen = set()
         for opts in ({}, {"order": 1}, {"order": 2}, {"order": 3}):
@@ -92,15 +92,11 @@ def _solver_configs():
                 s = sd.get_solver(name, **opts)
             except Exception:  # noqa: BLE001 - no such option / order for this solver
                 continue
-            if getattr(s, "adaptive", False) or s.key() in seen:
+            if s.adaptive or s.key() in seen:
                 continue
             seen.add(s.key())
             configs.append((name, opts, s))
     return configs
-
-
-def _steps_for(solver, nfe):
-    return max(1, (nfe + 1) // 2 if solver.name == "heun" else nfe // max(1, solver.nfe_per_step))
 
 
 def run(device: str, size: str, out: Path, seed: int = 0) -> dict:
@@ -164,7 +160,7 @@ def run(device: str, size: str, out: Path, seed: int = 0) -> dict:
                     with torch.no_grad():
                         secs, res = _timed(
                             lambda s=solver, d=dt, k=nfe: sd.sample(
-                                models[d], x_T64.to(d), solver=s, steps=_steps_for(s, k), sync_debug=True
+                                models[d], x_T64.to(d), solver=s, steps=max(1, s.steps_for_nfe(k)), sync_debug=True
                             ),
                             dev,
                         )
@@ -204,7 +200,7 @@ def run(device: str, size: str, out: Path, seed: int = 0) -> dict:
                         models[torch.float64],
                         x_T64,
                         solver=solver,
-                        steps=_steps_for(solver, nfe),
+                        steps=max(1, solver.steps_for_nfe(nfe)),
                         grid="time_uniform",
                         noise=bm,
                         generator=torch.Generator(device=dev).manual_seed(1),

@@ -8,7 +8,7 @@ probability-flow ODE solution of the same model
 1. **Screen** -- every solver configuration (``solvers="auto"``:
    [`AUTO_SOLVERS`][sde_diffusion.calibration.AUTO_SOLVERS]) on every grid family of
    [`sde_diffusion.grids`][sde_diffusion.grids] at a few values of its parameter
-   ([`SCREEN_GRIDS`][sde_diffusion.calibration.SCREEN_GRIDS]), ``steps_for_nfe(solver, nfe)`` steps each.
+   ([`SCREEN_GRIDS`][sde_diffusion.calibration.SCREEN_GRIDS]), ``solver.steps_for_nfe(nfe)`` steps each.
 2. **Family parameters** -- for the best few configurations, the continuous parameter of each parametric family
    (``rho`` of ``karras``, ``p`` of ``vp_power``, ``cosine_power``, ``lambda_power``) by a bounded scalar search in
    its logarithm (``scipy.optimize.minimize_scalar``): a global step over the family, which coordinate descent on
@@ -54,7 +54,7 @@ from .sample import NonFiniteError, sample
 from .sdes import ForwardSDE
 from .studies.grid_optimizer import coordinate_descent, select_knots
 from .studies.metrics import rms_error
-from .studies.specs import parse_solver_spec, steps_for_nfe
+from .studies.specs import parse_solver_spec
 
 __all__ = ["Calibration", "calibrate", "AUTO_SOLVERS", "SCREEN_GRIDS", "CALIBRATION_FILE"]
 
@@ -280,7 +280,7 @@ def calibrate(
     Args:
         model: the [`Model`][sde_diffusion.models.Model] (its network must accept float64 inputs: the reference
             integrates in float64).
-        nfe: the budget; each solver runs ``steps_for_nfe(solver, nfe)`` steps.
+        nfe: the budget; each solver runs ``solver.steps_for_nfe(nfe)`` steps.
         x_shape: the event shape of one sample; pilot and held-out start states are drawn from the prior
             ``N(0, sigma(t_max)^2 I)`` with seeds ``seed`` and ``seed + 1``.
         x_T: start states instead of ``x_shape`` (at least 2): the first half is the pilot, the rest held out.
@@ -323,9 +323,9 @@ def calibrate(
     built = {}
     for spec in specs:
         sol = spec.build()
-        if sol.stochastic or getattr(sol, "adaptive", False):
+        if sol.stochastic or sol.adaptive:
             raise ValueError(f"calibrate searches deterministic fixed-grid solvers; {spec.label!r} is not one")
-        steps = steps_for_nfe(sol, nfe)
+        steps = sol.steps_for_nfe(nfe)
         if steps >= 1:
             built[spec.label] = (sol, steps)
     if not built:

@@ -18,7 +18,7 @@ def _fixed_step_solvers():
     out = []
     for name in sorted(registered_solvers()):
         solver = get_solver(name)
-        if not getattr(solver, "adaptive", False):
+        if not solver.adaptive:
             out.append(name)
     return out
 

@@ -27,7 +27,6 @@ from sde_diffusion.studies import (
     parse_solver_spec,
     parse_value,
     sliced_w2,
-    steps_for_nfe,
 )
 from sde_diffusion.studies.metrics import sqrtm_psd
 
@@ -203,9 +202,9 @@ class _ThreeStage(Solver):
 @pytest.mark.parametrize("nfe", [1, 2, 5, 9, 10, 50])
 def test_steps_for_nfe(nfe):
     reg = registered_solvers()
-    assert steps_for_nfe(reg["ddim"](), nfe) == nfe
-    assert steps_for_nfe(reg["heun"](), nfe) == (nfe + 1) // 2  # 2N - 1 evaluations
-    assert steps_for_nfe(_ThreeStage(), nfe) == nfe // 3
+    assert reg["ddim"]().steps_for_nfe(nfe) == nfe
+    assert reg["heun"]().steps_for_nfe(nfe) == (nfe + 1) // 2  # 2N - 1 evaluations
+    assert _ThreeStage().steps_for_nfe(nfe) == nfe // 3
 
 
 def test_default_solvers_include_registered_high_order_solvers():
@@ -250,7 +249,7 @@ def test_actual_nfe_is_reported_and_wall_time_measured(gauss_study):
     for r in gauss_study.runs:
         assert r.nfe <= r.nfe_budget and r.wall_time > 0
         expected = r.nfe_budget if r.solver != "heun" else 2 * ((r.nfe_budget + 1) // 2) - 1
-        assert r.nfe == expected and r.steps == steps_for_nfe(parse_solver_spec(r.solver).build(), r.nfe_budget)
+        assert r.nfe == expected and r.steps == parse_solver_spec(r.solver).build().steps_for_nfe(r.nfe_budget)
 
 
 def test_study_errors_are_the_pathwise_errors_against_the_exact_flow(gauss_study):
@@ -311,7 +310,7 @@ def test_progress_bar_is_silent_when_asked_or_not_a_tty(capsys):
 
 
 def test_study_rejects_adaptive_solvers_and_bad_references():
-    adaptive = [n for n, c in registered_solvers().items() if getattr(c, "adaptive", False)]
+    adaptive = [n for n, c in registered_solvers().items() if c.adaptive]
     if adaptive:
         with pytest.raises(ValueError, match="adaptive"):
             convergence_study("point", [adaptive[0]], [4], n=4)

@@ -15,7 +15,7 @@ from sde_diffusion.sample import sample
 from sde_diffusion.solvers.dpm_solver import DPMSolverFast
 from sde_diffusion.studies.metrics import median_error, rms_error
 from sde_diffusion.studies.problems import Problem
-from sde_diffusion.studies.specs import parse_solver_spec, steps_for_nfe
+from sde_diffusion.studies.specs import parse_solver_spec
 
 from .configurations import KIND, MODEL_DTYPES, SCHEMA_VERSION, Settings
 from .diffusers_adapter import check_vp_table, diffusers_plans, diffusers_version, run_diffusers_one
@@ -38,7 +38,7 @@ def our_solve(problem: Problem, spec, grid: str, budget: int, x_T: torch.Tensor,
             return None, 0
         return sample(model, x_T, solver=solver), len(solver.orders)
     solver = spec.build()
-    steps = steps_for_nfe(solver, budget)
+    steps = solver.steps_for_nfe(budget)
     if steps == 0:
         return None, 0
     return sample(model, x_T, solver=solver, steps=steps, grid=grid), steps

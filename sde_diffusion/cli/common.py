@@ -151,12 +151,12 @@ def check_grid_solver(label: str, solver, schedule, command: str, *, adaptive_ok
     """Refuse, with the reason, a solver that cannot run on the time grid ``command`` chooses: an inversion (it
     runs forward, data -> noise), an adaptive solver (its controller chooses the steps; allowed with
     ``adaptive_ok``) or one that fixes its own grid (e.g. ``dpm_solver_fast:nfe=...``)."""
-    if getattr(solver, "direction", "backward") != "backward":
+    if solver.direction != "backward":
         raise UsageError(
             f"solver {label!r} integrates forward in time (data -> noise: an inversion); {command} needs a solver "
             "that runs from noise to data"
         )
-    if getattr(solver, "adaptive", False) and not adaptive_ok:
+    if solver.adaptive and not adaptive_ok:
         raise UsageError(
             f"solver {label!r} is adaptive: its controller chooses the steps (set its rtol/atol options), so it has "
             f"no NFE budget or grid for {command} to set"

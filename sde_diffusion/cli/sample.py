@@ -150,8 +150,7 @@ def _outputs(job) -> tuple[str, ...]:
 def _run(args, job) -> int:
     import torch
 
-    from ..studies.convergence import _dist_metric
-    from ..studies.specs import steps_for_nfe
+    from ..studies.convergence import distribution_metric
 
     if args.n < 2:
         raise UsageError("--n must be at least 2")
@@ -172,7 +171,7 @@ def _run(args, job) -> int:
         steps = args.steps
     else:
         nfe = 10 if args.nfe is None else args.nfe
-        steps = steps_for_nfe(solver, nfe)
+        steps = solver.steps_for_nfe(nfe)
         if steps < 1:
             raise UsageError(f"--nfe {nfe} is too small for solver {spec.label!r}")
     cal = None
@@ -222,7 +221,7 @@ def _run(args, job) -> int:
         print(f"wrote {out / 'samples.pt'} and {out / 'samples.png'}")
         return 0
     target = problem.target_samples(len(shown), torch.Generator().manual_seed(args.seed + 2))
-    metric_name, metric = _dist_metric(problem, target)
+    metric_name, metric = distribution_metric(problem, target)
     dist = metric(shown)
     torch.save(
         {
@@ -257,7 +256,7 @@ def _run_sharded(args, job, out: Path, part, spec, problem, model, steps, cal) -
     samples, writes samples.png and then the index."""
     import torch
 
-    from ..studies.convergence import _dist_metric
+    from ..studies.convergence import distribution_metric
     from .sharding import write_sharded
 
     source = {"checkpoint": str(args.checkpoint)} if problem is None else {"problem": problem.name}
@@ -285,7 +284,7 @@ def _run_sharded(args, job, out: Path, part, spec, problem, model, steps, cal) -
     else:
         name = f"{problem.name} / {problem.schedule_name}"
         target = problem.target_samples(len(shown), torch.Generator().manual_seed(args.seed + 2))
-        metric_name, metric = _dist_metric(problem, target)
+        metric_name, metric = distribution_metric(problem, target)
         dist_text = f"; {metric_name} to exact samples {metric(shown):.3e}"
     _plot_samples(shown, target, f"{name}: {spec.label}, NFE {nfe}", out / "samples.png", label=spec.label)
     index = finish()

@@ -33,7 +33,7 @@ def run(args) -> int:
                 "stochastic": bool(cls.stochastic),
                 "memory": int(cls.memory),
                 "reference": cls.reference,
-                "adaptive": bool(getattr(cls, "adaptive", False)),
+                "adaptive": bool(cls.adaptive),
             }
         info["option_names"] = solver_option_names(cls)
         rows.append(info)

@@ -317,7 +317,7 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
         self.schedule = schedule_from_config(self.config)
         self.prediction = prediction_from_config(self.config)
         self.solver = get_solver(solver, **(solver_options or {}))
-        if getattr(self.solver, "adaptive", False):
+        if self.solver.adaptive:
             raise ValueError(
                 f"solver {solver!r} is adaptive (it chooses its own steps); SDEScheduler runs fixed-grid solvers: "
                 f"{', '.join(fixed_grid_solvers())}"
@@ -627,7 +627,5 @@ def fixed_grid_solvers() -> list[str]:
     from ..solvers import registered_solvers
 
     return sorted(
-        name
-        for name, cls in registered_solvers().items()
-        if not getattr(cls, "adaptive", False) and getattr(cls, "direction", "backward") == "backward"
+        name for name, cls in registered_solvers().items() if not cls.adaptive and cls.direction == "backward"
     )

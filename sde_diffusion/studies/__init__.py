@@ -37,7 +37,7 @@ from .metrics import gaussian_w2, max_error, rms_error, sliced_w2
 from .problems import PROBLEMS, SCHEDULES, Problem, get_problem, get_schedule
 from .report import bundle, error_table, load_bundle, local_order_table, order_table, study_markdown
 from .results import SCHEMA_VERSION, Run, StudyResult
-from .specs import SolverSpec, default_solvers, parse_solver_spec, parse_value, solver_info, steps_for_nfe
+from .specs import SolverSpec, default_solvers, parse_solver_spec, parse_value, solver_info
 
 __all__ = [
     "ASYMPTOTIC_TOL",
@@ -79,6 +79,5 @@ __all__ = [
     "sde_reference",
     "sliced_w2",
     "solver_info",
-    "steps_for_nfe",
     "study_markdown",
 ]

@@ -4,7 +4,7 @@ For each solver configuration and each NFE budget,
 [`convergence_study`][sde_diffusion.studies.convergence.convergence_study] runs [`sample`][sde_diffusion.sample.sample]
 on
 one batch of start states ``x_T`` drawn from the problem's start distribution, with
-``steps = steps_for_nfe(solver, nfe)`` (the largest step count that fits the budget; the *actual* NFE spent,
+``steps = solver.steps_for_nfe(nfe)`` (the largest step count that fits the budget; the *actual* NFE spent,
 ``SampleResult.nfe``, is what is reported and fitted) and measures
 
 * ``error`` -- the pathwise RMS error at ``t_min``
@@ -48,7 +48,7 @@ from .fitting import fit_order
 from .metrics import gaussian_w2, max_error, median_error, rms_error, sliced_w2
 from .problems import Problem, get_problem
 from .results import Run, StudyResult
-from .specs import default_solvers, parse_solver_spec, solver_info, steps_for_nfe
+from .specs import default_solvers, parse_solver_spec, solver_info
 
 __all__ = ["convergence_study", "ode_reference", "sde_reference", "DEFAULT_NFE"]
 
@@ -136,7 +136,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _dist_metric(problem: Problem, target: torch.Tensor):
+def distribution_metric(problem: Problem, target: torch.Tensor):
     """``(name, fn(x) -> distance)``: exact Gaussian W2 when the marginal is Gaussian, else sliced W2."""
     gm = problem.gaussian_marginal()
     if gm is not None:
@@ -145,7 +145,7 @@ def _dist_metric(problem: Problem, target: torch.Tensor):
     return "sliced_w2", lambda x: sliced_w2(x, target)
 
 
-def _progress(total: int, progress: bool | None, desc: str):
+def progress_bar(total: int, progress: bool | None, desc: str):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, disable=None if progress is None else not progress, leave=False)
@@ -182,7 +182,7 @@ def convergence_study(
         problem: a [`Problem`][sde_diffusion.studies.problems.Problem] or a built-in name (with ``schedule``).
         solvers: configurations (``"name:k=v,..."``, ``(name, options)``, classes, instances); default
             [`default_solvers`][sde_diffusion.studies.specs.default_solvers].
-        nfe: NFE budgets; each becomes ``steps_for_nfe(solver, budget)`` steps (budgets too small are skipped).
+        nfe: NFE budgets; each becomes ``solver.steps_for_nfe(budget)`` steps (budgets too small are skipped).
         grid: the time grid name (``"logsnr"``, ``"time_uniform"``, ``"time_quadratic"``, ``"karras"``).
         reference: ``"auto"`` (exact when available, else torchdiffeq; torchsde for stochastic solvers),
             ``"exact"``, ``"torchdiffeq"``, or ``"none"`` (distributional errors and Richardson orders only).
@@ -215,7 +215,7 @@ def convergence_study(
     specs = [parse_solver_spec(s) for s in (default_solvers() if solvers is None else solvers)]
     built = [(s, s.build()) for s in specs]
     for s, solver in built:
-        if getattr(solver, "adaptive", False):
+        if solver.adaptive:
             raise ValueError(f"solver {s.label!r} is adaptive: NFE budgets do not apply to it")
     budgets = sorted({int(b) for b in nfe})
     if not budgets or budgets[0] < 1:
@@ -226,7 +226,7 @@ def convergence_study(
     g = torch.Generator().manual_seed(seed)
     x_T = problem.start(n, g)
     target = problem.target_samples(n, g)
-    metric_name, metric = _dist_metric(problem, target) if distributional else (None, None)
+    metric_name, metric = distribution_metric(problem, target) if distributional else (None, None)
     dist_floor = None
     if metric is not None:
         draws = [
@@ -266,7 +266,7 @@ def convergence_study(
     result.roundoff = 100.0 * torch.finfo(dt).eps * max(1.0, float(x_T.to(torch.float64).pow(2).mean().sqrt()))
     ctx = _Context(problem, x_T.to(device=dev, dtype=dt), grid, seed, bm, repeats, dev, refs, metric, keep)
     time_left = math.inf if refine_time is None else float(refine_time)
-    bar = _progress(len(built) * len(budgets), progress, f"{problem.name}/{problem.schedule_name}")
+    bar = progress_bar(len(built) * len(budgets), progress, f"{problem.name}/{problem.schedule_name}")
     try:
         for i, (spec, solver) in enumerate(built):
             share = time_left / (len(built) - i)
@@ -312,7 +312,7 @@ def _study_solver(ctx, result, label, solver, budgets, bar, refine, max_nfe, tim
     done: dict[int, tuple[Run, torch.Tensor]] = {}
 
     def run_budget(budget: int, refined: bool) -> Run | None:
-        steps = steps_for_nfe(solver, budget)
+        steps = solver.steps_for_nfe(budget)
         if steps == 0:
             return None
         if steps in done:  # two budgets with the same step count: the same run

@@ -1,6 +1,6 @@
 r"""Time-grid optimisation: the grid that minimises a solver's error at a fixed NFE budget.
 
-Given a model, a deterministic solver and an NFE budget (hence ``N = steps_for_nfe(solver, nfe)`` steps), the grid
+Given a model, a deterministic solver and an NFE budget (hence ``N = solver.steps_for_nfe(nfe)`` steps), the grid
 is parametrised by its interior half-log-SNR knots ``lambda_1 < ... < lambda_{N-1}`` between the fixed end points
 ``lambda(t_max)`` and ``lambda(t_min)``. The objective is the RMS error at ``t_min`` on a *pilot* batch against its
 reference solution (the closed-form flow for Gaussian / point-mass data, else the torchdiffeq reference).
@@ -38,11 +38,11 @@ from ..models import Model
 from ..reference import probability_flow_reference
 from ..sample import sample
 from ..sdes import ForwardSDE
-from .convergence import _progress
+from .convergence import progress_bar
 from .metrics import rms_error
 from .problems import Problem, get_problem
 from .results import SCHEMA_VERSION
-from .specs import parse_solver_spec, steps_for_nfe
+from .specs import parse_solver_spec
 
 __all__ = ["GridOptResult", "optimise_grid", "grid_from_lambdas", "coordinate_descent", "select_knots"]
 
@@ -125,7 +125,7 @@ def optimise_grid(
             [`Model`][sde_diffusion.models.Model] (then ``x_shape``, the event shape, is required: start states come
             from the prior ``N(0, sigma(t_max)^2 I)`` and references from torchdiffeq).
         solver: a deterministic solver configuration (``"dpm_solver++:order=2,multistep=true"``, an instance, ...).
-        nfe: the NFE budget; the grid has ``steps_for_nfe(solver, nfe)`` steps.
+        nfe: the NFE budget; the grid has ``solver.steps_for_nfe(nfe)`` steps.
         init: the starting grid: a grid name or an explicit tensor.
         x_shape: the event shape of one sample (required when ``target`` is a Model).
         schedule: schedule name of a built-in problem.
@@ -150,7 +150,7 @@ def optimise_grid(
     sol = spec.build()
     if sol.stochastic:
         raise ValueError(f"solver {spec.label!r} is stochastic; the grid optimiser needs a deterministic solver")
-    steps = steps_for_nfe(sol, nfe)
+    steps = sol.steps_for_nfe(nfe)
     if steps < 1:
         raise ValueError(f"NFE budget {nfe} is too small for solver {spec.label!r}")
     if isinstance(target, Model):
@@ -194,7 +194,7 @@ def optimise_grid(
         return rms_error(sample(make_model(), x, solver=sol, steps=steps, grid=grid).x, ref)
 
     lams = sch.lambda_(init_grid)
-    bar = _progress(max_sweeps, progress, f"grid {spec.label} NFE {nfe}")
+    bar = progress_bar(max_sweeps, progress, f"grid {spec.label} NFE {nfe}")
     try:
         lams, best, init_err, evals, history = coordinate_descent(
             lambda cand: error(grid_from_lambdas(sch, cand, t0, t1), xp, rp),

@@ -261,7 +261,7 @@ def plot_trajectories(
     from ..reference import probability_flow_reference
     from ..sample import sample
     from .problems import get_problem
-    from .specs import parse_solver_spec, steps_for_nfe
+    from .specs import parse_solver_spec
 
     problem = get_problem(problem)
     solver = parse_solver_spec(solver).build()
@@ -274,7 +274,7 @@ def plot_trajectories(
         problem.model(),
         x_T,
         solver=solver,
-        steps=max(steps_for_nfe(solver, nfe), 1),
+        steps=max(solver.steps_for_nfe(nfe), 1),
         grid=grid,
         return_trajectory=True,
         generator=torch.Generator().manual_seed(seed + 1),

@@ -21,7 +21,6 @@ __all__ = [
     "SolverSpec",
     "parse_value",
     "parse_solver_spec",
-    "steps_for_nfe",
     "solver_info",
     "solver_option_names",
     "default_solvers",
@@ -120,19 +119,6 @@ def parse_solver_spec(spec) -> SolverSpec:
     return SolverSpec(name.strip(), options)
 
 
-def steps_for_nfe(solver: Solver, nfe: int) -> int:
-    """The largest step count whose exact model-evaluation count ``solver.final_nfe(steps)`` is at most ``nfe``
-    (0 when even one step costs more)."""
-    if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
-        raise ValueError(f"an NFE budget must be a positive int, got {nfe!r}")
-    steps = max(nfe // max(int(solver.nfe_per_step), 1), 1)
-    while steps > 1 and solver.final_nfe(steps) > nfe:
-        steps -= 1
-    while solver.final_nfe(steps + 1) <= nfe:
-        steps += 1
-    return steps if solver.final_nfe(steps) <= nfe else 0
-
-
 def solver_info(solver: Solver) -> dict[str, Any]:
     """The declared metadata of a solver instance (what reports print next to measured orders)."""
     return {
@@ -142,9 +128,9 @@ def solver_info(solver: Solver) -> dict[str, Any]:
         "strong_order": None if solver.strong_order is None else float(solver.strong_order),
         "nfe_per_step": int(solver.nfe_per_step),
         "stochastic": bool(solver.stochastic),
-        "memory": int(getattr(solver, "memory", 0)),
-        "adaptive": bool(getattr(solver, "adaptive", False)),
-        "reference": str(getattr(solver, "reference", "")),
+        "memory": int(solver.memory),
+        "adaptive": bool(solver.adaptive),
+        "reference": str(solver.reference),
     }
 
 

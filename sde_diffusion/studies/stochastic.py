@@ -40,7 +40,6 @@ from .convergence import sde_reference
 from .fitting import fit_line
 from .metrics import gaussian_w2, rms_error, sliced_w2
 from .problems import Problem, get_problem
-from .specs import steps_for_nfe
 
 __all__ = [
     "gaussian_law",
@@ -289,7 +288,7 @@ def default_study_solvers() -> dict[str, Solver]:
     skip = {"ddim_inverse"}
     out = {}
     for name, cls in sorted(registered_solvers().items()):
-        if name in skip or getattr(cls, "adaptive", False) or cls.direction != "backward":
+        if name in skip or cls.adaptive or cls.direction != "backward":
             continue
         out[name] = get_solver(name)
     out["ddim(eta=1)"] = get_solver("ddim", eta=1.0)
@@ -310,7 +309,7 @@ def distribution_error(
         steps = max((n for n in range(1, nfe + 1) if per(n) <= nfe), default=0)
         used = per(steps)
     else:
-        steps = steps_for_nfe(solver, nfe)
+        steps = solver.steps_for_nfe(nfe)
         used = solver.final_nfe(steps) if steps else 0
     if steps == 0:
         return None
@@ -318,7 +317,7 @@ def distribution_error(
 
     ts = make_grid(problem.schedule, grid, steps, problem.t_start, problem.t_end)
     gauss = problem.gaussian_marginal(problem.t_end) is not None
-    couples = bool(getattr(solver, "couples_batch", False))
+    couples = not is_kd and bool(solver.couples_batch)
     if gauss and not couples:
         mean, var = _kd_gaussian_law(problem, solver, ts) if is_kd else gaussian_law(problem, solver, steps, ts)
         return {"steps": steps, "nfe": used, "error": law_w2(problem, mean, var), "floor": 0.0, "metric": "exact W2"}

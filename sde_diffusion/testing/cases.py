@@ -82,7 +82,7 @@ def solve(solver: Solver, model: Model, x: torch.Tensor, ts: torch.Tensor, noise
 
 
 def is_forward(solver: Solver) -> bool:
-    return getattr(solver, "direction", "backward") == "forward"
+    return solver.direction == "forward"
 
 
 def oriented(solver: Solver, ts: torch.Tensor) -> torch.Tensor:
@@ -134,10 +134,10 @@ def start_state(solver, schedule, data, n, seed):
 
 
 def skip_adaptive(solver):
-    if getattr(solver, "adaptive", False):
+    if solver.adaptive:
         raise NotApplicable("adaptive step-size solver: a fixed-grid property")
 
 
 def skip_coupled(solver, why: str):
-    if getattr(solver, "couples_batch", False):
+    if solver.couples_batch:
         raise NotApplicable(f"the solver couples the samples of a batch (couples_batch = True): {why}")

@@ -62,16 +62,12 @@ def fit_order(nfe: list[int], errors: list[float], kind: str) -> OrderMeasuremen
     return OrderMeasurement(order, slope, list(nfe), list(errors), kind)
 
 
-def steps_for(solver: Solver, nfe: int) -> int:
-    return max(1, round(nfe / max(1, solver.nfe_per_step)))
-
-
 def global_errors(solver, schedule, data, nfes):
     model = data.model(schedule)
     x = start_state(solver, schedule, data, 8, 11)
     out_nfe, errors = [], []
     for n in nfes:
-        steps = steps_for(solver, n)
+        steps = max(1, solver.steps_for_nfe(n))
         ts = oriented(solver, make_grid(schedule, "logsnr", steps))
         res = solve(solver, model, x, ts)
         want = data.flow(x, float(ts[0]), float(ts[-1]), schedule)
@@ -143,7 +139,9 @@ def measure_order_of(solver: Solver, nfes: list[int]) -> OrderMeasurement:
         return fit_order(*global_errors(solver, schedule, data, nfes), "global")
     skip_coupled(solver, "the exact-moment weak error treats the batch columns as independent runs")
     pts = [
-        weak_error(solver, schedule, data, oriented(solver, make_grid(schedule, "logsnr", steps_for(solver, n))))
+        weak_error(
+            solver, schedule, data, oriented(solver, make_grid(schedule, "logsnr", max(1, solver.steps_for_nfe(n))))
+        )
         for n in nfes
     ]
     return fit_order([p[0] for p in pts], [p[1] for p in pts], "weak")

@@ -54,7 +54,7 @@ def run_seeded(solver, model, x, schedule, seed):
     from ..sample import sample
 
     g = torch.Generator().manual_seed(seed)
-    if getattr(solver, "adaptive", False):
+    if solver.adaptive:
         return sample(model, x, solver=solver, generator=g, check_finite=False).x
     ts = oriented(solver, make_grid(schedule, "logsnr", 8))
     return sample(model, x, solver=solver, grid=ts, generator=g, check_finite=False).x
@@ -78,7 +78,7 @@ def _prop_finite_low_precision(case: SolverCase):
     # the state in float32, the network's output in float32 or float16; compared with the float64 run
     schedule, data = gaussian_problem()
     x64 = start_state(case.solver, schedule, data, 8, 2)
-    adaptive = getattr(case.solver, "adaptive", False)
+    adaptive = case.solver.adaptive
     ts = oriented(case.solver, make_grid(schedule, "logsnr", 12))
     noise = TableNoise(12, 8, x64.shape[1:], 3)
 
@@ -109,7 +109,7 @@ def _prop_finite_low_precision(case: SolverCase):
 def _expects_exact(case: SolverCase) -> bool:
     if case.exact is not None:
         return case.exact
-    return not case.solver.stochastic and bool(getattr(case.solver, "exact_for_point_mass", False))
+    return not case.solver.stochastic and bool(case.solver.exact_for_point_mass)
 
 
 def _prop_point_mass_exact(case: SolverCase):
@@ -242,7 +242,7 @@ def check_solver(
         order: the expected order (default ``solver.order``: global for deterministic, weak for stochastic).
         order_tol: accepted distance between measured and expected order.
         exact_for_point_mass: whether to demand point-mass exactness (default: deterministic and
-            ``getattr(solver, "exact_for_point_mass", False)``).
+            ``solver.exact_for_point_mass``).
         max_examples: Hypothesis examples for each randomised property.
         nfe: the model-evaluation counts of the order study.
         properties: subset of :data:`SOLVER_PROPERTIES` (default all).
