@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from .models import Model, _check_prediction, broadcast_coeff
+from .models import Model, broadcast_coeff, check_prediction
 from .schedules import NoiseSchedule
 
 __all__ = ["AnalyticDistribution", "PointMass", "Gaussian", "GaussianMixture"]
@@ -71,7 +71,7 @@ class AnalyticDistribution:
 
     def model(self, schedule: NoiseSchedule, prediction: str = "eps", **kwargs) -> Model:
         """A :class:`Model` whose network is the exact oracle in the chosen parametrisation."""
-        _check_prediction(prediction)
+        check_prediction(prediction)
 
         def fn(x, t):
             a, s = _coeffs(schedule, t, x, False)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from ._ops import axpy
-from .schedules import NoiseSchedule, VPDiscrete, _as_tensor
+from .schedules import NoiseSchedule, VPDiscrete, as_tensor
 
 __all__ = [
     "PREDICTIONS",
@@ -37,7 +37,7 @@ __all__ = [
 PREDICTIONS = ("eps", "x0", "v", "score")
 
 
-def _check_prediction(kind: str, name: str = "prediction") -> str:
+def check_prediction(kind: str, name: str = "prediction") -> str:
     if kind not in PREDICTIONS:
         raise ValueError(f"{name} must be one of {PREDICTIONS}, got {kind!r}")
     return kind
@@ -72,8 +72,8 @@ def to_x0(out, x, alpha, sigma, kind: str):
 
 def convert(out, x, alpha, sigma, source: str, target: str):
     """Convert a model output between parametrisations (``eps``, ``x0``, ``v``, ``score``)."""
-    _check_prediction(source, "source")
-    _check_prediction(target, "target")
+    check_prediction(source, "source")
+    check_prediction(target, "target")
     if source == target:
         return out
     if target == "eps":
@@ -153,7 +153,7 @@ class Model:
             raise TypeError(f"schedule must be a NoiseSchedule, got {type(schedule).__name__}")
         self.fn = fn
         self.schedule = schedule
-        self.prediction = _check_prediction(prediction)
+        self.prediction = check_prediction(prediction)
         if time_input == "continuous":
             self._time_map = None
         elif time_input == "label":
@@ -177,7 +177,7 @@ class Model:
         """Raw network output at ``(x, t)``; ``t`` is a scalar or shape ``(B,)``. Counts one NFE."""
         if not (isinstance(t, torch.Tensor) and t.ndim == 1 and t.dtype == x.dtype and t.device == x.device):
             # (the sampling loop already passes a device row of the state's dtype: nothing to do then)
-            t = _as_tensor(t)
+            t = as_tensor(t)
             if t.ndim == 0:
                 t = t.expand(x.shape[0])
             t = t.to(device=x.device, dtype=x.dtype if x.is_floating_point() else t.dtype)

@@ -54,7 +54,7 @@ __all__ = [
 Tensorish = torch.Tensor | float | int
 
 
-def _as_tensor(t: Tensorish) -> torch.Tensor:
+def as_tensor(t: Tensorish) -> torch.Tensor:
     if isinstance(t, torch.Tensor):
         return t if t.is_floating_point() else t.to(torch.float64)
     return torch.as_tensor(t, dtype=torch.float64)
@@ -120,7 +120,7 @@ class NoiseSchedule:
 
     # ---- validation -------------------------------------------------------------------------------------------
     def check_t(self, t: Tensorish, name: str = "t") -> torch.Tensor:
-        t = _as_tensor(t)
+        t = as_tensor(t)
         lo, hi = self.domain
         bad = torch.isnan(t) | (t <= lo if self._open_lo else t < lo) | (t >= hi if self._open_hi else t > hi)
         if bool(bad.any()):
@@ -136,7 +136,7 @@ class NoiseSchedule:
     def check_lambda(self, lam: Tensorish) -> torch.Tensor:
         """``lam`` as a tensor; raises ``ValueError`` for NaN and for ``+-inf`` (the half log-SNR of ``alpha = 0`` or
         ``sigma = 0``, which lies outside every schedule's domain)."""
-        lam = _as_tensor(lam)
+        lam = as_tensor(lam)
         if not bool(torch.isfinite(lam).all()):
             value = lam[~torch.isfinite(lam)].flatten()[0].item()
             raise ValueError(f"lam={value!r}: the half log-SNR must be finite")
@@ -643,11 +643,11 @@ class VPDiscrete(VPSchedule):
 
     def t_to_label(self, t: Tensorish) -> torch.Tensor:
         """Continuous time to the network's discrete-time input, ``(t - 1/N) * 1000``."""
-        return (_as_tensor(t) - 1.0 / self.num_steps) * 1000.0
+        return (as_tensor(t) - 1.0 / self.num_steps) * 1000.0
 
     def label_to_t(self, label: Tensorish) -> torch.Tensor:
         """Inverse of :meth:`t_to_label`: ``label / 1000 + 1/N``."""
-        return _as_tensor(label) / 1000.0 + 1.0 / self.num_steps
+        return as_tensor(label) / 1000.0 + 1.0 / self.num_steps
 
     def params(self):
         return {"num_steps": self.num_steps, **super().params()}

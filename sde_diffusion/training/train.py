@@ -57,7 +57,7 @@ from torch import nn
 
 from .. import schedules as _schedules
 from ..distributed import training_shard
-from ..models import Model, _check_prediction
+from ..models import Model, check_prediction
 from ..schedules import NoiseSchedule, VPDiscrete
 from .data import get_dataset
 from .losses import get_loss
@@ -617,7 +617,7 @@ def train(
         raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
     if not isinstance(schedule, NoiseSchedule):
         raise TypeError(f"schedule must be a NoiseSchedule, got {type(schedule).__name__}")
-    _check_prediction(prediction)
+    check_prediction(prediction)
     time_map = time_input_map(schedule, time_input)
     unknown = sorted(set(overrides) - {f.name for f in fields(TrainConfig)})
     if unknown:
