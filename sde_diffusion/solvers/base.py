@@ -270,11 +270,6 @@ class StepCoefficients:
     lam_next: Any
     h: Any
 
-    @property
-    def t_next_dev(self) -> torch.Tensor:
-        """Deprecated name of ``t_next`` (the model-time input at the end of the step)."""
-        return self.t_next
-
 
 _BASE_FIELDS = tuple(f.name for f in dataclasses.fields(StepCoefficients))
 _RECORD_TYPES: dict[tuple[str, ...], type] = {}

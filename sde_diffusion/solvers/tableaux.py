@@ -142,7 +142,7 @@ class RKLayout:
                 args += [f"c.{key}", f"x{j}" if src == "x" else f"e{j}"]
             return f"lincomb({', '.join(args)})"
 
-        where = {"start": "c.t, 'eps', c.alpha, c.sigma", "end": "c.t_next_dev, 'eps', c.alpha_next, c.sigma_next"}
+        where = {"start": "c.t, 'eps', c.alpha, c.sigma", "end": "c.t_next, 'eps', c.alpha_next, c.sigma_next"}
         lines = ["def rk_step(model, x, c, first, upto):"]
         for i, point in enumerate(self.points):
             xi = "x" if i == 0 else f"x{i}"
