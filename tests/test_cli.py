@@ -174,3 +174,20 @@ def test_default_study_runs_within_its_budget(tmp_path):
     order = load_bundle(doc)["order"]
     assert order.fit("ddim").order == pytest.approx(1.0, abs=0.1)
     assert order.fit("heun").order == pytest.approx(2.0, abs=0.3)
+
+
+def test_study_stochastic_writes_the_distribution_error_of_every_solver(tmp_path, capsys):
+    """``study --stochastic`` adds the distribution error per NFE of every registered solver (stochastic and
+    deterministic, one footing): exact W2 on gauss2d, finite, smaller at the larger budget for the ancestral DDPM."""
+    out = tmp_path / "s"
+    args = ["study", "--quick", "--stochastic", "--no-refine", "--order-problem", "gauss2d", "--out", str(out)]
+    assert cli.main(args) == 0
+    assert "distribution error per NFE" in capsys.readouterr().out
+    dist = json.loads((out / "distribution.json").read_text())
+    rows = dist["problems"]["gauss2d"]
+    stochastic = {n for n, c in registered_solvers().items() if c.stochastic}
+    assert {"euler_ancestral", "sde_dpm_solver++_3m", "dpm_solver++", "unipc"} <= set(rows)
+    assert stochastic - {"ddim_inverse"} <= set(rows) | {"ddpm"}
+    cells = rows["euler_ancestral"]
+    assert cells["5"]["metric"] == "exact W2" and cells["20"]["error"] < cells["5"]["error"]
+    assert all(c is None or (c["error"] >= 0 and c["error"] < float("inf")) for r in rows.values() for c in r.values())

@@ -33,6 +33,7 @@ HELP = "convergence and order studies; writes study.json and study.png"
 
 _MAIN_NFE = [5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50]
 _ORDER_NFE = [24, 32, 48, 64, 96, 128, 192, 256]
+_DISTRIBUTION_NFE = [10, 20, 50]
 _STOCHASTIC_NFE = [10, 20, 40, 80, 160]
 _REFINE_TIME = 30.0
 _QUICK = {"nfe": [5, 10, 20], "order_nfe": [16, 32, 64], "n": 128, "rtol": 1e-8, "max_nfe_factor": 4}
@@ -87,7 +88,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--stochastic",
         action="store_true",
-        help="add a study of the stochastic solvers on --order-problem, n=1024 (strong and distributional errors)",
+        help="add a study of the stochastic solvers on --order-problem, n=1024 (strong and distributional errors), and "
+        "the distribution error per NFE of every solver (and k-diffusion's samplers) on gauss2d and ring; writes "
+        "distribution.json",
     )
     p.add_argument("--figures", action="store_true", help="also write one PNG per study, samples and trajectories")
     p.add_argument("--quick", action="store_true", help="a reduced study for CI (a few seconds)")
@@ -208,6 +211,20 @@ def _run(args, job) -> int:
             sde_substeps=20 if args.quick else 50,
             **common,
         )
+    distribution = None
+    if args.stochastic and job.is_main:
+        from ..studies.stochastic import stochastic_study
+
+        # every stochastic and deterministic solver (and k-diffusion's samplers where installed) on one footing:
+        # exact W2 on Gaussian data, sliced W2 with its sampling floor on the ring mixture
+        distribution = stochastic_study(
+            problems=("gauss2d",) if args.quick else ("gauss2d", "ring"),
+            nfes=quick.get("nfe", _DISTRIBUTION_NFE),
+            samples=1000 if args.quick else 8000,
+            seed=args.seed,
+            schedule=args.schedule,
+            kdiffusion=not args.quick,
+        )
     elapsed = time.perf_counter() - t0
     if not job.is_main:
         return 0
@@ -218,6 +235,12 @@ def _run(args, job) -> int:
             print()
             print(res.to_markdown("dist_error"))
         print()
+    if distribution is not None:
+        from ..studies.stochastic import study_table
+
+        print("## distribution error per NFE (stochastic and deterministic solvers)\n")
+        print(study_table(distribution))
+        (out / "distribution.json").write_text(json.dumps(distribution, indent=2))
     _write_study(out, studies, args, elapsed, job.world_size)
     print(f"studies ran in {elapsed:.1f} s; wrote {out / 'study.json'} and {out / 'study.png'}")
     return 0
