@@ -4,7 +4,7 @@ r"""Symbolic (sympy) derivations used to check the numeric code.
   ``g^2 = d sigma^2/dt - 2 f sigma^2``, ``lambda`` and ``inverse_lambda`` of the closed-form schedules from their
   definitions alone (``alpha`` and ``sigma`` as functions of ``t``), independently of :mod:`sde_diffusion.schedules`.
 * :func:`lagrange_exp_weights` and :func:`phi_symbolic` give the exact integrals behind the exponential
-  integrators (see :mod:`sde_diffusion.solvers._expint`).
+  integrators (see :mod:`sde_diffusion.solvers.expint`).
 * :func:`deis_tab_weights` gives DEIS-tAB's weights (Lagrange in ``t``) from their defining integral.
 """
 
@@ -116,7 +116,7 @@ def phi_symbolic(k: int, h: sp.Expr) -> sp.Expr:
 def lagrange_exp_weights(ratios: list, h: sp.Expr, sign: int = 1) -> list[sp.Expr]:
     r"""Exact ``W_j = int_0^h exp(sign (h - u)) L_j(u) du`` with ``L_j`` the Lagrange basis through ``u_m = r_m h``.
 
-    The symbolic counterpart of :func:`sde_diffusion.solvers._expint.lagrange_weights` (``sign = +1`` for noise
+    The symbolic counterpart of :func:`sde_diffusion.solvers.expint.lagrange_weights` (``sign = +1`` for noise
     prediction, ``-1`` for data prediction).
     """
     u = sp.symbols("u", real=True)

@@ -7,8 +7,8 @@ import torch
 
 from sde_diffusion import Gaussian, GaussianMixture, PointMass, VPCosine, VPLinear, sample
 from sde_diffusion.solvers import get_solver
-from sde_diffusion.solvers._expint import lagrange_weights
 from sde_diffusion.solvers.adaptive_multistep import AdaptiveMultistep, pi_factor
+from sde_diffusion.solvers.expint import lagrange_weights
 from sde_diffusion.studies.fitting import fit_line
 
 #: measured err/tol of the global error (max over samples of the RMS error, rtol = atol = tol) over the tolerances

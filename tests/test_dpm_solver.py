@@ -169,7 +169,7 @@ def test_rules_equal_published_closed_forms(sign):
         assert torch.allclose(got, want, rtol=1e-12, atol=1e-14)
         exact = update_weights(torch.tensor([0.0, -r0, -(r0 + r1)]), torch.tensor(h), sign, "exact")
         # exact quadratic = ref3 + the missing half of the phi_3 term
-        hphi3 = float(sd.solvers._expint.phi(3, torch.tensor(sign * h))) * h
+        hphi3 = float(sd.solvers.expint.phi(3, torch.tensor(sign * h))) * h
         assert torch.allclose(exact, got + hphi3 * d2, rtol=1e-12, atol=1e-14)
 
 

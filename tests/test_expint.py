@@ -1,4 +1,4 @@
-"""The shared exponential-integrator weights (solvers/_expint.py) against exact symbolic integrals (sympy)."""
+"""The shared exponential-integrator weights (solvers/expint.py) against exact symbolic integrals (sympy)."""
 
 import random
 
@@ -6,7 +6,7 @@ import pytest
 import sympy as sp
 import torch
 
-from sde_diffusion.solvers._expint import lagrange_weights, phi, phis
+from sde_diffusion.solvers.expint import lagrange_weights, phi, phis
 from sde_diffusion.symbolic import lagrange_exp_weights, phi_symbolic
 
 H = sp.symbols("h", positive=True)

@@ -21,7 +21,7 @@ from sde_diffusion.grids import make_grid
 from sde_diffusion.sample import sample
 from sde_diffusion.schedules import VEGeometric, VPLinear
 from sde_diffusion.solvers import get_solver
-from sde_diffusion.solvers._expint import lagrange_weights
+from sde_diffusion.solvers.expint import lagrange_weights
 from sde_diffusion.solvers.unipc import UniPC, unipc_weights
 from sde_diffusion.testing import measure_order
 

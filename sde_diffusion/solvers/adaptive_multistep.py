@@ -7,7 +7,7 @@ The step from ``lambda_n`` to ``lambda_{n+1} = lambda_n + h`` is the DPM-Solver+
    \qquad W_j = \int_0^h e^{-(h-u)} L_j(u)\, du, \]
 
 where ``D_m`` is the data prediction at ``lambda_m`` and ``L_j`` the Lagrange basis through the ``q`` newest nodes
-``u_j = lambda_{n-j} - lambda_n`` ([`lagrange_weights`][sde_diffusion.solvers._expint.lagrange_weights] with ``sign =
+``u_j = lambda_{n-j} - lambda_n`` ([`lagrange_weights`][sde_diffusion.solvers.expint.lagrange_weights] with ``sign =
 -1``). With ``q`` nodes the local error is ``O(h^{q+1})`` and the global order ``q``; ``q`` ramps up ``1, 2, ...,
 order``.
 
@@ -39,9 +39,9 @@ import math
 
 import torch
 
-from ._expint import lagrange_weights
 from .base import EmbeddedStep, Solver, lincomb, register
 from .controllers import PIController, pi_factor
+from .expint import lagrange_weights
 
 __all__ = ["AdaptiveMultistep", "pi_factor"]
 

@@ -12,11 +12,11 @@ i.e. ``y = x/alpha`` obeys ``dy/drho = eps``. Every DEIS method (option ``method
 * ``method="tab"`` (tAB-DEIS): ``eps`` is replaced by its Lagrange polynomial **in t** through the last ``k``
   grid times; the weights ``C_j = int_t^s Psi(s,tau) g^2/(2 sigma) L_j(tau) dtau
   = -sigma_s int_0^h e^{h-u} L_j(t(lambda_t + u)) du`` have no closed form for general schedules and are
-  computed by 32-point Gauss--Legendre quadrature in ``lambda`` (float64, ``_expint.exp_weighted_quadrature``;
+  computed by 32-point Gauss--Legendre quadrature in ``lambda`` (float64, ``expint.exp_weighted_quadrature``;
   the constant part of ``L_0`` is integrated exactly, so tAB-1 *is* DDIM). Checked against the defining integral
   in sympy (:func:`sde_diffusion.symbolic.deis_tab_weights`) to 1e-12.
 * ``method="rhoab"`` (rhoAB-DEIS): Lagrange polynomial **in rho**, integrated exactly:
-  ``C_j = alpha_s int_{rho_t}^{rho_s} L_j(rho) drho`` (``_expint.lagrange_poly_weights``).
+  ``C_j = alpha_s int_{rho_t}^{rho_s} L_j(rho) drho`` (``expint.lagrange_poly_weights``).
 * ``method="logrho"``: Lagrange polynomial **in log rho = -lambda**: ``C_j = -sigma_s int_0^h e^{h-u} L_j(u) du``
   -- the ``"deis"`` algorithm of diffusers' ``DEISMultistepScheduler``, and exactly multistep DPM-Solver with noise
   prediction and exact weights, ``DPMSolver(multistep=True, update="exact", lower_order_final=False)``, which
@@ -34,9 +34,9 @@ from __future__ import annotations
 
 import torch
 
-from ._expint import exp_weighted_quadrature, lagrange_poly_weights, long_step_consistent
 from .base import Solver, host_scalars, register
 from .dpm_solver import DPMSolver, multistep_update
+from .expint import exp_weighted_quadrature, lagrange_poly_weights, long_step_consistent
 from .options import check_choice, check_int
 from .tableaux import ButcherTableau, get_tableau, rk_coefficients, rk_layout, rk_step, tableau_name
 from .warmup import step_orders
@@ -71,7 +71,7 @@ def deis_multistep_weights(ts: torch.Tensor, base, method: str, k: int, idx: tor
     """Weights ``C_j`` (``j = 0..k-1``, node ``j`` = grid point ``i - j``) of the tAB or rhoAB steps ``i`` in
     ``idx``, each using ``k`` nodes. Shape ``(len(idx), [B], k)``; float64. See the module docstring for the formulas.
     The weights sum to ``-sigma_s expm1(h)``, made exact in the step's own floats for long steps
-    ([`long_step_consistent`][sde_diffusion.solvers._expint.long_step_consistent])."""
+    ([`long_step_consistent`][sde_diffusion.solvers.expint.long_step_consistent])."""
     lam = torch.cat([base["lam"], base["lam_next"][-1:]])
     h, sig_s = base["h"][idx], base["sigma_next"][idx]
     if method == "rhoab":

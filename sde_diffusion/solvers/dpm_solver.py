@@ -8,7 +8,7 @@ Every update of every method in this module has one shape. From a state ``x_a`` 
 * data prediction (DPM-Solver++): ``x_b = (sigma_b/sigma_a) x_a + alpha_b sum_j W_j x0_j``,
 
 with ``W_j ~ int_0^h e^{s(h-u)} L_j(u) du`` (``s = +1`` / ``-1``). How ``W`` is formed is the *rule*
-(:func:`update_weights`); every rule is built from :mod:`~sde_diffusion.solvers._expint` (``lagrange_weights``,
+(:func:`update_weights`); every rule is built from :mod:`~sde_diffusion.solvers.expint` (``lagrange_weights``,
 ``phis``):
 
 * ``"exact"`` -- the exponentially weighted Lagrange weights through all nodes (order = number of nodes);
@@ -37,8 +37,8 @@ from __future__ import annotations
 import torch
 
 from .._ops import time_like
-from ._expint import lagrange_weights, long_step_consistent, phis
 from .base import Solver, host_scalars, lincomb, register
+from .expint import lagrange_weights, long_step_consistent, phis
 from .options import check_bool, check_choice, check_int, check_int_sequence, check_nonnegative
 from .warmup import step_orders
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from ._expint import long_step_consistent
 from .base import Solver, host_scalars, lincomb, register
+from .expint import long_step_consistent
 from .options import check_choice, check_nonnegative
 
 __all__ = ["DDIM", "DDIMInverse", "DDPM", "ddim_coefficients"]
@@ -26,7 +26,7 @@ def ddim_coefficients(c: dict, eta: float) -> dict[str, torch.Tensor]:
     ``rho = sigma_eta^2/sigma_s^2 = -eta^2 expm1(-2h)``:
     ``c_eps = sigma_s (sqrt(1 - rho) - e^h) = -sigma_s (rho/(1 + sqrt(1 - rho)) + expm1(h))`` (no cancellation).
     ``eta = 0`` gives ``-sigma_s expm1(h)``: DPM-Solver-1 / DEIS-1 (made consistent for long steps by
-    [`long_step_consistent`][sde_diffusion.solvers._expint.long_step_consistent]).
+    [`long_step_consistent`][sde_diffusion.solvers.expint.long_step_consistent]).
     """
     h, sig_s = c["h"], c["sigma_next"]
     ratio = c["alpha_next"] / c["alpha"]

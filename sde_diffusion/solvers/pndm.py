@@ -49,9 +49,9 @@ from functools import cache
 
 import torch
 
-from ._expint import lagrange_basis_coefficients
 from .base import Solver, host_scalars, register
 from .dpm_solver import multistep_update
+from .expint import lagrange_basis_coefficients
 from .first_order import ddim_coefficients
 from .options import check_choice, check_int
 from .tableaux import TABLEAUX, RKLayout, rk_coefficients, rk_layout, rk_step
@@ -67,7 +67,7 @@ MULTISTEP, RK = 0, 1
 def adams_bashforth(k: int) -> tuple[float, ...]:
     r"""Adams--Bashforth coefficients of order ``k`` on a uniform grid, newest first:
     ``b_j = int_0^1 L_j(theta) d theta`` for the Lagrange basis through the nodes ``theta_j = -j``
-    (the ``h -> 0`` limit of :func:`~sde_diffusion.solvers._expint.lagrange_weights` divided by ``h``).
+    (the ``h -> 0`` limit of :func:`~sde_diffusion.solvers.expint.lagrange_weights` divided by ``h``).
     ``k = 4`` gives ``(55, -59, 37, -9)/24``."""
     if not 1 <= k <= 4:
         raise ValueError(f"Adams-Bashforth order must be 1..4, got {k}")

@@ -32,8 +32,8 @@ from functools import cache
 import torch
 
 from .._ops import lincomb, time_like
-from ._expint import long_step_consistent
 from .base import host_scalars
+from .expint import long_step_consistent
 
 __all__ = ["ButcherTableau", "TABLEAUX", "get_tableau", "RKLayout", "rk_layout", "rk_coefficients", "rk_step"]
 

@@ -9,7 +9,7 @@ with ``r_k = (lambda_{i-k} - lambda_i)/h_i`` and, for data prediction, ``c_x = s
 ``scale = alpha_{i+1}`` (noise prediction: ``c_x = alpha_{i+1}/alpha_i``, ``scale = sigma_{i+1}``).
 ``B(hh) = hh`` (``b_h="bh1"``) or ``e^{hh} - 1`` (``"bh2"``). The ``rho`` solve the order conditions
 ``sum_k rho_k r_k^{n-1} = hh phi_{n+1}(hh) n!/B(hh)``, ``n = 1..p-1`` (``phi`` from
-:mod:`sde_diffusion.solvers._expint`); for a single unknown ``rho = 1/2`` (the ``h -> 0`` limit, as in the
+:mod:`sde_diffusion.solvers.expint`); for a single unknown ``rho = 1/2`` (the ``h -> 0`` limit, as in the
 authors' code and diffusers).
 
 UniC-p corrects ``x_{i+1}`` once the model has been evaluated there, re-using that evaluation
@@ -24,8 +24,8 @@ import math
 
 import torch
 
-from ._expint import long_step_consistent, phis
 from .base import Solver, lincomb, register
+from .expint import long_step_consistent, phis
 from .options import check_bool, check_choice, check_int
 from .warmup import step_orders
 
