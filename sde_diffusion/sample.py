@@ -317,7 +317,8 @@ def sample(
     nfe0 = model.nfe
     x, state = s.init(x_T)
     trajectory = [x] if return_trajectory else None
-    sums, blocks = ([] if check_finite else None), []
+    sums: list[torch.Tensor] | None = [] if check_finite else None
+    blocks: list[torch.Tensor] = []
     probe = _finite_probe(x)
     # hot loop: locals only, no per-step wrapper objects unless the solver draws noise
     step, src, ts = s.solver.step, s.noise, s.ts

@@ -110,7 +110,8 @@ class RKLayout:
             raise ValueError("in variable 't' only tableaux whose stages are at the step's ends are supported")
         self.tableau, self.variable, self.prefix = tableau, variable, prefix
         rows = list(tableau.A[1:]) + [tableau.b]
-        self.combos = [None]
+        # combos[0] is a placeholder: stage 0 is the start point, no combination
+        self.combos: list[tuple[str, tuple[tuple[str, str, int], ...]]] = [("", ())]
         for i, row in enumerate(rows, start=1):
             name = "b" if i == tableau.stages else str(i)
             terms = []

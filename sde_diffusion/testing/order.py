@@ -65,7 +65,8 @@ def fit_order(nfe: list[int], errors: list[float], kind: str) -> OrderMeasuremen
 def global_errors(solver, schedule, data, nfes):
     model = data.model(schedule)
     x = start_state(solver, schedule, data, 8, 11)
-    out_nfe, errors = [], []
+    out_nfe: list[int] = []
+    errors: list[float] = []
     for n in nfes:
         steps = max(1, solver.steps_for_nfe(n))
         ts = oriented(solver, make_grid(schedule, "logsnr", steps))
