@@ -34,6 +34,8 @@ Stages of singlestep methods (``stages`` option):
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from .._ops import time_like
@@ -228,7 +230,7 @@ def _multistep_table(sign, update, orders, lam, la, ls, eta=0.0) -> dict:
     n = lam.shape[0] - 1
     kmax = max(orders)
     ords = torch.tensor(orders)
-    table = {"order": ords}
+    table: dict[str, Any] = {"order": ords}
     ratio_full = torch.zeros((n,) + lam.shape[1:], dtype=torch.float64)
     ws = [torch.zeros_like(ratio_full) for _ in range(kmax)]
     for k in sorted(set(orders)):
@@ -707,6 +709,7 @@ class DPMSolverFast(Solver):
             return super().steps_for_nfe(nfe)
         if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
             raise ValueError(f"an NFE budget must be a positive int, got {nfe!r}")
+        assert self.nfe is not None  # set together with orders
         return len(self.orders) if nfe >= self.nfe else 0
 
     def own_grid(self, schedule, t_start, t_end):
