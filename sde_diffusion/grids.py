@@ -1,25 +1,26 @@
 r"""Time grids for sampling: decreasing sequences of ``steps + 1`` times from ``t_start`` to ``t_end``.
 
 For an exponential integrator the trajectory depends on the grid only through its half-log-SNR knots
-``lambda_0 < ... < lambda_N``, so most grids here are *families of lambda distributions*: a rule that places
-``N + 1`` knots between ``lambda(t_start)`` and ``lambda(t_end)``, mapped to the model's time by its
+\(\lambda_0 < \dots < \lambda_N\), so most grids here are *families of lambda distributions*: a rule that places
+\(N + 1\) knots between \(\lambda(t_{\rm start})\) and \(\lambda(t_{\rm end})\), mapped to the model's time by its
 ``inverse_lambda``. Such a grid means the same thing on every schedule:
 
-* ``logsnr`` -- uniform in ``lambda`` (the natural variable of exponential integrators);
-* ``karras`` -- uniform in ``sigma_ve^{1/rho}`` with ``sigma_ve = exp(-lambda)`` (Karras et al. 2022,
-  arXiv:2206.00364, ``rho = 7``; this is also EDM's and AMED's "polynomial" schedule, arXiv:2312.00094, with a
-  continuous exponent ``rho``);
-* ``vp_uniform``, ``vp_quadratic``, ``vp_power`` (``p``) -- uniform in ``t^{1/p}`` (``p = 1``, ``2``, any ``p``)
-  in the time of the reference VP-linear schedule (``beta_min = 0.1``, ``beta_max = 20``) over the same lambda
+* ``logsnr`` -- uniform in \(\lambda\) (the natural variable of exponential integrators);
+* ``karras`` -- uniform in \(\sigma_{\rm ve}^{1/\rho}\) with \(\sigma_{\rm ve} = e^{-\lambda}\) (Karras et al. 2022,
+  arXiv:2206.00364, \(\rho = 7\); this is also EDM's and AMED's "polynomial" schedule, arXiv:2312.00094, with a
+  continuous exponent \(\rho\));
+* ``vp_uniform``, ``vp_quadratic``, ``vp_power`` (``p``) -- uniform in \(t^{1/p}\) (\(p = 1\), \(2\), any \(p\))
+  in the time of the reference VP-linear schedule (\(\beta_{\min} = 0.1\), \(\beta_{\max} = 20\)) over the same lambda
   range: ``vp_quadratic`` on an EDM model places exactly the lambda knots that ``time_quadratic`` places on the
   VP-linear model with that lambda range;
 * ``cosine_uniform``, ``cosine_quadratic``, ``cosine_power`` (``p``) -- the same in the time of the reference VP
-  cosine schedule (``s = 0.008``);
-* ``lambda_power`` (``p``) -- ``lambda = lambda_lo + (lambda_hi - lambda_lo) u^p`` with ``u`` uniform from the noisy
-  end (``p > 1`` puts more knots at high noise, ``p < 1`` at low noise; ``p = 1`` is ``logsnr``).
+  cosine schedule (\(s = 0.008\));
+* ``lambda_power`` (``p``) -- \(\lambda = \lambda_{\rm lo} + (\lambda_{\rm hi} - \lambda_{\rm lo})\, u^p\)
+  with \(u\) uniform from the noisy end (\(p > 1\) puts more knots at high noise, \(p < 1\) at low noise; \(p = 1\) is
+  ``logsnr``).
 
-Two grids are defined in the model's own time (they depend on the schedule): ``time_uniform`` (uniform in ``t``)
-and ``time_quadratic`` (uniform in ``sqrt(t)``, DPM-Solver's choice for discrete-time models).
+Two grids are defined in the model's own time (they depend on the schedule): ``time_uniform`` (uniform in \(t\))
+and ``time_quadratic`` (uniform in \(\sqrt{t}\), DPM-Solver's choice for discrete-time models).
 
 A grid name may carry its continuous parameter: ``"vp_power:p=1.5"``, ``"karras:rho=5"`` (see
 [`parse_grid`][sde_diffusion.grids.parse_grid]). All grids are computed in float64; the end points are exact
@@ -86,13 +87,13 @@ def _finish(schedule, ts: torch.Tensor, t_start: float, t_end: float) -> torch.T
 
 
 def time_uniform(schedule: NoiseSchedule, steps: int, t_start=None, t_end=None) -> torch.Tensor:
-    """Uniform in ``t``."""
+    r"""Uniform in \(t\)."""
     a, b = _ends(schedule, t_start, t_end)
     return _finish(schedule, torch.linspace(a, b, _check_steps(steps) + 1, dtype=torch.float64), a, b)
 
 
 def time_quadratic(schedule: NoiseSchedule, steps: int, t_start=None, t_end=None) -> torch.Tensor:
-    """Uniform in ``sqrt(t)`` (needs ``t >= 0``)."""
+    r"""Uniform in \(\sqrt{t}\) (needs \(t \ge 0\))."""
     a, b = _ends(schedule, t_start, t_end)
     if min(a, b) < 0:
         raise ValueError("time_quadratic needs non-negative times")
@@ -125,7 +126,8 @@ def _cosine_time(lam: torch.Tensor) -> torch.Tensor:
 def _reference_power(to_time: Callable, to_lambda: Callable, lam_lo: float, lam_hi: float, u, p: float):
     """Knots uniform in ``t^{1/p}`` of a reference schedule between the times of ``lam_lo`` and ``lam_hi``."""
     t = to_time(torch.tensor([lam_lo, lam_hi], dtype=torch.float64)) ** (1.0 / p)
-    return to_lambda((t[0] + u * (t[1] - t[0])) ** p)
+    # (1 - u) t0 + u t1 is exact at both ends (t0 + u (t1 - t0) can round the tiny end to 0 when t1 << t0)
+    return to_lambda(((1 - u) * t[0] + u * t[1]) ** p)
 
 
 def _logsnr_knots(lam_lo: float, lam_hi: float, u: torch.Tensor) -> torch.Tensor:
@@ -151,7 +153,7 @@ def _lambda_power_knots(lam_lo: float, lam_hi: float, u: torch.Tensor, p: float 
 
 @dataclass(frozen=True)
 class GridFamily:
-    """A lambda distribution: ``knots(lam_lo, lam_hi, u, **params)`` maps ``u`` uniform in ``[0, 1]`` (from the
+    r"""A lambda distribution: ``knots(lam_lo, lam_hi, u, **params)`` maps ``u`` uniform in \([0, 1]\) (from the
     noisy end) to increasing half-log-SNR knots from ``lam_lo`` to ``lam_hi``.
 
     ``param`` names the continuous parameter (``None``: none), ``default`` its value and ``bounds`` the range a
@@ -231,7 +233,7 @@ logsnr.__doc__ = "Uniform in the half log-SNR ``lambda``."
 
 
 def karras(schedule: NoiseSchedule, steps: int, t_start=None, t_end=None, rho: float = 7.0) -> torch.Tensor:
-    """Uniform in ``sigma_ve^{1/rho}`` (EDM's grid; ``rho = 1`` is uniform in ``sigma_ve``)."""
+    r"""Uniform in \(\sigma_{\rm ve}^{1/\rho}\) (EDM's grid; \(\rho = 1\) is uniform in \(\sigma_{\rm ve}\))."""
     return _family_grid("karras")(schedule, steps, t_start, t_end, rho=rho)
 
 
