@@ -1,8 +1,8 @@
 r"""Train a small score network on the ring (8 narrow Gaussians) on the CPU, sample it with three solvers and save a
 scatter plot next to the data and the exact-score sampler.
 
-The network is :class:`~sde_diffusion.training.nets.MLPScoreNet` (width 128, depth 3) trained with Ho's ``L_simple`` as an
-eps-predictor for VP-linear: 2000 steps of batch 512 take about 20 s on one idle core. Samples start from the same
+The network is ``sde_diffusion.training.nets.MLPScoreNet`` (width 128, depth 3) trained with Ho's ``L_simple`` as
+an eps-predictor for VP-linear: 2000 steps of batch 512 take about 20 s on one idle core. Samples start from the same
 prior draws for every panel; each title gives the NFE and two distances: the sliced 1-Wasserstein distance to fresh
 data, and the median distance to the *exact-score* sampler's output from the same starting point (the PF-ODE is
 deterministic, so a perfect network gives 0 there).

@@ -7,7 +7,6 @@ from .calibration import Calibration, calibrate
 from .grids import make_grid, validate_grid
 from .models import PREDICTIONS, DynamicThresholding, Model, convert, to_eps, to_x0
 from .sample import NonFiniteError, Sampler, SampleResult, clear_caches, sample
-from .solvers.controllers import DPMSolverStepRule, FixedGrid, PIController
 from .schedules import (
     EDM,
     NoiseSchedule,
@@ -21,6 +20,7 @@ from .schedules import (
 )
 from .sdes import ForwardSDE, ProbabilityFlowODE, ReverseSDE
 from .solvers import Solver, get_solver, registered_solvers
+from .solvers.controllers import DPMSolverStepRule, FixedGrid, PIController
 
 try:  # the version lives in one place: pyproject.toml (read from the installed distribution's metadata)
     __version__ = _metadata.version("sde-diffusion")
