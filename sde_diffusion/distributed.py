@@ -139,11 +139,17 @@ class Job:
         self.rank, self.world_size = self.env.rank, self.env.world_size
         self.requested_device = str(device)
         self.interval = float(interval)
-        self.store = None
+        self.store: torch.distributed.Store | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     # ---- properties -------------------------------------------------------------------------------------------
+    @property
+    def _kv(self) -> torch.distributed.Store:
+        """The job's key-value store (set by ``__enter__`` in a distributed job)."""
+        assert self.store is not None, "the store exists only inside `with Job(...)` in a distributed job"
+        return self.store
+
     @property
     def is_main(self) -> bool:
         return self.rank == 0
@@ -216,9 +222,9 @@ class Job:
 
         try:
             if exc is None:
-                self.store.set(f"done/{self.rank}", "1")
+                self._kv.set(f"done/{self.rank}", "1")
                 if self.is_main:  # stay alive (and watching) until every rank is done
-                    while not all(self.store.check([f"done/{r}"]) for r in range(self.world_size)):
+                    while not all(self._kv.check([f"done/{r}"]) for r in range(self.world_size)):
                         time.sleep(self.interval)
             else:
                 if self.is_main:  # rank 0 reports its own error: its watchdog must not race it
@@ -236,13 +242,13 @@ class Job:
         else:
             text = "".join(traceback.format_exception(exc_type, exc, tb)).rstrip()
         try:
-            self.store.set(f"error/{self.rank}", text)
-            self.store.add("failures", 1)
+            self._kv.set(f"error/{self.rank}", text)
+            self._kv.add("failures", 1)
             if self.is_main:
-                self.store.set("reported", "1")  # rank 0 prints its own error through the normal path
+                self._kv.set("reported", "1")  # rank 0 prints its own error through the normal path
                 return
             deadline = time.monotonic() + heartbeat_timeout()
-            while time.monotonic() < deadline and not self.store.check(["reported"]):
+            while time.monotonic() < deadline and not self._kv.check(["reported"]):
                 time.sleep(self.interval)
         except Exception:  # the store is gone: nothing more to coordinate
             pass
@@ -253,17 +259,17 @@ class Job:
         limit = heartbeat_timeout()
         try:
             while not self._stop.wait(self.interval):
-                self.store.add(f"beat/{self.rank}", 1)
-                if self.store.add("failures", 0) > 0:
+                self._kv.add(f"beat/{self.rank}", 1)
+                if self._kv.add("failures", 0) > 0:
                     self._stop_for_failure()
                     return
                 if not self.is_main:
                     continue
                 now = time.monotonic()
                 for r in range(1, self.world_size):
-                    if self.store.check([f"done/{r}"]):
+                    if self._kv.check([f"done/{r}"]):
                         continue
-                    count = self.store.add(f"beat/{r}", 0)
+                    count = self._kv.add(f"beat/{r}", 0)
                     if beats.get(r, (None,))[0] != count:
                         beats[r] = (count, now)
                     elif now - beats[r][1] > limit:
@@ -273,19 +279,19 @@ class Job:
                 self._die(f"rank {self.rank} lost contact with the job ({type(e).__name__}: {e})")
 
     def _stop_for_failure(self) -> None:
-        failed = [r for r in range(self.world_size) if self.store.check([f"error/{r}"])]
+        failed = [r for r in range(self.world_size) if self._kv.check([f"error/{r}"])]
         if self.is_main:
             if failed == [0]:
                 return  # rank 0's own error: printed by the normal exception path
             texts = [
-                f"sde-diffusion: rank {r} of {self.world_size} failed:\n{self.store.get(f'error/{r}').decode()}"
+                f"sde-diffusion: rank {r} of {self.world_size} failed:\n{self._kv.get(f'error/{r}').decode()}"
                 for r in failed
                 if r != 0
             ]
-            self.store.set("reported", "1")
+            self._kv.set("reported", "1")
             self._die("\n".join(texts))
         deadline = time.monotonic() + heartbeat_timeout()
-        while time.monotonic() < deadline and not self.store.check(["reported"]):
+        while time.monotonic() < deadline and not self._kv.check(["reported"]):
             time.sleep(self.interval)
         if self.rank not in failed:
             self._die(None)
@@ -511,7 +517,8 @@ class AgreedStop:
     largest signal number any rank received; ``signum`` is the value agreed at the last poll."""
 
     def __init__(self, local, device: torch.device):
-        self.local, self.device, self.signum = local, device, None
+        self.local, self.device = local, device
+        self.signum: int | None = None
 
     def poll(self) -> int | None:
         import torch.distributed as dist
