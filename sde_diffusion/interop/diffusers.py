@@ -242,7 +242,7 @@ def _final_target(ref) -> tuple[str, float | None]:
     return ("denoise", None)
 
 
-class SDEScheduler(SchedulerMixin, ConfigMixin):
+class SDEScheduler(SchedulerMixin, ConfigMixin):  # type: ignore[misc]  # (diffusers: config_name str vs None)
     r"""A diffusers scheduler that runs one of our fixed-grid solvers inside an unchanged diffusers pipeline.
 
     ```python
@@ -332,7 +332,7 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
         self._ts: torch.Tensor | None = None
         self._denoise = False
         self._eval_steps: list[int] = []  # solver step index of each evaluation (-1: the final denoising)
-        self._run = None
+        self._run: dict | None = None
 
     # ---- diffusers' construction protocol ----------------------------------------------------------------------
     @classmethod
@@ -363,7 +363,7 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
         return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
     def __len__(self) -> int:
-        return self.config.num_train_timesteps
+        return self.config["num_train_timesteps"]
 
     # ---- grid and evaluation times -------------------------------------------------------------------------------
     def _reference_scheduler(self):
@@ -382,7 +382,7 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
         """(times of the grid, whether to finish with a denoising) for ``grid="diffusers"`` or custom timesteps."""
         if timesteps is not None:
             labels = torch.as_tensor(timesteps, dtype=torch.float64).flatten()
-            target = ("denoise", None)
+            target: tuple[str, float | None] = ("denoise", None)
         else:
             ref = self._reference_scheduler()
             ref.set_timesteps(n)
@@ -396,14 +396,15 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
         ts = timestep_to_t(sch, labels)
         if target[0] == "t":
             ac = target[1]
+            assert ac is not None
             t_end = _snap(float(sch.inverse_lambda(0.5 * math.log(ac / (1.0 - ac)))), sch.num_steps)
             if t_end < float(ts[-1]) - 1e-12:
                 ts = torch.cat([ts, ts.new_tensor([max(t_end, sch.t_min)])])
             denoise = False
         else:
             denoise = True
-        if self.config.denoise_to_zero is not None:
-            denoise = self.config.denoise_to_zero
+        if self.config["denoise_to_zero"] is not None:
+            denoise = self.config["denoise_to_zero"]
         return ts, denoise
 
     def _sampler(self, model: Model, x: torch.Tensor, ts: torch.Tensor, **noise) -> Sampler:
@@ -448,17 +449,17 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
         if own is not None:  # (e.g. dpm_solver_fast: its NFE budget fixes the grid; num_inference_steps is unused)
             if timesteps is not None:
                 raise ValueError(f"solver {self.solver.name!r} fixes its own grid: custom timesteps cannot be used")
-            ts, denoise = own, bool(self.config.denoise_to_zero)
-        elif timesteps is not None or self.config.grid == "diffusers":
+            ts, denoise = own, bool(self.config["denoise_to_zero"])
+        elif timesteps is not None or self.config["grid"] == "diffusers":
             ts, denoise = self._diffusers_grid(num_inference_steps, timesteps)
         else:
             from ..grids import make_grid
 
-            ts = make_grid(self.schedule, self.config.grid, num_inference_steps)
-            denoise = bool(self.config.denoise_to_zero)
+            ts = make_grid(self.schedule, self.config["grid"], num_inference_steps)
+            denoise = bool(self.config["denoise_to_zero"])
         self._setup(ts, denoise)
         self._full = (ts, denoise, self._eval_steps, self._eval_times)
-        self.num_inference_steps = len(self._ts) - 1 + int(self._denoise)
+        self.num_inference_steps = len(ts) - 1 + int(self._denoise)
         self.timesteps = self._labels(device)
         self._host_labels = self._labels("cpu").tolist()
         self._begin_index = None
@@ -597,6 +598,7 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
             return run["outs"][j]
 
         model = Model(replay, self.schedule, self.prediction, thresholding=self.thresholder)
+        assert self._ts is not None, "set_timesteps first"
         sampler = self._sampler(model, sample, self._ts, noise=noise)
         x, state = sampler.init(sample)
         run.update(sampler=sampler, x=x, state=state, i=0, returned=sample, pending_is_start=True)
