@@ -20,6 +20,7 @@ Time embeddings:
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import nn
@@ -40,6 +41,8 @@ class FourierTimeEmbedding(nn.Module):
         max_freq: highest fixed frequency.
         seed: seed of the random frequencies (so a rebuilt network has the same ones; they are also a buffer).
     """
+
+    freqs: torch.Tensor  # (a buffer)
 
     def __init__(
         self,
@@ -185,6 +188,7 @@ class _ResBlock(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
         nn.init.zeros_(self.conv2.weight)
+        assert self.conv2.bias is not None
         nn.init.zeros_(self.conv2.bias)
         self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
@@ -207,6 +211,7 @@ class _Attention(nn.Module):
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = nn.Conv2d(channels, channels, 1)
         nn.init.zeros_(self.proj.weight)
+        assert self.proj.bias is not None
         nn.init.zeros_(self.proj.bias)
 
     def forward(self, x):
@@ -307,6 +312,7 @@ class UNet(nn.Module):
         self.norm_out = nn.GroupNorm(_groups(c, groups), c)
         self.conv_out = nn.Conv2d(c, in_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
+        assert self.conv_out.bias is not None
         nn.init.zeros_(self.conv_out.bias)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -320,7 +326,8 @@ class UNet(nn.Module):
         h = self.conv_in(x if autocast else x.to(dtype))
         skips = [h]
         for level in self.down:
-            for block in level["blocks"]:
+            level = cast(nn.ModuleDict, level)
+            for block in cast(nn.ModuleList, level["blocks"]):
                 h = block(h, e)
                 skips.append(h)
             if "down" in level:
@@ -328,7 +335,8 @@ class UNet(nn.Module):
                 skips.append(h)
         h = self.mid2(self.attn(self.mid1(h, e)), e)
         for level in self.up:
-            for block in level["blocks"]:
+            level = cast(nn.ModuleDict, level)
+            for block in cast(nn.ModuleList, level["blocks"]):
                 h = block(torch.cat([h, skips.pop()], dim=1), e)
             if "up" in level:
                 h = level["up"](F.interpolate(h, scale_factor=2.0, mode="nearest"))
