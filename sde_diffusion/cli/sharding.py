@@ -106,6 +106,7 @@ def write_sharded(job: Job, out: Path, part_fn, run: dict, n: int, shown_count: 
     parts = job.gather((entry, first, meta, wall, resumed))
     if not job.is_main:
         return None
+    assert parts is not None  # (rank 0 gathers every rank's part)
     entries = [p[0] for p in parts]
     shown = torch.cat([p[1] for p in parts])
     metas = [p[2] for p in parts if p[2]["nfe"] is not None]

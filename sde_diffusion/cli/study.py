@@ -8,6 +8,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from .common import (
     UsageError,
@@ -36,7 +37,7 @@ _ORDER_NFE = [24, 32, 48, 64, 96, 128, 192, 256]
 _DISTRIBUTION_NFE = [10, 20, 50]
 _STOCHASTIC_NFE = [10, 20, 40, 80, 160]
 _REFINE_TIME = 30.0
-_QUICK = {"nfe": [5, 10, 20], "order_nfe": [16, 32, 64], "n": 128, "rtol": 1e-8, "max_nfe_factor": 4}
+_QUICK: dict[str, Any] = {"nfe": [5, 10, 20], "order_nfe": [16, 32, 64], "n": 128, "rtol": 1e-8, "max_nfe_factor": 4}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -228,6 +229,7 @@ def _run(args, job) -> int:
     elapsed = time.perf_counter() - t0
     if not job.is_main:
         return 0
+    assert out is not None
     for name, res in studies.items():
         print(f"## {name} study\n")
         print(res.to_markdown())
@@ -297,7 +299,7 @@ def _write_study(out: Path, studies: dict, args, elapsed: float, world_size: int
         budget = 10 if 10 in main.budgets else main.budgets[len(main.budgets) // 2]
         save_figure(plot_samples(main, budget), out / "samples.png")
         errs = {r.solver: r.error for r in main.runs if r.nfe_budget == budget and r.error is not None}
-        best = min(errs, key=errs.get) if errs else main.labels[0]
+        best = min(errs, key=errs.__getitem__) if errs else main.labels[0]
         pair = [main.labels[0]] + ([best] if best != main.labels[0] else [])
         fig, axes = new_figure(1, len(pair), size=(4.8 * len(pair), 4.4))
         for ax, label in zip(axes.flat, pair):
