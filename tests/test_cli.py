@@ -47,7 +47,7 @@ def test_solvers_json_in_process(capsys):
     assert cli.main(["solvers", "--json"]) == 0
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
     assert rows["heun"]["order"] == 2 and rows["heun"]["nfe_per_step"] == 2
-    assert rows["ddpm"]["stochastic"] and rows["ddpm"]["strong_order"] == 0.5
+    assert rows["ddpm"]["stochastic"] and rows["ddpm"]["strong_order"] == 1.0
     assert rows["ddim"]["option_names"] == ["eta"]
 
 

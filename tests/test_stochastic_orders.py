@@ -72,6 +72,8 @@ def test_exact_law_matches_samples(gauss):
 
 
 STRONG = [
+    "ddpm",
+    "sde_dpm_solver++",
     "euler_ancestral",
     "dpm_solver_2_ancestral",
     "dpm_solver++_2s_ancestral",

@@ -1,10 +1,12 @@
 r"""Classical integrators applied directly to the probability-flow ODE and the reverse SDE.
 
-* ``euler``, ``heun`` -- explicit Runge--Kutta on the PF-ODE, either in ``t``
-  (``dx/dt = f x - g^2 score/2``, ``variable="t"``) or in EDM's variables ``y = x/alpha``, ``sigma_ve = sigma/alpha``
-  (``dy/dsigma_ve = eps``, ``variable="sigma"``, arXiv:2206.00364). Euler in ``sigma`` *is* DDIM(eta=0). Both are
+* ``euler``, ``heun`` -- explicit Runge--Kutta on the PF-ODE, either in \(t\)
+  (\(\mathrm{d}x/\mathrm{d}t = f x - \tfrac12 g^2 \nabla_x \log p_t\), ``variable="t"``) or in EDM's variables
+  \(y = x/\alpha\), \(\sigma_{\rm ve} = \sigma/\alpha\) (\(\mathrm{d}y/\mathrm{d}\sigma_{\rm ve} = \epsilon\),
+  ``variable="sigma"``, arXiv:2206.00364). Euler in \(\sigma_{\rm ve}\) *is* DDIM(eta=0). Both are
   their Butcher tableau run by the one RK step of [`tableaux`][sde_diffusion.solvers.tableaux].
-* ``euler_maruyama`` -- on the reverse SDE ``dx = [f x - g^2 score] dt + g dW_bar``.
+* ``euler_maruyama`` -- on the reverse SDE
+  \(\mathrm{d}x = [f x - g^2 \nabla_x \log p_t]\, \mathrm{d}t + g\, \mathrm{d}\bar W\).
 * ``pc`` -- predictor-corrector sampling (Song et al. 2021, arXiv:2011.13456): a reverse-diffusion or
   Euler--Maruyama predictor with Langevin corrector steps at signal-to-noise ratio ``snr``.
 """
@@ -41,7 +43,8 @@ class _PFODE(Solver):
 
     @property
     def exact_for_point_mass(self) -> bool:
-        """In ``sigma`` the right-hand side ``eps`` is constant along a point-mass flow, so every RK step is exact."""
+        r"""In \(\sigma_{\rm ve}\) the right-hand side \(\epsilon\) is constant along a point-mass flow, so every RK
+        step is exact."""
         return self.variable == "sigma"
 
     def coefficients(self, schedule, ts, base):
@@ -63,8 +66,8 @@ class Euler(_PFODE):
 
 @register("heun")
 class Heun(_PFODE):
-    """Heun's method (explicit trapezoidal RK2) on the probability-flow ODE, as in EDM (arXiv:2206.00364):
-    2 NFE per step, the last step is an Euler step (``2N - 1`` NFE in all). Order 2."""
+    r"""Heun's method (explicit trapezoidal RK2) on the probability-flow ODE, as in EDM (arXiv:2206.00364):
+    2 NFE per step, the last step is an Euler step (\(2N - 1\) NFE in all). Order 2."""
 
     order = 2.0
     nfe_per_step = 2
@@ -82,8 +85,9 @@ class Heun(_PFODE):
 @register("euler_maruyama")
 class EulerMaruyama(Solver):
     r"""Euler--Maruyama on the reverse SDE:
-    ``x_{i+1} = x_i + dt (f x_i + g^2 eps/sigma) + sqrt(g^2 |dt|) z`` with ``dt = t_{i+1} - t_i < 0``.
-    Weak order 1; strong order 1 here because the noise is additive (``g`` does not depend on ``x``).
+    \(x_{i+1} = x_i + \Delta t\, (f x_i + g^2 \epsilon/\sigma) + \sqrt{g^2 |\Delta t|}\, z\) with
+    \(\Delta t = t_{i+1} - t_i < 0\). Weak order 1; strong order 1 here because the noise is additive (\(g\) does not
+    depend on \(x\)).
     1 NFE per step. Takes its ``z`` from the noise source (a Brownian path gives strong convergence studies)."""
 
     order = 1.0
@@ -122,26 +126,29 @@ def _per_sample_norm(v: torch.Tensor) -> torch.Tensor:
 class PredictorCorrector(Solver):
     r"""Predictor--corrector sampler (Song et al. 2021, arXiv:2011.13456, Alg. 1--3).
 
-    At each grid time: ``n_corrector`` Langevin steps ``x <- x + eps_L score + sqrt(2 eps_L) z`` with
-    ``eps_L = 2 a (snr ||z|| / ||score||)^2`` (``a = alpha_{t|s}^2``, i.e. ``1 - beta_i`` for VP and 1 for VE), then
-    one predictor step to the next time:
+    At each grid time: ``n_corrector`` Langevin steps
+    \(x \leftarrow x + \epsilon_L \nabla \log p_t(x) + \sqrt{2 \epsilon_L}\, z\) with
+    \(\epsilon_L = 2 a\, (\mathrm{snr}\, \|z\| / \|\nabla \log p_t\|)^2\) (\(a = \alpha_{t|s}^2\), i.e. \(1 - \beta_i\)
+    for VP and 1 for VE), then one predictor step to the next time:
 
-    * ``predictor="reverse_diffusion"``: ``x <- (2 - alpha_{t|s}) x + sigma_{t|s}^2 score + sigma_{t|s} z``;
+    * ``predictor="reverse_diffusion"``:
+      \(x \leftarrow (2 - \alpha_{t|s})\, x + \sigma_{t|s}^2 \nabla \log p_t(x) + \sigma_{t|s} z\);
     * ``predictor="euler_maruyama"``: as :class:`EulerMaruyama`.
 
-    ``norm="batch"`` (default, as in the authors' code) takes ``||z||`` and ``||score||`` as batch means of the
-    per-sample norms, so ``eps_L`` is one number per step; ``norm="sample"`` uses each sample's own norms (the paper's
-    corrector algorithm read literally). The per-sample ratio is only safe in high dimension: its randomness correlates
-    with ``z`` and ``x``, which biases the Langevin step by ``O(eps_L/d)`` per correction (how much on low-dimensional
-    data: docs/theory/reverse_sde.md).
+    ``norm="batch"`` (default, as in the authors' code) takes \(\|z\|\) and \(\|\nabla \log p_t\|\) as batch means of
+    the per-sample norms, so \(\epsilon_L\) is one number per step; ``norm="sample"`` uses each sample's own norms (the
+    paper's corrector algorithm read literally). The per-sample ratio is only safe in high dimension: its randomness
+    correlates with \(z\) and \(x\), which biases the Langevin step by \(O(\epsilon_L/d)\) per correction (how much on
+    low-dimensional data: docs/theory/reverse_sde.md).
 
-    NFE per step ``1 + n_corrector``. The Langevin corrector has a fixed signal-to-noise ratio, so its bias does
+    NFE per step \(1 + n_{\rm corrector}\). The Langevin corrector has a fixed signal-to-noise ratio, so its bias does
     not vanish as the grid is refined; the predictor alone is weak order 1 (declared ``order``).
     The predictor uses the noise source's increment (the Brownian path); the corrector draws independent normals.
     """
 
     order = 1.0
-    strong_order = 0.5
+    # the Langevin corrector does not converge pathwise to the reverse SDE's solution: no strong order
+    strong_order = None
     stochastic = True
     reference = "arXiv:2011.13456"
 

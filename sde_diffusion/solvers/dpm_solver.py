@@ -1,24 +1,26 @@
 r"""DPM-Solver (noise prediction, Lu et al. 2022, arXiv:2206.00927) and DPM-Solver++ (data prediction,
 Lu et al. 2022, arXiv:2211.01095): singlestep, multistep, the NFE-budgeted "fast" schedule and SDE-DPM-Solver++.
 
-Every update of every method in this module has one shape. From a state ``x_a`` at ``lambda_a`` to
-``lambda_b = lambda_a + h`` with model outputs ``m_j`` at nodes ``lambda_a + r_j h`` (``r_0 = 0``):
+Every update of every method in this module has one shape. From a state \(x_a\) at \(\lambda_a\) to
+\(\lambda_b = \lambda_a + h\) with model outputs \(m_j\) at nodes \(\lambda_a + r_j h\) (\(r_0 = 0\)):
 
-* noise prediction (DPM-Solver):  ``x_b = (alpha_b/alpha_a) x_a - sigma_b sum_j W_j eps_j``,
-* data prediction (DPM-Solver++): ``x_b = (sigma_b/sigma_a) x_a + alpha_b sum_j W_j x0_j``,
+* noise prediction (DPM-Solver): \(x_b = \frac{\alpha_b}{\alpha_a} x_a - \sigma_b \sum_j W_j \epsilon_j\),
+* data prediction (DPM-Solver++): \(x_b = \frac{\sigma_b}{\sigma_a} x_a + \alpha_b \sum_j W_j x_{0,j}\),
 
-with ``W_j ~ int_0^h e^{s(h-u)} L_j(u) du`` (``s = +1`` / ``-1``). How ``W`` is formed is the *rule*
-(:func:`update_weights`); every rule is built from :mod:`~sde_diffusion.solvers.expint` (``lagrange_weights``,
-``phis``):
+with \(W_j \approx \int_0^h e^{s(h-u)} L_j(u)\, \mathrm{d}u\) (\(s = +1\) / \(-1\), \(L_j\) the Lagrange basis). How
+\(W\) is formed is the *rule* (:func:`update_weights`); every rule is built from :mod:`~sde_diffusion.solvers.expint`
+(``lagrange_weights``, ``phis``):
 
 * ``"exact"`` -- the exponentially weighted Lagrange weights through all nodes (order = number of nodes);
 * ``"phi2"`` -- first-order Taylor with the derivative from the *latest* node only:
-  ``h phi_1 m_0 + h phi_2 (m_last - m_0)/r_last`` (= the exact rule on the nodes ``{0, r_last}``);
-* ``"mid"`` -- the same with ``h phi_2`` replaced by ``h phi_1 / 2`` (DPM-Solver-2's ``(e^h - 1)/(2 r_1)`` form,
+  \(h \varphi_1 m_0 + h \varphi_2 (m_{\rm last} - m_0)/r_{\rm last}\) (= the exact rule on the nodes
+  \(\{0, r_{\rm last}\}\));
+* ``"mid"`` -- the same with \(h \varphi_2\) replaced by \(h \varphi_1 / 2\) (DPM-Solver-2's \((e^h - 1)/(2 r_1)\) form,
   DPM-Solver++(2S)/(2M), diffusers' ``solver_type="midpoint"``);
 * ``"ref3"`` -- the multistep third-order form of the reference implementation and of diffusers
-  (``h phi_1 m_0 + h phi_2 D_1 + h phi_3 D_2``, divided differences ``D``); the exact quadratic has ``2 h phi_3 D_2``,
-  so this rule has a local error ``O(h^3)`` and the method is *second* order (see :class:`DPMSolver`).
+  (\(h \varphi_1 m_0 + h \varphi_2 D_1 + h \varphi_3 D_2\), divided differences \(D\)); the exact quadratic has
+  \(2 h \varphi_3 D_2\), so this rule has a local error \(O(h^3)\) and the method is *second* order (see
+  :class:`DPMSolver`).
 
 The ``update`` option picks the rules (table in ``docs/theory/dpm_solver.md``): ``"paper"`` (Lu et al.'s published
 algorithms and reference code), ``"midpoint"`` / ``"heun"`` (diffusers' ``solver_type``), ``"exact"`` (exact
@@ -26,9 +28,9 @@ Lagrange weights everywhere; third order for 3M as well).
 
 Stages of singlestep methods (``stages`` option):
 
-* ``"lambda"`` (default, the paper): one grid interval is one step of order ``k`` with ``k`` model evaluations; the
-  intermediate times are ``lambda + r h`` with ``r = 1/2`` (order 2) or ``r = 1/3, 2/3`` (order 3).
-* ``"grid"`` (diffusers' ``DPMSolverSinglestepScheduler``): a step of order ``k`` spans ``k`` grid intervals and
+* ``"lambda"`` (default, the paper): one grid interval is one step of order \(k\) with \(k\) model evaluations; the
+  intermediate times are \(\lambda + r h\) with \(r = 1/2\) (order 2) or \(r = 1/3, 2/3\) (order 3).
+* ``"grid"`` (diffusers' ``DPMSolverSinglestepScheduler``): a step of order \(k\) spans \(k\) grid intervals and
   the grid's own interior points are the stages; every grid interval costs one evaluation.
 """
 
@@ -83,7 +85,8 @@ def update_weights(r: torch.Tensor, h: torch.Tensor, sign: int, rule: str) -> to
         sign: ``+1`` noise prediction, ``-1`` data prediction.
         rule: ``"exact"``, ``"phi2"``, ``"mid"`` or ``"ref3"`` (module docstring).
 
-    With one node every rule is ``h phi_1(s h)`` = ``expm1(h)`` (eps) or ``-expm1(-h)`` (x0).
+    With one node every rule is \(h \varphi_1(s h)\) = \(\operatorname{expm1}(h)\) (eps) or
+    \(-\operatorname{expm1}(-h)\) (x0).
     """
     r = torch.as_tensor(r, dtype=torch.float64)
     h = torch.as_tensor(h, dtype=torch.float64)
@@ -155,17 +158,17 @@ def combination(
     ls_b: torch.Tensor,
     eta: float = 0.0,
 ):
-    r"""Coefficients of one update ``x_b = ratio x_a + sum_j c_j m_j`` (float64, any batch shape ``(...)``).
+    r"""Coefficients of one update \(x_b = \mathrm{ratio}\, x_a + \sum_j c_j m_j\) (float64, any batch shape ``(...)``).
 
     Args:
         lam_nodes: lambda of the model outputs, ``(..., m)``; ``lam_nodes[..., 0]`` is ``lambda_a``.
         la_a: ``log alpha`` at the start ``a`` (``ls_a``, ``la_b``, ``ls_b``: ``log sigma`` at ``a``, ``log alpha``
             and ``log sigma`` at the end ``b``).
         eta: data prediction only: the SDE-DPM-Solver++ family (:class:`SDEDPMSolverPP`), whose linear part decays
-            like ``e^{-(1 + eta) h}``: the weights are those of the step ``(1 + eta) h`` (same ``r``) and
-            ``ratio = (sigma_b/sigma_a) e^{-eta h}``.
+            like \(e^{-(1 + \eta) h}\): the weights are those of the step \((1 + \eta) h\) (same \(r\)) and
+            \(\mathrm{ratio} = (\sigma_b/\sigma_a)\, e^{-\eta h}\).
 
-    Returns ``(ratio, c)`` with ``c`` of shape ``(..., m)`` (the ``W_j`` times ``-sigma_b`` or ``alpha_b``).
+    Returns ``(ratio, c)`` with ``c`` of shape ``(..., m)`` (the \(W_j\) times \(-\sigma_b\) or \(\alpha_b\)).
     """
     lam_a = la_a - ls_a
     h = (la_b - ls_b) - lam_a
@@ -246,7 +249,7 @@ def _multistep_table(sign, update, orders, lam, la, ls, eta=0.0) -> dict:
     return table
 
 
-def singlestep_table(table, sign, update, orders, nodes_of=STAGE_NODES, lower_order: bool = False) -> dict:
+def singlestep_table(base, sign, update, orders, nodes_of=STAGE_NODES, lower_order: bool = False) -> dict:
     """Stages and final update of singlestep steps with intermediate times at ``lambda + r h`` (``stages="lambda"``).
 
     Keys: ``order``; per stage ``j >= 1``: ``t_s{j}``, ``alpha_s{j}``, ``sigma_s{j}``, ``ratio_s{j}``,
@@ -254,7 +257,7 @@ def singlestep_table(table, sign, update, orders, nodes_of=STAGE_NODES, lower_or
     the final update of order ``k - 1`` from the same stages (the embedded lower-order solution of
     DPM-Solver-12/23, arXiv:2206.00927 Alg. 4).
     """
-    grid, ts, lam, la, ls = table, table.ts, table.lam_grid, table.log_alpha, table.log_sigma
+    grid, ts, lam, la, ls = base, base.ts, base.lam_grid, base.log_alpha, base.log_sigma
     kmax = max(orders)
     ords = torch.tensor(orders)
     h = lam[1:] - lam[:-1]
@@ -510,8 +513,8 @@ _COMMON_DOC = r"""
 
     Options:
         order: 1, 2 or 3.
-        multistep: ``False`` -- singlestep (Runge--Kutta-like): ``order`` evaluations per step at ``lambda + r h``
-            (``r = 1/2``; ``1/3, 2/3``); ``True`` -- multistep (Adams-like): one evaluation per step, the previous
+        multistep: ``False`` -- singlestep (Runge--Kutta-like): ``order`` evaluations per step at \(\lambda + r h\)
+            (\(r = 1/2\); \(1/3, 2/3\)); ``True`` -- multistep (Adams-like): one evaluation per step, the previous
             ``order - 1`` outputs travel in the state; the first steps warm up with orders ``1, 2``.
         lower_order_final: when the grid has fewer than 15 steps, use order ``min(order, steps - i)`` at step ``i``
             (last step first order, the one before at most second): the rule of diffusers'
@@ -525,11 +528,11 @@ _COMMON_DOC = r"""
             (``stages="grid"``, summing to the number of intervals); overrides ``order``/``lower_order_final``.
 
     Order (global, in lambda): ``order``, except the published third-order *multistep* rule (all updates but
-    ``"exact"``), which keeps only half of the ``phi_3`` term: its local error is ``O(h^3)`` and the method is
+    ``"exact"``), which keeps only half of the \(\varphi_3\) term: its local error is \(O(h^3)\) and the method is
     second order (slope 2 on Gaussian data, tests/test_dpm_solver.py; ``update="exact"`` gives 3). The first-order
-    warm-up step of 3M adds an ``O(h^2)`` term whose constant is the integrand's derivative at ``t_start`` (tiny at high
+    warm-up step of 3M adds an \(O(h^2)\) term whose constant is the integrand's derivative at ``t_start`` (tiny at high
     noise: third order is what is observed). With ``stages="grid"`` the
-    ``"paper"``/``"midpoint"`` third-order update needs its stages at ``r = 1/3, 2/3 + O(h)``, which holds on any grid
+    ``"paper"``/``"midpoint"`` third-order update needs its stages at \(r = 1/3, 2/3 + O(h)\), which holds on any grid
     that is a smooth map of a uniform one (logSNR, time-uniform, time-quadratic; slopes in tests/test_dpm_solver.py).
     NFE: singlestep ``order`` per step (``stages="grid"``: one per interval), multistep one per step.
     Memory: multistep ``order - 1`` model outputs; singlestep none between steps (``stages="grid"``: the group's
@@ -542,10 +545,13 @@ class DPMSolver(_DPMBase):
     __doc__ = (
         r"""DPM-Solver with noise prediction (Lu et al. 2022, arXiv:2206.00927).
 
-    Integrates ``x_s = (alpha_s/alpha_t) x_t - sigma_s int_0^h e^{h-u} eps(u) du`` (``h`` in the half log-SNR).
-    DPM-Solver-1 is DDIM(eta=0) and DPM-Solver++-1; DPM-Solver-2/-3 are Algorithms 1/2 of the paper (singlestep,
-    ``r_1 = 1/2``; ``r_1 = 1/3, r_2 = 2/3``); multistep 2/3 are the multistep DPM-Solver of the reference code
-    and diffusers (``algorithm_type="dpmsolver"``).
+    Integrates
+
+    \[x_s = \frac{\alpha_s}{\alpha_t} x_t - \sigma_s \int_0^h e^{h-u}\, \epsilon(\lambda_t + u)\, \mathrm{d}u\]
+
+    (\(h = \lambda_s - \lambda_t\) in the half log-SNR). DPM-Solver-1 is DDIM(eta=0) and DPM-Solver++-1;
+    DPM-Solver-2/-3 are Algorithms 1/2 of the paper (singlestep, \(r_1 = 1/2\); \(r_1 = 1/3, r_2 = 2/3\)); multistep
+    2/3 are the multistep DPM-Solver of the reference code and diffusers (``algorithm_type="dpmsolver"``).
     """
         + _COMMON_DOC
     )
@@ -570,8 +576,12 @@ class DPMSolverPP(_DPMBase):
     __doc__ = (
         r"""DPM-Solver++ with data prediction (Lu et al. 2022, arXiv:2211.01095).
 
-    Integrates ``x_s = (sigma_s/sigma_t) x_t + alpha_s int_0^h e^{-(h-u)} x0(u) du``; dynamic thresholding acts
-    on the ``x0`` predictions through the model (``Model(..., thresholding=DynamicThresholding())``).
+    Integrates
+
+    \[x_s = \frac{\sigma_s}{\sigma_t} x_t + \alpha_s \int_0^h e^{-(h-u)}\, x_0(\lambda_t + u)\, \mathrm{d}u;\]
+
+    dynamic thresholding acts on the \(x_0\) predictions through the model
+    (``Model(..., thresholding=DynamicThresholding())``).
     DPM-Solver++-1 is DDIM(eta=0) and DPM-Solver-1; ``order=2, multistep=False`` is DPM-Solver++(2S) (Alg. 1),
     ``order=2, multistep=True`` DPM-Solver++(2M) (Alg. 2), ``order=3, multistep=True`` the 3M of the reference
     code and diffusers' ``DPMSolverMultistepScheduler(solver_order=3)``.
@@ -599,15 +609,20 @@ class SDEDPMSolverPP(_DPMBase):
     r"""SDE-DPM-Solver++ 1 and 2M (Lu et al. 2022, arXiv:2211.01095 appendix; diffusers ``"sde-dpmsolver++"``;
     k-diffusion's ``eta``).
 
-    For the reverse SDE family ``dx = [f x - (1 + eta)/2 g^2 score] dt + sqrt(eta) g dW_bar`` (``eta = 1`` the
-    reverse SDE, ``eta = 0`` the probability-flow ODE) the data-prediction form in ``lambda`` has the linear part
-    ``e^{-(1 + eta) h}``, so with the data prediction frozen (order 1) or linear in lambda (2M)::
+    For the reverse SDE family
 
-        x_s = (sigma_s/sigma_t) e^{-eta h} x_t + alpha_s sum_j W_j((1 + eta) h) x0_j + sigma_s sqrt(1 - e^{-2 eta h}) z
+    \[\mathrm{d}x = \big[f x - \tfrac{1 + \eta}{2} g^2 \nabla_x \log p_t(x)\big]\, \mathrm{d}t
+    + \sqrt{\eta}\, g\, \mathrm{d}\bar W\]
 
-    (``W`` the data-prediction weights of the step ``(1 + eta) h`` with the same node ratios). ``eta = 1``:
-    ``x_s = (sigma_s/sigma_t) e^{-h} x_t + alpha_s (1 - e^{-2h}) x0 + sigma_s sqrt(1 - e^{-2h}) z``
-    (order 1) -- the DDPM posterior step, i.e. DDIM(eta=1) given the same ``z``. ``eta = 0`` is DPM-Solver++.
+    (\(\eta = 1\) the reverse SDE, \(\eta = 0\) the probability-flow ODE) the data-prediction form in \(\lambda\) has
+    the linear part \(e^{-(1 + \eta) h}\), so with the data prediction frozen (order 1) or linear in lambda (2M):
+
+    \[x_s = \frac{\sigma_s}{\sigma_t} e^{-\eta h} x_t + \alpha_s \sum_j W_j\big((1 + \eta) h\big)\, x_{0,j}
+    + \sigma_s \sqrt{1 - e^{-2 \eta h}}\, z\]
+
+    (\(W\) the data-prediction weights of the step \((1 + \eta) h\) with the same node ratios). \(\eta = 1\):
+    \(x_s = \frac{\sigma_s}{\sigma_t} e^{-h} x_t + \alpha_s (1 - e^{-2h})\, x_0 + \sigma_s \sqrt{1 - e^{-2h}}\, z\)
+    (order 1) -- the DDPM posterior step, i.e. DDIM(eta=1) given the same \(z\). \(\eta = 0\) is DPM-Solver++.
     The ``z`` of each step is the step's normalised Brownian increment (``noise.increment``).
 
     Options: ``order`` 1 or 2 (2M: one evaluation per step, memory 1 output, warm-up and ``lower_order_final`` as
@@ -628,7 +643,8 @@ class SDEDPMSolverPP(_DPMBase):
         self.eta = eta
         self.stochastic = self.eta > 0
         if self.stochastic:
-            self.order, self.strong_order = 1.0, 0.5
+            # strong order 1 for eta = 1 (additive noise; measured against torchsde), none for other eta
+            self.order, self.strong_order = 1.0, (1.0 if self.eta == 1.0 else None)
 
     def options(self):
         return {
@@ -661,7 +677,7 @@ class DPMSolverFast(Solver):
     * ``nfe=`` (the paper's form): exactly ``nfe`` evaluations on ``K = nfe // 3 + 1`` outer steps of the solver's
       own ``grid`` (``"logsnr"`` by default, uniform in lambda as in the paper). ``sample`` then refuses ``steps=``
       and ``grid=``: the budget fixes both. Order (in the outer step): 3 when ``nfe % 3 == 2`` (the last step is
-      DPM-Solver-2); otherwise the last step is a DPM-Solver-1 step with local error ``O(H^2)`` and the order is 2.
+      DPM-Solver-2); otherwise the last step is a DPM-Solver-1 step with local error \(O(H^2)\) and the order is 2.
     * no ``nfe`` (``steps=K`` and any grid of ``sample``, what studies and the CLI use): the orders of the budget
       ``3K - 1`` (order 3: ``[3]*(K-1) + [2]``), ``2K`` (order 2) or ``K`` (order 1) -- global order ``order``;
       ``steps_for_nfe(nfe)`` rounds a budget down to that form.
