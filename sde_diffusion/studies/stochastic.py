@@ -29,7 +29,8 @@ import importlib.util
 import inspect
 import sys
 import types
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -64,8 +65,15 @@ __all__ = [
 PROBE_EXTRA = 4
 
 
+def _gaussian_law(problem: Problem, t: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mean, covariance)`` of ``p_t`` for a problem with Gaussian (or point-mass) data."""
+    law = problem.gaussian_marginal(t)
+    assert law is not None, f"problem {problem.name!r} has no Gaussian marginals"
+    return law
+
+
 def _start_law(problem: Problem) -> tuple[torch.Tensor, torch.Tensor]:
-    mean, cov = problem.gaussian_marginal(problem.t_start)
+    mean, cov = _gaussian_law(problem, problem.t_start)
     return mean, torch.diagonal(cov)
 
 
@@ -107,7 +115,7 @@ def gaussian_law(problem: Problem, solver: Solver, steps: int, grid="logsnr") ->
 
 def law_w2(problem: Problem, mean: torch.Tensor, var: torch.Tensor) -> float:
     """Exact W2 between the diagonal Gaussians ``N(mean, var)`` and the true ``p_{t_min}``."""
-    m, cov = problem.gaussian_marginal(problem.t_end)
+    m, cov = _gaussian_law(problem, problem.t_end)
     v = torch.diagonal(cov)
     return float(torch.sqrt(((mean - m) ** 2).sum() + ((var.clamp_min(0).sqrt() - v.sqrt()) ** 2).sum()))
 
@@ -184,7 +192,7 @@ def load_kdiffusion_sampling():
 
 
 #: k-diffusion samplers in the study: name -> (function name, options, model evaluations for ``n`` sigmas steps)
-KDIFFUSION = {
+KDIFFUSION: dict[str, tuple[str, dict[str, Any], Callable[[int], int]]] = {
     "kd:euler": ("sample_euler", {}, lambda n: n),
     "kd:heun": ("sample_heun", {}, lambda n: 2 * n),
     "kd:dpm_2": ("sample_dpm_2", {}, lambda n: 2 * n),
@@ -248,6 +256,7 @@ class ProbeBrownian:
             hi = min((p for p in self.points if p > s), default=None)
             if lo is None or hi is None:
                 end = hi if lo is None else lo
+                assert end is not None  # (self.points is not empty)
                 w = self.points[end] + abs(s - end) ** 0.5 * self._fresh()
             else:
                 f = (s - lo) / (hi - lo)
@@ -330,7 +339,7 @@ def distribution_error(
     target = problem.target_samples(samples, torch.Generator().manual_seed(seed + 7))
     other = problem.target_samples(samples, torch.Generator().manual_seed(seed + 11))
     if gauss:
-        m, cov = problem.gaussian_marginal(problem.t_end)
+        m, cov = _gaussian_law(problem, problem.t_end)
         return {
             "steps": steps,
             "nfe": used,
@@ -419,7 +428,7 @@ def study_table(result: dict) -> str:
 
 
 def order_table(
-    solvers: dict[str, Solver | Callable[[int], Solver]],
+    solvers: Mapping[str, Solver | Callable[[int], Solver]],
     *,
     weak_steps: Sequence[int] = (16, 32, 64, 128),
     strong_steps: Sequence[int] = (16, 32, 64, 128),
