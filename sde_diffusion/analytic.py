@@ -1,13 +1,14 @@
 r"""Exact oracles: data distributions whose diffused marginals, scores and flows are known in closed form.
 
-For data ``x0 ~ p_0`` and ``x_t = alpha x0 + sigma eps``:
+For data \(x_0 \sim p_0\) and \(x_t = \alpha x_0 + \sigma \epsilon\):
 
-* :class:`PointMass` -- ``p_t = N(alpha m, sigma^2 I)``; the exact data prediction is the constant ``m``, so every
-  exponential integrator is exact at any step count.
-* :class:`Gaussian` (diagonal) -- ``p_t = N(alpha m, alpha^2 s^2 + sigma^2)``. Its probability-flow ODE is linear and
-  keeps the standardised coordinate ``(x - alpha m)/sqrt(alpha^2 s^2 + sigma^2)`` fixed, which gives the exact flow map.
-* :class:`GaussianMixture` -- ``p_t = sum_k w_k N(alpha mu_k, alpha^2 s_k^2 + sigma^2)``; score and posterior mean
-  in log-sum-exp form (stable for tiny ``sigma`` and far-away ``x``).
+* :class:`PointMass` -- \(p_t = \mathcal{N}(\alpha m, \sigma^2 I)\); the exact data prediction is the constant \(m\),
+  so every exponential integrator is exact at any step count.
+* :class:`Gaussian` (diagonal) -- \(p_t = \mathcal{N}(\alpha m, \alpha^2 s^2 + \sigma^2)\). Its probability-flow ODE is
+  linear and keeps the standardised coordinate \((x - \alpha m)/\sqrt{\alpha^2 s^2 + \sigma^2}\) fixed, which gives
+  the exact flow map.
+* :class:`GaussianMixture` -- \(p_t = \sum_k w_k \mathcal{N}(\alpha \mu_k, \alpha^2 s_k^2 + \sigma^2)\); score and
+  posterior mean in log-sum-exp form (stable for tiny \(\sigma\) and far-away \(x\)).
 
 Samples have shape ``(B, *event_shape)``. Each oracle gives a :class:`~sde_diffusion.models.Model` in any
 parametrisation through :meth:`AnalyticDistribution.model`.
@@ -41,26 +42,26 @@ class AnalyticDistribution:
     event_shape: torch.Size
 
     def log_prob(self, x: torch.Tensor, t, schedule: NoiseSchedule) -> torch.Tensor:
-        """Exact ``log p_t(x)`` of the diffused marginal, shape ``(B,)``."""
+        r"""Exact \(\log p_t(x)\) of the diffused marginal, shape ``(B,)``."""
         raise NotImplementedError
 
     def score(self, x: torch.Tensor, t, schedule: NoiseSchedule) -> torch.Tensor:
-        """Exact score ``grad_x log p_t(x)``."""
+        r"""Exact score \(\nabla_x \log p_t(x)\)."""
         a, s = _coeffs(schedule, t, x, True)
         return -self._eps(x, a, s) / s
 
     def eps(self, x, t, schedule):
-        """Exact noise prediction ``E[eps | x_t = x]``."""
+        r"""Exact noise prediction \(\mathbb{E}[\epsilon \mid x_t = x]\)."""
         a, s = _coeffs(schedule, t, x, True)
         return self._eps(x, a, s)
 
     def x0(self, x, t, schedule):
-        """Exact data prediction ``E[x0 | x_t = x]``."""
+        r"""Exact data prediction \(\mathbb{E}[x_0 \mid x_t = x]\)."""
         a, s = _coeffs(schedule, t, x, True)
         return self._x0(x, a, s)
 
     def sample(self, n: int, generator: torch.Generator | None = None, *, dtype=None, device=None) -> torch.Tensor:
-        """``n`` samples of the data distribution ``p_0``."""
+        r"""``n`` samples of the data distribution \(p_0\)."""
         raise NotImplementedError
 
     def _eps(self, x, a, s):
@@ -138,7 +139,8 @@ class PointMass(AnalyticDistribution):
 
 
 class Gaussian(AnalyticDistribution):
-    """Diagonal Gaussian data ``N(mean, diag(std^2))``, with the exact probability-flow map and data density."""
+    r"""Diagonal Gaussian data \(\mathcal{N}(\mathrm{mean}, \operatorname{diag}(\mathrm{std}^2))\), with the exact
+    probability-flow map and data density."""
 
     def __init__(self, mean, std):
         self.mean = _param(mean, "mean")
@@ -171,7 +173,7 @@ class Gaussian(AnalyticDistribution):
         return -0.5 * self._flat(r.expand_as(x)).sum(-1)
 
     def data_log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """Exact ``log p_0(x)``."""
+        r"""Exact \(\log p_0(x)\)."""
         m, sd = self._ms(x)
         r = ((x - m) / sd) ** 2 + 2 * torch.log(sd) + _LOG_2PI
         return -0.5 * self._flat(r.expand_as(x)).sum(-1)
@@ -191,16 +193,19 @@ class Gaussian(AnalyticDistribution):
 
 
 class GaussianMixture(AnalyticDistribution):
-    """Mixture ``sum_k w_k N(mu_k, diag(s_k^2))``.
+    r"""Mixture \(\sum_k w_k \mathcal{N}(\mu_k, \operatorname{diag}(s_k^2))\).
 
     Args:
         means (Tensor): ``(K, *event_shape)``.
         stds (Tensor): ``(K,)`` (isotropic per component) or ``(K, *event_shape)`` (diagonal).
         weights (Tensor | None): ``(K,)`` non-negative, normalised here; default uniform.
 
-    With ``v_k = alpha^2 s_k^2 + sigma^2`` and responsibilities ``r_k(x) = softmax_k(log w_k + log N(x; alpha mu_k,
-    v_k))`` (computed with log-sum-exp), ``E[eps|x] = sum_k r_k sigma (x - alpha mu_k)/v_k`` and
-    ``E[x0|x] = sum_k r_k (mu_k + alpha s_k^2 (x - alpha mu_k)/v_k)``.
+    With \(v_k = \alpha^2 s_k^2 + \sigma^2\) and responsibilities
+    \(r_k(x) = \operatorname{softmax}_k\big(\log w_k + \log \mathcal{N}(x; \alpha \mu_k, v_k)\big)\) (computed with
+    log-sum-exp),
+
+    \[\mathbb{E}[\epsilon \mid x] = \sum_k r_k \frac{\sigma (x - \alpha \mu_k)}{v_k}, \qquad
+    \mathbb{E}[x_0 \mid x] = \sum_k r_k \Big(\mu_k + \frac{\alpha s_k^2 (x - \alpha \mu_k)}{v_k}\Big).\]
     """
 
     def __init__(self, means, stds, weights=None):

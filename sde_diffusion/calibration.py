@@ -15,9 +15,9 @@ probability-flow ODE solution of the same model
    single knots cannot take.
 3. **Free knots** -- a dynamic programme over a fine candidate grid
    ([`select_knots`][sde_diffusion.studies.grid_optimizer.select_knots], in the style of GITS, arXiv:2405.11326):
-   the fine grid is the best family's grid at ``6 N`` (``4 N`` above 12 steps) steps, the cost of a step from knot
-   ``i`` to knot ``j`` the error of one step of a proxy solver (DDIM, DPM-Solver++(2S)) started on the reference
-   trajectory at ``i`` against the reference at ``j`` -- ``O(K^2)`` single steps, batched as one call per start
+   the fine grid is the best family's grid at \(6 N\) (\(4 N\) above 12 steps) steps, the cost of a step from knot
+   \(i\) to knot \(j\) the error of one step of a proxy solver (DDIM, DPM-Solver++(2S)) started on the reference
+   trajectory at \(i\) against the reference at \(j\) -- \(O(K^2)\) single steps, batched as one call per start
    knot with one grid per sample. The fine grid contains the family's own grid (every 6th knot), so the programme
    only moves away from it where the local errors say so. Then a short pattern search
    ([`coordinate_descent`][sde_diffusion.studies.grid_optimizer.coordinate_descent]) starts from the best grid
@@ -274,7 +274,7 @@ def calibrate(
     dtype=None,
     progress: bool | None = None,
 ) -> Calibration:
-    """Choose the deterministic solver configuration and time grid with the smallest error for ``model`` at ``nfe``
+    r"""Choose the deterministic solver configuration and time grid with the smallest error for ``model`` at ``nfe``
     model evaluations (the method is in the module docstring).
 
     Args:
@@ -282,7 +282,7 @@ def calibrate(
             integrates in float64).
         nfe: the budget; each solver runs ``solver.steps_for_nfe(nfe)`` steps.
         x_shape: the event shape of one sample; pilot and held-out start states are drawn from the prior
-            ``N(0, sigma(t_max)^2 I)`` with seeds ``seed`` and ``seed + 1``.
+            \(\mathcal{N}(0, \sigma(t_{\max})^2 I)\) with seeds ``seed`` and ``seed + 1``.
         x_T: start states instead of ``x_shape`` (at least 2): the first half is the pilot, the rest held out.
         solvers: ``"auto"`` ([`AUTO_SOLVERS`][sde_diffusion.calibration.AUTO_SOLVERS]) or a list of
             deterministic configurations.

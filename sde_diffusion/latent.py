@@ -1,16 +1,16 @@
 r"""Latent diffusion: the same probability-flow ODE, solved in an autoencoder's latent space.
 
-A latent diffusion model (Rombach et al. 2022, arXiv:2112.10752) trains the score network on ``z = s (E(x) - b)``,
-the encoder's output shifted by ``b`` (``shift_factor``, zero for Stable Diffusion 1/2) and scaled by ``s``
-(``scaling_factor``, chosen so that the latents have about unit variance: Stable Diffusion's ``0.18215`` is ``1 /
-std`` of its autoencoder's latents). Sampling is then ordinary sampling of the latent
-[`Model`][sde_diffusion.models.Model] -- any solver, any grid -- followed by one decoding ``x = D(z / s + b)``.
+A latent diffusion model (Rombach et al. 2022, arXiv:2112.10752) trains the score network on \(z = s\, (E(x) - b)\),
+the encoder's output shifted by \(b\) (``shift_factor``, zero for Stable Diffusion 1/2) and scaled by \(s\)
+(``scaling_factor``, chosen so that the latents have about unit variance: Stable Diffusion's 0.18215 is
+\(1/\mathrm{std}\) of its autoencoder's latents). Sampling is then ordinary sampling of the latent
+[`Model`][sde_diffusion.models.Model] -- any solver, any grid -- followed by one decoding \(x = D(z / s + b)\).
 Nothing in the solvers knows about the autoencoder.
 
 [`LatentModel`][sde_diffusion.latent.LatentModel] holds the three pieces;
 [`stable_diffusion_schedule`][sde_diffusion.latent.stable_diffusion_schedule] is the
-``scaled_linear`` schedule Stable Diffusion was trained with (``beta`` linear in ``sqrt(beta)`` from ``0.00085`` to
-``0.012`` over 1000 steps).
+``scaled_linear`` schedule Stable Diffusion was trained with (\(\beta\) from 0.00085 to 0.012 over 1000 steps,
+linear in \(\sqrt\beta\)).
 """
 
 from __future__ import annotations

@@ -1,26 +1,31 @@
 r"""Exact likelihoods through the probability-flow ODE.
 
-The probability-flow ODE ``dx/dt = v(x, t) = f(t) x - g^2(t) score(x, t)/2`` transports ``p_t`` (Song et al. 2021,
-arXiv:2011.13456). Along a trajectory the instantaneous change of variables (Chen et al. 2018, arXiv:1806.07366)
-gives ``d log p_t(x(t))/dt = -div v(x(t), t)``, hence
+The probability-flow ODE \(\mathrm{d}x/\mathrm{d}t = v(x, t) = f(t)\, x - \tfrac12 g^2(t)\, \nabla_x \log p_t(x)\)
+transports \(p_t\) (Song et al. 2021, arXiv:2011.13456). Along a trajectory the instantaneous change of variables
+(Chen et al. 2018, arXiv:1806.07366) gives \(\frac{\mathrm{d}}{\mathrm{d}t} \log p_t(x(t)) = -\nabla \cdot v(x(t), t)\),
+hence
 
-``log p_{t_min}(x) = log p_{t_max}(x(t_max)) + int_{t_min}^{t_max} div v(x(t), t) dt``,
+\[\log p_{t_{\min}}(x) = \log p_{t_{\max}}(x(t_{\max}))
++ \int_{t_{\min}}^{t_{\max}} \nabla \cdot v(x(t), t)\, \mathrm{d}t,\]
 
-with ``x(t_min) = x``. :func:`log_likelihood` integrates the augmented state ``(x, int div v)`` from ``t_min`` to
-``t_max`` with torchdiffeq (dopri5 by default, float64 by default; the end time is passed as ``step_t`` so that the
-solver lands on it instead of interpolating) and replaces the unknown ``p_{t_max}`` by the prior
-``N(0, sigma(t_max)^2 I)`` (:meth:`~sde_diffusion.sdes.ForwardSDE.prior_logp`) unless another prior is given.
+with \(x(t_{\min}) = x\). :func:`log_likelihood` integrates the augmented state \((x, \int \nabla \cdot v)\) from
+\(t_{\min}\) to \(t_{\max}\) with torchdiffeq (dopri5 by default, float64 by default; the end time is passed as
+``step_t`` so that the solver lands on it instead of interpolating) and replaces the unknown \(p_{t_{\max}}\) by the
+prior \(\mathcal{N}(0, \sigma(t_{\max})^2 I)\) (:meth:`~sde_diffusion.sdes.ForwardSDE.prior_logp`) unless another prior
+is given.
 
-The divergence is either exact (``d`` vector-Jacobian products per evaluation -- for small ``d``) or Hutchinson's
-estimator ``div v ~ mean_j z_j^T (dv/dx) z_j`` with ``E[z z^T] = I`` (Hutchinson 1989; FFJORD, Grathwohl et al.
+The divergence is either exact (\(d\) vector-Jacobian products per evaluation -- for small \(d\)) or Hutchinson's
+estimator \(\nabla \cdot v \approx \frac1P \sum_j z_j^\top \frac{\partial v}{\partial x} z_j\) with
+\(\mathbb{E}[z z^\top] = I\) (Hutchinson 1989; FFJORD, Grathwohl et al.
 2019, arXiv:1810.01367). The probes are drawn once and kept fixed along the trajectory, so each probe gives an
-unbiased estimate ``z^T (int dv/dx dt) z`` of the integral; with ``n_probes > 1`` the spread over probes gives a
-standard error.
+unbiased estimate \(z^\top \big(\int \frac{\partial v}{\partial x}\, \mathrm{d}t\big) z\) of the integral; with
+``n_probes > 1`` the spread over probes gives a standard error.
 
 Bits per dimension for data quantised to ``num_bins`` levels on ``data_range = (lo, hi)``: with bin width
-``Delta = (hi - lo)/num_bins``, ``bpd = -(log p(y) + d log Delta)/(d log 2)``, where ``y`` is the uniformly dequantised
-point (Theis et al. 2016, arXiv:1511.01844): ``log P(k) >= E_u log p((k + u) Delta + lo) + d log Delta``. For 8-bit
-images on ``[-1, 1]`` that is ``-log p/(d log 2) + 7``.
+\(\Delta = (\mathrm{hi} - \mathrm{lo})/\mathtt{num\_bins}\), \(\mathrm{bpd} = -(\log p(y) + d \log \Delta)/(d \log 2)\),
+where \(y\) is the uniformly dequantised point (Theis et al. 2016, arXiv:1511.01844):
+\(\log P(k) \ge \mathbb{E}_u \log p((k + u) \Delta + \mathrm{lo}) + d \log \Delta\). For 8-bit images on \([-1, 1]\)
+that is \(-\log p/(d \log 2) + 7\).
 """
 
 from __future__ import annotations
@@ -42,17 +47,17 @@ _LOG2 = math.log(2.0)
 
 @dataclass
 class LikelihoodResult:
-    """Result of :func:`log_likelihood` (per sample, shape ``(B,)``).
+    r"""Result of :func:`log_likelihood` (per sample, shape ``(B,)``).
 
     Attributes:
-        log_prob: ``log p_{t_min}(x)`` in nats (of the dequantised point when dequantising).
+        log_prob: \(\log p_{t_{\min}}(x)\) in nats (of the dequantised point when dequantising).
         std_err: standard error of ``log_prob`` over Hutchinson probes (zeros for the exact trace; NaN with a single
             probe).
-        bpd: bits per dimension (``-log_prob/(d log 2)``, or the discrete bound when ``num_bins`` is given).
+        bpd: bits per dimension (\(-\log p/(d \log 2)\), or the discrete bound when ``num_bins`` is given).
         bpd_std_err: standard error of ``bpd``.
-        prior_logp: ``log prior(x(t_max))``.
-        delta_logp: ``int_{t_min}^{t_max} div v dt`` (mean over probes).
-        z: the end point ``x(t_max)``.
+        prior_logp: \(\log \mathrm{prior}(x(t_{\max}))\).
+        delta_logp: \(\int_{t_{\min}}^{t_{\max}} \nabla \cdot v\, \mathrm{d}t\) (mean over probes).
+        z: the end point \(x(t_{\max})\).
         nfe: number of vector-field evaluations of the ODE solver.
     """
 
@@ -74,10 +79,10 @@ def divergence(
     probes: torch.Tensor | None = None,
     create_graph: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""``v = fn(x)`` and its divergence ``sum_i dv_i/dx_i`` per sample.
+    r"""\(v\) = ``fn(x)`` and its divergence \(\sum_i \partial v_i/\partial x_i\) per sample.
 
     ``trace="exact"``: one vector-Jacobian product per dimension, returns ``(v, div)`` with ``div`` of shape ``(B,)``.
-    ``trace="hutchinson"``: ``probes`` of shape ``(P, *x.shape)``; returns ``(v, z^T J z)`` of shape ``(P, B)``.
+    ``trace="hutchinson"``: ``probes`` of shape ``(P, *x.shape)``; returns \((v, z^\top J z)\) of shape ``(P, B)``.
     ``fn`` must treat samples independently (no batch mixing).
     """
     with torch.enable_grad():
@@ -110,9 +115,10 @@ def dequantize(
     data_range: tuple[float, float] = (-1.0, 1.0),
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    r"""Uniform dequantisation. ``x`` holds quantised values ``lo + k (hi - lo)/(num_bins - 1)``,
-    ``k = 0..num_bins-1`` (e.g. 8-bit images scaled to ``[-1, 1]`` as ``k/127.5 - 1``); returns
-    ``y = lo + (k + u) (hi - lo)/num_bins`` with ``u ~ U[0, 1)``, so ``y`` lies in bin ``k`` of ``[lo, hi)``."""
+    r"""Uniform dequantisation. ``x`` holds quantised values \(\mathrm{lo} + k (\mathrm{hi} - \mathrm{lo})/(n - 1)\),
+    \(k = 0, \dots, n - 1\) with \(n\) = ``num_bins`` (e.g. 8-bit images scaled to \([-1, 1]\) as \(k/127.5 - 1\));
+    returns \(y = \mathrm{lo} + (k + u) (\mathrm{hi} - \mathrm{lo})/n\) with \(u \sim U[0, 1)\), so \(y\) lies in bin
+    \(k\) of \([\mathrm{lo}, \mathrm{hi})\)."""
     lo, hi = (float(v) for v in data_range)
     if not hi > lo or num_bins < 2:
         raise ValueError("need data_range lo < hi and num_bins >= 2")
@@ -124,8 +130,8 @@ def dequantize(
 def bits_per_dim(
     log_prob: torch.Tensor, dim: int, *, num_bins: int | None = None, data_range: tuple[float, float] = (-1.0, 1.0)
 ) -> torch.Tensor:
-    r"""``-(log_prob + dim log Delta)/(dim log 2)`` with ``Delta = (hi - lo)/num_bins`` (``Delta = 1`` when
-    ``num_bins`` is ``None``: plain nats-to-bits of a density)."""
+    r"""\(-(\log p + d \log \Delta)/(d \log 2)\) with \(\Delta = (\mathrm{hi} - \mathrm{lo})/\mathtt{num\_bins}\)
+    (\(\Delta = 1\) when ``num_bins`` is ``None``: plain nats-to-bits of a density)."""
     offset = 0.0 if num_bins is None else dim * math.log((data_range[1] - data_range[0]) / num_bins)
     return -(log_prob + offset) / (dim * _LOG2)
 
@@ -172,7 +178,7 @@ def log_likelihood(
     step_at_knots: bool = True,
     options: dict | None = None,
 ) -> LikelihoodResult:
-    r"""``log p_{t_min}(x)`` of the model's probability-flow ODE (see the module docstring).
+    r"""\(\log p_{t_{\min}}(x)\) of the model's probability-flow ODE (see the module docstring).
 
     Args:
         model: the score model (any parametrisation; thresholding is ignored).
@@ -189,11 +195,11 @@ def log_likelihood(
         model_dtype: dtype the network is called in (default: its parameters' dtype, else ``dtype``).
         prior: ``prior(z) -> log density (B,)`` at ``t_max``; default ``N(0, sigma(t_max)^2 I)``.
         dequantize_data: uniformly dequantise ``x`` first (needs ``num_bins``), see :func:`dequantize`.
-        num_bins: quantisation levels; with it ``bpd`` is the discrete bound ``-(log p + d log Delta)/(d log 2)``.
+        num_bins: quantisation levels; with it ``bpd`` is the discrete bound \(-(\log p + d \log \Delta)/(d \log 2)\).
         data_range: ``(lo, hi)`` of the quantised data.
         generator: random generator for probes and dequantisation noise.
         step_at_knots: for adaptive methods, pass the kinks of a piecewise schedule
-            (:attr:`~sde_diffusion.schedules.VPDiscrete.knots`, where ``f`` and ``g^2`` jump) as torchdiffeq
+            (:attr:`~sde_diffusion.schedules.VPDiscrete.knots`, where \(f\) and \(g^2\) jump) as torchdiffeq
             ``jump_t``: the solver steps onto each and re-evaluates the field on the far side.
         options: extra torchdiffeq options (``step_t`` gets the end time added, ``jump_t`` the knots).
     """

@@ -1,16 +1,22 @@
 r"""Model wrapper and the parametrisation conversion table.
 
-With ``x = alpha x0 + sigma eps`` a network may predict
+With \(x = \alpha x_0 + \sigma \epsilon\) a network may predict
 
-* ``eps`` -- the noise;
-* ``x0`` -- the data (denoiser ``D``);
-* ``v = alpha eps - sigma x0`` (Salimans & Ho 2022, arXiv:2202.00512);
-* ``score = grad log p_t(x) = -eps / sigma``.
+* ``eps`` -- the noise \(\epsilon\);
+* ``x0`` -- the data \(x_0\) (denoiser \(D\));
+* ``v`` -- the velocity \(v = \alpha \epsilon - \sigma x_0\) (Salimans & Ho 2022, arXiv:2202.00512);
+* ``score`` -- \(\nabla_x \log p_t(x) = -\epsilon / \sigma\).
 
-Inverting the 2x2 system ``[x; v] = [[alpha, sigma], [-sigma, alpha]] [x0; eps]`` gives
-``x0 = (alpha x - sigma v)/(alpha^2+sigma^2)``, ``eps = (sigma x + alpha v)/(alpha^2+sigma^2)``, which holds for
-VP and VE schedules alike. The functions here are pure; ``alpha``/``sigma`` may be numbers or tensors that
-broadcast against ``x`` (e.g. shape ``(B, 1, ..., 1)``).
+Inverting the 2x2 system
+
+\[\begin{pmatrix} x \\ v \end{pmatrix} = \begin{pmatrix} \alpha & \sigma \\ -\sigma & \alpha \end{pmatrix}
+\begin{pmatrix} x_0 \\ \epsilon \end{pmatrix}
+\quad\text{gives}\quad
+x_0 = \frac{\alpha x - \sigma v}{\alpha^2 + \sigma^2}, \qquad
+\epsilon = \frac{\sigma x + \alpha v}{\alpha^2 + \sigma^2},\]
+
+which holds for VP and VE schedules alike. The functions here are pure; ``alpha``/``sigma`` may be numbers or tensors
+that broadcast against ``x`` (e.g. shape ``(B, 1, ..., 1)``).
 """
 
 from __future__ import annotations
@@ -95,10 +101,11 @@ def broadcast_coeff(c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class DynamicThresholding:
-    """Imagen-style dynamic thresholding of x0 predictions (Saharia et al. 2022, arXiv:2205.11487).
+    r"""Imagen-style dynamic thresholding of x0 predictions (Saharia et al. 2022, arXiv:2205.11487).
 
-    Per sample, ``s`` is the ``percentile`` quantile of ``|x0|``, clamped to ``[1, max_value]``; then
-    ``x0 <- clamp(x0, -s, s) / s`` (the diffusers convention; ``max_value = inf`` gives Imagen's ``max(s, 1)``).
+    Per sample, \(s\) is the ``percentile`` quantile of \(|x_0|\), clamped to \([1, \mathtt{max\_value}]\); then
+    \(x_0 \leftarrow \operatorname{clamp}(x_0, -s, s) / s\) (the diffusers convention; ``max_value = inf`` gives
+    Imagen's \(\max(s, 1)\)).
     """
 
     percentile: float = 0.995
@@ -124,7 +131,7 @@ class DynamicThresholding:
 
 
 class Model:
-    """A denoising network with its schedule and output parametrisation.
+    r"""A denoising network with its schedule and output parametrisation.
 
     Args:
         fn: ``fn(x, t) -> output`` with ``t`` of shape ``(B,)`` (continuous time; or the discrete label when
@@ -132,7 +139,7 @@ class Model:
         schedule: the :class:`~sde_diffusion.schedules.NoiseSchedule` the network was trained with.
         prediction: what ``fn`` predicts: ``eps``, ``x0``, ``v`` or ``score``.
         time_input: ``"continuous"`` (default) or ``"label"`` (a :class:`VPDiscrete` network taking
-            ``(t - 1/N) * 1000``), or a callable mapping ``t`` to the network's input.
+            \(1000\,(t - 1/N)\)), or a callable mapping ``t`` to the network's input.
         thresholding: optional :class:`DynamicThresholding` applied to every x0 prediction.
 
     ``nfe`` counts calls of ``fn`` through this wrapper (one guided evaluation counts once).
@@ -217,11 +224,11 @@ class Model:
         return self.predict(x, t, "x0", alpha, sigma)
 
     def v(self, x, t, alpha=None, sigma=None):
-        """Velocity prediction ``alpha eps - sigma x0``."""
+        r"""Velocity prediction \(v = \alpha \epsilon - \sigma x_0\)."""
         return self.predict(x, t, "v", alpha, sigma)
 
     def score(self, x, t, alpha=None, sigma=None):
-        """Score ``-eps/sigma``."""
+        r"""Score \(\nabla_x \log p_t(x) = -\epsilon/\sigma\)."""
         return self.predict(x, t, "score", alpha, sigma)
 
     @classmethod
@@ -234,9 +241,10 @@ class Model:
         prediction: str = "eps",
         **kwargs,
     ) -> Model:
-        """Classifier-free guidance (Ho & Salimans 2022, arXiv:2207.12598):
-        ``out = uncond + scale (cond - uncond)``, applied in the network's own parametrisation
-        (``scale = 1`` is the conditional model, ``0`` the unconditional one). One guided call counts as one NFE.
+        r"""Classifier-free guidance (Ho & Salimans 2022, arXiv:2207.12598):
+        \(\mathrm{out} = \mathrm{uncond} + w\,(\mathrm{cond} - \mathrm{uncond})\) with \(w\) = ``scale``, applied in the
+        network's own parametrisation (``scale = 1`` is the conditional model, ``0`` the unconditional one). One guided
+        call counts as one NFE.
         """
         for name, f in (("cond_fn", cond_fn), ("uncond_fn", uncond_fn)):
             if not callable(f):

@@ -257,7 +257,7 @@ def sample(
     sync_debug: bool = False,
     **solver_options,
 ) -> SampleResult:
-    """Integrate from ``t_start`` (default ``t_max``) to ``t_end`` (default ``t_min``) with one solver.
+    r"""Integrate from ``t_start`` (default ``t_max``) to ``t_end`` (default ``t_min``) with one solver.
 
     Args:
         model: a [`Model`][sde_diffusion.models.Model].
@@ -279,7 +279,7 @@ def sample(
         generator: randomness of stochastic solvers, as independent normals.
         noise: randomness of stochastic solvers, given instead of (or, for a Brownian path, besides) ``generator``:
             a tensor of standard normals of shape ``(steps, *x.shape)``, a torchsde Brownian path indexed by
-            ``s = -t`` (see [`brownian_path`][sde_diffusion.reference.brownian_path]) or a
+            \(s = -t\) (see [`brownian_path`][sde_diffusion.reference.brownian_path]) or a
             [`NoiseSource`][sde_diffusion.solvers.base.NoiseSource].
         callback: ``callback(i, t, x)`` after every (accepted) step (``t`` the new time; may synchronise, it is yours).
         return_trajectory: keep the state at every grid point.

@@ -1,13 +1,16 @@
 r"""Noise schedules: the marginal coefficients of the forward process.
 
-Every schedule describes ``x_t = alpha(t) x_0 + sigma(t) eps`` on a time domain ``[t_min, t_max]`` and provides
+Every schedule describes \(x_t = \alpha(t)\, x_0 + \sigma(t)\, \epsilon\) on a time domain ``[t_min, t_max]`` and
+provides
 
 * ``alpha``, ``sigma``, ``log_alpha``, ``log_sigma``;
-* ``lambda_(t) = log(alpha/sigma)`` -- the **half** log-SNR (``log SNR = 2 lambda``), strictly decreasing in ``t``;
+* ``lambda_(t)``, \(\lambda(t) = \log(\alpha/\sigma)\) -- the **half** log-SNR (\(\log \mathrm{SNR} = 2\lambda\)),
+  strictly decreasing in \(t\);
 * ``inverse_lambda`` -- its inverse (closed form where one exists, exact piecewise inverse for :class:`VPDiscrete`);
-* ``sigma_ve = sigma/alpha = exp(-lambda)`` -- the variance-exploding noise level (k-diffusion / EDM "sigma");
-* ``f(t) = d log alpha / dt`` and ``g2(t) = d sigma^2/dt - 2 f sigma^2`` -- the coefficients of the linear forward SDE
-  ``dx = f x dt + g dW`` whose marginals are the ones above.
+* ``sigma_ve``, \(\sigma/\alpha = e^{-\lambda}\) -- the variance-exploding noise level (k-diffusion / EDM "sigma");
+* ``f``, \(f(t) = \mathrm{d}\log\alpha/\mathrm{d}t\), and ``g2``,
+  \(g^2(t) = \mathrm{d}\sigma^2/\mathrm{d}t - 2 f \sigma^2\) -- the coefficients of the linear forward SDE
+  \(\mathrm{d}x = f x\,\mathrm{d}t + g\,\mathrm{d}W\) whose marginals are the ones above.
 
 Inputs may be Python numbers (computed in float64) or tensors of any shape; tensors keep their dtype and device.
 
@@ -76,13 +79,13 @@ def _vp_log_alpha_from_lambda(lam: torch.Tensor) -> torch.Tensor:
 
 
 class NoiseSchedule:
-    """Abstract noise schedule. Subclasses implement ``log_alpha_unchecked``, ``log_sigma_unchecked``,
+    r"""Abstract noise schedule. Subclasses implement ``log_alpha_unchecked``, ``log_sigma_unchecked``,
     ``f_unchecked``, ``dlog_sigma_unchecked`` and ``inverse_lambda_unchecked`` (and may override ``g2_unchecked``
     with a closed form); see the module docstring for the protocol.
 
     Attributes:
         t_min, t_max: the sampling domain; sampling runs from ``t_max`` down to ``t_min``.
-        is_vp: whether ``alpha^2 + sigma^2 = 1``.
+        is_vp: whether \(\alpha^2 + \sigma^2 = 1\).
     """
 
     t_min: float
@@ -134,8 +137,8 @@ class NoiseSchedule:
     _open_hi = True
 
     def check_lambda(self, lam: Tensorish) -> torch.Tensor:
-        """``lam`` as a tensor; raises ``ValueError`` for NaN and for ``+-inf`` (the half log-SNR of ``alpha = 0`` or
-        ``sigma = 0``, which lies outside every schedule's domain)."""
+        r"""``lam`` as a tensor; raises ``ValueError`` for NaN and for ``+-inf`` (the half log-SNR of \(\alpha = 0\) or
+        \(\sigma = 0\), which lies outside every schedule's domain)."""
         lam = as_tensor(lam)
         if not bool(torch.isfinite(lam).all()):
             value = lam[~torch.isfinite(lam)].flatten()[0].item()
@@ -144,49 +147,50 @@ class NoiseSchedule:
 
     # ---- public API -----------------------------------------------------------------------------------------------
     def log_alpha(self, t: Tensorish) -> torch.Tensor:
-        """``log alpha(t)``."""
+        r"""\(\log \alpha(t)\)."""
         return self.log_alpha_unchecked(self.check_t(t))
 
     def log_sigma(self, t: Tensorish) -> torch.Tensor:
-        """``log sigma(t)``."""
+        r"""\(\log \sigma(t)\)."""
         return self.log_sigma_unchecked(self.check_t(t))
 
     def alpha(self, t: Tensorish) -> torch.Tensor:
-        """Signal coefficient ``alpha(t)``."""
+        r"""Signal coefficient \(\alpha(t)\)."""
         return torch.exp(self.log_alpha(t))
 
     def sigma(self, t: Tensorish) -> torch.Tensor:
-        """Noise coefficient ``sigma(t)``."""
+        r"""Noise coefficient \(\sigma(t)\)."""
         return torch.exp(self.log_sigma(t))
 
     def lambda_(self, t: Tensorish) -> torch.Tensor:
-        """Half log-SNR ``lambda(t) = log(alpha(t)/sigma(t))`` (so ``SNR = exp(2 lambda)``); strictly decreasing."""
+        r"""Half log-SNR \(\lambda(t) = \log(\alpha(t)/\sigma(t))\) (so \(\mathrm{SNR} = e^{2\lambda}\)); strictly
+        decreasing."""
         return self.lambda_unchecked(self.check_t(t))
 
     def inverse_lambda(self, lam: Tensorish) -> torch.Tensor:
-        """The time ``t`` with ``lambda_(t) = lam``."""
+        r"""The time \(t\) with \(\lambda(t) =\) ``lam``."""
         return self.inverse_lambda_unchecked(self.check_lambda(lam))
 
     def sigma_ve(self, t: Tensorish) -> torch.Tensor:
-        """Variance-exploding noise level ``sigma/alpha = exp(-lambda)`` (the k-diffusion / EDM sigma)."""
+        r"""Variance-exploding noise level \(\sigma/\alpha = e^{-\lambda}\) (the k-diffusion / EDM sigma)."""
         return torch.exp(-self.lambda_(t))
 
     def f(self, t: Tensorish) -> torch.Tensor:
-        """Drift coefficient of the forward SDE, ``f(t) = d log alpha / dt``."""
+        r"""Drift coefficient of the forward SDE, \(f(t) = \mathrm{d}\log\alpha/\mathrm{d}t\)."""
         return self.f_unchecked(self.check_t(t))
 
     def g2(self, t: Tensorish) -> torch.Tensor:
-        """Squared diffusion coefficient, ``g^2(t) = d sigma^2/dt - 2 f(t) sigma^2(t)``."""
+        r"""Squared diffusion coefficient, \(g^2(t) = \mathrm{d}\sigma^2/\mathrm{d}t - 2 f(t) \sigma^2(t)\)."""
         return self.g2_unchecked(self.check_t(t))
 
     @property
     def lambda_min(self) -> float:
-        """``lambda(t_max)`` in float64."""
+        r"""\(\lambda(t_{\max})\) in float64."""
         return float(self.lambda_unchecked(torch.tensor(self.t_max, dtype=torch.float64)))
 
     @property
     def lambda_max(self) -> float:
-        """``lambda(t_min)`` in float64."""
+        r"""\(\lambda(t_{\min})\) in float64."""
         return float(self.lambda_unchecked(torch.tensor(self.t_min, dtype=torch.float64)))
 
     def _set_range(self, t_min: float | None, t_max: float | None, default: tuple[float, float]) -> None:
@@ -246,7 +250,7 @@ _link_legacy_names(NoiseSchedule)
 
 
 class VPSchedule(NoiseSchedule):
-    """Variance-preserving family: ``sigma = sqrt(1 - alpha^2)``, ``g^2 = -2 f``."""
+    r"""Variance-preserving family: \(\sigma = \sqrt{1 - \alpha^2}\), \(g^2 = -2 f\)."""
 
     is_vp = True
 
@@ -293,8 +297,9 @@ class _LinearBeta:
 class VPLinear(_LinearBeta, VPSchedule):
     r"""VP SDE with linear ``beta(t)`` (DDPM continuous limit; Song et al. 2021, arXiv:2011.13456).
 
-    ``log alpha(t) = -(beta_max - beta_min) t^2/4 - beta_min t/2``, ``f = -beta(t)/2``, ``g^2 = beta(t)``.
-    Domain ``t > 0``; defaults ``t_min = 1e-3``, ``t_max = 1``.
+    \(\log \alpha(t) = -(\beta_{\max} - \beta_{\min}) t^2/4 - \beta_{\min} t/2\), \(f = -\beta(t)/2\),
+    \(g^2 = \beta(t)\).
+    Domain \(t > 0\); defaults ``t_min = 1e-3``, ``t_max = 1``.
     """
 
     domain = (0.0, math.inf)
@@ -321,9 +326,11 @@ class VPLinear(_LinearBeta, VPSchedule):
 class VPCosine(VPSchedule):
     r"""Cosine VP schedule (Nichol & Dhariwal 2021, arXiv:2102.09672).
 
-    ``alpha(t) = cos(pi/2 (t+s)/(1+s)) / cos(pi/2 s/(1+s))``; ``f = -pi/(2(1+s)) tan(pi/2 (t+s)/(1+s))``.
-    ``alpha(1) = 0``, so the end is clipped: ``t_max = 0.9946`` by default (as in DPM-Solver, where
-    ``lambda(t_max)`` matches the clipped discrete schedule), ``t_min = 1e-3``. Domain ``0 < t < 1``.
+    \[\alpha(t) = \frac{\cos\big(\frac{\pi}{2} \frac{t+s}{1+s}\big)}{\cos\big(\frac{\pi}{2} \frac{s}{1+s}\big)}, \qquad
+    f(t) = -\frac{\pi}{2(1+s)} \tan\Big(\frac{\pi}{2} \frac{t+s}{1+s}\Big).\]
+
+    \(\alpha(1) = 0\), so the end is clipped: ``t_max = 0.9946`` by default (as in DPM-Solver, where
+    \(\lambda(t_{\max})\) matches the clipped discrete schedule), ``t_min = 1e-3``. Domain \(0 < t < 1\).
     """
 
     domain = (0.0, 1.0)
@@ -359,8 +366,8 @@ class VPCosine(VPSchedule):
 
 
 class SubVPLinear(_LinearBeta, NoiseSchedule):
-    r"""Sub-VP SDE (Song et al. 2021, arXiv:2011.13456): same ``alpha`` as :class:`VPLinear`,
-    ``sigma = 1 - alpha^2``, ``g^2 = beta(t) (1 - alpha^4)``. Domain ``t > 0``.
+    r"""Sub-VP SDE (Song et al. 2021, arXiv:2011.13456): same \(\alpha\) as :class:`VPLinear`,
+    \(\sigma = 1 - \alpha^2\), \(g^2 = \beta(t) (1 - \alpha^4)\). Domain \(t > 0\).
     """
 
     domain = (0.0, math.inf)
@@ -422,8 +429,9 @@ class _VarianceExploding(NoiseSchedule):
 class VEGeometric(_VarianceExploding):
     r"""VE SDE with geometric noise levels (SMLD / NCSN++, Song et al. 2021, arXiv:2011.13456).
 
-    ``alpha = 1``, ``sigma(t) = sigma_min (sigma_max/sigma_min)^t``, ``g^2 = 2 sigma^2 log(sigma_max/sigma_min)``.
-    The formulas hold for every real ``t`` (it may extrapolate); sampling domain ``[0, 1]`` by default.
+    \(\alpha = 1\), \(\sigma(t) = \sigma_{\min} (\sigma_{\max}/\sigma_{\min})^t\),
+    \(g^2 = 2 \sigma^2 \log(\sigma_{\max}/\sigma_{\min})\).
+    The formulas hold for every real \(t\) (it may extrapolate); sampling domain ``[0, 1]`` by default.
     """
 
     _open_lo = False
@@ -455,8 +463,8 @@ class VEGeometric(_VarianceExploding):
 
 
 class EDM(_VarianceExploding):
-    r"""EDM parametrisation (Karras et al. 2022, arXiv:2206.00364): ``alpha = 1``, ``sigma(t) = t``,
-    ``g^2 = 2 t``, ``lambda = -log t``. Domain ``t > 0``; sampling from ``sigma_max`` down to ``sigma_min``.
+    r"""EDM parametrisation (Karras et al. 2022, arXiv:2206.00364): \(\alpha = 1\), \(\sigma(t) = t\),
+    \(g^2 = 2 t\), \(\lambda = -\log t\). Domain \(t > 0\); sampling from ``sigma_max`` down to ``sigma_min``.
     """
 
     domain = (0.0, math.inf)
@@ -513,17 +521,18 @@ _ALPHA_BAR = {
 
 
 def betas_from_config(config: Mapping[str, Any]) -> torch.Tensor:
-    """DDPM betas (float64) from a diffusers-style scheduler config.
+    r"""DDPM betas (float64) from a diffusers-style scheduler config.
 
     Keys: ``num_train_timesteps`` (default 1000), ``beta_start`` (1e-4), ``beta_end`` (0.02), ``beta_schedule``
     or ``trained_betas`` (which wins when given). Every ``beta_schedule`` of diffusers: ``linear``,
-    ``scaled_linear`` (linear in ``sqrt(beta)``, Stable Diffusion's), ``sigmoid`` (GeoDiff), and the ``alphas_cumprod``
-    discretisations ``beta_n = min(1 - abar((n+1)/N) / abar(n/N), 0.999)`` of ``squaredcos_cap_v2`` (Nichol &
-    Dhariwal's cosine), ``exp`` (``abar = exp(-12 t)``) and ``laplace``.
+    ``scaled_linear`` (linear in \(\sqrt{\beta}\), Stable Diffusion's), ``sigmoid`` (GeoDiff), and the
+    ``alphas_cumprod`` discretisations \(\beta_n = \min\big(1 - \bar\alpha(\tfrac{n+1}{N}) / \bar\alpha(\tfrac{n}{N}),
+    0.999\big)\) of ``squaredcos_cap_v2`` (Nichol & Dhariwal's cosine), ``exp`` (\(\bar\alpha(t) = e^{-12 t}\)) and
+    ``laplace``.
 
     ``rescale_betas_zero_snr=True`` (Lin et al., arXiv:2305.08891) is refused: it makes ``alphas_cumprod[N-1] = 0``,
-    i.e. ``alpha(t_max) = 0`` and ``lambda(t_max) = -inf``, where the probability-flow ODE in ``lambda`` has no
-    starting point (the first step of every exponential integrator would have ``h = +inf``).
+    i.e. \(\alpha(t_{\max}) = 0\) and \(\lambda(t_{\max}) = -\infty\), where the probability-flow ODE in \(\lambda\) has
+    no starting point (the first step of every exponential integrator would have \(h = +\infty\)).
     """
     if config.get("rescale_betas_zero_snr", False):
         raise ValueError(
@@ -556,13 +565,14 @@ def betas_from_config(config: Mapping[str, Any]) -> torch.Tensor:
 class VPDiscrete(VPSchedule):
     r"""Discrete DDPM schedule made continuous (as in DPM-Solver, arXiv:2206.00927).
 
-    With ``N`` steps and ``alphas_cumprod[n] = prod_{i<=n} (1 - beta_i)``, the grid times are ``t_n = (n+1)/N``
-    and ``log alpha`` is interpolated piecewise-linearly between them, so ``alpha(t_n) = sqrt(alphas_cumprod[n])``
-    exactly. ``f`` is the (piecewise-constant) slope of that interpolant. ``inverse_lambda`` is exact: for VP,
-    ``log alpha = -softplus(-2 lambda)/2``, then the piecewise-linear map is inverted. Domain ``[1/N, 1]``.
+    With \(N\) steps and ``alphas_cumprod[n]`` \(= \bar\alpha_n = \prod_{i \le n} (1 - \beta_i)\), the grid times are
+    \(t_n = (n+1)/N\) and \(\log \alpha\) is interpolated piecewise-linearly between them, so
+    \(\alpha(t_n) = \sqrt{\bar\alpha_n}\) exactly. \(f\) is the (piecewise-constant) slope of that interpolant.
+    ``inverse_lambda`` is exact: for VP, \(\log \alpha = -\operatorname{softplus}(-2\lambda)/2\), then the
+    piecewise-linear map is inverted. Domain \([1/N, 1]\).
 
-    A network trained on integer labels ``0..N-1`` gets ``t_to_label(t) = (t - 1/N) * 1000`` (the DPM-Solver
-    convention, which equals the step index when ``N = 1000``); ``label_to_t`` is its inverse.
+    A network trained on integer labels ``0..N-1`` gets ``t_to_label(t)`` \(= 1000\,(t - 1/N)\) (the DPM-Solver
+    convention, which equals the step index when \(N = 1000\)); ``label_to_t`` is its inverse.
     """
 
     _open_lo = False
@@ -599,12 +609,12 @@ class VPDiscrete(VPSchedule):
 
     @property
     def knots(self) -> torch.Tensor:
-        """The grid times ``t_n = (n+1)/N`` where the interpolant has kinks."""
+        r"""The grid times \(t_n = (n+1)/N\) where the interpolant has kinks."""
         return self._t_grid
 
     @property
     def log_alpha_knots(self) -> torch.Tensor:
-        """``log alpha`` at the :attr:`knots` (``= log(alphas_cumprod)/2``), float64."""
+        r"""\(\log \alpha\) at the :attr:`knots` (\(= \tfrac12 \log \bar\alpha_n\)), float64."""
         return self._log_alpha_grid
 
     @property
@@ -642,11 +652,11 @@ class VPDiscrete(VPSchedule):
         return (k + 1).to(log_alpha.dtype) / self.num_steps + (log_alpha - grid[k]) / slopes[k]
 
     def t_to_label(self, t: Tensorish) -> torch.Tensor:
-        """Continuous time to the network's discrete-time input, ``(t - 1/N) * 1000``."""
+        r"""Continuous time to the network's discrete-time input, \(1000\,(t - 1/N)\)."""
         return (as_tensor(t) - 1.0 / self.num_steps) * 1000.0
 
     def label_to_t(self, label: Tensorish) -> torch.Tensor:
-        """Inverse of :meth:`t_to_label`: ``label / 1000 + 1/N``."""
+        r"""Inverse of :meth:`t_to_label`: \(t = \mathrm{label}/1000 + 1/N\)."""
         return as_tensor(label) / 1000.0 + 1.0 / self.num_steps
 
     def params(self):

@@ -1,15 +1,21 @@
 r"""Forward SDE, reverse SDE and probability-flow ODE of a noise schedule.
 
-Forward: ``dx = f(t) x dt + g(t) dW`` with marginals ``x_t | x_0 ~ N(alpha(t) x_0, sigma(t)^2 I)``.
+Forward: \(\mathrm{d}x = f(t)\, x\, \mathrm{d}t + g(t)\, \mathrm{d}W\) with marginals
+\(x_t \mid x_0 \sim \mathcal{N}(\alpha(t)\, x_0, \sigma(t)^2 I)\).
 
-Reverse (Anderson 1982; Song et al. 2021, arXiv:2011.13456): ``dx = [f x - g^2 score(x, t)] dt + g dW_bar``,
+Reverse (Anderson 1982; Song et al. 2021, arXiv:2011.13456), with the score \(\nabla_x \log p_t(x)\):
+
+\[\mathrm{d}x = \big[f(t)\, x - g(t)^2\, \nabla_x \log p_t(x)\big]\, \mathrm{d}t + g(t)\, \mathrm{d}\bar W,\]
+
 run from ``t_max`` down to ``t_min``.
 
-Probability flow: ``dx/dt = f x - g^2 score(x, t) / 2``, with the same marginals as the SDE.
+Probability flow, with the same marginals as the SDE:
 
-For torchsde, whose time runs forward, the reverse SDE is written in ``s = -t``:
-``dx = -[f x - g^2 score](-s) ds + g(-s) dB_s``. A Brownian path for it is therefore indexed by ``s = -t``
-(see :func:`sde_diffusion.reference.brownian_path`).
+\[\frac{\mathrm{d}x}{\mathrm{d}t} = f(t)\, x - \tfrac12 g(t)^2\, \nabla_x \log p_t(x).\]
+
+For torchsde, whose time runs forward, the reverse SDE is written in \(s = -t\):
+\(\mathrm{d}x = -\big[f x - g^2 \nabla_x \log p\big](-s)\, \mathrm{d}s + g(-s)\, \mathrm{d}B_s\). A Brownian path for it
+is therefore indexed by \(s = -t\) (see :func:`sde_diffusion.reference.brownian_path`).
 """
 
 from __future__ import annotations
@@ -38,25 +44,25 @@ class ForwardSDE:
         self.schedule = schedule
 
     def drift(self, x: torch.Tensor, t) -> torch.Tensor:
-        """``f(t) x``."""
+        r"""\(f(t)\, x\)."""
         return broadcast_coeff(self.schedule.f(_time_vector(t, x)), x) * x
 
     def diffusion(self, t) -> torch.Tensor:
-        """``g(t) = sqrt(g^2(t))``."""
+        r"""\(g(t) = \sqrt{g^2(t)}\)."""
         return torch.sqrt(self.schedule.g2(t))
 
     def marginal_mean(self, x0: torch.Tensor, t) -> torch.Tensor:
-        """``E[x_t | x_0] = alpha(t) x_0``."""
+        r"""\(\mathbb{E}[x_t \mid x_0] = \alpha(t)\, x_0\)."""
         return broadcast_coeff(self.schedule.alpha(_time_vector(t, x0)), x0) * x0
 
     def marginal_std(self, t) -> torch.Tensor:
-        """``std[x_t | x_0] = sigma(t)``."""
+        r"""\(\operatorname{std}[x_t \mid x_0] = \sigma(t)\)."""
         return self.schedule.sigma(t)
 
     def sample_marginal(
         self, x0: torch.Tensor, t, noise: torch.Tensor | None = None, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        """Draw ``x_t = alpha(t) x_0 + sigma(t) eps``."""
+        r"""Draw \(x_t = \alpha(t)\, x_0 + \sigma(t)\, \epsilon\), \(\epsilon \sim \mathcal{N}(0, I)\)."""
         if noise is None:
             noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
         elif noise.shape != x0.shape:
@@ -67,11 +73,11 @@ class ForwardSDE:
         return a * x0 + s * noise
 
     def prior_std(self) -> float:
-        """Standard deviation of the prior ``N(0, sigma(t_max)^2 I)`` used to start sampling."""
+        r"""Standard deviation of the prior \(\mathcal{N}(0, \sigma(t_{\max})^2 I)\) used to start sampling."""
         return float(self.schedule.sigma(self.schedule.t_max))
 
     def prior_sample(self, shape, generator: torch.Generator | None = None, *, dtype=None, device=None) -> torch.Tensor:
-        """Sample the prior ``N(0, sigma(t_max)^2 I)``."""
+        r"""Sample the prior \(\mathcal{N}(0, \sigma(t_{\max})^2 I)\)."""
         z = torch.randn(tuple(shape), generator=generator, dtype=dtype or torch.get_default_dtype())
         return (self.prior_std() * z).to(device)
 
@@ -113,7 +119,8 @@ class _ScoreField:
 
 
 class ProbabilityFlowODE(_ScoreField):
-    """``dx/dt = f(t) x - g^2(t) score(x, t) / 2``. ``ode(t, x)`` is the vector field in torchdiffeq's order."""
+    r"""\(\mathrm{d}x/\mathrm{d}t = f(t)\, x - \tfrac12 g^2(t)\, \nabla_x \log p_t(x)\). ``ode(t, x)`` is the vector
+    field in torchdiffeq's order."""
 
     def vector_field(self, x: torch.Tensor, t) -> torch.Tensor:
         f, g2, score = self._score_term(x, t)
@@ -124,7 +131,7 @@ class ProbabilityFlowODE(_ScoreField):
 
 
 class ReverseSDE(_ScoreField):
-    """``dx = [f x - g^2 score] dt + g dW_bar`` for decreasing ``t``.
+    r"""\(\mathrm{d}x = [f x - g^2 \nabla_x \log p_t(x)]\, \mathrm{d}t + g\, \mathrm{d}\bar W\) for decreasing \(t\).
 
     :meth:`drift` and :meth:`diffusion` are in ``t``; :meth:`torchsde` returns the same SDE in ``s = -t``
     (Itô, diagonal noise) for ``torchsde.sdeint``.
@@ -139,7 +146,7 @@ class ReverseSDE(_ScoreField):
         return g.expand_as(x)
 
     def torchsde(self, event_shape=None) -> torch.nn.Module:
-        """A torchsde SDE in ``s = -t`` on flattened states ``(B, d)`` (reshaped to ``event_shape`` for the model);
+        r"""A torchsde SDE in \(s = -t\) on flattened states ``(B, d)`` (reshaped to ``event_shape`` for the model);
         see :mod:`sde_diffusion.reference`."""
         return _TorchsdeReverse(self, event_shape)
 

@@ -1,11 +1,12 @@
 r"""Symbolic (sympy) derivations used to check the numeric code.
 
-* :func:`schedule_formulas` derives ``log alpha``, ``log sigma``, ``f = d log alpha/dt``,
-  ``g^2 = d sigma^2/dt - 2 f sigma^2``, ``lambda`` and ``inverse_lambda`` of the closed-form schedules from their
-  definitions alone (``alpha`` and ``sigma`` as functions of ``t``), independently of :mod:`sde_diffusion.schedules`.
+* :func:`schedule_formulas` derives \(\log\alpha\), \(\log\sigma\), \(f = \mathrm{d}\log\alpha/\mathrm{d}t\),
+  \(g^2 = \mathrm{d}\sigma^2/\mathrm{d}t - 2 f \sigma^2\), \(\lambda\) and ``inverse_lambda`` of the closed-form
+  schedules from their definitions alone (\(\alpha\) and \(\sigma\) as functions of \(t\)), independently of
+  :mod:`sde_diffusion.schedules`.
 * :func:`lagrange_exp_weights` and :func:`phi_symbolic` give the exact integrals behind the exponential
   integrators (see :mod:`sde_diffusion.solvers.expint`).
-* :func:`deis_tab_weights` gives DEIS-tAB's weights (Lagrange in ``t``) from their defining integral.
+* :func:`deis_tab_weights` gives DEIS-tAB's weights (Lagrange in \(t\)) from their defining integral.
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ def _pick_positive(roots) -> sp.Expr:
 
 
 def phi_symbolic(k: int, h: sp.Expr) -> sp.Expr:
-    r"""``phi_k(h) = int_0^1 e^{(1-s) h} s^{k-1}/(k-1)! ds`` exactly (``phi_0 = e^h``)."""
+    r"""\(\varphi_k(h) = \int_0^1 e^{(1-s) h} \frac{s^{k-1}}{(k-1)!}\, \mathrm{d}s\) exactly (\(\varphi_0 = e^h\))."""
     s = sp.symbols("s", real=True)
     if k == 0:
         return sp.exp(h)
@@ -114,7 +115,8 @@ def phi_symbolic(k: int, h: sp.Expr) -> sp.Expr:
 
 
 def lagrange_exp_weights(ratios: list, h: sp.Expr, sign: int = 1) -> list[sp.Expr]:
-    r"""Exact ``W_j = int_0^h exp(sign (h - u)) L_j(u) du`` with ``L_j`` the Lagrange basis through ``u_m = r_m h``.
+    r"""Exact \(W_j = \int_0^h e^{\pm (h - u)} L_j(u)\, \mathrm{d}u\) (sign \(\pm\) = ``sign``) with \(L_j\) the
+    Lagrange basis through \(u_m = r_m h\).
 
     The symbolic counterpart of :func:`sde_diffusion.solvers.expint.lagrange_weights` (``sign = +1`` for noise
     prediction, ``-1`` for data prediction).
@@ -136,9 +138,11 @@ def deis_tab_weights(
 ) -> list[sp.Expr]:
     r"""DEIS-tAB weights from their definition (Zhang & Chen 2022, arXiv:2204.13902, eq. for ``C_ij``):
 
-    ``C_j = int_{t_from}^{t_to} (alpha(t_to)/alpha(tau)) g^2(tau)/(2 sigma(tau)) L_j(tau) dtau``, with ``L_j`` the
-    Lagrange basis **in t** through ``nodes`` and ``alpha``, ``sigma``, ``g^2`` taken from ``formulas``
-    (:func:`schedule_formulas`). Times are converted exactly (``sp.Rational`` of the binary float).
+    \[C_j = \int_{t_{\rm from}}^{t_{\rm to}} \frac{\alpha(t_{\rm to})}{\alpha(\tau)} \frac{g^2(\tau)}{2 \sigma(\tau)}
+    L_j(\tau)\, \mathrm{d}\tau,\]
+
+    with \(L_j\) the Lagrange basis **in t** through ``nodes`` and \(\alpha\), \(\sigma\), \(g^2\) taken from
+    ``formulas`` (:func:`schedule_formulas`). Times are converted exactly (``sp.Rational`` of the binary float).
 
     ``closed_form=True`` asks ``sp.integrate`` for an antiderivative (polynomial or exponential kernels: ``edm``,
     ``ve_geometric``); otherwise the integral is evaluated numerically to ``digits`` digits

@@ -37,15 +37,11 @@ class _PFODE(Solver):
     def __init__(self, variable: str = "t"):
         self.variable = check_choice("variable", variable, ("t", "sigma"))
         self.layout = rk_layout(TABLEAUX[self.tableau], self.variable)
+        # in sigma_ve the right-hand side epsilon is constant along a point-mass flow, so every RK step is exact
+        self.exact_for_point_mass = self.variable == "sigma"
 
     def options(self):
         return {"variable": self.variable}
-
-    @property
-    def exact_for_point_mass(self) -> bool:
-        r"""In \(\sigma_{\rm ve}\) the right-hand side \(\epsilon\) is constant along a point-mass flow, so every RK
-        step is exact."""
-        return self.variable == "sigma"
 
     def coefficients(self, schedule, ts, base):
         return rk_coefficients(self.layout, ts, base)
@@ -160,6 +156,8 @@ class PredictorCorrector(Solver):
         self.n_corrector = check_int("n_corrector", n_corrector, 0)
         self.norm = check_choice("norm", norm, ("batch", "sample"))
         self.nfe_per_step = 1 + self.n_corrector
+        # with batch-mean norms a sample's step size depends on the other samples of the batch
+        self.couples_batch = self.norm == "batch"
 
     def options(self):
         return {"predictor": self.predictor, "snr": self.snr, "n_corrector": self.n_corrector, "norm": self.norm}
@@ -171,11 +169,6 @@ class PredictorCorrector(Solver):
         c["G2"] = base["sigma"] ** 2 * one_minus  # sigma_{t|s}^2
         c["G"] = base["sigma"] * torch.sqrt(one_minus)
         return c
-
-    @property
-    def couples_batch(self) -> bool:
-        """With batch-mean norms a sample's step size depends on the other samples of the batch."""
-        return self.norm == "batch"
 
     def _norm(self, v: torch.Tensor) -> torch.Tensor:
         n = _per_sample_norm(v)

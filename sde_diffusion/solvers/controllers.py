@@ -12,16 +12,20 @@ adaptive controller is, for every attempt::
 * [`FixedGrid`][sde_diffusion.solvers.controllers.FixedGrid] -- the default: the grid is fixed before the loop; no host
   decision per step, no synchronisation (the loop never calls it).
 * [`PIController`][sde_diffusion.solvers.controllers.PIController] -- the PI rule (Gustafsson 1991; Hairer & Wanner,
-  *Solving ODEs II*, IV.2) on the scaled error ``E = max_b rms(err / (atol + rtol max(|x_n|, |x_{n+1}|)))``: accept
-  when ``E <= 1`` and set ``h_new = h clip(s E_n^{-b_1/p} E_{n-1}^{b_2/p}, f_min, f_max)`` (``p`` the order of the
-  estimate, ``f_max = 1`` right after a rejection); a rejected step retries with ``h min(0.9, max(f_min, s E^{-1/p}))``
-  (at least a 10% cut, so retries cannot stall). The last step is shortened to land on ``t_end``, or stretched when it
-  would leave a sliver under 10% of ``h``.
+  *Solving ODEs II*, IV.2) on the scaled error
+  \(E = \max_b \operatorname{rms}\big(\mathrm{err} / (\mathrm{atol} + \mathrm{rtol} \max(|x_n|, |x_{n+1}|))\big)\):
+  accept when \(E \le 1\) and set
+  \(h_{\rm new} = h \operatorname{clip}(s E_n^{-b_1/p} E_{n-1}^{b_2/p}, f_{\min}, f_{\max})\) (\(p\) the order of the
+  estimate, \(f_{\max} = 1\) right after a rejection); a rejected step retries with
+  \(h \min(0.9, \max(f_{\min}, s E^{-1/p}))\) (at least a 10% cut, so retries cannot stall). The last step is
+  shortened to land on \(t_{\rm end}\), or stretched when it would leave a sliver under 10% of \(h\).
 * [`DPMSolverStepRule`][sde_diffusion.solvers.controllers.DPMSolverStepRule] -- Algorithm 4 of DPM-Solver (Lu et al.
-  2022, arXiv:2206.00927): with ``x_low`` the lower-order solution, ``E = max_b rms((x_high - x_low)/delta)``,
-  ``delta = max(atol, rtol max(|x_low|, |x_prev|))`` (``x_prev`` the lower-order solution of the last accepted step,
-  initially ``x_T``); accept when ``E <= 1`` and in any case ``h <- min(theta h E^{-1/k}, lambda_end - lambda_s)``;
-  stop when ``|s - t_end| <= t_err``.
+  2022, arXiv:2206.00927): with \(x_{\rm low}\) the lower-order solution,
+  \(E = \max_b \operatorname{rms}\big((x_{\rm high} - x_{\rm low})/\delta\big)\),
+  \(\delta = \max(\mathrm{atol}, \mathrm{rtol} \max(|x_{\rm low}|, |x_{\rm prev}|))\) (\(x_{\rm prev}\) the lower-order
+  solution of the last accepted step, initially \(x_T\)); accept when \(E \le 1\) and in any case
+  \(h \leftarrow \min(\theta h E^{-1/k}, \lambda_{\rm end} - \lambda_s)\); stop when
+  \(|s - t_{\rm end}| \le t_{\rm err}\).
 """
 
 from __future__ import annotations
@@ -63,7 +67,7 @@ def _max_steps(v) -> int:
 def pi_factor(
     err: float, err_prev: float, p: float, *, safety: float, b1: float, b2: float, fac_min: float, fac_max: float
 ) -> float:
-    """Step-size factor of the PI controller, ``safety E_n^{-b1/p} E_{n-1}^{b2/p}`` clipped to
+    r"""Step-size factor of the PI controller, \(s\, E_n^{-b_1/p} E_{n-1}^{b_2/p}\) (\(s\) = ``safety``) clipped to
     ``[fac_min, fac_max]``."""
     err = max(err, 1e-10)
     err_prev = max(err_prev, 1e-10)
@@ -129,13 +133,13 @@ class PIController(Controller):
     Args:
         rtol: relative tolerance of the scaled local error.
         atol: absolute tolerance of the scaled local error.
-        h_init: first step in lambda (default ``min(Lambda/10, sqrt(max(rtol, atol))/2)``, ``Lambda`` the whole range
-            in lambda).
-        safety: safety factor ``s``.
+        h_init: first step in lambda (default \(\min(\Lambda/10, \sqrt{\max(\mathrm{rtol}, \mathrm{atol})}/2)\),
+            \(\Lambda\) the whole range in lambda).
+        safety: safety factor \(s\).
         fac_min: smallest step-size factor.
         fac_max: largest step-size factor (also bounds the ratio of consecutive steps).
-        b1: PI exponent on the current error (``E_n^{-b1/p}``).
-        b2: PI exponent on the previous error (``E_{n-1}^{b2/p}``).
+        b1: PI exponent on the current error (\(E_n^{-b_1/p}\)).
+        b2: PI exponent on the previous error (\(E_{n-1}^{b_2/p}\)).
         max_steps: attempts before giving up.
     """
 
@@ -233,7 +237,7 @@ class DPMSolverStepRule(Controller):
 
     Args:
         rtol: relative tolerance (0.05).
-        atol: absolute tolerance (0.0078, the paper's value for data in ``[-1, 1]``).
+        atol: absolute tolerance (0.0078, the paper's value for data in \([-1, 1]\)).
         theta: safety factor (0.9).
         t_err: stop within this time of ``t_end`` (1e-5).
         h_init: first trial step in lambda (0.05).

@@ -1,31 +1,39 @@
 r"""DEIS: diffusion exponential integrator samplers (Zhang & Chen 2022, arXiv:2204.13902).
 
-The probability-flow ODE ``dx/dt = f x + g^2/(2 sigma) eps(x, t)`` has the transition ``Psi(s, t) = alpha_s/alpha_t``
-of its linear part, and ``g^2/(2 sigma) = sigma (d log sigma/dt - f) = -sigma d lambda/dt``, so variation of
-constants gives, for a step from ``t`` to ``s`` with ``rho = sigma/alpha = e^{-lambda}`` (EDM's ``sigma``)::
+The probability-flow ODE \(\frac{\mathrm{d}x}{\mathrm{d}t} = f x + \frac{g^2}{2\sigma} \epsilon(x, t)\) has the
+transition \(\Psi(s, t) = \alpha_s/\alpha_t\) of its linear part, and
+\(\frac{g^2}{2\sigma} = \sigma \big(\frac{\mathrm{d}\log\sigma}{\mathrm{d}t} - f\big)
+= -\sigma \frac{\mathrm{d}\lambda}{\mathrm{d}t}\), so variation of constants gives, for a step from \(t\) to \(s\) with
+\(\rho = \sigma/\alpha = e^{-\lambda}\) (EDM's
+\(\sigma\)):
 
-    x_s = (alpha_s/alpha_t) x_t + int_t^s (alpha_s/alpha_tau) g^2(tau)/(2 sigma_tau) eps(tau) dtau
-        = (alpha_s/alpha_t) x_t + alpha_s int_{rho_t}^{rho_s} eps drho,
+\[x_s = \frac{\alpha_s}{\alpha_t} x_t + \int_t^s \frac{\alpha_s}{\alpha_\tau} \frac{g^2(\tau)}{2\sigma_\tau}
+\epsilon(\tau)\, \mathrm{d}\tau
+= \frac{\alpha_s}{\alpha_t} x_t + \alpha_s \int_{\rho_t}^{\rho_s} \epsilon\, \mathrm{d}\rho,\]
 
-i.e. ``y = x/alpha`` obeys ``dy/drho = eps``. Every DEIS method (option ``method``) approximates this integral:
+i.e. \(y = x/\alpha\) obeys \(\mathrm{d}y/\mathrm{d}\rho = \epsilon\). Every DEIS method (option ``method``)
+approximates this integral:
 
-* ``method="tab"`` (tAB-DEIS): ``eps`` is replaced by its Lagrange polynomial **in t** through the last ``k``
-  grid times; the weights ``C_j = int_t^s Psi(s,tau) g^2/(2 sigma) L_j(tau) dtau
-  = -sigma_s int_0^h e^{h-u} L_j(t(lambda_t + u)) du`` have no closed form for general schedules and are
-  computed by 32-point Gauss--Legendre quadrature in ``lambda`` (float64, ``expint.exp_weighted_quadrature``;
-  the constant part of ``L_0`` is integrated exactly, so tAB-1 *is* DDIM). Checked against the defining integral
-  in sympy (:func:`sde_diffusion.symbolic.deis_tab_weights`) to 1e-12.
+* ``method="tab"`` (tAB-DEIS): \(\epsilon\) is replaced by its Lagrange polynomial **in t** through the last \(k\)
+  grid times; the weights
+  \(C_j = \int_t^s \Psi(s,\tau) \frac{g^2}{2\sigma} L_j(\tau)\, \mathrm{d}\tau =
+  -\sigma_s \int_0^h e^{h-u} L_j\big(t(\lambda_t + u)\big)\, \mathrm{d}u\) have no closed form for general schedules and
+  are computed by 32-point Gauss--Legendre quadrature in \(\lambda\) (float64, ``expint.exp_weighted_quadrature``; the
+  constant part of \(L_0\) is integrated exactly, so tAB-1 *is* DDIM). Checked against the defining integral in sympy
+  (:func:`sde_diffusion.symbolic.deis_tab_weights`) to 1e-12.
 * ``method="rhoab"`` (rhoAB-DEIS): Lagrange polynomial **in rho**, integrated exactly:
-  ``C_j = alpha_s int_{rho_t}^{rho_s} L_j(rho) drho`` (``expint.lagrange_poly_weights``).
-* ``method="logrho"``: Lagrange polynomial **in log rho = -lambda**: ``C_j = -sigma_s int_0^h e^{h-u} L_j(u) du``
+  \(C_j = \alpha_s \int_{\rho_t}^{\rho_s} L_j(\rho)\, \mathrm{d}\rho\) (``expint.lagrange_poly_weights``).
+* ``method="logrho"``: Lagrange polynomial **in** \(\log\rho = -\lambda\):
+  \(C_j = -\sigma_s \int_0^h e^{h-u} L_j(u)\, \mathrm{d}u\)
   -- the ``"deis"`` algorithm of diffusers' ``DEISMultistepScheduler``, and exactly multistep DPM-Solver with noise
   prediction and exact weights, ``DPMSolver(multistep=True, update="exact", lower_order_final=False)``, which
   computes it (one code path).
-* ``method="rhork"`` (rhoRK-DEIS): an explicit Runge--Kutta method in ``rho`` on ``dy/drho = eps``: a Butcher
-  tableau ([`ButcherTableau`][sde_diffusion.solvers.tableaux.ButcherTableau]) run by the one RK step of
-  [`tableaux`][sde_diffusion.solvers.tableaux] with ``variable="sigma"`` (``rho`` is ``sigma_ve``).
+* ``method="rhork"`` (rhoRK-DEIS): an explicit Runge--Kutta method in \(\rho\) on
+  \(\mathrm{d}y/\mathrm{d}\rho = \epsilon\): a Butcher tableau
+  ([`ButcherTableau`][sde_diffusion.solvers.tableaux.ButcherTableau]) run by the one RK step of
+  [`tableaux`][sde_diffusion.solvers.tableaux] with ``variable="sigma"`` (\(\rho\) is ``sigma_ve``).
 
-All multistep methods are ``x_s = (alpha_s/alpha_t) x_t + sum_j C_j eps_{i-j}`` (the update of multistep
+All multistep methods are \(x_s = \frac{\alpha_s}{\alpha_t} x_t + \sum_j C_j \epsilon_{i-j}\) (the update of multistep
 DPM-Solver, which runs them); order ``k`` multistep methods warm up with orders ``1, 2, ..`` on the first steps
 ([`step_orders`][sde_diffusion.solvers.warmup.step_orders]). With one node every method is DDIM(eta=0).
 """
@@ -68,9 +76,9 @@ def _past(values: torch.Tensor, idx: torch.Tensor, m: int) -> torch.Tensor:
 
 
 def deis_multistep_weights(ts: torch.Tensor, base, method: str, k: int, idx: torch.Tensor) -> torch.Tensor:
-    """Weights ``C_j`` (``j = 0..k-1``, node ``j`` = grid point ``i - j``) of the tAB or rhoAB steps ``i`` in
+    r"""Weights \(C_j\) (\(j = 0..k-1\), node \(j\) = grid point \(i - j\)) of the tAB or rhoAB steps \(i\) in
     ``idx``, each using ``k`` nodes. Shape ``(len(idx), [B], k)``; float64. See the module docstring for the formulas.
-    The weights sum to ``-sigma_s expm1(h)``, made exact in the step's own floats for long steps
+    The weights sum to \(-\sigma_s \operatorname{expm1}(h)\), made exact in the step's own floats for long steps
     ([`long_step_consistent`][sde_diffusion.solvers.expint.long_step_consistent])."""
     lam = torch.cat([base["lam"], base["lam_next"][-1:]])
     h, sig_s = base["h"][idx], base["sigma_next"][idx]
@@ -105,22 +113,23 @@ class DEIS(Solver):
     Args:
         order: number of nodes of the multistep methods (1--3, default 3); for ``rhork`` it must be omitted or
             equal the tableau's order.
-        method: ``"tab"`` (default; Lagrange in ``t``, weights by quadrature), ``"rhoab"`` (Lagrange in
-            ``rho = sigma/alpha``, exact weights), ``"logrho"`` (Lagrange in ``log rho``, phi-function weights;
-            diffusers' DEIS), or ``"rhork"`` (Runge--Kutta in ``rho``).
+        method: ``"tab"`` (default; Lagrange in \(t\), weights by quadrature), ``"rhoab"`` (Lagrange in
+            \(\rho = \sigma/\alpha\), exact weights), ``"logrho"`` (Lagrange in \(\log\rho\), \(\varphi\)-function
+            weights; diffusers' DEIS), or ``"rhork"`` (Runge--Kutta in \(\rho\)).
         tableau: for ``rhork``: ``"euler"``, ``"heun"``, ``"kutta3"`` or ``"rk4"`` (default ``"rk4"``), or a
             [`ButcherTableau`][sde_diffusion.solvers.tableaux.ButcherTableau].
 
     * Multistep methods (``tab``, ``rhoab``, ``logrho``): global order ``k = order`` (Gaussian data with the
       closed-form flow; ``logrho``-3 on a Gaussian mixture, being super-convergent on Gaussian data:
-      tests/test_deis.py), 1 NFE per step, memory ``k - 1`` past noise predictions. Steps ``0, 1, ..`` use
+      tests/test_deis.py), 1 NFE per step, memory \(k - 1\) past noise predictions. Steps ``0, 1, ..`` use
       ``1, 2, ..`` nodes (warm-up); strictly, the order-1 first step makes ``k = 3`` asymptotically second order,
-      with a constant ~``e^{2 lambda_min}`` that stays below the bulk error at practical NFE (docs/theory/deis.md).
+      with a constant \(\sim e^{2 \lambda_{\min}}\) that stays below the bulk error at practical NFE
+      (docs/theory/deis.md).
     * ``rhork``: order = the tableau's order, NFE per step = its number of stages (every step, the last included),
       memory 0.
 
     Equivalences: order 1 of ``tab``/``rhoab``/``logrho`` and ``rhork`` with ``euler`` are DDIM(eta=0)
-    (= DPM-Solver-1 = Euler in ``(x/alpha, sigma/alpha)``); ``logrho`` = multistep DPM-Solver with exact weights and
+    (= DPM-Solver-1 = Euler in \((x/\alpha, \sigma/\alpha)\)); ``logrho`` = multistep DPM-Solver with exact weights and
     = diffusers' ``DEISMultistepScheduler`` with ``algorithm_type="deis"`` (without its ``lower_order_final`` for
     fewer than 15 steps).
     """

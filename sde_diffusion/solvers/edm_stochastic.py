@@ -1,23 +1,24 @@
 r"""EDM's stochastic sampler (Karras et al. 2022, arXiv:2206.00364, Algorithm 2): Heun steps with "churn".
 
-In EDM's variables ``y = x/alpha`` and ``sigma_ve = e^{-lambda}`` (the probability-flow ODE is ``dy/dsigma = eps``),
-step ``i`` from ``sigma_i`` to ``sigma_{i+1}``:
+In EDM's variables \(y = x/\alpha\) and \(\sigma_{\rm ve} = e^{-\lambda}\) (the probability-flow ODE is
+\(\mathrm{d}y/\mathrm{d}\sigma = \epsilon\)), step \(i\) from \(\sigma_i\) to \(\sigma_{i+1}\):
 
-1. churn: ``gamma_i = min(S_churn/N, sqrt(2) - 1)`` if ``S_tmin <= sigma_i <= S_tmax`` else ``0``;
-   ``sigma_hat = (1 + gamma_i) sigma_i`` and ``y_hat = y + S_noise sqrt(sigma_hat^2 - sigma_i^2) z`` -- the exact
-   forward transition from ``sigma_i`` to ``sigma_hat`` (for ``S_noise = 1``);
-2. a Heun step of the ODE from ``sigma_hat`` to ``sigma_{i+1}``: ``y' = y_hat + (sigma_{i+1} - sigma_hat) eps_hat``,
-   ``y_{i+1} = y_hat + (sigma_{i+1} - sigma_hat) (eps_hat + eps')/2`` (an Euler step on the last interval, as
-   [`Heun`][sde_diffusion.solvers.classic.Heun]).
+1. churn: \(\gamma_i = \min(S_{\rm churn}/N, \sqrt2 - 1)\) if \(S_{\rm tmin} \le \sigma_i \le S_{\rm tmax}\) else \(0\);
+   \(\hat\sigma = (1 + \gamma_i) \sigma_i\) and \(\hat y = y + S_{\rm noise} \sqrt{\hat\sigma^2 - \sigma_i^2}\, z\) --
+   the exact forward transition from \(\sigma_i\) to \(\hat\sigma\) (for \(S_{\rm noise} = 1\));
+2. a Heun step of the ODE from \(\hat\sigma\) to \(\sigma_{i+1}\):
+   \(y' = \hat y + (\sigma_{i+1} - \hat\sigma)\, \hat\epsilon\),
+   \(y_{i+1} = \hat y + (\sigma_{i+1} - \hat\sigma)\, (\hat\epsilon + \epsilon')/2\) (an Euler step on the last
+   interval, as [`Heun`][sde_diffusion.solvers.classic.Heun]).
 
-For a schedule with ``alpha != 1`` the state is ``x = alpha y``: the churned point ``(t_hat, alpha_hat)`` is the time
-whose VE noise level is ``sigma_hat``; it may lie beyond ``t_max`` when the churn acts at the first step
-(``S_tmax`` keeps it off there, as in EDM's settings).
+For a schedule with \(\alpha \ne 1\) the state is \(x = \alpha y\): the churned point \((\hat t, \hat\alpha)\) is the
+time whose VE noise level is \(\hat\sigma\); it may lie beyond \(t_{\max}\) when the churn acts at the first step
+(\(S_{\rm tmax}\) keeps it off there, as in EDM's settings).
 
-Order: with ``S_noise = 1`` the churn is exact in law for any data, so the only error in law is the ODE step's:
+Order: with \(S_{\rm noise} = 1\) the churn is exact in law for any data, so the only error in law is the ODE step's:
 weak order 2 (Heun). The churn noise is a fresh normal per step (the step's ``noise.increment``), not a
-discretisation of a Brownian integral, so no strong order is declared. 2 NFE per step (``2N - 1`` in all).
-``S_churn = 0`` is [`Heun`][sde_diffusion.solvers.classic.Heun] with ``variable="sigma"``.
+discretisation of a Brownian integral, so no strong order is declared. 2 NFE per step (\(2N - 1\) in all).
+\(S_{\rm churn} = 0\) is [`Heun`][sde_diffusion.solvers.classic.Heun] with ``variable="sigma"``.
 """
 
 from __future__ import annotations
@@ -33,9 +34,10 @@ __all__ = ["EDMStochastic", "heun_sigma_coefficients", "heun_sigma_step", "model
 
 
 def heun_sigma_coefficients(la_a, lam_a, la_b, lam_b) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(a_x, a_eps)`` of an Euler step in EDM's variables from ``a`` to ``b`` written on ``x = alpha y``:
-    ``x_b = a_x x_a + a_eps eps`` with ``a_x = alpha_b/alpha_a`` and ``a_eps = alpha_b (sigma_ve_b - sigma_ve_a)``
-    (log alpha ``la``, half log-SNR ``lam`` at both ends). Heun's corrector is ``a_x x_a + a_eps (eps + eps')/2``."""
+    r"""``(a_x, a_eps)`` of an Euler step in EDM's variables from \(a\) to \(b\) written on \(x = \alpha y\):
+    \(x_b = a_x x_a + a_\epsilon \epsilon\) with \(a_x = \alpha_b/\alpha_a\) and
+    \(a_\epsilon = \alpha_b (\sigma_{{\rm ve},b} - \sigma_{{\rm ve},a})\) (log alpha ``la``, half log-SNR ``lam`` at
+    both ends). Heun's corrector is \(a_x x_a + a_\epsilon (\epsilon + \epsilon')/2\)."""
     return torch.exp(la_b - la_a), torch.exp(la_b) * (torch.exp(-lam_b) - torch.exp(-lam_a))
 
 
@@ -47,7 +49,7 @@ def model_time(t_like: torch.Tensor, value) -> torch.Tensor:
 
 
 def heun_sigma_step(model, x, t, alpha, sigma, t_next, alpha_next, sigma_next, a_x, a_eps, euler: bool = False):
-    """One Heun (or Euler) step of the probability-flow ODE in EDM's variables, on ``x = alpha y``."""
+    r"""One Heun (or Euler) step of the probability-flow ODE in EDM's variables, on \(x = \alpha y\)."""
     eps = model.predict(x, t, "eps", alpha, sigma)
     x_pred = lincomb(a_x, x, a_eps, eps)
     if euler:
@@ -62,9 +64,9 @@ class EDMStochastic(Solver):
     r"""EDM's stochastic Heun sampler with churn (arXiv:2206.00364, Alg. 2; k-diffusion's ``sample_heun`` with
     ``s_churn``): see the module docstring.
 
-    Options: ``s_churn >= 0`` (total churn; ``gamma_i = min(s_churn/N, sqrt(2) - 1)``), ``s_tmin``, ``s_tmax``
-    (the ``sigma_ve`` range where churn acts), ``s_noise`` (EDM's noise inflation, ``1`` keeps the marginals exact).
-    Weak order 2, no strong order (fresh normals, not Brownian increments), 2 NFE per step, ``2N - 1`` in all.
+    Options: ``s_churn >= 0`` (total churn; \(\gamma_i = \min(S_{\rm churn}/N, \sqrt2 - 1)\)), ``s_tmin``, ``s_tmax``
+    (the \(\sigma_{\rm ve}\) range where churn acts), ``s_noise`` (EDM's noise inflation, ``1`` keeps the marginals
+    exact). Weak order 2, no strong order (fresh normals, not Brownian increments), 2 NFE per step, \(2N - 1\) in all.
     """
 
     order = 2.0

@@ -1,18 +1,23 @@
 r"""The one source of exponential-integrator coefficients (float64, host side, vectorised over a grid).
 
-Variation of constants in the half log-SNR ``lambda`` (``h = lambda_s - lambda_t``, ``u = lambda - lambda_t``):
+Variation of constants in the half log-SNR \(\lambda\) (\(h = \lambda_s - \lambda_t\), \(u = \lambda - \lambda_t\)):
 
-* noise prediction:  ``x_s = (alpha_s/alpha_t) x_t - sigma_s int_0^h e^{h-u} eps(u) du``
-* data prediction:   ``x_s = (sigma_s/sigma_t) x_t + alpha_s int_0^h e^{-(h-u)} x0(u) du``
+* noise prediction: \(x_s = \frac{\alpha_s}{\alpha_t} x_t - \sigma_s \int_0^h e^{h-u} \epsilon(u)\, \mathrm{d}u\)
+* data prediction: \(x_s = \frac{\sigma_s}{\sigma_t} x_t + \alpha_s \int_0^h e^{-(h-u)} x_0(u)\, \mathrm{d}u\)
 
-Replacing the model output by its Lagrange interpolant through nodes ``u_j = r_j h`` gives the weights
+Replacing the model output by its Lagrange interpolant through nodes \(u_j = r_j h\) gives the weights
 
-``W_j = int_0^h e^{s (h-u)} L_j(u) du = h sum_k a_{jk} k! phi_{k+1}(s h)``, ``s = +1`` (eps) or ``-1`` (x0),
+\[W_j = \int_0^h e^{s (h-u)} L_j(u)\, \mathrm{d}u = h \sum_k a_{jk}\, k!\, \varphi_{k+1}(s h), \qquad
+s = +1 \text{ (eps) or } -1 \text{ (x0)},\]
 
-where ``a_{jk}`` are the monomial coefficients of the Lagrange basis in ``theta = u/h`` and
-``phi_k(z) = int_0^1 e^{(1-theta) z} theta^{k-1}/(k-1)! dtheta`` (``phi_1(z) = expm1(z)/z``). The ``phi_k`` are
-evaluated by their Taylor series for ``|z| < 1`` (no cancellation) and by the recurrence
-``phi_{k+1} = (phi_k - 1/k!)/z`` above. With one node the weight is ``expm1(h)`` (eps) or ``-expm1(-h)`` (x0):
+where \(a_{jk}\) are the monomial coefficients of the Lagrange basis in \(\theta = u/h\) and
+
+\[\varphi_k(z) = \int_0^1 e^{(1-\theta) z} \frac{\theta^{k-1}}{(k-1)!}\, \mathrm{d}\theta \qquad
+\big(\varphi_1(z) = \operatorname{expm1}(z)/z\big).\]
+
+The \(\varphi_k\) are evaluated by their Taylor series for \(|z| < 1\) (no cancellation) and by the recurrence
+\(\varphi_{k+1} = (\varphi_k - 1/k!)/z\) above. With one node the weight is \(\operatorname{expm1}(h)\) (eps) or
+\(-\operatorname{expm1}(-h)\) (x0):
 DDIM(eta=0) = DPM-Solver-1 = DPM-Solver++-1 = DEIS-1.
 """
 
@@ -40,7 +45,7 @@ _SERIES_TERMS = 30
 
 
 def phis(z: torch.Tensor, kmax: int) -> list[torch.Tensor]:
-    """``[phi_1(z), ..., phi_kmax(z)]`` in float64, stable for tiny and large ``|z|``."""
+    r"""\([\varphi_1(z), \dots, \varphi_{k_{\max}}(z)]\) in float64, stable for tiny and large \(|z|\)."""
     z = torch.as_tensor(z, dtype=torch.float64)
     small = z.abs() < SERIES_THRESHOLD
     zs = torch.where(small, z, torch.zeros_like(z))
@@ -59,16 +64,16 @@ def phis(z: torch.Tensor, kmax: int) -> list[torch.Tensor]:
 
 
 def phi(k: int, z: torch.Tensor) -> torch.Tensor:
-    """``phi_k(z)`` for ``k >= 0`` (``phi_0 = exp``)."""
+    r"""\(\varphi_k(z)\) for \(k \ge 0\) (\(\varphi_0 = \exp\))."""
     if k == 0:
         return torch.exp(torch.as_tensor(z, dtype=torch.float64))
     return phis(z, k)[-1]
 
 
 def lagrange_basis_coefficients(r: torch.Tensor) -> torch.Tensor:
-    """Monomial coefficients of the Lagrange basis through nodes ``r`` (shape ``(..., m)``).
+    r"""Monomial coefficients of the Lagrange basis through nodes ``r`` (shape ``(..., m)``).
 
-    Returns ``a`` of shape ``(..., m, m)`` with ``L_j(theta) = sum_k a[..., j, k] theta^k``.
+    Returns ``a`` of shape ``(..., m, m)`` with \(L_j(\theta) = \sum_k a_{jk} \theta^k\).
     """
     r = torch.as_tensor(r, dtype=torch.float64)
     m = r.shape[-1]
@@ -88,7 +93,8 @@ def lagrange_basis_coefficients(r: torch.Tensor) -> torch.Tensor:
 
 
 def lagrange_weights(r: torch.Tensor, h: torch.Tensor, sign: int) -> torch.Tensor:
-    """Exponentially weighted Lagrange weights ``W_j = int_0^h e^{sign (h-u)} L_j(u) du``.
+    r"""Exponentially weighted Lagrange weights \(W_j = \int_0^h e^{\pm (h-u)} L_j(u)\, \mathrm{d}u\) (sign \(\pm\) =
+    ``sign``).
 
     Args:
         r: node ratios ``u_j/h``, shape ``(..., m)`` (``0`` is the current point; negative for past points of a
@@ -96,7 +102,7 @@ def lagrange_weights(r: torch.Tensor, h: torch.Tensor, sign: int) -> torch.Tenso
         h: step in lambda, shape ``(...)``.
         sign: ``+1`` for noise prediction, ``-1`` for data prediction.
 
-    Returns ``(..., m)``. One node gives ``expm1(h)`` or ``-expm1(-h)``.
+    Returns ``(..., m)``. One node gives \(\operatorname{expm1}(h)\) or \(-\operatorname{expm1}(-h)\).
     """
     if sign not in (1, -1):
         raise ValueError("sign must be +1 (eps) or -1 (x0)")
@@ -111,8 +117,8 @@ def lagrange_weights(r: torch.Tensor, h: torch.Tensor, sign: int) -> torch.Tenso
 
 
 def lagrange_poly_weights(r: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """Unweighted Lagrange weights ``W_j = int_0^h L_j(u) du`` for nodes ``u_j = r_j h`` (shapes as in
-    :func:`lagrange_weights`): the ``z -> 0`` limit of the exponential weights, ``k! phi_{k+1}(0) = 1/(k+1)``.
+    r"""Unweighted Lagrange weights \(W_j = \int_0^h L_j(u)\, \mathrm{d}u\) for nodes \(u_j = r_j h\) (shapes as in
+    :func:`lagrange_weights`): the \(z \to 0\) limit of the exponential weights, \(k!\, \varphi_{k+1}(0) = 1/(k+1)\).
     Adams--Bashforth weights in a variable where the integrand carries no exponential (DEIS rhoAB)."""
     r = torch.as_tensor(r, dtype=torch.float64)
     h = torch.as_tensor(h, dtype=torch.float64)
@@ -126,8 +132,8 @@ _GL_CACHE: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
 def gauss_legendre(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n``-point Gauss--Legendre nodes and weights on ``[0, 1]`` (float64; exact for polynomials of degree
-    ``2n - 1``)."""
+    r"""``n``-point Gauss--Legendre nodes and weights on \([0, 1]\) (float64; exact for polynomials of degree
+    \(2n - 1\))."""
     if n not in _GL_CACHE:
         import numpy as np
 
@@ -137,11 +143,12 @@ def gauss_legendre(n: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def exp_weighted_quadrature(g, h: torch.Tensor, sign: int, n: int = 32) -> torch.Tensor:
-    """``int_0^h e^{sign (h-u)} g(u) du`` by ``n``-point Gauss--Legendre in ``u`` (float64).
+    r"""\(\int_0^h e^{\pm (h-u)} g(u)\, \mathrm{d}u\) (sign \(\pm\) = ``sign``) by ``n``-point Gauss--Legendre in \(u\)
+    (float64).
 
     For weights whose interpolant is not a polynomial in ``lambda`` (DEIS tAB: Lagrange in ``t``). ``g`` is called
     with ``u`` of shape ``h.shape + (n,)`` and returns ``(..., m, n)`` (``m`` functions at once); the result has shape
-    ``(..., m)``. For smooth ``g`` the error falls like ``(|h|/2)^{2n}/(2n)!`` times the size of the derivatives.
+    ``(..., m)``. For smooth \(g\) the error falls like \((|h|/2)^{2n}/(2n)!\) times the size of the derivatives.
     """
     if sign not in (1, -1):
         raise ValueError("sign must be +1 (eps) or -1 (x0)")
@@ -160,22 +167,25 @@ LONG_STEP = math.log(2.0)
 def long_step_consistent(
     weights: torch.Tensor, h: torch.Tensor, ratio: torch.Tensor, start: torch.Tensor, end: torch.Tensor
 ) -> torch.Tensor:
-    r"""The weights ``c_j`` of an update ``x_b = ratio x_a + sum_j c_j m_j``, with ``c_0`` replaced on long steps
-    (``|h| > log 2``) so that ``sum_j c_j = end - ratio * start`` holds for the *same* floats the update uses.
+    r"""The weights \(c_j\) of an update \(x_b = \mathrm{ratio}\, x_a + \sum_j c_j m_j\), with \(c_0\) replaced on long
+    steps (\(|h| > \log 2\)) so that \(\sum_j c_j = \mathrm{end} - \mathrm{ratio} \cdot \mathrm{start}\) holds for the
+    *same* floats the update uses.
 
-    Every exponential integrator in this package has this frame: noise prediction ``ratio = alpha_b/alpha_a``,
-    ``(start, end) = (sigma_a, sigma_b)``; data prediction ``ratio = sigma_b/sigma_a``, ``(start, end) =
-    (alpha_a, alpha_b)``; and its weights sum, in exact arithmetic, to ``end - ratio * start`` (``-sigma_b
-    expm1(h)`` or ``-alpha_b expm1(-h)``). With a constant model output (point-mass data, ``x_a = alpha_a x0 +
-    sigma_a eps``) the update is exact iff that sum holds. For a long step the update cancels two terms of size
-    ``ratio |x_a|`` (about ``150 |x|`` for one VP-linear noise-prediction step over the whole range); forming the
-    sum from the frame's own floats (instead of ``expm1`` of a difference of two rounded half log-SNRs, each off by
-    an ulp of ``|lambda|``) keeps that cancellation exact (the effect on point-mass round-off is measured in
-    docs/theory/exponential_integrators.md). For short steps the difference ``end - ratio * start`` would cancel
-    instead, so the ``expm1``-based weights are kept there.
+    Every exponential integrator in this package has this frame: noise prediction
+    \(\mathrm{ratio} = \alpha_b/\alpha_a\), \((\mathrm{start}, \mathrm{end}) = (\sigma_a, \sigma_b)\); data prediction
+    \(\mathrm{ratio} = \sigma_b/\sigma_a\), \((\mathrm{start}, \mathrm{end}) = (\alpha_a, \alpha_b)\); and its weights
+    sum, in exact arithmetic, to \(\mathrm{end} - \mathrm{ratio} \cdot \mathrm{start}\)
+    (\(-\sigma_b \operatorname{expm1}(h)\) or \(-\alpha_b \operatorname{expm1}(-h)\)). With a constant model output
+    (point-mass data, \(x_a = \alpha_a x_0 + \sigma_a \epsilon\)) the update is exact iff that sum holds. For a long
+    step the update cancels two terms of size \(\mathrm{ratio}\, |x_a|\) (about \(150 |x|\) for one VP-linear
+    noise-prediction step over the whole range); forming the sum from the frame's own floats (instead of ``expm1`` of a
+    difference of two rounded half log-SNRs, each off by an ulp of \(|\lambda|\)) keeps that cancellation exact (the
+    effect on point-mass round-off is measured in docs/theory/exponential_integrators.md). For short steps the
+    difference \(\mathrm{end} - \mathrm{ratio} \cdot \mathrm{start}\) would cancel instead, so the ``expm1``-based
+    weights are kept there.
 
     Args:
-        weights: ``(..., m)``, ``m >= 1`` (not modified).
+        weights: ``(..., m)``, \(m \ge 1\) (not modified).
         h, ratio, start, end: ``(...)``.
     """
     total = end - ratio * start

@@ -2,31 +2,34 @@ r"""Pseudo numerical methods: PNDM (S-PNDM, F-PNDM), PLMS and iPNDM.
 
 Liu, Ren, Lin & Zhao, "Pseudo Numerical Methods for Diffusion Models on Manifolds" (arXiv:2202.09778) split a
 classical solver into a *gradient part* (how the noise predictions of several points are combined into one
-``eps'``) and a *transfer part* (how ``x`` is moved with that ``eps'``). The transfer part is the DDIM step
+\(\epsilon'\)) and a *transfer part* (how \(x\) is moved with that \(\epsilon'\)). The transfer part is the DDIM step
 
 \[ \phi(x_t, \epsilon', t \to s) = \frac{\alpha_s}{\alpha_t} x_t - \sigma_s (e^{h} - 1)\, \epsilon',
    \qquad h = \lambda_s - \lambda_t, \]
 
 i.e. :func:`~sde_diffusion.solvers.first_order.ddim_coefficients` with ``eta = 0``: the exact solution of the
-probability-flow ODE when ``eps`` is frozen (exact for point-mass data; the property Liu et al. credit for keeping
+probability-flow ODE when \(\epsilon\) is frozen (exact for point-mass data; the property Liu et al. credit for keeping
 samples near the data manifold at large steps -- ``docs/theory/pndm.md`` measures when it helps).
 Gradient parts here:
 
 * **pseudo linear multistep** (PLMS): Adams--Bashforth on the noise predictions of the previous grid points,
-  ``eps' = sum_j b_j eps_{n-j}`` with the *fixed* (uniform-step) coefficients, e.g. ``(55, -59, 37, -9)/24``;
-* **pseudo improved Euler** (S-PNDM's first step, PLMS's first step): ``eps' = (eps(x_t, t) + eps(x_pred, s))/2``
-  with ``x_pred = phi(x_t, eps(x_t, t), t -> s)`` -- 2 NFE;
-* **pseudo Runge--Kutta 4** (F-PNDM's first three steps): four evaluations, at ``t``, twice at the mid point and at
-  ``s``, combined with weights ``(1, 2, 2, 1)/6`` -- 4 NFE.
+  \(\epsilon' = \sum_j b_j \epsilon_{n-j}\) with the *fixed* (uniform-step) coefficients, e.g.
+  \((55, -59, 37, -9)/24\);
+* **pseudo improved Euler** (S-PNDM's first step, PLMS's first step):
+  \(\epsilon' = \tfrac12 \big(\epsilon(x_t, t) + \epsilon(x_{\rm pred}, s)\big)\) with
+  \(x_{\rm pred} = \phi(x_t, \epsilon(x_t, t), t \to s)\) -- 2 NFE;
+* **pseudo Runge--Kutta 4** (F-PNDM's first three steps): four evaluations, at \(t\), twice at the mid point and at
+  \(s\), combined with weights \((1, 2, 2, 1)/6\) -- 4 NFE.
 
-In the variables ``y = x/alpha``, ``sigma_ve = sigma/alpha`` the transfer part is an Euler step
-(``y_s = y_t + (sigma_ve(s) - sigma_ve(t)) eps'``), so the mid point is taken half-way in ``sigma_ve``; then the
-pseudo-RK4 step *is* the classical RK4 step of ``dy/dsigma_ve = eps`` and the pseudo improved Euler step is Heun's:
+In the variables \(y = x/\alpha\), \(\sigma_{\rm ve} = \sigma/\alpha\) the transfer part is an Euler step
+(\(y_s = y_t + (\sigma_{\rm ve}(s) - \sigma_{\rm ve}(t))\, \epsilon'\)), so the mid point is taken half-way in
+\(\sigma_{\rm ve}\); then the pseudo-RK4 step *is* the classical RK4 step of
+\(\mathrm{d}y/\mathrm{d}\sigma_{\rm ve} = \epsilon\) and the pseudo improved Euler step is Heun's:
 both are their Butcher tableau run by the one RK step of [`tableaux`][sde_diffusion.solvers.tableaux].
 
 Order (see ``docs/theory/pndm.md`` and ``tests/test_pndm.py``): the Adams--Bashforth coefficients are
-those of a uniform grid in ``sigma_ve``; on any other grid (a logSNR-uniform one in particular) they leave a
-local defect of ``O(h^3)`` whatever the Adams--Bashforth order, so every PLMS/iPNDM/PNDM variant with
+those of a uniform grid in \(\sigma_{\rm ve}\); on any other grid (a logSNR-uniform one in particular) they leave a
+local defect of \(O(h^3)\) whatever the Adams--Bashforth order, so every PLMS/iPNDM/PNDM variant with
 ``order >= 2`` converges with global order **2**, not 4 (DEIS, arXiv:2204.13902, makes the same observation and
 fixes it with exact variable-step weights).
 
@@ -66,9 +69,9 @@ MULTISTEP, RK = 0, 1
 @cache
 def adams_bashforth(k: int) -> tuple[float, ...]:
     r"""Adams--Bashforth coefficients of order ``k`` on a uniform grid, newest first:
-    ``b_j = int_0^1 L_j(theta) d theta`` for the Lagrange basis through the nodes ``theta_j = -j``
-    (the ``h -> 0`` limit of :func:`~sde_diffusion.solvers.expint.lagrange_weights` divided by ``h``).
-    ``k = 4`` gives ``(55, -59, 37, -9)/24``."""
+    \(b_j = \int_0^1 L_j(\theta)\, \mathrm{d}\theta\) for the Lagrange basis through the nodes \(\theta_j = -j\)
+    (the \(h \to 0\) limit of :func:`~sde_diffusion.solvers.expint.lagrange_weights` divided by \(h\)).
+    \(k = 4\) gives \((55, -59, 37, -9)/24\)."""
     if not 1 <= k <= 4:
         raise ValueError(f"Adams-Bashforth order must be 1..4, got {k}")
     a = lagrange_basis_coefficients(-torch.arange(k, dtype=torch.float64))
@@ -134,13 +137,13 @@ class PNDM(_PseudoMultistep):
     after pseudo Runge--Kutta warm-up steps that fill its history.
 
     * ``warmup="rk4"`` (default; F-PNDM): three pseudo-RK4 warm-up steps (4 NFE each), then the fourth-order pseudo
-      linear multistep ``eps' = (55 eps_n - 59 eps_{n-1} + 37 eps_{n-2} - 9 eps_{n-3})/24``. NFE ``N + 9`` for
-      ``N >= 3`` (``4 N`` below), memory 3.
+      linear multistep \(\epsilon' = (55 \epsilon_n - 59 \epsilon_{n-1} + 37 \epsilon_{n-2} - 9 \epsilon_{n-3})/24\).
+      NFE \(N + 9\) for \(N \ge 3\) (\(4 N\) below), memory 3.
     * ``warmup="heun"`` (S-PNDM): one pseudo improved-Euler (Heun) step (2 NFE), then the second-order pseudo linear
-      multistep ``eps' = (3 eps_n - eps_{n-1})/2``. NFE ``N + 1``, memory 1.
+      multistep \(\epsilon' = (3 \epsilon_n - \epsilon_{n-1})/2\). NFE \(N + 1\), memory 1.
 
     Global order 2 on a logSNR-uniform grid (the fixed Adams--Bashforth coefficients are exact only on a grid
-    uniform in ``sigma_ve``; measured slopes in docs/theory/pndm.md).
+    uniform in \(\sigma_{\rm ve}\); measured slopes in docs/theory/pndm.md).
     """
 
     def __init__(self, warmup: str = "rk4"):
@@ -160,8 +163,9 @@ class PNDM(_PseudoMultistep):
 @register("plms")
 class PLMS(_PseudoMultistep):
     r"""PLMS as in latent diffusion / diffusers (arXiv:2202.09778): a pseudo improved-Euler (Heun) first step
-    (2 NFE), then pseudo linear multistep of order 2, 3 and 4 (``eps' = (55 eps_n - 59 eps_{n-1} + 37 eps_{n-2}
-    - 9 eps_{n-3})/24`` from the fourth step on). NFE ``N + 1``, memory 3. Global order 2 on a logSNR-uniform grid
+    (2 NFE), then pseudo linear multistep of order 2, 3 and 4
+    (\(\epsilon' = (55 \epsilon_n - 59 \epsilon_{n-1} + 37 \epsilon_{n-2} - 9 \epsilon_{n-3})/24\) from the fourth step
+    on). NFE \(N + 1\), memory 3. Global order 2 on a logSNR-uniform grid
     (docs/theory/pndm.md).
     """
 
@@ -177,7 +181,7 @@ class PLMS(_PseudoMultistep):
 @register("ipndm")
 class IPNDM(_PseudoMultistep):
     r"""iPNDM (Zhang & Chen, DEIS, arXiv:2204.13902): pseudo linear multistep with a lower-order warm start -- step
-    ``i`` uses Adams--Bashforth of order ``min(i + 1, ab_order)`` on the noise predictions
+    \(i\) uses Adams--Bashforth of order \(\min(i + 1, \mathtt{ab\_order})\) on the noise predictions
     ([`step_orders`][sde_diffusion.solvers.warmup.step_orders]), so no step spends an extra model evaluation.
     1 NFE per step, memory ``ab_order - 1``. ``ab_order=1`` is DDIM(eta=0) (global order 1); for ``ab_order >= 2``
     the global ``order`` is 2 on a logSNR-uniform grid (docs/theory/pndm.md).

@@ -1,20 +1,23 @@
 r"""Restart sampling (Xu et al. 2023, arXiv:2306.14878): probability-flow ODE steps with forward-noise restarts.
 
-The main run is EDM's Heun on the probability-flow ODE (in ``y = x/alpha``, ``sigma_ve``; see
-[`edm_stochastic`][sde_diffusion.solvers.edm_stochastic]). A restart interval ``[sigma_lo, sigma_hi]`` (VE noise
-levels) is attached to the main-grid point closest to ``sigma_lo`` (its level is the interval's actual lower end
-``sigma_lo'``). After the main step that reaches it, ``K`` times:
+The main run is EDM's Heun on the probability-flow ODE (in \(y = x/\alpha\), \(\sigma_{\rm ve}\); see
+[`edm_stochastic`][sde_diffusion.solvers.edm_stochastic]). A restart interval \([\sigma_{\rm lo}, \sigma_{\rm hi}]\)
+(VE noise levels) is attached to the main-grid point closest to \(\sigma_{\rm lo}\) (its level is the interval's actual
+lower end \(\sigma_{\rm lo}'\)). After the main step that reaches it, \(K\) times:
 
-1. jump forward: ``y <- y + sqrt(sigma_hi^2 - sigma_lo'^2) z`` -- the exact forward transition, i.e. in the state
-   ``x_hi = (alpha_hi/alpha_lo) x_lo + alpha_hi sqrt(sigma_hi^2 - sigma_lo'^2) z``;
-2. run ``n`` Heun steps of the ODE back from ``sigma_hi`` to ``sigma_lo'`` on a Karras grid (``rho = 7``).
+1. jump forward: \(y \leftarrow y + \sqrt{\sigma_{\rm hi}^2 - \sigma_{\rm lo}'^2}\, z\) -- the exact forward
+   transition, i.e. in the state \(x_{\rm hi} = \frac{\alpha_{\rm hi}}{\alpha_{\rm lo}} x_{\rm lo} +
+   \alpha_{\rm hi} \sqrt{\sigma_{\rm hi}^2 - \sigma_{\rm lo}'^2}\, z\);
+2. run \(n\) Heun steps of the ODE back from \(\sigma_{\rm hi}\) to \(\sigma_{\rm lo}'\) on a Karras grid
+   (\(\rho = 7\)).
 
 With an exact ODE the restarts leave the marginal unchanged (the forward jump is exact and the ODE maps
-``p_{sigma_hi}`` to ``p_{sigma_lo'}``); they contract the error accumulated before ``sigma_lo'``, at the price of the
-ODE error of the inner runs. Weak order 2 (Heun) when the inner runs are refined with the main grid (``n`` a fraction
-of the step count, the default); with a fixed ``n`` their error is a floor (declared order 0). No strong order (the
-restart noise is fresh normals, ``noise.normal(x, k)``). NFE: ``2N - 1`` for the main run plus ``2 n K`` per interval.
-With ``K = 0`` (or no intervals) it is [`Heun`][sde_diffusion.solvers.classic.Heun] with ``variable="sigma"``.
+\(p_{\sigma_{\rm hi}}\) to \(p_{\sigma_{\rm lo}'}\)); they contract the error accumulated before \(\sigma_{\rm lo}'\),
+at the price of the ODE error of the inner runs. Weak order 2 (Heun) when the inner runs are refined with the main grid
+(``n`` a fraction of the step count, the default); with a fixed ``n`` their error is a floor (declared order 0). No
+strong order (the restart noise is fresh normals, ``noise.normal(x, k)``). NFE: \(2N - 1\) for the main run plus
+\(2 n K\) per interval. With \(K = 0\) (or no intervals) it is [`Heun`][sde_diffusion.solvers.classic.Heun] with
+``variable="sigma"``.
 """
 
 from __future__ import annotations
@@ -35,8 +38,8 @@ DEFAULT_RESTART = ((0.1, 2.0, 2, 0.25),)
 
 
 def inner_steps(n: int | float, steps: int) -> int:
-    """Inner Heun steps of a restart interval: ``n`` itself (an int) or ``max(1, round(n * steps))`` (a fraction
-    ``0 < n <= 1`` of the main step count)."""
+    r"""Inner Heun steps of a restart interval: ``n`` itself (an int) or
+    \(\max(1, \mathrm{round}(n \cdot \mathrm{steps}))\) (a fraction \(0 < n \le 1\) of the main step count)."""
     return n if isinstance(n, int) else max(1, round(n * steps))
 
 
@@ -66,7 +69,7 @@ class Restart(Solver):
     [`inner_steps`][sde_diffusion.solvers.restart.inner_steps]); default
     [`DEFAULT_RESTART`][sde_diffusion.solvers.restart.DEFAULT_RESTART]. Declared weak order 2 when every inner run is a
     fraction of the grid (refined with it); 0 when some interval has a fixed ``n`` (its inner ODE error does not shrink
-    as the main grid is refined). Weak order 2, no strong order, NFE ``2N - 1 + sum 2 n K``.
+    as the main grid is refined). Weak order 2, no strong order, NFE \(2N - 1 + \sum 2 n K\).
     """
 
     order = 2.0

@@ -3,29 +3,32 @@ r"""SDE-DPM-Solver++ beyond 1/2M: the singlestep "DPM++ SDE" and the third-order
 ``sample_dpmpp_3m_sde``).
 
 **Singlestep (``sde_dpm_solver++_2s``).** A DPM-Solver++(2S) step whose two updates are both *ancestral*
-([`ancestral`][sde_diffusion.solvers.ancestral]): with ``h = lambda_n - lambda``, the stage at
-``lambda_s = lambda + r h`` and VE-scaled ``y = x/alpha``,
+([`ancestral`][sde_diffusion.solvers.ancestral]): with \(h = \lambda_n - \lambda\), the stage at
+\(\lambda_s = \lambda + r h\) and VE-scaled \(y = x/\alpha\),
 
-* stage: ``y_s = (sigma_d'/sigma) y + (1 - sigma_d'/sigma) x0 + sigma_u' z_1`` with ``(sigma_d', sigma_u')`` the
-  ancestral split of ``sigma -> sigma_s``, ``z_1`` the normalised Brownian increment over ``[t, t_s]``;
-* final: ``y_n = (sigma_d/sigma) y + (1 - sigma_d/sigma) [(1 - 1/(2r)) x0 + x0_s/(2r)] + sigma_u z`` with the split of
-  ``sigma -> sigma_n`` and ``z`` the increment over the *whole* step ``[t, t_n]`` (the update starts again from
-  ``y``), so the two draws are correlated exactly as two increments of one Brownian path.
+* stage: \(y_s = \frac{\sigma_d'}{\sigma} y + \big(1 - \frac{\sigma_d'}{\sigma}\big) x_0 + \sigma_u' z_1\) with
+  \((\sigma_d', \sigma_u')\) the ancestral split of \(\sigma \to \sigma_s\), \(z_1\) the normalised Brownian increment
+  over \([t, t_s]\);
+* final: \(y_n = \frac{\sigma_d}{\sigma} y + \big(1 - \frac{\sigma_d}{\sigma}\big)
+  \big[\big(1 - \frac{1}{2r}\big) x_0 + \frac{1}{2r} x_{0,s}\big] + \sigma_u z\) with the split of
+  \(\sigma \to \sigma_n\) and \(z\) the increment over the *whole* step \([t, t_n]\) (the update starts again from
+  \(y\)), so the two draws are correlated exactly as two increments of one Brownian path.
 
 With a Brownian path (torchsde ``BrownianInterval``, [`brownian_path`][sde_diffusion.reference.brownian_path]) the
 result barely depends on the step count; without one (independent normals) the sub-step increment is drawn from the
-Brownian bridge: ``z_1 = sqrt(f) z + sqrt(1 - f) xi`` (``f = (t - t_s)/(t - t_n)``, ``xi`` an extra normal), which
-has the same joint law. ``eta = 0`` is DPM-Solver++(2S) (``r = 1/2``).
+Brownian bridge: \(z_1 = \sqrt{f}\, z + \sqrt{1 - f}\, \xi\) (\(f = (t - t_s)/(t - t_n)\), \(\xi\) an extra normal),
+which has the same joint law. \(\eta = 0\) is DPM-Solver++(2S) (\(r = 1/2\)).
 
 **3M (``sde_dpm_solver++_3m``).** The multistep data-prediction update for the reverse-SDE family with noise
-``sqrt(eta) g`` (see [`SDEDPMSolverPP`][sde_diffusion.solvers.dpm_solver.SDEDPMSolverPP]): linear part
-``(sigma_n/sigma) e^{-eta h}``, weights of the step ``(1 + eta) h`` through the last three data predictions
-(``h phi_1 x0 + h phi_2 D_1 + h phi_3 D_2``, the published rule ``"ref3"``; the warm-up second step uses the exact
-``phi_2`` weight, k-diffusion's choice, i.e. ``update="heun"``), and noise ``sigma_n sqrt(1 - e^{-2 eta h}) z``.
+\(\sqrt{\eta}\, g\) (see [`SDEDPMSolverPP`][sde_diffusion.solvers.dpm_solver.SDEDPMSolverPP]): linear part
+\(\frac{\sigma_n}{\sigma} e^{-\eta h}\), weights of the step \((1 + \eta) h\) through the last three data predictions
+(\(h \varphi_1 x_0 + h \varphi_2 D_1 + h \varphi_3 D_2\), the published rule ``"ref3"``; the warm-up second step uses
+the exact \(\varphi_2\) weight, k-diffusion's choice, i.e. ``update="heun"``), and noise
+\(\sigma_n \sqrt{1 - e^{-2 \eta h}}\, z\).
 
-Cost of a Brownian path: each query of a ``BrownianInterval`` walks its binary tree (``O(log(1/tol))`` levels, each
-a Brownian-bridge normal draw the first time an interval is split) -- a few tens of microseconds per query on a CPU,
-independent of the state size only up to the draws, which are state-sized; the singlestep method queries it twice
+Cost of a Brownian path: each query of a ``BrownianInterval`` walks its binary tree (\(O(\log(1/\mathrm{tol}))\) levels,
+each a Brownian-bridge normal draw the first time an interval is split) -- a few tens of microseconds per query on a
+CPU, independent of the state size only up to the draws, which are state-sized; the singlestep method queries it twice
 per step. See ``docs/theory/stochastic_samplers.md`` for measured per-step overheads.
 """
 
@@ -44,14 +47,15 @@ __all__ = ["SDEDPMSolverPP2S", "SDEDPMSolverPP3M", "substep_increment"]
 
 
 def substep_increment(noise: StepNoise, x: torch.Tensor, t_mid, f, z: torch.Tensor, k: int = 0) -> torch.Tensor:
-    r"""The normalised increment ``(W(s_mid) - W(s_a))/sqrt(t_a - t_mid)`` of the step's driving Brownian motion over
-    the first part ``[t_a, t_mid]`` of step ``noise.i`` (``s = -t``), ``f = (t_a - t_mid)/(t_a - t_b)`` its fraction
+    r"""The normalised increment \((W(s_{\rm mid}) - W(s_a))/\sqrt{t_a - t_{\rm mid}}\) of the step's driving Brownian
+    motion over the first part \([t_a, t_{\rm mid}]\) of step ``noise.i`` (\(s = -t\)),
+    \(f = (t_a - t_{\rm mid})/(t_a - t_b)\) its fraction
     of the step (a float, or a per-sample coefficient tensor).
 
     A torchsde path ([`BrownianNoise`][sde_diffusion.solvers.base.BrownianNoise], one grid for the batch) is queried
-    directly; any other source gives the Brownian-bridge draw ``sqrt(f) z + sqrt(1 - f) xi`` from the step's
-    increment ``z`` (drawn once by the caller: a generator gives a fresh normal at every ``noise.increment`` call)
-    and the independent normal ``xi = noise.normal(x, k)``, which has the same joint law with ``z``."""
+    directly; any other source gives the Brownian-bridge draw \(\sqrt{f}\, z + \sqrt{1 - f}\, \xi\) from the step's
+    increment \(z\) (drawn once by the caller: a generator gives a fresh normal at every ``noise.increment`` call)
+    and the independent normal \(\xi\) = ``noise.normal(x, k)``, which has the same joint law with ``z``."""
     src = noise.source
     if isinstance(src, BrownianNoise):
         ta = float(noise.ts[noise.i])
@@ -67,9 +71,9 @@ class SDEDPMSolverPP2S(Solver):
     r"""SDE-DPM-Solver++ singlestep, "DPM++ SDE" (k-diffusion's ``sample_dpmpp_sde``; arXiv:2211.01095): see the
     module docstring.
 
-    Options: ``eta`` in ``[0, 1]`` (``1``: the reverse SDE; ``0``: DPM-Solver++(2S)), ``r`` in ``(0, 1)`` (the
-    stage position, default ``1/2``), ``s_noise`` (multiplier of the added noise).
-    Weak order 2 (both updates are ancestral, exact in law up to the deterministic part's ``O(h^3)``), strong
+    Options: ``eta`` in \([0, 1]\) (``1``: the reverse SDE; ``0``: DPM-Solver++(2S)), ``r`` in \((0, 1)\) (the
+    stage position, default \(1/2\)), ``s_noise`` (multiplier of the added noise).
+    Weak order 2 (both updates are ancestral, exact in law up to the deterministic part's \(O(h^3)\)), strong
     order 1 (``eta = 1``; additive noise), 2 NFE per step.
     """
 
@@ -137,7 +141,7 @@ class SDEDPMSolverPP3M(SDEDPMSolverPP):
     r"""SDE-DPM-Solver++(3M), "DPM++ 3M SDE" (k-diffusion's ``sample_dpmpp_3m_sde``; arXiv:2211.01095): the
     multistep update of [`SDEDPMSolverPP`][sde_diffusion.solvers.dpm_solver.SDEDPMSolverPP] through the last *three*
     data predictions (module docstring). One NFE per step, memory 2 outputs; warm-up orders 1, 2 and, with
-    ``lower_order_final``, orders ``min(3, steps - i)`` below 15 steps.
+    ``lower_order_final``, orders \(\min(3, \mathrm{steps} - i)\) below 15 steps.
 
     Options: ``eta >= 0``, ``lower_order_final``, ``update`` (``"heun"``, default: k-diffusion's form;
     ``"paper"``/``"midpoint"``: diffusers' midpoint warm-up step; ``"exact"``: exact quadratic weights).

@@ -1,23 +1,25 @@
 r"""Explicit Runge--Kutta methods as data: a Butcher tableau, and one step that runs any tableau on the
 probability-flow ODE.
 
-A tableau ``(A, b, c)`` with ``s`` stages takes a step of size ``d`` of ``dy/ds = F(s, y)`` as
+A tableau \((A, b, c)\) with \(s\) stages takes a step of size \(d\) of \(\mathrm{d}y/\mathrm{d}s = F(s, y)\) as
 
-``k_i = F(s_0 + c_i d, y_0 + d sum_{j<i} A_ij k_j)``,  ``y_1 = y_0 + d sum_i b_i k_i``
+\[k_i = F\Big(s_0 + c_i d,\ y_0 + d \sum_{j<i} A_{ij} k_j\Big), \qquad y_1 = y_0 + d \sum_i b_i k_i\]
 
 (as diffrax's ``ButcherTableau`` or scipy's ``RK45.A/B/C``). The PF-ODE is run in one of two variables:
 
-* ``variable="sigma"``: EDM's variables (arXiv:2206.00364) ``y = x/alpha``, ``s = sigma_ve = sigma/alpha =
-  e^{-lambda}``, where the ODE is ``dy/dsigma_ve = eps(alpha y, t)``. Stage ``i`` sits at ``sigma_ve`` =
-  ``sigma_ve(t) + c_i d``; in ``x`` a partial move is ``x_i = (alpha_i/alpha) x + alpha_i d sum_j A_ij eps_j``,
+* ``variable="sigma"``: EDM's variables (arXiv:2206.00364) \(y = x/\alpha\),
+  \(s = \sigma_{\rm ve} = \sigma/\alpha = e^{-\lambda}\), where the ODE is
+  \(\mathrm{d}y/\mathrm{d}\sigma_{\rm ve} = \epsilon(\alpha y, t)\). Stage \(i\) sits at
+  \(\sigma_{\rm ve} = \sigma_{\rm ve}(t) + c_i d\); in \(x\) a partial move is
+  \(x_i = \frac{\alpha_i}{\alpha} x + \alpha_i d \sum_j A_{ij} \epsilon_j\),
   i.e. a DDIM(eta=0) transfer with a combined noise prediction. Euler is DDIM(eta=0); this serves ``euler``/``heun``
-  with ``variable="sigma"``, DEIS rhoRK (arXiv:2204.13902, ``rho = sigma_ve``) and the pseudo-Runge--Kutta warm-up
-  steps of PNDM (arXiv:2202.09778), which *are* classical RK in ``sigma_ve``. Exact for point-mass data (``eps`` is
-  constant along the flow and ``sum_i b_i = 1``).
-* ``variable="t"``: ``dx/dt = f(t) x + g^2(t)/(2 sigma(t)) eps(x, t)``, stage ``i`` at ``t + c_i dt`` (stages at the
-  step's ends only, ``c_i`` in ``{0, 1}``: Euler and Heun).
+  with ``variable="sigma"``, DEIS rhoRK (arXiv:2204.13902, \(\rho = \sigma_{\rm ve}\)) and the pseudo-Runge--Kutta
+  warm-up steps of PNDM (arXiv:2202.09778), which *are* classical RK in \(\sigma_{\rm ve}\). Exact for point-mass data
+  (\(\epsilon\) is constant along the flow and \(\sum_i b_i = 1\)).
+* ``variable="t"``: \(\frac{\mathrm{d}x}{\mathrm{d}t} = f(t)\, x + \frac{g^2(t)}{2 \sigma(t)} \epsilon(x, t)\), stage
+  \(i\) at \(t + c_i \Delta t\) (stages at the step's ends only, \(c_i \in \{0, 1\}\): Euler and Heun).
 
-Both right-hand sides are linear in ``(x, eps)``, so every stage input and the result are linear combinations of
+Both right-hand sides are linear in \((x, \epsilon)\), so every stage input and the result are linear combinations of
 ``x``, the earlier stage inputs (``variable="t"`` only) and the stage outputs with per-step float64 coefficients
 computed once per grid ([`rk_coefficients`][sde_diffusion.solvers.tableaux.rk_coefficients]); the step
 ([`rk_step`][sde_diffusion.solvers.tableaux.rk_step]) is one fused ``lincomb`` per

@@ -1,20 +1,23 @@
 r"""UniPC: unified predictor--corrector multistep exponential integrators (Zhao et al. 2023, arXiv:2302.04867).
 
-With ``h_i = lambda_{i+1} - lambda_i``, the model output ``m`` (data prediction ``x0`` or noise prediction ``eps``)
-and ``hh = -h`` (data) or ``hh = h`` (noise), one UniP-p step from ``t_i`` to ``t_{i+1}`` is::
+With \(h_i = \lambda_{i+1} - \lambda_i\), the model output \(m\) (data prediction \(x_0\) or noise prediction
+\(\epsilon\)) and \(\hat h = -h\) (data) or \(\hat h = h\) (noise), one UniP-p step from \(t_i\) to \(t_{i+1}\) is
 
-    x_{i+1} = c_x x_i - scale (e^{hh} - 1) m_i - scale B(hh) sum_{k=1}^{p-1} rho_k D_k,   D_k = (m_{i-k} - m_i)/r_k,
+\[x_{i+1} = c_x x_i - c\, (e^{\hat h} - 1)\, m_i - c\, B(\hat h) \sum_{k=1}^{p-1} \rho_k D_k, \qquad
+D_k = \frac{m_{i-k} - m_i}{r_k},\]
 
-with ``r_k = (lambda_{i-k} - lambda_i)/h_i`` and, for data prediction, ``c_x = sigma_{i+1}/sigma_i``,
-``scale = alpha_{i+1}`` (noise prediction: ``c_x = alpha_{i+1}/alpha_i``, ``scale = sigma_{i+1}``).
-``B(hh) = hh`` (``b_h="bh1"``) or ``e^{hh} - 1`` (``"bh2"``). The ``rho`` solve the order conditions
-``sum_k rho_k r_k^{n-1} = hh phi_{n+1}(hh) n!/B(hh)``, ``n = 1..p-1`` (``phi`` from
-:mod:`sde_diffusion.solvers.expint`); for a single unknown ``rho = 1/2`` (the ``h -> 0`` limit, as in the
-authors' code and diffusers).
+with \(r_k = (\lambda_{i-k} - \lambda_i)/h_i\) and, for data prediction, \(c_x = \sigma_{i+1}/\sigma_i\),
+\(c = \alpha_{i+1}\) (noise prediction: \(c_x = \alpha_{i+1}/\alpha_i\), \(c = \sigma_{i+1}\)).
+\(B(\hat h) = \hat h\) (``b_h="bh1"``) or \(e^{\hat h} - 1\) (``"bh2"``). The \(\rho_k\) solve the order conditions
 
-UniC-p corrects ``x_{i+1}`` once the model has been evaluated there, re-using that evaluation
-``m_{i+1} = m(x_{i+1}^{pred})``, which the next predictor needs anyway (no extra NFE): the same formula with the
-extra node ``r = 1`` (``D = m_{i+1} - m_i``) and ``p`` unknowns. The corrected state is the start of the next
+\[\sum_k \rho_k r_k^{n-1} = \frac{\hat h\, \varphi_{n+1}(\hat h)\, n!}{B(\hat h)}, \qquad n = 1, \dots, p-1\]
+
+(\(\varphi\) from :mod:`sde_diffusion.solvers.expint`); for a single unknown \(\rho = 1/2\) (the \(h \to 0\) limit,
+as in the authors' code and diffusers).
+
+UniC-p corrects \(x_{i+1}\) once the model has been evaluated there, re-using that evaluation
+\(m_{i+1} = m(x_{i+1}^{\rm pred})\), which the next predictor needs anyway (no extra NFE): the same formula with the
+extra node \(r = 1\) (\(D = m_{i+1} - m_i\)) and \(p\) unknowns. The corrected state is the start of the next
 predictor step; the model output kept is the one at the *predicted* point.
 """
 
@@ -36,13 +39,13 @@ def unipc_weights(nodes: torch.Tensor, hh: torch.Tensor, b_h: str) -> tuple[torc
     r"""UniP/UniC weights on the model outputs for one step (float64, vectorised).
 
     Args:
-        nodes: ``(..., n)`` ratios ``r_k`` of the extra nodes (past nodes ``< 0``; the corrector's new node ``1``).
-        hh: ``(...)`` ``-h`` (data prediction) or ``h`` (noise prediction).
-        b_h: ``"bh1"`` (``B = hh``) or ``"bh2"`` (``B = expm1(hh)``).
+        nodes: ``(..., n)`` ratios \(r_k\) of the extra nodes (past nodes \(< 0\); the corrector's new node \(1\)).
+        hh: ``(...)`` \(\hat h = -h\) (data prediction) or \(h\) (noise prediction).
+        b_h: ``"bh1"`` (\(B = \hat h\)) or ``"bh2"`` (\(B = \operatorname{expm1}(\hat h)\)).
 
     Returns:
-        ``(w0, w)`` with the update ``x_new = c_x x + scale (w0 m_0 + sum_k w[..., k] m_k)``:
-        ``w_k = -B rho_k/r_k`` and ``w0 = -expm1(hh) - sum_k w_k``.
+        ``(w0, w)`` with the update \(x_{\rm new} = c_x x + c\, (w_0 m_0 + \sum_k w_k m_k)\):
+        \(w_k = -B \rho_k/r_k\) and \(w_0 = -\operatorname{expm1}(\hat h) - \sum_k w_k\).
     """
     n = nodes.shape[-1]
     h_phi_1 = torch.expm1(hh)
@@ -65,24 +68,24 @@ class UniPC(Solver):
     r"""UniPC (Zhao et al. 2023, arXiv:2302.04867): multistep UniP-p predictor with the UniC corrector.
 
     Args:
-        predictor_order: order ``p`` of the UniP predictor (1--3, default 2); the method's order is ``p + 1`` with
+        predictor_order: order \(p\) of the UniP predictor (1--3, default 2); the method's order is \(p + 1\) with
             the corrector.
-        b_h: ``"bh1"`` (``B(h) = h``) or ``"bh2"`` (``B(h) = e^h - 1``, default; diffusers' ``solver_type``).
+        b_h: ``"bh1"`` (\(B(h) = h\)) or ``"bh2"`` (\(B(h) = e^h - 1\), default; diffusers' ``solver_type``).
         prediction: ``"x0"`` (data prediction, default) or ``"eps"`` (noise prediction).
-        lower_order_final: ``"auto"`` (default): predictor order ``min(p, steps - i)`` at step ``i`` on grids of
-            fewer than 15 steps (the rule of DPM-Solver's ``lower_order_final``; how much it helps is measured in
-            docs/benchmarks/accuracy.md), leaving the asymptotic order alone; ``True``: at any step count
+        lower_order_final: ``"auto"`` (default): predictor order \(\min(p, \mathrm{steps} - i)\) at step \(i\) on
+            grids of fewer than 15 steps (the rule of DPM-Solver's ``lower_order_final``; how much it helps is measured
+            in docs/benchmarks/accuracy.md), leaving the asymptotic order alone; ``True``: at any step count
             (diffusers' UniPC rule; the final order-1 step caps the global order at 2); ``False``: never
             ([`step_orders`][sde_diffusion.solvers.warmup.step_orders]).
-        disable_corrector: plain UniP-p (order ``p``).
+        disable_corrector: plain UniP-p (order \(p\)).
 
-    ``order`` (global): ``p + 1`` with the corrector, ``p`` without; ``min(., 2)`` with ``lower_order_final=True``
+    ``order`` (global): \(p + 1\) with the corrector, \(p\) without; \(\min(\cdot, 2)\) with ``lower_order_final=True``
     (slopes on Gaussian data with the closed-form flow; UniP-3 without corrector on a Gaussian mixture, being
-    super-convergent on Gaussian data: tests/test_unipc.py). 1 NFE per step: the corrector at step ``i`` re-uses the
-    evaluation at ``x_i`` that the predictor from ``t_i`` needs; the last step has no corrector (it would need one
-    more NFE), which keeps the order: its local error is that of UniP-p, ``O(h^{p+1})``. Memory: ``p`` model
+    super-convergent on Gaussian data: tests/test_unipc.py). 1 NFE per step: the corrector at step \(i\) re-uses the
+    evaluation at \(x_i\) that the predictor from \(t_i\) needs; the last step has no corrector (it would need one
+    more NFE), which keeps the order: its local error is that of UniP-p, \(O(h^{p+1})\). Memory: \(p\) model
     outputs plus the previous state. Warm-up: predictor orders ``1, 2, ..`` on the first steps, and the corrector at
-    step ``i`` has the order of the predictor of step ``i - 1``.
+    step \(i\) has the order of the predictor of step \(i - 1\).
 
     Equivalences: order 1 without corrector is DDIM(eta=0) = DPM-Solver++-1 (``x0``) = DPM-Solver-1 (``eps``);
     UniP-2 (``bh2``, ``x0``) is DPM-Solver++(2M); UniP-3 with ``eps`` is DEIS ``logrho``-3 from its third step.

@@ -469,6 +469,7 @@ def richardson_orders(steps: Sequence[int], diffs: Sequence[float], nfe: Sequenc
             continue
         (p,) = local_orders(steps[k : k + 2], diffs[k : k + 2])
         bar = 2 * abs(p - out[-1].order) if out and out[-1].steps[1] == steps[k] else None
-        trip = slice(k, k + 3)
-        out.append(RichardsonEstimate(p, bar, tuple(int(v) for v in steps[trip]), tuple(int(v) for v in nfe[trip])))
+        s0, s1, s2 = (int(v) for v in steps[k : k + 3])
+        n0, n1, n2 = (int(v) for v in nfe[k : k + 3])
+        out.append(RichardsonEstimate(p, bar, (s0, s1, s2), (n0, n1, n2)))
     return out

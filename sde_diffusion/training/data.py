@@ -156,7 +156,8 @@ def checkerboard(
 def _grid(size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Pixel centres in ``[-1, 1]``: ``(yy, xx)`` of shape ``(size, size)``."""
     c = (torch.arange(size, dtype=torch.float64, device=device) + 0.5) / size * 2 - 1
-    return torch.meshgrid(c, c, indexing="ij")
+    yy, xx = torch.meshgrid(c, c, indexing="ij")
+    return yy, xx
 
 
 def _segment_distance(px, py, ax, ay, bx, by):

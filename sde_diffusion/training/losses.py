@@ -2,26 +2,28 @@ r"""Training objectives for score models: the discrete variational bound, Ho's s
 denoising score matching, the v-loss and min-SNR weighting.
 
 Every loss takes a :class:`~sde_diffusion.models.Model`, so the network may predict ``eps``, ``x0``, ``v`` or the
-``score``. With ``x_t = alpha x0 + sigma eps`` all four parametrisations are linear in ``(x0, eps)`` given ``x_t``, so
-every squared error is a multiple of the noise error:
+``score``. With \(x_t = \alpha x_0 + \sigma \epsilon\) all four parametrisations are linear in \((x_0, \epsilon)\) given
+\(x_t\), so every squared error is a multiple of the noise error:
 
-* ``eps``:   ``eps_hat - eps``;
-* ``x0``:    ``x0_hat - x0 = -(sigma/alpha) (eps_hat - eps)``;
-* ``v = alpha eps - sigma x0``: ``v_hat - v = ((alpha^2 + sigma^2)/alpha) (eps_hat - eps)``;
-* ``score``: ``s_hat - grad log q(x_t|x0) = -(eps_hat - eps)/sigma``.
+* ``eps``: \(\hat\epsilon - \epsilon\);
+* ``x0``: \(\hat x_0 - x_0 = -\frac{\sigma}{\alpha} (\hat\epsilon - \epsilon)\);
+* ``v`` \(= \alpha \epsilon - \sigma x_0\):
+  \(\hat v - v = \frac{\alpha^2 + \sigma^2}{\alpha} (\hat\epsilon - \epsilon)\);
+* ``score``: \(\hat s - \nabla \log q(x_t \mid x_0) = -(\hat\epsilon - \epsilon)/\sigma\).
 
-Hence each objective below is ``E_t[ w(t) ||eps_hat - eps||^2 ]`` for some weight ``w`` (Kingma et al. 2021,
-arXiv:2107.00630; Kingma & Gao 2023, arXiv:2303.00848). The implementation computes the error in the network's own
-parametrisation (no cancellation) and multiplies by ``w(t)`` times the conversion factor squared, both in float64.
+Hence each objective below is \(\mathbb{E}_t\big[w(t)\, \|\hat\epsilon - \epsilon\|^2\big]\) for some weight \(w\)
+(Kingma et al. 2021, arXiv:2107.00630; Kingma & Gao 2023, arXiv:2303.00848). The implementation computes the error in
+the network's own parametrisation (no cancellation) and multiplies by \(w(t)\) times the conversion factor squared, both
+in float64.
 
 Conventions: squared norms are summed over all non-batch dimensions (values are in nats for the bounds); a time drawn
 for a sample is shared by its dimensions; ``reduction`` is ``"mean"`` (batch mean, the default), ``"sum"`` or
-``"none"`` (per-sample values of shape ``(B,)``). ``SNR(t) = alpha^2/sigma^2 = exp(2 lambda)`` with ``lambda`` the
-half log-SNR of :mod:`sde_diffusion.schedules`.
+``"none"`` (per-sample values of shape ``(B,)``). \(\mathrm{SNR}(t) = \alpha^2/\sigma^2 = e^{2\lambda}\) with
+\(\lambda\) the half log-SNR of :mod:`sde_diffusion.schedules`.
 
 Discrete chain (Sohl-Dickstein et al. 2015, arXiv:1503.03585; Ho et al. 2020, arXiv:2006.11239): for a
-:class:`~sde_diffusion.schedules.VPDiscrete` schedule with ``N`` steps, step ``k = 1..N`` is the continuous time
-``t_k = k/N`` and ``alpha_bar_k = alpha(t_k)^2``; see :func:`vlb` for the bound and its terms.
+:class:`~sde_diffusion.schedules.VPDiscrete` schedule with \(N\) steps, step \(k = 1, \dots, N\) is the continuous
+time \(t_k = k/N\) and \(\bar\alpha_k = \alpha(t_k)^2\); see :func:`vlb` for the bound and its terms.
 """
 
 from __future__ import annotations
@@ -113,19 +115,21 @@ def sample_time(
     Args:
         schedule: the noise schedule; times lie in ``[t_min, t_max]``.
         n: how many.
-        kind: ``"uniform"`` -- ``t ~ U[t_min, t_max]``; ``"logsnr"`` -- the half log-SNR ``lambda(t)`` uniform on
-            ``[lambda(t_max), lambda(t_min)]`` (density ``p(t) = -lambda'(t)/(lambda_max - lambda_min)``, which is
-            proportional to ``g^2/sigma^2``: importance sampling for the likelihood weighting); ``"discrete"`` -- a
-            uniform step ``k`` of a :class:`~sde_diffusion.schedules.VPDiscrete` chain, ``t = k/N``.
+        kind: ``"uniform"`` -- \(t \sim U[t_{\min}, t_{\max}]\); ``"logsnr"`` -- the half log-SNR \(\lambda(t)\)
+            uniform on \([\lambda(t_{\max}), \lambda(t_{\min})]\) (density
+            \(p(t) = -\lambda'(t)/(\lambda_{\max} - \lambda_{\min})\), which is proportional to \(g^2/\sigma^2\):
+            importance sampling for the likelihood weighting); ``"discrete"`` -- a uniform step \(k\) of a
+            :class:`~sde_diffusion.schedules.VPDiscrete` chain, \(t = k/N\).
         generator: random generator (its device is used when ``device`` is not given).
         device: where to put the times.
     """
     if device is None:
         device = generator.device if generator is not None else torch.device("cpu")
     if kind == "discrete":
-        lo, hi = _step_range(_discrete_steps(schedule))
+        chain = _discrete_steps(schedule)
+        lo, hi = _step_range(chain)
         k = torch.randint(lo, hi + 1, (n,), generator=generator, device=device)
-        return k.to(torch.float64) / schedule.num_steps
+        return k.to(torch.float64) / chain.num_steps
     u = torch.rand(n, generator=generator, dtype=torch.float64, device=device)
     if kind == "uniform":
         t = schedule.t_min + (schedule.t_max - schedule.t_min) * u
@@ -140,8 +144,9 @@ def sample_time(
 def time_density(schedule: NoiseSchedule, t: torch.Tensor, kind: str = "uniform") -> torch.Tensor:
     r"""Density ``p(t)`` of :func:`sample_time` (continuous kinds only).
 
-    ``uniform``: ``1/(t_max - t_min)``; ``logsnr``: ``-lambda'(t)/(lambda_max - lambda_min)`` with
-    ``-lambda'(t) = g^2(t)/(2 sigma^2(t))`` (from ``g^2 = d sigma^2/dt - 2 f sigma^2 = -2 sigma^2 lambda'``).
+    ``uniform``: \(1/(t_{\max} - t_{\min})\); ``logsnr``: \(-\lambda'(t)/(\lambda_{\max} - \lambda_{\min})\) with
+    \(-\lambda'(t) = g^2(t)/(2 \sigma^2(t))\) (from
+    \(g^2 = \mathrm{d}\sigma^2/\mathrm{d}t - 2 f \sigma^2 = -2 \sigma^2 \lambda'\)).
     """
     t = torch.as_tensor(t, dtype=torch.float64)
     if kind == "uniform":
@@ -223,7 +228,8 @@ def eps_weighted_loss(
     time_sampling: str = "uniform",
     reduction: str = "mean",
 ) -> torch.Tensor:
-    r"""The general form ``w(t) ||eps_hat(x_t, t) - eps||^2`` with ``x_t = alpha(t) x0 + sigma(t) eps``.
+    r"""The general form \(w(t)\, \|\hat\epsilon(x_t, t) - \epsilon\|^2\) with
+    \(x_t = \alpha(t) x_0 + \sigma(t) \epsilon\).
 
     Args:
         model: the network with its schedule and parametrisation.
@@ -257,12 +263,14 @@ def simple_loss(
     reduction: str = "mean",
 ) -> torch.Tensor:
     r"""Ho et al.'s simplified objective (arXiv:2006.11239, eq. 14):
-    ``L_simple = E_{t, x0, eps} ||eps - eps_hat(alpha_t x0 + sigma_t eps, t)||^2``.
 
-    ``t`` is a uniform step of the chain for a :class:`~sde_diffusion.schedules.VPDiscrete` schedule (Ho's
-    ``t ~ U{1..T}``) and ``U[t_min, t_max]`` otherwise (override with ``time_sampling``). It is the VLB with the
-    per-step weights of :func:`vlb_coefficients` replaced by a constant (see :func:`vlb`); in continuous time it is
-    ``2/(t_max - t_min)`` times :func:`dsm_loss` with ``weighting="sigma2"``.
+    \[L_{\rm simple} = \mathbb{E}_{t, x_0, \epsilon}
+    \|\epsilon - \hat\epsilon(\alpha_t x_0 + \sigma_t \epsilon, t)\|^2.\]
+
+    \(t\) is a uniform step of the chain for a :class:`~sde_diffusion.schedules.VPDiscrete` schedule (Ho's
+    \(t \sim U\{1, \dots, T\}\)) and \(U[t_{\min}, t_{\max}]\) otherwise (override with ``time_sampling``). It is the
+    VLB with the per-step weights of :func:`vlb_coefficients` replaced by a constant (see :func:`vlb`); in continuous
+    time it is \(2/(t_{\max} - t_{\min})\) times :func:`dsm_loss` with ``weighting="sigma2"``.
     """
     if time_sampling is None:
         time_sampling = "discrete" if isinstance(_check_model(model).schedule, VPDiscrete) else "uniform"
@@ -301,19 +309,24 @@ def dsm_loss(
 ) -> torch.Tensor:
     r"""Continuous-time denoising score matching (Song et al. 2021, arXiv:2011.13456, eq. 7):
 
-    ``J(theta; lambda) = 1/2 int_{t_min}^{t_max} lambda(t) E ||s_theta(x_t, t) - grad log q(x_t | x0)||^2 dt``,
-    ``grad log q(x_t | x0) = -eps/sigma_t``, estimated by one ``t ~ p(t)`` per sample as
-    ``lambda(t)/(2 p(t)) ||s_theta - grad log q||^2 = lambda(t)/(2 p(t) sigma^2) ||eps_hat - eps||^2``.
+    \[J(\theta; w) = \frac12 \int_{t_{\min}}^{t_{\max}} w(t)\, \mathbb{E} \|s_\theta(x_t, t)
+    - \nabla \log q(x_t \mid x_0)\|^2\, \mathrm{d}t,\]
 
-    Weightings: ``"sigma2"`` -- ``lambda = sigma^2`` (Song's choice; the integrand is ``||eps_hat - eps||^2/2``,
-    Ho's ``L_simple`` in continuous time); ``"likelihood"`` -- ``lambda = g^2`` (Song, Durkan, Murray & Ermon 2021,
-    arXiv:2101.09258): then ``g^2/sigma^2 = -2 lambda'(t)`` and ``J`` is the score-matching part of the bound
-    ``KL(p_0 || p_theta^SDE) <= J(theta; g^2) + KL(p_T || pi)``; or a callable ``lambda(t)``.
+    with \(\nabla \log q(x_t \mid x_0) = -\epsilon/\sigma_t\) and the weighting written \(w(t)\) (Song's
+    \(\lambda(t)\); here \(\lambda\) is the half log-SNR), estimated by one \(t \sim p(t)\) per sample as
+    \(\frac{w(t)}{2 p(t)} \|s_\theta - \nabla \log q\|^2 = \frac{w(t)}{2 p(t) \sigma^2} \|\hat\epsilon - \epsilon\|^2\).
 
-    ``time_sampling="logsnr"`` samples ``lambda(t)`` uniformly; for the likelihood weighting this is the exact
-    importance sampler ``p(t) ∝ g^2/sigma^2`` and the estimator becomes ``(lambda_max - lambda_min)
-    ||eps_hat - eps||^2``. (Song's eq. 7 is the expectation under ``U[0, T]`` without the ``1/2``; it differs by
-    the constant factor ``2/(t_max - t_min)``.)
+    Weightings: ``"sigma2"`` -- \(w = \sigma^2\) (Song's choice; the integrand is
+    \(\|\hat\epsilon - \epsilon\|^2/2\), Ho's \(L_{\rm simple}\) in continuous time); ``"likelihood"`` -- \(w = g^2\)
+    (Song, Durkan, Murray & Ermon 2021, arXiv:2101.09258): then \(g^2/\sigma^2 = -2 \lambda'(t)\) and \(J\) is the
+    score-matching part of the bound
+    \(\mathrm{KL}(p_0 \,\|\, p_\theta^{\rm SDE}) \le J(\theta; g^2) + \mathrm{KL}(p_T \,\|\, \pi)\); or a callable
+    \(w(t)\).
+
+    ``time_sampling="logsnr"`` samples \(\lambda(t)\) uniformly; for the likelihood weighting this is the exact
+    importance sampler \(p(t) \propto g^2/\sigma^2\) and the estimator becomes
+    \((\lambda_{\max} - \lambda_{\min})\, \|\hat\epsilon - \epsilon\|^2\). (Song's eq. 7 is the expectation under
+    \(U[0, T]\) without the \(\frac12\); it differs by the constant factor \(2/(t_{\max} - t_{\min})\).)
     """
     if time_sampling == "discrete":
         raise ValueError("dsm_loss estimates an integral over t; use time_sampling='uniform' or 'logsnr'")
@@ -338,11 +351,12 @@ def v_loss(
     time_sampling: str = "uniform",
     reduction: str = "mean",
 ) -> torch.Tensor:
-    r"""v-prediction loss (Salimans & Ho 2022, arXiv:2202.00512): ``E_t ||v_hat - v||^2`` with
-    ``v = alpha eps - sigma x0``.
+    r"""v-prediction loss (Salimans & Ho 2022, arXiv:2202.00512): \(\mathbb{E}_t \|\hat v - v\|^2\) with
+    \(v = \alpha \epsilon - \sigma x_0\).
 
-    Since ``v_hat - v = ((alpha^2 + sigma^2)/alpha)(eps_hat - eps)``, it is the eps-loss weighted by
-    ``(alpha^2+sigma^2)^2/alpha^2``; for VP schedules ``1/alpha^2 = 1 + 1/SNR``, i.e. ``(1 + SNR) ||x0_hat - x0||^2``.
+    Since \(\hat v - v = \frac{\alpha^2 + \sigma^2}{\alpha} (\hat\epsilon - \epsilon)\), it is the eps-loss weighted by
+    \((\alpha^2 + \sigma^2)^2/\alpha^2\); for VP schedules \(1/\alpha^2 = 1 + 1/\mathrm{SNR}\), i.e.
+    \((1 + \mathrm{SNR})\, \|\hat x_0 - x_0\|^2\).
     """
     return eps_weighted_loss(
         model,
@@ -368,12 +382,13 @@ def min_snr_loss(
     reduction: str = "mean",
 ) -> torch.Tensor:
     r"""Min-SNR-gamma weighting (Hang et al. 2023, arXiv:2303.09556):
-    ``E_t min(SNR(t), gamma) ||x0_hat - x0||^2``.
+    \(\mathbb{E}_t \min(\mathrm{SNR}(t), \gamma)\, \|\hat x_0 - x_0\|^2\).
 
-    The paper's eps form ``min(SNR, gamma)/SNR ||eps_hat - eps||^2`` and v form (VP)
-    ``min(SNR, gamma)/(SNR + 1) ||v_hat - v||^2`` are the same quantity, because
-    ``||eps_hat - eps||^2 = SNR ||x0_hat - x0||^2`` and ``||v_hat - v||^2 = (1 + SNR) ||x0_hat - x0||^2``;
-    the value therefore does not depend on the network's parametrisation. ``gamma = inf`` gives ``L_simple``.
+    The paper's eps form \(\frac{\min(\mathrm{SNR}, \gamma)}{\mathrm{SNR}} \|\hat\epsilon - \epsilon\|^2\) and v form
+    (VP) \(\frac{\min(\mathrm{SNR}, \gamma)}{\mathrm{SNR} + 1} \|\hat v - v\|^2\) are the same quantity, because
+    \(\|\hat\epsilon - \epsilon\|^2 = \mathrm{SNR}\, \|\hat x_0 - x_0\|^2\) and
+    \(\|\hat v - v\|^2 = (1 + \mathrm{SNR})\, \|\hat x_0 - x_0\|^2\); the value therefore does not depend on the
+    network's parametrisation. ``gamma = inf`` gives \(L_{\rm simple}\).
     """
     gamma = float(gamma)
     if not gamma > 0:
@@ -398,14 +413,14 @@ class VLBCoefficients:
     r"""Per-step coefficients of the discrete VLB (float64 tensors of length ``N``, index ``k-1`` for step ``k``).
 
     Attributes:
-        alphas_cumprod: ``alpha_bar_k``.
-        betas: ``beta_k = 1 - alpha_bar_k/alpha_bar_{k-1}``.
-        posterior_variance: ``beta_tilde_k = (1 - alpha_bar_{k-1})/(1 - alpha_bar_k) beta_k`` (0 for ``k = 1``).
-        model_variance: ``s_k^2``, the variance of ``p_theta(x_{k-1} | x_k)`` (for ``k = 1``: the decoder's).
-        eps_weight: ``w_k`` with ``L_{k-1} = const_k + w_k ||eps_hat - eps||^2``;
-            ``w_k = beta_k^2/(2 s_k^2 (1 - beta_k)(1 - alpha_bar_k))``.
-        const: ``const_k`` per dimension: ``(r - 1 - log r)/2``, ``r = beta_tilde_k/s_k^2`` for ``k >= 2``;
-            ``log(2 pi s_1^2)/2`` for the decoder.
+        alphas_cumprod: \(\bar\alpha_k\).
+        betas: \(\beta_k = 1 - \bar\alpha_k/\bar\alpha_{k-1}\).
+        posterior_variance: \(\tilde\beta_k = \frac{1 - \bar\alpha_{k-1}}{1 - \bar\alpha_k} \beta_k\) (0 for \(k = 1\)).
+        model_variance: \(s_k^2\), the variance of \(p_\theta(x_{k-1} \mid x_k)\) (for \(k = 1\): the decoder's).
+        eps_weight: \(w_k\) with \(L_{k-1} = \mathrm{const}_k + w_k \|\hat\epsilon - \epsilon\|^2\);
+            \(w_k = \beta_k^2 / \big(2 s_k^2 (1 - \beta_k)(1 - \bar\alpha_k)\big)\).
+        const: \(\mathrm{const}_k\) per dimension: \((r - 1 - \log r)/2\), \(r = \tilde\beta_k/s_k^2\) for \(k \ge 2\);
+            \(\log(2 \pi s_1^2)/2\) for the decoder.
     """
 
     alphas_cumprod: torch.Tensor
@@ -419,9 +434,12 @@ class VLBCoefficients:
 def vlb_coefficients(schedule: VPDiscrete, variance: str = "beta") -> VLBCoefficients:
     r"""The per-step coefficients of :func:`vlb` for a :class:`~sde_diffusion.schedules.VPDiscrete` schedule.
 
-    ``variance="beta"``: ``s_k^2 = beta_k`` (decoder ``s_1^2 = beta_1``); ``"beta_tilde"``: ``s_k^2 = beta_tilde_k``
-    (decoder ``s_1^2 = beta_tilde_2``, the clipped value of Ho et al.'s code, since ``beta_tilde_1 = 0``). With
-    ``beta_tilde``, ``w_k = (SNR_{k-1}/SNR_k - 1)/2 = expm1(2 (lambda_{k-1} - lambda_k))/2`` for ``k >= 2``.
+    ``variance="beta"``: \(s_k^2 = \beta_k\) (decoder \(s_1^2 = \beta_1\)); ``"beta_tilde"``: \(s_k^2 = \tilde\beta_k\)
+    (decoder \(s_1^2 = \tilde\beta_2\), the clipped value of Ho et al.'s code, since \(\tilde\beta_1 = 0\)). With
+    ``beta_tilde``, for \(k \ge 2\),
+
+    \[w_k = \tfrac12 (\mathrm{SNR}_{k-1}/\mathrm{SNR}_k - 1)
+    = \tfrac12 \operatorname{expm1}\big(2 (\lambda_{k-1} - \lambda_k)\big).\]
     """
     sch = _discrete_steps(schedule)
     if variance not in VLB_VARIANCES:
@@ -446,8 +464,8 @@ def vlb_coefficients(schedule: VPDiscrete, variance: str = "beta") -> VLBCoeffic
 
 
 def prior_kl(schedule: VPDiscrete, x0: torch.Tensor) -> torch.Tensor:
-    r"""``L_T = KL(q(x_N | x0) || N(0, I)) = 1/2 sum_i [alpha_bar_N (x0_i^2 - 1) - log(1 - alpha_bar_N)]``,
-    per sample (shape ``(B,)``)."""
+    r"""\(L_T = \mathrm{KL}(q(x_N \mid x_0) \,\|\, \mathcal{N}(0, I))
+    = \frac12 \sum_i \big[\bar\alpha_N (x_{0,i}^2 - 1) - \log(1 - \bar\alpha_N)\big]\), per sample (shape ``(B,)``)."""
     sch = _discrete_steps(schedule)
     log_ab = float(2.0 * sch.log_alpha_knots[-1])
     ab = math.exp(log_ab)
@@ -465,11 +483,13 @@ def vlb_term(
     variance: str = "beta",
     coefficients: VLBCoefficients | None = None,
 ) -> torch.Tensor:
-    r"""One term of the bound per sample: ``L_{k-1}`` evaluated at ``x_k = sqrt(alpha_bar_k) x0 +
-    sqrt(1 - alpha_bar_k) noise`` (step ``k`` in ``1..N``, one per sample).
+    r"""One term of the bound per sample: \(L_{k-1}\) evaluated at
+    \(x_k = \sqrt{\bar\alpha_k}\, x_0 + \sqrt{1 - \bar\alpha_k}\, \epsilon\) (``noise``; step \(k\) in \(1, \dots, N\),
+    one per sample).
 
-    For ``k >= 2``: ``KL(q(x_{k-1}|x_k, x0) || p_theta(x_{k-1}|x_k)) = d const_k + w_k ||eps_hat - eps||^2``;
-    for ``k = 1``: ``-log N(x0; mu_theta(x_1, 1), s_1^2 I)`` (see :func:`vlb`).
+    For \(k \ge 2\): \(\mathrm{KL}(q(x_{k-1} \mid x_k, x_0) \,\|\, p_\theta(x_{k-1} \mid x_k))
+    = d\, \mathrm{const}_k + w_k \|\hat\epsilon - \epsilon\|^2\); for \(k = 1\):
+    \(-\log \mathcal{N}(x_0; \mu_\theta(x_1, 1), s_1^2 I)\) (see :func:`vlb`).
     """
     sch = _discrete_steps(_check_model(model).schedule)
     c = coefficients or vlb_coefficients(sch, variance)
@@ -496,8 +516,8 @@ def vlb_terms(
     generator: torch.Generator | None = None,
     steps_per_call: int = 64,
 ) -> torch.Tensor:
-    r"""All terms of the bound, shape ``(B, N + 1)``: columns ``0..N-1`` hold ``L_0, ..., L_{N-1}`` (step
-    ``k = column + 1``, each with its own noise draw), column ``N`` holds ``L_T``. Their row sum is the exact
+    r"""All terms of the bound, shape ``(B, N + 1)``: columns ``0..N-1`` hold \(L_0, \dots, L_{N-1}\) (step
+    \(k\) = column + 1, each with its own noise draw), column \(N\) holds \(L_T\). Their row sum is the exact
     full-sum VLB estimator (exact in ``k``, one Monte Carlo draw of ``x_k`` per term).
 
     ``steps_per_call`` steps are stacked into one network call of batch ``steps_per_call * B``.
@@ -528,35 +548,39 @@ def vlb(
     noise: torch.Tensor | None = None,
     reduction: str = "mean",
 ) -> torch.Tensor:
-    r"""Variational bound on ``-log p_theta(x0)`` (nats) of the discrete chain of a
+    r"""Variational bound on \(-\log p_\theta(x_0)\) (nats) of the discrete chain of a
     :class:`~sde_diffusion.schedules.VPDiscrete` schedule (Sohl-Dickstein et al. 2015, arXiv:1503.03585;
     Ho et al. 2020, arXiv:2006.11239, eq. 5):
 
-    ``L_vlb = L_T + sum_{k=2}^N L_{k-1} + L_0``, with
+    \[L_{\rm vlb} = L_T + \sum_{k=2}^N L_{k-1} + L_0,\]
 
-    * ``L_T = KL(q(x_N|x0) || N(0, I))`` (:func:`prior_kl`);
-    * ``L_{k-1} = E_q KL(q(x_{k-1}|x_k, x0) || p_theta(x_{k-1}|x_k))``, where
-      ``q(x_{k-1}|x_k, x0) = N(mu_tilde(x_k, x0), beta_tilde_k I)``,
-      ``mu_tilde(x_k, x0) = sqrt(alpha_bar_{k-1}) beta_k/(1 - alpha_bar_k) x0
-      + sqrt(1 - beta_k)(1 - alpha_bar_{k-1})/(1 - alpha_bar_k) x_k``, and
-      ``p_theta(x_{k-1}|x_k) = N(mu_tilde(x_k, x0_hat(x_k)), s_k^2 I)``, i.e. Ho's
-      ``mu_theta = (x_k - beta_k/sqrt(1 - alpha_bar_k) eps_hat)/sqrt(1 - beta_k)``.
-      The Gaussian KL is ``d/2 (r - 1 - log r) + ||mu_tilde - mu_theta||^2/(2 s_k^2)`` with ``r = beta_tilde_k/s_k^2``
-      and ``mu_tilde - mu_theta = -beta_k/sqrt((1-beta_k)(1-alpha_bar_k)) (eps - eps_hat)``;
-    * ``L_0 = -E_q log N(x0; mu_theta(x_1, 1), s_1^2 I)`` -- a *continuous* Gaussian decoder (our choice: the data
-      here are real-valued, so the bound is on a density; Ho et al.'s discretised decoder for 8-bit images is not
-      used). ``mu_theta(x_1, 1) = x0_hat(x_1)`` since ``alpha_bar_0 = 1``.
+    with
 
-    So ``L_vlb = L_T + sum_k (d const_k + w_k E||eps_hat - eps||^2)`` (see :class:`VLBCoefficients`): ``L_simple``
-    is this bound with the weights ``w_k`` replaced by a constant and the constants dropped. The bound always covers
-    the whole chain ``k = 1..N``; the schedule's ``t_min``/``t_max`` are not used.
+    * \(L_T = \mathrm{KL}(q(x_N \mid x_0) \,\|\, \mathcal{N}(0, I))\) (:func:`prior_kl`);
+    * \(L_{k-1} = \mathbb{E}_q \mathrm{KL}(q(x_{k-1} \mid x_k, x_0) \,\|\, p_\theta(x_{k-1} \mid x_k))\), where
+      \(q(x_{k-1} \mid x_k, x_0) = \mathcal{N}(\tilde\mu(x_k, x_0), \tilde\beta_k I)\),
+      \(\tilde\mu(x_k, x_0) = \frac{\sqrt{\bar\alpha_{k-1}}\, \beta_k}{1 - \bar\alpha_k} x_0 +
+      \frac{\sqrt{1 - \beta_k}\, (1 - \bar\alpha_{k-1})}{1 - \bar\alpha_k} x_k\),
+      and \(p_\theta(x_{k-1} \mid x_k) = \mathcal{N}(\tilde\mu(x_k, \hat x_0(x_k)), s_k^2 I)\), i.e. Ho's
+      \(\mu_\theta = \big(x_k - \frac{\beta_k}{\sqrt{1 - \bar\alpha_k}} \hat\epsilon\big)/\sqrt{1 - \beta_k}\).
+      The Gaussian KL is \(\frac{d}{2} (r - 1 - \log r) + \|\tilde\mu - \mu_\theta\|^2/(2 s_k^2)\) with
+      \(r = \tilde\beta_k/s_k^2\) and
+      \(\tilde\mu - \mu_\theta = -\frac{\beta_k}{\sqrt{(1 - \beta_k)(1 - \bar\alpha_k)}} (\epsilon - \hat\epsilon)\);
+    * \(L_0 = -\mathbb{E}_q \log \mathcal{N}(x_0; \mu_\theta(x_1, 1), s_1^2 I)\) -- a *continuous* Gaussian decoder
+      (our choice: the data here are real-valued, so the bound is on a density; Ho et al.'s discretised decoder for
+      8-bit images is not used). \(\mu_\theta(x_1, 1) = \hat x_0(x_1)\) since \(\bar\alpha_0 = 1\).
+
+    So \(L_{\rm vlb} = L_T + \sum_k \big(d\, \mathrm{const}_k + w_k \mathbb{E}\|\hat\epsilon - \epsilon\|^2\big)\) (see
+    :class:`VLBCoefficients`): \(L_{\rm simple}\) is this bound with the weights \(w_k\) replaced by a constant and
+    the constants dropped. The bound always covers the whole chain \(k = 1, \dots, N\); the schedule's
+    ``t_min``/``t_max`` are not used.
 
     Args:
         model: network on a :class:`~sde_diffusion.schedules.VPDiscrete` schedule (evaluated at ``t = k/N``).
         x0: data ``(B, ...)``.
         variance: ``"beta"`` or ``"beta_tilde"`` (see :func:`vlb_coefficients`).
-        estimator: ``"mc"`` -- unbiased one-step estimate ``L_T + N L_{k-1}`` with ``k ~ U{1..N}`` per sample;
-            ``"full"`` -- all ``N`` terms (:func:`vlb_terms`; cost ``N`` network evaluations per sample).
+        estimator: ``"mc"`` -- unbiased one-step estimate \(L_T + N L_{k-1}\) with \(k \sim U\{1, \dots, N\}\) per
+            sample; ``"full"`` -- all ``N`` terms (:func:`vlb_terms`; cost ``N`` network evaluations per sample).
         generator: random generator.
         k: steps for the ``"mc"`` estimator (drawn when omitted).
         noise: noise for the ``"mc"`` estimator (drawn when omitted).
