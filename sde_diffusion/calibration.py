@@ -310,6 +310,7 @@ def calibrate(
         h = x_T.shape[0] // 2
         xp, xh = x_T[:h].to(torch.float64), x_T[h:].to(torch.float64)
     else:
+        assert x_shape is not None
         xp, xh = (
             _prior_batch(model, tuple(x_shape), pilot, seed),
             _prior_batch(model, tuple(x_shape), heldout, seed + 1),
@@ -366,7 +367,7 @@ def _top_solvers(cands: list[_Candidate], k: int) -> list[str]:
 
 
 def _screen(s: _Search, built: dict, grids) -> list[_Candidate]:
-    out = []
+    out: list[_Candidate] = []
     for label, (sol, steps) in built.items():
         for grid in grids:
             if s.out_of_time() and out:
@@ -400,6 +401,7 @@ def _refine_families(s: _Search, built: dict, cands: list[_Candidate], top: list
                 tried[p] = e
                 return e if math.isfinite(e) else 1e300
 
+            assert fam.bounds is not None  # (a family with a parameter has its bounds)
             lo, hi = (math.log(b) for b in fam.bounds)
             minimize_scalar(f, bounds=(lo, hi), method="bounded", options={"maxiter": 12, "xatol": 0.02})
             p, e = min(tried.items(), key=lambda kv: kv[1])

@@ -99,7 +99,7 @@ def _nfe_axis(ax, lo: float, hi: float) -> None:
     ax.xaxis.set_minor_formatter(NullFormatter())
 
 
-def _reference_slopes(ax, ns: list[float], es: list[float], slopes: Sequence[int]) -> None:
+def _reference_slopes(ax, ns: Sequence[float], es: Sequence[float], slopes: Sequence[int]) -> None:
     """Dashed ``C NFE^{-p}`` lines through the geometric middle of the data, labelled at the right end."""
     lo, hi = min(ns), max(ns)
     mid_n = math.sqrt(lo * hi)
@@ -279,6 +279,7 @@ def plot_trajectories(
         return_trajectory=True,
         generator=torch.Generator().manual_seed(seed + 1),
     )
+    assert out.trajectory is not None  # (return_trajectory=True)
     traj = torch.stack(out.trajectory).to(torch.float64)
     fine = torch.stack(
         [torch.linspace(float(a), float(b), 9, dtype=torch.float64)[:-1] for a, b in zip(out.ts[:-1], out.ts[1:])]
@@ -347,7 +348,7 @@ def _scatter_pair(result: StudyResult, budget: int) -> list[str]:
     errs = {r.solver: r.error for r in result.runs if r.nfe_budget == budget and r.error is not None}
     labels = result.labels[:1]
     if errs:
-        best = min(errs, key=errs.get)
+        best = min(errs, key=errs.__getitem__)
         if best not in labels:
             labels.append(best)
     return labels

@@ -107,7 +107,7 @@ def local_order_table(result: StudyResult, metric: str = "error", last: int = 8)
     for label in result.labels:
         f = result.fit(label, metric)
         nfe_of = {r.nfe_budget: r.nfe for r in result.runs_of(label)}
-        local = {}
+        local: dict[tuple[int | None, int | None], float] = {}
         if f is not None:
             local = {(a, b): q for a, b, q in zip(f.nfe[:-1], f.nfe[1:], f.local)}
         cells = [f"`{label}`"]

@@ -62,7 +62,7 @@ def fit_order(nfe: list[int], errors: list[float], kind: str) -> OrderMeasuremen
     return OrderMeasurement(order, slope, list(nfe), list(errors), kind)
 
 
-def global_errors(solver, schedule, data, nfes):
+def global_errors(solver, schedule, data, nfes) -> tuple[list[int], list[float]]:
     model = data.model(schedule)
     x = start_state(solver, schedule, data, 8, 11)
     out_nfe: list[int] = []

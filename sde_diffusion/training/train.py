@@ -56,7 +56,7 @@ import torch
 from torch import nn
 
 from .. import schedules as _schedules
-from ..distributed import training_shard
+from ..distributed import AgreedStop, training_shard
 from ..models import Model, check_prediction
 from ..schedules import NoiseSchedule, VPDiscrete
 from .data import get_dataset
@@ -509,6 +509,11 @@ class StopOnSignals:
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
+    def poll(self) -> int | None:
+        """The signal received so far (``None``: none); one process's
+        [`AgreedStop.poll`][sde_diffusion.distributed.AgreedStop.poll]."""
+        return self.signum
+
     def _handle(self, signum, frame) -> None:
         self.signum = signum
         self._restore()
@@ -542,8 +547,8 @@ def _progress_bar(show: bool, total: int, initial: int):
 def _ema_update(ema_net: nn.Module, net: nn.Module, decay: float) -> None:
     for e, p in zip(ema_net.parameters(), net.parameters(), strict=True):
         e.lerp_(p.detach(), 1.0 - decay)
-    for e, b in zip(ema_net.buffers(), net.buffers(), strict=True):
-        e.copy_(b)
+    for e_buf, b in zip(ema_net.buffers(), net.buffers(), strict=True):
+        e_buf.copy_(b)
 
 
 def _learning_rate(cfg: TrainConfig, step: int) -> float:
@@ -724,9 +729,10 @@ def train(
 
     net.train()
     try:
-        with StopOnSignals() as stop:
-            stop = stop if shard is None else shard.agreed(stop)  # ranks stop at the same step
-            while step < last and (stop.signum if shard is None else stop.poll()) is None:
+        with StopOnSignals() as signals:
+            # with a shard, the ranks agree on the stop (they stop at the same step)
+            stop: StopOnSignals | AgreedStop = signals if shard is None else shard.agreed(signals)
+            while step < last and stop.poll() is None:
                 lr = _learning_rate(cfg, step)
                 for group in opt.param_groups:
                     group["lr"] = lr
