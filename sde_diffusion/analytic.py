@@ -2,16 +2,19 @@ r"""Exact oracles: data distributions whose diffused marginals, scores and flows
 
 For data \(x_0 \sim p_0\) and \(x_t = \alpha x_0 + \sigma \epsilon\):
 
-* :class:`PointMass` -- \(p_t = \mathcal{N}(\alpha m, \sigma^2 I)\); the exact data prediction is the constant \(m\),
+* [`PointMass`][sde_diffusion.analytic.PointMass] -- \(p_t = \mathcal{N}(\alpha m, \sigma^2 I)\); the exact data
+  prediction is the constant \(m\),
   so every exponential integrator is exact at any step count.
-* :class:`Gaussian` (diagonal) -- \(p_t = \mathcal{N}(\alpha m, \alpha^2 s^2 + \sigma^2)\). Its probability-flow ODE is
+* [`Gaussian`][sde_diffusion.analytic.Gaussian] (diagonal) -- \(p_t = \mathcal{N}(\alpha m, \alpha^2 s^2 + \sigma^2)\).
+  Its probability-flow ODE is
   linear and keeps the standardised coordinate \((x - \alpha m)/\sqrt{\alpha^2 s^2 + \sigma^2}\) fixed, which gives
   the exact flow map.
-* :class:`GaussianMixture` -- \(p_t = \sum_k w_k \mathcal{N}(\alpha \mu_k, \alpha^2 s_k^2 + \sigma^2)\); score and
+* [`GaussianMixture`][sde_diffusion.analytic.GaussianMixture] --
+  \(p_t = \sum_k w_k \mathcal{N}(\alpha \mu_k, \alpha^2 s_k^2 + \sigma^2)\); score and
   posterior mean in log-sum-exp form (stable for tiny \(\sigma\) and far-away \(x\)).
 
-Samples have shape ``(B, *event_shape)``. Each oracle gives a :class:`~sde_diffusion.models.Model` in any
-parametrisation through :meth:`AnalyticDistribution.model`.
+Samples have shape ``(B, *event_shape)``. Each oracle gives a [`Model`][sde_diffusion.models.Model] in any
+parametrisation through [`AnalyticDistribution.model`][sde_diffusion.analytic.AnalyticDistribution.model].
 """
 
 from __future__ import annotations
@@ -71,7 +74,7 @@ class AnalyticDistribution:
         raise NotImplementedError
 
     def model(self, schedule: NoiseSchedule, prediction: str = "eps", **kwargs) -> Model:
-        """A :class:`Model` whose network is the exact oracle in the chosen parametrisation."""
+        """A [`Model`][sde_diffusion.models.Model] whose network is the exact oracle in the chosen parametrisation."""
         check_prediction(prediction)
 
         def fn(x, t):

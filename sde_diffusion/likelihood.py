@@ -8,10 +8,12 @@ hence
 \[\log p_{t_{\min}}(x) = \log p_{t_{\max}}(x(t_{\max}))
 + \int_{t_{\min}}^{t_{\max}} \nabla \cdot v(x(t), t)\, \mathrm{d}t,\]
 
-with \(x(t_{\min}) = x\). :func:`log_likelihood` integrates the augmented state \((x, \int \nabla \cdot v)\) from
+with \(x(t_{\min}) = x\). [`log_likelihood`][sde_diffusion.likelihood.log_likelihood] integrates the augmented state
+\((x, \int \nabla \cdot v)\) from
 \(t_{\min}\) to \(t_{\max}\) with torchdiffeq (dopri5 by default, float64 by default; the end time is passed as
 ``step_t`` so that the solver lands on it instead of interpolating) and replaces the unknown \(p_{t_{\max}}\) by the
-prior \(\mathcal{N}(0, \sigma(t_{\max})^2 I)\) (:meth:`~sde_diffusion.sdes.ForwardSDE.prior_logp`) unless another prior
+prior \(\mathcal{N}(0, \sigma(t_{\max})^2 I)\) ([`prior_logp`][sde_diffusion.sdes.ForwardSDE.prior_logp]) unless another
+prior
 is given.
 
 The divergence is either exact (\(d\) vector-Jacobian products per evaluation -- for small \(d\)) or Hutchinson's
@@ -47,7 +49,7 @@ _LOG2 = math.log(2.0)
 
 @dataclass
 class LikelihoodResult:
-    r"""Result of :func:`log_likelihood` (per sample, shape ``(B,)``).
+    r"""Result of [`log_likelihood`][sde_diffusion.likelihood.log_likelihood] (per sample, shape ``(B,)``).
 
     Attributes:
         log_prob: \(\log p_{t_{\min}}(x)\) in nats (of the dequantised point when dequantising).
@@ -194,12 +196,13 @@ def log_likelihood(
         dtype: dtype of the ODE state (float64 recommended).
         model_dtype: dtype the network is called in (default: its parameters' dtype, else ``dtype``).
         prior: ``prior(z) -> log density (B,)`` at ``t_max``; default ``N(0, sigma(t_max)^2 I)``.
-        dequantize_data: uniformly dequantise ``x`` first (needs ``num_bins``), see :func:`dequantize`.
+        dequantize_data: uniformly dequantise ``x`` first (needs ``num_bins``), see
+            [`dequantize`][sde_diffusion.likelihood.dequantize].
         num_bins: quantisation levels; with it ``bpd`` is the discrete bound \(-(\log p + d \log \Delta)/(d \log 2)\).
         data_range: ``(lo, hi)`` of the quantised data.
         generator: random generator for probes and dequantisation noise.
         step_at_knots: for adaptive methods, pass the kinks of a piecewise schedule
-            (:attr:`~sde_diffusion.schedules.VPDiscrete.knots`, where \(f\) and \(g^2\) jump) as torchdiffeq
+            ([`knots`][sde_diffusion.schedules.VPDiscrete.knots], where \(f\) and \(g^2\) jump) as torchdiffeq
             ``jump_t``: the solver steps onto each and re-evaluates the field on the far side.
         options: extra torchdiffeq options (``step_t`` gets the end time added, ``jump_t`` the knots).
     """

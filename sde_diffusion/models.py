@@ -136,11 +136,13 @@ class Model:
     Args:
         fn: ``fn(x, t) -> output`` with ``t`` of shape ``(B,)`` (continuous time; or the discrete label when
             ``time_input="label"``). The output must have the shape of ``x``.
-        schedule: the :class:`~sde_diffusion.schedules.NoiseSchedule` the network was trained with.
+        schedule: the [`NoiseSchedule`][sde_diffusion.schedules.NoiseSchedule] the network was trained with.
         prediction: what ``fn`` predicts: ``eps``, ``x0``, ``v`` or ``score``.
-        time_input: ``"continuous"`` (default) or ``"label"`` (a :class:`VPDiscrete` network taking
+        time_input: ``"continuous"`` (default) or ``"label"`` (a [`VPDiscrete`][sde_diffusion.schedules.VPDiscrete]
+            network taking
             \(1000\,(t - 1/N)\)), or a callable mapping ``t`` to the network's input.
-        thresholding: optional :class:`DynamicThresholding` applied to every x0 prediction.
+        thresholding: optional [`DynamicThresholding`][sde_diffusion.models.DynamicThresholding] applied to every x0
+            prediction.
 
     ``nfe`` counts calls of ``fn`` through this wrapper (one guided evaluation counts once).
     """

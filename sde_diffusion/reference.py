@@ -2,14 +2,16 @@ r"""Reference solutions from torchdiffeq (probability-flow ODE) and torchsde (re
 
 These wrap the libraries; nothing here re-implements a solver.
 
-* :func:`probability_flow_reference` integrates the PF-ODE in the well-conditioned variables \(y = x/\alpha\) and
+* [`probability_flow_reference`][sde_diffusion.reference.probability_flow_reference] integrates the PF-ODE in the
+  well-conditioned variables \(y = x/\alpha\) and
   \(\lambda\): \(\mathrm{d}y/\mathrm{d}\lambda = -e^{-\lambda} \epsilon(\alpha y, t(\lambda))\) (the
   variation-of-constants form of
   DPM-Solver, arXiv:2206.00927), float64, with the requested times passed as ``step_t`` so that the adaptive solver
   *steps onto* them instead of interpolating (interpolated end points are only good to ~1e-7).
-* :func:`reverse_sde_reference` integrates the reverse SDE with ``torchsde.sdeint`` in \(s = -t\) on a given
+* [`reverse_sde_reference`][sde_diffusion.reference.reverse_sde_reference] integrates the reverse SDE with
+  ``torchsde.sdeint`` in \(s = -t\) on a given
   Brownian path, so that it can be compared pathwise with our stochastic solvers fed by the same path
-  (:class:`~sde_diffusion.solvers.base.BrownianNoise`). It integrates interval by interval, so every requested
+  ([`BrownianNoise`][sde_diffusion.solvers.base.BrownianNoise]). It integrates interval by interval, so every requested
   time is stepped onto (torchsde would interpolate linearly at intermediate output times).
 """
 
@@ -110,7 +112,8 @@ def reverse_sde_reference(
     atol: float = 1e-6,
 ) -> torch.Tensor:
     """Solve the reverse SDE from ``ts[0]`` down through ``ts`` on the Brownian path ``bm`` (indexed by ``s = -t``,
-    of shape ``(B, d)`` with ``d`` the flattened event size, e.g. from :func:`brownian_path`).
+    of shape ``(B, d)`` with ``d`` the flattened event size, e.g. from
+    [`brownian_path`][sde_diffusion.reference.brownian_path]).
 
     ``method`` is any torchsde Itô method for diagonal noise (``"euler"``, ``"milstein"``, ``"srk"``); ``dt`` is its
     step in ``s``. Returns ``(len(ts), *x_T.shape)``.

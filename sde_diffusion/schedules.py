@@ -6,7 +6,8 @@ provides
 * ``alpha``, ``sigma``, ``log_alpha``, ``log_sigma``;
 * ``lambda_(t)``, \(\lambda(t) = \log(\alpha/\sigma)\) -- the **half** log-SNR (\(\log \mathrm{SNR} = 2\lambda\)),
   strictly decreasing in \(t\);
-* ``inverse_lambda`` -- its inverse (closed form where one exists, exact piecewise inverse for :class:`VPDiscrete`);
+* ``inverse_lambda`` -- its inverse (closed form where one exists, exact piecewise inverse for
+  [`VPDiscrete`][sde_diffusion.schedules.VPDiscrete]);
 * ``sigma_ve``, \(\sigma/\alpha = e^{-\lambda}\) -- the variance-exploding noise level (k-diffusion / EDM "sigma");
 * ``f``, \(f(t) = \mathrm{d}\log\alpha/\mathrm{d}t\), and ``g2``,
   \(g^2(t) = \mathrm{d}\sigma^2/\mathrm{d}t - 2 f \sigma^2\) -- the coefficients of the linear forward SDE
@@ -20,7 +21,8 @@ the protocol a schedule implements and what coefficient tables, analytic models 
 
 ==========================  =====================================================================================
 ``log_alpha_unchecked(t)``  ``log alpha(t)`` -- **implement**
-``log_sigma_unchecked(t)``  ``log sigma(t)`` -- **implement** (given by :class:`VPSchedule` for VP schedules)
+``log_sigma_unchecked(t)``  ``log sigma(t)`` -- **implement** (given by
+[`VPSchedule`][sde_diffusion.schedules.VPSchedule] for VP schedules)
 ``f_unchecked(t)``          ``d log alpha / dt`` -- **implement**
 ``dlog_sigma_unchecked(t)`` ``d log sigma / dt`` -- **implement** unless ``g2_unchecked`` is overridden
 ``inverse_lambda_unchecked`` the ``t`` of a half log-SNR -- **implement** (VP: ``log_alpha_to_t_unchecked`` instead)
@@ -366,7 +368,8 @@ class VPCosine(VPSchedule):
 
 
 class SubVPLinear(_LinearBeta, NoiseSchedule):
-    r"""Sub-VP SDE (Song et al. 2021, arXiv:2011.13456): same \(\alpha\) as :class:`VPLinear`,
+    r"""Sub-VP SDE (Song et al. 2021, arXiv:2011.13456): same \(\alpha\) as
+    [`VPLinear`][sde_diffusion.schedules.VPLinear],
     \(\sigma = 1 - \alpha^2\), \(g^2 = \beta(t) (1 - \alpha^4)\). Domain \(t > 0\).
     """
 
@@ -604,7 +607,8 @@ class VPDiscrete(VPSchedule):
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], **kwargs: Any) -> VPDiscrete:
-        """Build from a diffusers-style config dict (see :func:`betas_from_config`)."""
+        """Build from a diffusers-style config dict (see
+        [`betas_from_config`][sde_diffusion.schedules.betas_from_config])."""
         return cls(betas_from_config(config), **kwargs)
 
     @property
@@ -614,7 +618,8 @@ class VPDiscrete(VPSchedule):
 
     @property
     def log_alpha_knots(self) -> torch.Tensor:
-        r"""\(\log \alpha\) at the :attr:`knots` (\(= \tfrac12 \log \bar\alpha_n\)), float64."""
+        r"""\(\log \alpha\) at the [`knots`][sde_diffusion.schedules.VPDiscrete.knots]
+        (\(= \tfrac12 \log \bar\alpha_n\)), float64."""
         return self._log_alpha_grid
 
     @property
@@ -656,7 +661,8 @@ class VPDiscrete(VPSchedule):
         return (as_tensor(t) - 1.0 / self.num_steps) * 1000.0
 
     def label_to_t(self, label: Tensorish) -> torch.Tensor:
-        r"""Inverse of :meth:`t_to_label`: \(t = \mathrm{label}/1000 + 1/N\)."""
+        r"""Inverse of [`t_to_label`][sde_diffusion.schedules.VPDiscrete.t_to_label]:
+        \(t = \mathrm{label}/1000 + 1/N\)."""
         return as_tensor(label) / 1000.0 + 1.0 / self.num_steps
 
     def params(self):

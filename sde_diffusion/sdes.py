@@ -15,7 +15,8 @@ Probability flow, with the same marginals as the SDE:
 
 For torchsde, whose time runs forward, the reverse SDE is written in \(s = -t\):
 \(\mathrm{d}x = -\big[f x - g^2 \nabla_x \log p\big](-s)\, \mathrm{d}s + g(-s)\, \mathrm{d}B_s\). A Brownian path for it
-is therefore indexed by \(s = -t\) (see :func:`sde_diffusion.reference.brownian_path`).
+is therefore indexed by \(s = -t\) (see
+[`sde_diffusion.reference.brownian_path`][sde_diffusion.reference.brownian_path]).
 """
 
 from __future__ import annotations
@@ -133,7 +134,8 @@ class ProbabilityFlowODE(_ScoreField):
 class ReverseSDE(_ScoreField):
     r"""\(\mathrm{d}x = [f x - g^2 \nabla_x \log p_t(x)]\, \mathrm{d}t + g\, \mathrm{d}\bar W\) for decreasing \(t\).
 
-    :meth:`drift` and :meth:`diffusion` are in ``t``; :meth:`torchsde` returns the same SDE in ``s = -t``
+    [`drift`][sde_diffusion.sdes.ReverseSDE.drift] and [`diffusion`][sde_diffusion.sdes.ReverseSDE.diffusion] are in
+    ``t``; [`torchsde`][sde_diffusion.sdes.ReverseSDE.torchsde] returns the same SDE in ``s = -t``
     (Itô, diagonal noise) for ``torchsde.sdeint``.
     """
 
@@ -147,7 +149,7 @@ class ReverseSDE(_ScoreField):
 
     def torchsde(self, event_shape=None) -> torch.nn.Module:
         r"""A torchsde SDE in \(s = -t\) on flattened states ``(B, d)`` (reshaped to ``event_shape`` for the model);
-        see :mod:`sde_diffusion.reference`."""
+        see [`sde_diffusion.reference`][sde_diffusion.reference]."""
         return _TorchsdeReverse(self, event_shape)
 
 

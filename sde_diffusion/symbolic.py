@@ -1,12 +1,15 @@
 r"""Symbolic (sympy) derivations used to check the numeric code.
 
-* :func:`schedule_formulas` derives \(\log\alpha\), \(\log\sigma\), \(f = \mathrm{d}\log\alpha/\mathrm{d}t\),
+* [`schedule_formulas`][sde_diffusion.symbolic.schedule_formulas] derives \(\log\alpha\), \(\log\sigma\),
+  \(f = \mathrm{d}\log\alpha/\mathrm{d}t\),
   \(g^2 = \mathrm{d}\sigma^2/\mathrm{d}t - 2 f \sigma^2\), \(\lambda\) and ``inverse_lambda`` of the closed-form
   schedules from their definitions alone (\(\alpha\) and \(\sigma\) as functions of \(t\)), independently of
-  :mod:`sde_diffusion.schedules`.
-* :func:`lagrange_exp_weights` and :func:`phi_symbolic` give the exact integrals behind the exponential
-  integrators (see :mod:`sde_diffusion.solvers.expint`).
-* :func:`deis_tab_weights` gives DEIS-tAB's weights (Lagrange in \(t\)) from their defining integral.
+  [`sde_diffusion.schedules`][sde_diffusion.schedules].
+* [`lagrange_exp_weights`][sde_diffusion.symbolic.lagrange_exp_weights] and
+  [`phi_symbolic`][sde_diffusion.symbolic.phi_symbolic] give the exact integrals behind the exponential
+  integrators (see [`sde_diffusion.solvers.expint`][sde_diffusion.solvers.expint]).
+* [`deis_tab_weights`][sde_diffusion.symbolic.deis_tab_weights] gives DEIS-tAB's weights (Lagrange in \(t\)) from their
+  defining integral.
 """
 
 from __future__ import annotations
@@ -118,7 +121,9 @@ def lagrange_exp_weights(ratios: list, h: sp.Expr, sign: int = 1) -> list[sp.Exp
     r"""Exact \(W_j = \int_0^h e^{\pm (h - u)} L_j(u)\, \mathrm{d}u\) (sign \(\pm\) = ``sign``) with \(L_j\) the
     Lagrange basis through \(u_m = r_m h\).
 
-    The symbolic counterpart of :func:`sde_diffusion.solvers.expint.lagrange_weights` (``sign = +1`` for noise
+    The symbolic counterpart of
+    [`sde_diffusion.solvers.expint.lagrange_weights`][sde_diffusion.solvers.expint.lagrange_weights] (``sign = +1`` for
+    noise
     prediction, ``-1`` for data prediction).
     """
     u = sp.symbols("u", real=True)
@@ -142,7 +147,8 @@ def deis_tab_weights(
     L_j(\tau)\, \mathrm{d}\tau,\]
 
     with \(L_j\) the Lagrange basis **in t** through ``nodes`` and \(\alpha\), \(\sigma\), \(g^2\) taken from
-    ``formulas`` (:func:`schedule_formulas`). Times are converted exactly (``sp.Rational`` of the binary float).
+    ``formulas`` ([`schedule_formulas`][sde_diffusion.symbolic.schedule_formulas]). Times are converted exactly
+    (``sp.Rational`` of the binary float).
 
     ``closed_form=True`` asks ``sp.integrate`` for an antiderivative (polynomial or exponential kernels: ``edm``,
     ``ve_geometric``); otherwise the integral is evaluated numerically to ``digits`` digits

@@ -1,7 +1,8 @@
 """The ``sde-diffusion`` command line: one module per command.
 
 Each command module (``schedules``, ``solvers``, ``study``, ``sample``, ``train``, ``optimise_grid``,
-``calibrate``) exposes ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``; :data:`COMMANDS` maps the
+``calibrate``) exposes ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``;
+[`COMMANDS`][sde_diffusion.cli.COMMANDS] maps the
 command names to them.
 Errors that are the user's (unknown names, bad options, unusable output paths or checkpoints) print one line and
 exit with status 2 -- never a traceback: [`UsageError`][sde_diffusion.cli.common.UsageError] for what the commands

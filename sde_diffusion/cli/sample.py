@@ -252,7 +252,8 @@ def _run(args, job) -> int:
 
 
 def _run_sharded(args, job, out: Path, part, spec, problem, model, steps, cal) -> int:
-    """The torchrun path: every rank writes (or resumes) its shard; rank 0 reports on the first :data:`CHUNK`
+    """The torchrun path: every rank writes (or resumes) its shard; rank 0 reports on the first
+    [`CHUNK`][sde_diffusion.cli.sample.CHUNK]
     samples, writes samples.png and then the index."""
     import torch
 

@@ -13,7 +13,7 @@ embedding of diffusers' UNets is defined for every real label). For ``N = 1000``
 ``1000 (t - 1/N)`` of ``Model(time_input="label")``.
 
 **Prediction types.** diffusers' ``prediction_type`` maps to ours: ``epsilon -> eps``, ``sample -> x0``,
-``v_prediction -> v`` (:data:`PREDICTION_TYPES`).
+``v_prediction -> v`` ([`PREDICTION_TYPES`][sde_diffusion.interop.diffusers.PREDICTION_TYPES]).
 
 **The scheduler.** [`SDEScheduler`][sde_diffusion.interop.diffusers.SDEScheduler] is a diffusers ``SchedulerMixin``:
 ``pipe.scheduler = SDEScheduler.from_config(pipe.scheduler.config, solver="unipc", predictor_order=3)`` and the

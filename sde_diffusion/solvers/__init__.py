@@ -1,4 +1,5 @@
-"""Solvers: one module per family, each registering its classes in :mod:`sde_diffusion.solvers.base`.
+"""Solvers: one module per family, each registering its classes in
+[`sde_diffusion.solvers.base`][sde_diffusion.solvers.base].
 
 Every public module of this package is imported here, so adding a module is enough to register its solvers.
 """

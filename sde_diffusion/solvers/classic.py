@@ -129,7 +129,7 @@ class PredictorCorrector(Solver):
 
     * ``predictor="reverse_diffusion"``:
       \(x \leftarrow (2 - \alpha_{t|s})\, x + \sigma_{t|s}^2 \nabla \log p_t(x) + \sigma_{t|s} z\);
-    * ``predictor="euler_maruyama"``: as :class:`EulerMaruyama`.
+    * ``predictor="euler_maruyama"``: as [`EulerMaruyama`][sde_diffusion.solvers.classic.EulerMaruyama].
 
     ``norm="batch"`` (default, as in the authors' code) takes \(\|z\|\) and \(\|\nabla \log p_t\|\) as batch means of
     the per-sample norms, so \(\epsilon_L\) is one number per step; ``norm="sample"`` uses each sample's own norms (the

@@ -20,7 +20,7 @@ approximates this integral:
   -\sigma_s \int_0^h e^{h-u} L_j\big(t(\lambda_t + u)\big)\, \mathrm{d}u\) have no closed form for general schedules and
   are computed by 32-point Gauss--Legendre quadrature in \(\lambda\) (float64, ``expint.exp_weighted_quadrature``; the
   constant part of \(L_0\) is integrated exactly, so tAB-1 *is* DDIM). Checked against the defining integral in sympy
-  (:func:`sde_diffusion.symbolic.deis_tab_weights`) to 1e-12.
+  ([`sde_diffusion.symbolic.deis_tab_weights`][sde_diffusion.symbolic.deis_tab_weights]) to 1e-12.
 * ``method="rhoab"`` (rhoAB-DEIS): Lagrange polynomial **in rho**, integrated exactly:
   \(C_j = \alpha_s \int_{\rho_t}^{\rho_s} L_j(\rho)\, \mathrm{d}\rho\) (``expint.lagrange_poly_weights``).
 * ``method="logrho"``: Lagrange polynomial **in** \(\log\rho = -\lambda\):

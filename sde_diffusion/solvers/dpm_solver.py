@@ -8,7 +8,8 @@ Every update of every method in this module has one shape. From a state \(x_a\) 
 * data prediction (DPM-Solver++): \(x_b = \frac{\sigma_b}{\sigma_a} x_a + \alpha_b \sum_j W_j x_{0,j}\),
 
 with \(W_j \approx \int_0^h e^{s(h-u)} L_j(u)\, \mathrm{d}u\) (\(s = +1\) / \(-1\), \(L_j\) the Lagrange basis). How
-\(W\) is formed is the *rule* (:func:`update_weights`); every rule is built from :mod:`~sde_diffusion.solvers.expint`
+\(W\) is formed is the *rule* ([`update_weights`][sde_diffusion.solvers.dpm_solver.update_weights]); every rule is built
+from [`expint`][sde_diffusion.solvers.expint]
 (``lagrange_weights``, ``phis``):
 
 * ``"exact"`` -- the exponentially weighted Lagrange weights through all nodes (order = number of nodes);
@@ -20,7 +21,7 @@ with \(W_j \approx \int_0^h e^{s(h-u)} L_j(u)\, \mathrm{d}u\) (\(s = +1\) / \(-1
 * ``"ref3"`` -- the multistep third-order form of the reference implementation and of diffusers
   (\(h \varphi_1 m_0 + h \varphi_2 D_1 + h \varphi_3 D_2\), divided differences \(D\)); the exact quadratic has
   \(2 h \varphi_3 D_2\), so this rule has a local error \(O(h^3)\) and the method is *second* order (see
-  :class:`DPMSolver`).
+  [`DPMSolver`][sde_diffusion.solvers.dpm_solver.DPMSolver]).
 
 The ``update`` option picks the rules (table in ``docs/theory/dpm_solver.md``): ``"paper"`` (Lu et al.'s published
 algorithms and reference code), ``"midpoint"`` / ``"heun"`` (diffusers' ``solver_type``), ``"exact"`` (exact
@@ -64,7 +65,8 @@ __all__ = [
     "singlestep_table",
 ]
 
-#: values of the ``update`` option (which rule each update of a method uses: :func:`update_rule`)
+#: values of the ``update`` option (which rule each update of a method uses:
+#: [`update_rule`][sde_diffusion.solvers.dpm_solver.update_rule])
 UPDATES = ("paper", "midpoint", "heun", "exact")
 #: stage nodes ``r_j`` (fractions of the step in lambda) of the singlestep methods of the paper
 STAGE_NODES = {1: (0.0,), 2: (0.0, 0.5), 3: (0.0, 1.0 / 3.0, 2.0 / 3.0)}
@@ -164,7 +166,8 @@ def combination(
         lam_nodes: lambda of the model outputs, ``(..., m)``; ``lam_nodes[..., 0]`` is ``lambda_a``.
         la_a: ``log alpha`` at the start ``a`` (``ls_a``, ``la_b``, ``ls_b``: ``log sigma`` at ``a``, ``log alpha``
             and ``log sigma`` at the end ``b``).
-        eta: data prediction only: the SDE-DPM-Solver++ family (:class:`SDEDPMSolverPP`), whose linear part decays
+        eta: data prediction only: the SDE-DPM-Solver++ family
+            ([`SDEDPMSolverPP`][sde_diffusion.solvers.dpm_solver.SDEDPMSolverPP]), whose linear part decays
             like \(e^{-(1 + \eta) h}\): the weights are those of the step \((1 + \eta) h\) (same \(r\)) and
             \(\mathrm{ratio} = (\sigma_b/\sigma_a)\, e^{-\eta h}\).
 
@@ -191,7 +194,8 @@ def grid_groups(order: int, steps: int, lower_order_final: bool = True) -> tuple
     """Group sizes (= orders) of a singlestep method whose stages are grid points (``stages="grid"``), as in
     diffusers' ``DPMSolverSinglestepScheduler.get_order_list``: without ``lower_order_final`` ``steps`` must be a
     multiple of ``order`` (``[order] * (steps // order)``); with it, the DPM-Solver-fast allocation of
-    :func:`fast_orders` is used on the fixed grid (order 2, even ``steps``: ``[2, ..., 2, 1, 1]``)."""
+    [`fast_orders`][sde_diffusion.solvers.dpm_solver.fast_orders] is used on the fixed grid (order 2, even ``steps``:
+    ``[2, ..., 2, 1, 1]``)."""
     if not lower_order_final:
         if steps % order:
             raise ValueError(
@@ -626,7 +630,8 @@ class SDEDPMSolverPP(_DPMBase):
     The ``z`` of each step is the step's normalised Brownian increment (``noise.increment``).
 
     Options: ``order`` 1 or 2 (2M: one evaluation per step, memory 1 output, warm-up and ``lower_order_final`` as
-    :class:`DPMSolverPP`), ``eta >= 0``, ``update`` (``"paper"``/``"midpoint"``: diffusers' midpoint form;
+    [`DPMSolverPP`][sde_diffusion.solvers.dpm_solver.DPMSolverPP]), ``eta >= 0``, ``update``
+    (``"paper"``/``"midpoint"``: diffusers' midpoint form;
     ``"heun"``/``"exact"``: the exact linear weights).
     Order: weak order 1 for ``eta > 0`` (strong order 1/2: the increment is not the weighted stochastic
     integral); for ``eta = 0`` the ODE order ``order``. NFE 1 per step.
@@ -669,7 +674,8 @@ class SDEDPMSolverPP(_DPMBase):
 @register("dpm_solver_fast")
 class DPMSolverFast(Solver):
     r"""DPM-Solver-fast (Lu et al. 2022, arXiv:2206.00927, sec. 3.4): singlestep DPM-Solver steps whose orders follow
-    :func:`fast_orders` (``3, ..., 3`` then ``2, 1`` / ``1`` / ``2``), on the fixed-grid path of
+    [`fast_orders`][sde_diffusion.solvers.dpm_solver.fast_orders] (``3, ..., 3`` then ``2, 1`` / ``1`` / ``2``), on the
+    fixed-grid path of
     [`sample`][sde_diffusion.sample.sample] -- the solver only builds the order list (and, given a budget, the grid).
 
     Two ways to call it:

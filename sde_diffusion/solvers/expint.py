@@ -118,7 +118,8 @@ def lagrange_weights(r: torch.Tensor, h: torch.Tensor, sign: int) -> torch.Tenso
 
 def lagrange_poly_weights(r: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     r"""Unweighted Lagrange weights \(W_j = \int_0^h L_j(u)\, \mathrm{d}u\) for nodes \(u_j = r_j h\) (shapes as in
-    :func:`lagrange_weights`): the \(z \to 0\) limit of the exponential weights, \(k!\, \varphi_{k+1}(0) = 1/(k+1)\).
+    [`lagrange_weights`][sde_diffusion.solvers.expint.lagrange_weights]): the \(z \to 0\) limit of the exponential
+    weights, \(k!\, \varphi_{k+1}(0) = 1/(k+1)\).
     Adams--Bashforth weights in a variable where the integrand carries no exponential (DEIS rhoAB)."""
     r = torch.as_tensor(r, dtype=torch.float64)
     h = torch.as_tensor(h, dtype=torch.float64)
@@ -160,7 +161,7 @@ def exp_weighted_quadrature(g, h: torch.Tensor, sign: int, n: int = 32) -> torch
 
 
 #: above this ``|h|`` the weights of an update are made to sum to the frame's own ``end - ratio * start``
-#: (:func:`long_step_consistent`)
+#: ([`long_step_consistent`][sde_diffusion.solvers.expint.long_step_consistent])
 LONG_STEP = math.log(2.0)
 
 

@@ -2,7 +2,8 @@
 value fails when the solver is built, with a message that names the option (not later, deep inside ``coefficients``
 or ``step``).
 
-* a value of the wrong type (``order=2.0``, ``order=True``, ``eta="1"``) raises :class:`OptionTypeError`, which is
+* a value of the wrong type (``order=2.0``, ``order=True``, ``eta="1"``) raises
+  [`OptionTypeError`][sde_diffusion.solvers.options.OptionTypeError], which is
   both a ``TypeError`` and a ``ValueError`` (so ``except ValueError`` catches every bad option);
 * a value of the right type outside its range or set of choices raises ``ValueError``, listing the valid values.
 
@@ -65,7 +66,8 @@ def check_int(
 
 def check_choice(name: str, value: Any, choices: Iterable[Any]) -> Any:
     """``value`` if it is one of ``choices`` (compared by type and value: ``1`` is not ``True``, ``2.0`` is not
-    ``2``); the error lists the valid values (an :class:`OptionTypeError` if no choice has the value's type)."""
+    ``2``); the error lists the valid values (an [`OptionTypeError`][sde_diffusion.solvers.options.OptionTypeError] if
+    no choice has the value's type)."""
     choices = tuple(choices)
     if not any(type(value) is type(c) and value == c for c in choices):
         error = ValueError if any(type(value) is type(c) for c in choices) else OptionTypeError
@@ -97,7 +99,8 @@ def check_nonnegative(name: str, value: Any) -> float:
 
 
 def check_int_sequence(name: str, value: Any, low: int | None = None, high: int | None = None) -> tuple[int, ...]:
-    """A non-empty sequence of ints, each checked as :func:`check_int` (named ``name[i]``), as a tuple."""
+    """A non-empty sequence of ints, each checked as [`check_int`][sde_diffusion.solvers.options.check_int] (named
+    ``name[i]``), as a tuple."""
     if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
         raise OptionTypeError(f"{name} must be a sequence of ints, got {_got(value)}")
     out = tuple(check_int(f"{name}[{i}]", v, low, high) for i, v in enumerate(value))

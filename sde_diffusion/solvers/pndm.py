@@ -7,7 +7,8 @@ classical solver into a *gradient part* (how the noise predictions of several po
 \[ \phi(x_t, \epsilon', t \to s) = \frac{\alpha_s}{\alpha_t} x_t - \sigma_s (e^{h} - 1)\, \epsilon',
    \qquad h = \lambda_s - \lambda_t, \]
 
-i.e. :func:`~sde_diffusion.solvers.first_order.ddim_coefficients` with ``eta = 0``: the exact solution of the
+i.e. [`ddim_coefficients`][sde_diffusion.solvers.first_order.ddim_coefficients] with ``eta = 0``: the exact solution of
+the
 probability-flow ODE when \(\epsilon\) is frozen (exact for point-mass data; the property Liu et al. credit for keeping
 samples near the data manifold at large steps -- ``docs/theory/pndm.md`` measures when it helps).
 Gradient parts here:
@@ -70,7 +71,7 @@ MULTISTEP, RK = 0, 1
 def adams_bashforth(k: int) -> tuple[float, ...]:
     r"""Adams--Bashforth coefficients of order ``k`` on a uniform grid, newest first:
     \(b_j = \int_0^1 L_j(\theta)\, \mathrm{d}\theta\) for the Lagrange basis through the nodes \(\theta_j = -j\)
-    (the \(h \to 0\) limit of :func:`~sde_diffusion.solvers.expint.lagrange_weights` divided by \(h\)).
+    (the \(h \to 0\) limit of [`lagrange_weights`][sde_diffusion.solvers.expint.lagrange_weights] divided by \(h\)).
     \(k = 4\) gives \((55, -59, 37, -9)/24\)."""
     if not 1 <= k <= 4:
         raise ValueError(f"Adams-Bashforth order must be 1..4, got {k}")

@@ -231,7 +231,8 @@ def rk_coefficients(layout: RKLayout, ts: torch.Tensor, base) -> dict:
 
 
 def rk_step(model, x: torch.Tensor, c, layout: RKLayout, first: torch.Tensor | None = None, upto: int | None = None):
-    """One explicit RK step of the PF-ODE from ``x`` (coefficients ``c`` from :func:`rk_coefficients`).
+    """One explicit RK step of the PF-ODE from ``x`` (coefficients ``c`` from
+    [`rk_coefficients`][sde_diffusion.solvers.tableaux.rk_coefficients]).
 
     ``first``: the noise prediction at ``x`` if already known (saves that evaluation). ``upto``: return the input of
     stage ``upto`` without evaluating it (Heun's last step: ``upto=1`` is its Euler predictor). Returns ``x_next``.

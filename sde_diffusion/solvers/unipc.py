@@ -12,7 +12,8 @@ with \(r_k = (\lambda_{i-k} - \lambda_i)/h_i\) and, for data prediction, \(c_x =
 
 \[\sum_k \rho_k r_k^{n-1} = \frac{\hat h\, \varphi_{n+1}(\hat h)\, n!}{B(\hat h)}, \qquad n = 1, \dots, p-1\]
 
-(\(\varphi\) from :mod:`sde_diffusion.solvers.expint`); for a single unknown \(\rho = 1/2\) (the \(h \to 0\) limit,
+(\(\varphi\) from [`sde_diffusion.solvers.expint`][sde_diffusion.solvers.expint]); for a single unknown \(\rho = 1/2\)
+(the \(h \to 0\) limit,
 as in the authors' code and diffusers).
 
 UniC-p corrects \(x_{i+1}\) once the model has been evaluated there, re-using that evaluation

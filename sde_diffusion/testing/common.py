@@ -31,11 +31,12 @@ class PropertyCheckError(AssertionError):
 
 
 class ScheduleCheckError(PropertyCheckError):
-    """A schedule property of :data:`SCHEDULE_PROPERTIES` failed."""
+    """A schedule property of [`SCHEDULE_PROPERTIES`][sde_diffusion.testing.schedule_checks.SCHEDULE_PROPERTIES]
+    failed."""
 
 
 class SolverCheckError(PropertyCheckError):
-    """A solver property of :data:`SOLVER_PROPERTIES` failed."""
+    """A solver property of [`SOLVER_PROPERTIES`][sde_diffusion.testing.solver_checks.SOLVER_PROPERTIES] failed."""
 
 
 @dataclass

@@ -119,9 +119,11 @@ def weak_error(solver, schedule, data: Gaussian, ts) -> tuple[int, float]:
 def measure_order(solver: str | type[Solver] | Solver, *, nfe: Iterable[int] = ORDER_NFE) -> OrderMeasurement:
     """Measure the convergence order of ``solver`` (name, class or instance) on a Gaussian problem.
 
-    The problem: :class:`VPLinear` (``beta`` from 0.1 to 20, ``t`` from 1 to 1e-3), diagonal Gaussian data
+    The problem: [`VPLinear`][sde_diffusion.schedules.VPLinear] (``beta`` from 0.1 to 20, ``t`` from 1 to 1e-3),
+    diagonal Gaussian data
     ``N([0.5, -1, 2], diag([0.3, 0.8, 1.5])^2)``, logSNR-uniform grids with about ``nfe`` model evaluations each.
-    Deterministic solvers: the max abs error of the final state against :meth:`Gaussian.flow` (global order).
+    Deterministic solvers: the max abs error of the final state against
+    [`Gaussian.flow`][sde_diffusion.analytic.Gaussian.flow] (global order).
     Stochastic solvers: the exact weak error ``max |E x - E x_exact| + |Var x - Var x_exact|`` of the output, from
     one batched run with probe columns (on Gaussian data every step is affine in the state and the noise, so the
     moments follow exactly from the response to unit inputs; the affine form is verified on a random column).

@@ -217,27 +217,31 @@ SCHEDULE_PROPERTIES: dict[str, Callable] = {
     "tensor_semantics": _prop_tensor_semantics,
     "moment_ode": _prop_moment_ode,
 }
-"""Every schedule property by name, in the order :func:`check_schedule` runs them (``vp_identity`` only for VP
+"""Every schedule property by name, in the order
+[`check_schedule`][sde_diffusion.testing.schedule_checks.check_schedule] runs them (``vp_identity`` only for VP
 schedules). Each is ``prop(schedule, t) -> None`` raising ``AssertionError``, with ``t`` a float64 tensor of times
-from :func:`times`; call them inside your own ``@given`` tests as well."""
+from [`times`][sde_diffusion.testing.strategies.times]; call them inside your own ``@given`` tests as well."""
 
 
 def check_schedule(
     schedule: NoiseSchedule, *, vp: bool | None = None, max_examples: int = 50, properties: Iterable[str] | None = None
 ) -> CheckReport:
-    """Run the schedule property suite on any :class:`NoiseSchedule`, built-in or user-defined.
+    """Run the schedule property suite on any [`NoiseSchedule`][sde_diffusion.schedules.NoiseSchedule], built-in or
+    user-defined.
 
-    Each property is run by Hypothesis on ``max_examples`` draws of six times from :func:`times` (derandomised, so
+    Each property is run by Hypothesis on ``max_examples`` draws of six times from
+    [`times`][sde_diffusion.testing.strategies.times] (derandomised, so
     a run is reproducible); a failure is shrunk to a minimal counterexample.
 
     Args:
         schedule: the schedule under test.
         vp: whether to check ``alpha^2 + sigma^2 = 1``; default ``schedule.is_vp``.
         max_examples: Hypothesis examples per property.
-        properties: subset of :data:`SCHEDULE_PROPERTIES` (default: all that apply).
+        properties: subset of [`SCHEDULE_PROPERTIES`][sde_diffusion.testing.schedule_checks.SCHEDULE_PROPERTIES]
+        (default: all that apply).
 
     Returns:
-        a :class:`CheckReport` listing the properties that passed.
+        a [`CheckReport`][sde_diffusion.testing.common.CheckReport] listing the properties that passed.
 
     Raises:
         ScheduleCheckError: naming the first failed property, with Hypothesis' shrunk counterexample.

@@ -204,7 +204,8 @@ SOLVER_PROPERTIES: dict[str, Callable] = {
     "per_sample_times": _prop_per_sample_times,
     "order": _prop_order,
 }
-"""Every solver property by name, in the order :func:`check_solver` runs them."""
+"""Every solver property by name, in the order [`check_solver`][sde_diffusion.testing.solver_checks.check_solver] runs
+them."""
 
 
 def check_solver(
@@ -219,7 +220,7 @@ def check_solver(
 ) -> CheckReport:
     r"""Run the solver property suite on a solver (registry name, class or instance -- registered or not).
 
-    Properties (:data:`SOLVER_PROPERTIES`, in this order):
+    Properties ([`SOLVER_PROPERTIES`][sde_diffusion.testing.solver_checks.SOLVER_PROPERTIES], in this order):
 
     * ``nfe`` -- ``SampleResult.nfe`` equals ``solver.final_nfe(steps)`` for 1, 2, 3 and 7 steps.
     * ``determinism`` -- the same input (and seed) gives bitwise the same output; a stochastic solver gives different
@@ -233,7 +234,8 @@ def check_solver(
       run of that sample alone on its own grid gives (with the same noise), over random schedules, grids, data and
       parametrisations (Hypothesis). Skipped for solvers that declare ``couples_batch = True`` (e.g. a Langevin
       corrector whose step size uses norms averaged over the batch).
-    * ``order`` -- the order fitted by :func:`measure_order` on its Gaussian problem is the declared order within
+    * ``order`` -- the order fitted by [`measure_order`][sde_diffusion.testing.order.measure_order] on its Gaussian
+      problem is the declared order within
       ``order_tol``. Deterministic solvers: global error, two-sided. Stochastic solvers: exact-moment weak error,
       one-sided (on Gaussian data the problem is linear and a method may converge faster than its general weak
       order; that is recorded in the report, not failed); skipped with a note when the weak error does not apply
@@ -250,10 +252,12 @@ def check_solver(
             ``solver.exact_for_point_mass``).
         max_examples: Hypothesis examples for each randomised property.
         nfe: the model-evaluation counts of the order study.
-        properties: subset of :data:`SOLVER_PROPERTIES` (default all).
+        properties: subset of [`SOLVER_PROPERTIES`][sde_diffusion.testing.solver_checks.SOLVER_PROPERTIES] (default
+            all).
 
     Returns:
-        a :class:`CheckReport` (skipped properties with the reason; the measured order).
+        a [`CheckReport`][sde_diffusion.testing.common.CheckReport] (skipped properties with the reason; the measured
+        order).
 
     Raises:
         SolverCheckError: naming the first failed property, with Hypothesis' shrunk counterexample where one applies.

@@ -23,13 +23,14 @@ def _floats(st, lo, hi, log=False):
 
 
 SCHEDULE_KINDS = ("vp_linear", "vp_cosine", "vp_discrete", "subvp_linear", "ve_geometric", "edm")
-"""The kinds :func:`schedules` draws from."""
+"""The kinds [`schedules`][sde_diffusion.testing.strategies.schedules] draws from."""
 
 
 def schedules(kinds: tuple[str, ...] | None = None):
     """Strategy over every built-in schedule with random valid parameters.
 
-    ``kinds`` restricts to a subset of :data:`SCHEDULE_KINDS`. Discrete schedules come from random valid beta
+    ``kinds`` restricts to a subset of [`SCHEDULE_KINDS`][sde_diffusion.testing.strategies.SCHEDULE_KINDS]. Discrete
+    schedules come from random valid beta
     sequences (increasing, in ``(0, 1)``) and from random diffusers-style configs.
     """
     _, st = hypothesis_modules()
@@ -100,7 +101,8 @@ def times(schedule: NoiseSchedule, *, size: int | None = None):
 
 
 GRID_KINDS = ("time_uniform", "time_quadratic", "logsnr", "karras", "explicit")
-"""The kinds :func:`grids` draws from: the named grids of :mod:`sde_diffusion.grids` and explicit grids."""
+"""The kinds [`grids`][sde_diffusion.testing.strategies.grids] draws from: the named grids of
+[`sde_diffusion.grids`][sde_diffusion.grids] and explicit grids."""
 
 
 def grids(
@@ -125,7 +127,7 @@ def grids(
             them to shape ``(steps+1, batch)``: one grid per sample.
         decreasing: ``True`` (sampling, ``t_start > t_end``) or ``False`` (inversion: the flipped grids).
 
-    Every grid drawn passes :func:`sde_diffusion.grids.validate_grid`.
+    Every grid drawn passes [`sde_diffusion.grids.validate_grid`][sde_diffusion.grids.validate_grid].
     """
     _, st = hypothesis_modules()
     kinds = GRID_KINDS if kinds is None else tuple(kinds)
@@ -165,13 +167,16 @@ def grids(
 
 
 DATA_KINDS = ("point_mass", "gaussian", "mixture")
-"""The kinds :func:`analytic_data` draws from."""
+"""The kinds [`analytic_data`][sde_diffusion.testing.strategies.analytic_data] draws from."""
 
 
 def analytic_data(event_shape: tuple[int, ...] = (2,), kinds: tuple[str, ...] | None = None):
-    """Strategy over exact oracles of :mod:`sde_diffusion.analytic` with random parameters (float64):
-    :class:`PointMass` (location in ``[-3, 3]``), diagonal :class:`Gaussian` (mean in ``[-3, 3]``, std in
-    ``[0.05, 3]``) and :class:`GaussianMixture` (1--4 components, isotropic or diagonal stds, random weights)."""
+    """Strategy over exact oracles of [`sde_diffusion.analytic`][sde_diffusion.analytic] with random parameters
+    (float64):
+    [`PointMass`][sde_diffusion.analytic.PointMass] (location in ``[-3, 3]``), diagonal
+    [`Gaussian`][sde_diffusion.analytic.Gaussian] (mean in ``[-3, 3]``, std in
+    ``[0.05, 3]``) and [`GaussianMixture`][sde_diffusion.analytic.GaussianMixture] (1--4 components, isotropic or
+    diagonal stds, random weights)."""
     _, st = hypothesis_modules()
     kinds = DATA_KINDS if kinds is None else tuple(kinds)
     unknown = set(kinds) - set(DATA_KINDS)
@@ -236,7 +241,8 @@ SOLVER_OPTIONS: dict[str, Callable[[Any], Any]] = {
     "pndm": lambda st: st.fixed_dictionaries({"warmup": st.sampled_from(["heun", "rk4"])}),
 }
 """Registry name -> ``f(hypothesis.strategies)`` giving a strategy of valid option dicts for that solver.
-:func:`solvers` uses the default options (``{}``) for a registered name that is not in this table, so every new
+[`solvers`][sde_diffusion.testing.strategies.solvers] uses the default options (``{}``) for a registered name that is
+not in this table, so every new
 solver is covered; add an entry to explore its options."""
 
 
@@ -246,12 +252,14 @@ def solvers(
     options: dict[str, Callable[[Any], Any]] | None = None,
     stochastic: bool | None = None,
 ):
-    """Strategy over registered solvers (read from :func:`~sde_diffusion.solvers.registered_solvers` when called)
+    """Strategy over registered solvers (read from [`registered_solvers`][sde_diffusion.solvers.base.registered_solvers]
+    when called)
     built with valid options.
 
     Args:
         names: registry names to draw from (default: all registered).
-        options: extra or replacement entries for :data:`SOLVER_OPTIONS` (same form).
+        options: extra or replacement entries for [`SOLVER_OPTIONS`][sde_diffusion.testing.strategies.SOLVER_OPTIONS]
+            (same form).
         stochastic: keep only stochastic (``True``) or deterministic (``False``) instances.
     """
     _, st = hypothesis_modules()

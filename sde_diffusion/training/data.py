@@ -3,17 +3,21 @@ r"""Synthetic data sets generated on the fly from a seed (no downloads).
 Two-dimensional sets (each ``fn(n, generator=None, *, dtype=None, device=None) -> (n, 2)``, scaled to order-one
 coordinates):
 
-* :func:`ring` -- a mixture of 8 narrow Gaussians on a circle (also available as an exact
-  :class:`~sde_diffusion.analytic.GaussianMixture` through :func:`ring_distribution`);
-* :func:`two_moons`, :func:`swiss_roll`, :func:`checkerboard`.
+* [`ring`][sde_diffusion.training.data.ring] -- a mixture of 8 narrow Gaussians on a circle (also available as an exact
+  [`GaussianMixture`][sde_diffusion.analytic.GaussianMixture] through
+  [`ring_distribution`][sde_diffusion.training.data.ring_distribution]);
+* [`two_moons`][sde_diffusion.training.data.two_moons], [`swiss_roll`][sde_diffusion.training.data.swiss_roll],
+  [`checkerboard`][sde_diffusion.training.data.checkerboard].
 
 Images (``(n, 1, size, size)`` in ``[-1, 1]``, background ``-1``):
 
-* :func:`shapes` -- discs, squares, triangles, crosses and rings, anti-aliased, at random positions and sizes;
-* :func:`digits` -- the digits 0-9 drawn as strokes on a seven-segment skeleton, with random slant, scale, position
+* [`shapes`][sde_diffusion.training.data.shapes] -- discs, squares, triangles, crosses and rings, anti-aliased, at
+  random positions and sizes;
+* [`digits`][sde_diffusion.training.data.digits] -- the digits 0-9 drawn as strokes on a seven-segment skeleton, with
+  random slant, scale, position
   and thickness.
 
-All randomness comes from the ``generator`` (a :class:`torch.Generator`), so a seed reproduces a data set; samples
+All randomness comes from the ``generator`` (a `torch.Generator`), so a seed reproduces a data set; samples
 are drawn on the generator's device and cast to ``dtype`` / moved to ``device``.
 """
 
@@ -289,7 +293,8 @@ DATASETS: dict[str, Callable] = {
 
 
 def get_dataset(name: str | Callable, **options) -> Callable:
-    """A sampler ``fn(n, generator) -> tensor`` by name (see :data:`DATASETS`) with its options bound."""
+    """A sampler ``fn(n, generator) -> tensor`` by name (see [`DATASETS`][sde_diffusion.training.data.DATASETS]) with
+    its options bound."""
     if callable(name):
         fn = name
     elif name in DATASETS:

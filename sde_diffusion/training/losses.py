@@ -1,7 +1,7 @@
 r"""Training objectives for score models: the discrete variational bound, Ho's simplified loss, continuous-time
 denoising score matching, the v-loss and min-SNR weighting.
 
-Every loss takes a :class:`~sde_diffusion.models.Model`, so the network may predict ``eps``, ``x0``, ``v`` or the
+Every loss takes a [`Model`][sde_diffusion.models.Model], so the network may predict ``eps``, ``x0``, ``v`` or the
 ``score``. With \(x_t = \alpha x_0 + \sigma \epsilon\) all four parametrisations are linear in \((x_0, \epsilon)\) given
 \(x_t\), so every squared error is a multiple of the noise error:
 
@@ -19,11 +19,12 @@ in float64.
 Conventions: squared norms are summed over all non-batch dimensions (values are in nats for the bounds); a time drawn
 for a sample is shared by its dimensions; ``reduction`` is ``"mean"`` (batch mean, the default), ``"sum"`` or
 ``"none"`` (per-sample values of shape ``(B,)``). \(\mathrm{SNR}(t) = \alpha^2/\sigma^2 = e^{2\lambda}\) with
-\(\lambda\) the half log-SNR of :mod:`sde_diffusion.schedules`.
+\(\lambda\) the half log-SNR of [`sde_diffusion.schedules`][sde_diffusion.schedules].
 
 Discrete chain (Sohl-Dickstein et al. 2015, arXiv:1503.03585; Ho et al. 2020, arXiv:2006.11239): for a
-:class:`~sde_diffusion.schedules.VPDiscrete` schedule with \(N\) steps, step \(k = 1, \dots, N\) is the continuous
-time \(t_k = k/N\) and \(\bar\alpha_k = \alpha(t_k)^2\); see :func:`vlb` for the bound and its terms.
+[`VPDiscrete`][sde_diffusion.schedules.VPDiscrete] schedule with \(N\) steps, step \(k = 1, \dots, N\) is the continuous
+time \(t_k = k/N\) and \(\bar\alpha_k = \alpha(t_k)^2\); see [`vlb`][sde_diffusion.training.losses.vlb] for the bound
+and its terms.
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ def sample_time(
             uniform on \([\lambda(t_{\max}), \lambda(t_{\min})]\) (density
             \(p(t) = -\lambda'(t)/(\lambda_{\max} - \lambda_{\min})\), which is proportional to \(g^2/\sigma^2\):
             importance sampling for the likelihood weighting); ``"discrete"`` -- a uniform step \(k\) of a
-            :class:`~sde_diffusion.schedules.VPDiscrete` chain, \(t = k/N\).
+            [`VPDiscrete`][sde_diffusion.schedules.VPDiscrete] chain, \(t = k/N\).
         generator: random generator (its device is used when ``device`` is not given).
         device: where to put the times.
     """
@@ -142,7 +143,7 @@ def sample_time(
 
 
 def time_density(schedule: NoiseSchedule, t: torch.Tensor, kind: str = "uniform") -> torch.Tensor:
-    r"""Density ``p(t)`` of :func:`sample_time` (continuous kinds only).
+    r"""Density ``p(t)`` of [`sample_time`][sde_diffusion.training.losses.sample_time] (continuous kinds only).
 
     ``uniform``: \(1/(t_{\max} - t_{\min})\); ``logsnr``: \(-\lambda'(t)/(\lambda_{\max} - \lambda_{\min})\) with
     \(-\lambda'(t) = g^2(t)/(2 \sigma^2(t))\) (from
@@ -238,7 +239,7 @@ def eps_weighted_loss(
         generator: random generator for ``t`` and ``eps``.
         t: times ``(B,)`` (or a scalar); drawn with ``time_sampling`` when omitted.
         noise: ``eps``; drawn when omitted.
-        time_sampling: see :func:`sample_time`.
+        time_sampling: see [`sample_time`][sde_diffusion.training.losses.sample_time].
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
     """
     t, noise, a64, s64 = _prepare(model, x0, t, noise, generator, time_sampling)
@@ -267,10 +268,12 @@ def simple_loss(
     \[L_{\rm simple} = \mathbb{E}_{t, x_0, \epsilon}
     \|\epsilon - \hat\epsilon(\alpha_t x_0 + \sigma_t \epsilon, t)\|^2.\]
 
-    \(t\) is a uniform step of the chain for a :class:`~sde_diffusion.schedules.VPDiscrete` schedule (Ho's
+    \(t\) is a uniform step of the chain for a [`VPDiscrete`][sde_diffusion.schedules.VPDiscrete] schedule (Ho's
     \(t \sim U\{1, \dots, T\}\)) and \(U[t_{\min}, t_{\max}]\) otherwise (override with ``time_sampling``). It is the
-    VLB with the per-step weights of :func:`vlb_coefficients` replaced by a constant (see :func:`vlb`); in continuous
-    time it is \(2/(t_{\max} - t_{\min})\) times :func:`dsm_loss` with ``weighting="sigma2"``.
+    VLB with the per-step weights of [`vlb_coefficients`][sde_diffusion.training.losses.vlb_coefficients] replaced by a
+    constant (see [`vlb`][sde_diffusion.training.losses.vlb]); in continuous
+    time it is \(2/(t_{\max} - t_{\min})\) times [`dsm_loss`][sde_diffusion.training.losses.dsm_loss] with
+    ``weighting="sigma2"``.
     """
     if time_sampling is None:
         time_sampling = "discrete" if isinstance(_check_model(model).schedule, VPDiscrete) else "uniform"
@@ -432,7 +435,8 @@ class VLBCoefficients:
 
 
 def vlb_coefficients(schedule: VPDiscrete, variance: str = "beta") -> VLBCoefficients:
-    r"""The per-step coefficients of :func:`vlb` for a :class:`~sde_diffusion.schedules.VPDiscrete` schedule.
+    r"""The per-step coefficients of [`vlb`][sde_diffusion.training.losses.vlb] for a
+    [`VPDiscrete`][sde_diffusion.schedules.VPDiscrete] schedule.
 
     ``variance="beta"``: \(s_k^2 = \beta_k\) (decoder \(s_1^2 = \beta_1\)); ``"beta_tilde"``: \(s_k^2 = \tilde\beta_k\)
     (decoder \(s_1^2 = \tilde\beta_2\), the clipped value of Ho et al.'s code, since \(\tilde\beta_1 = 0\)). With
@@ -489,7 +493,7 @@ def vlb_term(
 
     For \(k \ge 2\): \(\mathrm{KL}(q(x_{k-1} \mid x_k, x_0) \,\|\, p_\theta(x_{k-1} \mid x_k))
     = d\, \mathrm{const}_k + w_k \|\hat\epsilon - \epsilon\|^2\); for \(k = 1\):
-    \(-\log \mathcal{N}(x_0; \mu_\theta(x_1, 1), s_1^2 I)\) (see :func:`vlb`).
+    \(-\log \mathcal{N}(x_0; \mu_\theta(x_1, 1), s_1^2 I)\) (see [`vlb`][sde_diffusion.training.losses.vlb]).
     """
     sch = _discrete_steps(_check_model(model).schedule)
     c = coefficients or vlb_coefficients(sch, variance)
@@ -549,14 +553,15 @@ def vlb(
     reduction: str = "mean",
 ) -> torch.Tensor:
     r"""Variational bound on \(-\log p_\theta(x_0)\) (nats) of the discrete chain of a
-    :class:`~sde_diffusion.schedules.VPDiscrete` schedule (Sohl-Dickstein et al. 2015, arXiv:1503.03585;
+    [`VPDiscrete`][sde_diffusion.schedules.VPDiscrete] schedule (Sohl-Dickstein et al. 2015, arXiv:1503.03585;
     Ho et al. 2020, arXiv:2006.11239, eq. 5):
 
     \[L_{\rm vlb} = L_T + \sum_{k=2}^N L_{k-1} + L_0,\]
 
     with
 
-    * \(L_T = \mathrm{KL}(q(x_N \mid x_0) \,\|\, \mathcal{N}(0, I))\) (:func:`prior_kl`);
+    * \(L_T = \mathrm{KL}(q(x_N \mid x_0) \,\|\, \mathcal{N}(0, I))\)
+      ([`prior_kl`][sde_diffusion.training.losses.prior_kl]);
     * \(L_{k-1} = \mathbb{E}_q \mathrm{KL}(q(x_{k-1} \mid x_k, x_0) \,\|\, p_\theta(x_{k-1} \mid x_k))\), where
       \(q(x_{k-1} \mid x_k, x_0) = \mathcal{N}(\tilde\mu(x_k, x_0), \tilde\beta_k I)\),
       \(\tilde\mu(x_k, x_0) = \frac{\sqrt{\bar\alpha_{k-1}}\, \beta_k}{1 - \bar\alpha_k} x_0 +
@@ -571,16 +576,19 @@ def vlb(
       8-bit images is not used). \(\mu_\theta(x_1, 1) = \hat x_0(x_1)\) since \(\bar\alpha_0 = 1\).
 
     So \(L_{\rm vlb} = L_T + \sum_k \big(d\, \mathrm{const}_k + w_k \mathbb{E}\|\hat\epsilon - \epsilon\|^2\big)\) (see
-    :class:`VLBCoefficients`): \(L_{\rm simple}\) is this bound with the weights \(w_k\) replaced by a constant and
+    [`VLBCoefficients`][sde_diffusion.training.losses.VLBCoefficients]): \(L_{\rm simple}\) is this bound with the
+    weights \(w_k\) replaced by a constant and
     the constants dropped. The bound always covers the whole chain \(k = 1, \dots, N\); the schedule's
     ``t_min``/``t_max`` are not used.
 
     Args:
-        model: network on a :class:`~sde_diffusion.schedules.VPDiscrete` schedule (evaluated at ``t = k/N``).
+        model: network on a [`VPDiscrete`][sde_diffusion.schedules.VPDiscrete] schedule (evaluated at ``t = k/N``).
         x0: data ``(B, ...)``.
-        variance: ``"beta"`` or ``"beta_tilde"`` (see :func:`vlb_coefficients`).
+        variance: ``"beta"`` or ``"beta_tilde"`` (see
+            [`vlb_coefficients`][sde_diffusion.training.losses.vlb_coefficients]).
         estimator: ``"mc"`` -- unbiased one-step estimate \(L_T + N L_{k-1}\) with \(k \sim U\{1, \dots, N\}\) per
-            sample; ``"full"`` -- all ``N`` terms (:func:`vlb_terms`; cost ``N`` network evaluations per sample).
+            sample; ``"full"`` -- all ``N`` terms ([`vlb_terms`][sde_diffusion.training.losses.vlb_terms]; cost ``N``
+            network evaluations per sample).
         generator: random generator.
         k: steps for the ``"mc"`` estimator (drawn when omitted).
         noise: noise for the ``"mc"`` estimator (drawn when omitted).
@@ -615,7 +623,8 @@ LOSSES: dict[str, Callable] = {
 
 
 def get_loss(name: str | Callable, **options) -> Callable:
-    """A loss ``fn(model, x0, generator) -> scalar`` by name (see :data:`LOSSES`) with its options bound."""
+    """A loss ``fn(model, x0, generator) -> scalar`` by name (see [`LOSSES`][sde_diffusion.training.losses.LOSSES]) with
+    its options bound."""
     if callable(name):
         fn = name
     elif name in LOSSES:

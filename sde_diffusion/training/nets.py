@@ -1,13 +1,13 @@
 r"""Score networks: an MLP for low-dimensional data and a small UNet for 16x16 to 32x32 images.
 
 A network here is just ``fn(x, t) -> output`` with the shape of ``x``; what it predicts (``eps``, ``x0``, ``v`` or
-``score``) is decided by wrapping it in :class:`~sde_diffusion.models.Model`. ``t`` is the network's time input, shape
+``score``) is decided by wrapping it in [`Model`][sde_diffusion.models.Model]. ``t`` is the network's time input, shape
 ``(B,)`` (or a scalar): continuous time by default; use ``Model(..., time_input=...)`` to feed something else (the
 discrete label, or ``lambda(t)`` for a schedule whose time spans several decades).
 
 Both networks work on any device and in any floating dtype (the time features are computed in float32 or wider and
 cast to the activations' dtype), and record the keyword arguments they were built with in ``.config`` so that a
-checkpoint can rebuild them (see :func:`build_net`).
+checkpoint can rebuild them (see [`build_net`][sde_diffusion.training.nets.build_net]).
 
 Time embeddings:
 
@@ -118,7 +118,8 @@ class MLPScoreNet(nn.Module):
     r"""Residual MLP ``fn(x, t)`` for low-dimensional data ``x`` of shape ``(B, *event_shape)``.
 
     ``h = W_in x``; ``depth`` blocks ``h <- h + W_2 silu(W_1 silu(LN(h)) + E_b(e(t)))``; output
-    ``W_out silu(LN(h))``, where ``e(t)`` is an MLP of the Fourier features of ``t`` (:class:`FourierTimeEmbedding`).
+    ``W_out silu(LN(h))``, where ``e(t)`` is an MLP of the Fourier features of ``t``
+    ([`FourierTimeEmbedding`][sde_diffusion.training.nets.FourierTimeEmbedding]).
 
     Args:
         dim: data dimension (product of the event shape).
@@ -240,7 +241,8 @@ class UNet(nn.Module):
         attn_heads: heads of the middle self-attention.
         groups: GroupNorm groups (reduced to a divisor of the channel count where needed).
         embed_dim: time-embedding width (default ``4 * base_channels``).
-        fourier: time features, ``"fixed"`` or ``"random"`` (see :class:`FourierTimeEmbedding`).
+        fourier: time features, ``"fixed"`` or ``"random"`` (see
+            [`FourierTimeEmbedding`][sde_diffusion.training.nets.FourierTimeEmbedding]).
         fourier_scale: std of random frequencies.
         dropout: dropout in the residual blocks.
     """
@@ -344,11 +346,11 @@ class UNet(nn.Module):
 
 
 NETS: dict[str, type[nn.Module]] = {"MLPScoreNet": MLPScoreNet, "UNet": UNet}
-"""The networks :func:`build_net` can rebuild from a checkpoint."""
+"""The networks [`build_net`][sde_diffusion.training.nets.build_net] can rebuild from a checkpoint."""
 
 
 def build_net(name: str, config: dict) -> nn.Module:
-    """Rebuild a network of :data:`NETS` from its class name and recorded ``config``."""
+    """Rebuild a network of [`NETS`][sde_diffusion.training.nets.NETS] from its class name and recorded ``config``."""
     if name not in NETS:
         raise ValueError(f"unknown network {name!r}; known: {sorted(NETS)}")
     return NETS[name](**config)

@@ -1,9 +1,11 @@
 r"""Training loop: AdamW, EMA of the weights, gradient clipping, mixed precision on CUDA, atomic resumable
 checkpoints, and exact reproducibility from a seed on CPU.
 
-:func:`train` minimises one of the objectives of :mod:`sde_diffusion.training.losses` on batches drawn on the fly from a
-data sampler (a name from :data:`sde_diffusion.training.data.DATASETS` or any ``fn(n, generator) -> tensor``). All
-randomness of a step (data, times, noise) comes from one :class:`torch.Generator` seeded with ``config.seed``; its
+[`train`][sde_diffusion.training.train.train] minimises one of the objectives of
+[`sde_diffusion.training.losses`][sde_diffusion.training.losses] on batches drawn on the fly from a
+data sampler (a name from [`sde_diffusion.training.data.DATASETS`][sde_diffusion.training.data.DATASETS] or any ``fn(n,
+generator) -> tensor``). All
+randomness of a step (data, times, noise) comes from one `torch.Generator` seeded with ``config.seed``; its
 state is saved in every checkpoint together with the global torch RNG state (used by dropout), so a resumed run
 continues exactly where the interrupted one stopped.
 
@@ -15,21 +17,30 @@ norm ``grad_clip``; AdamW step (Loshchilov & Hutter 2019, arXiv:1711.05101); the
 A checkpoint (a plain ``torch.save`` dictionary that loads with ``weights_only=True``) holds the network, EMA and
 optimizer states, the step, RNG states, the config, the loss history, the schedule (class and parameters), the
 prediction type and the network's class and constructor config, and a SHA-256 checksum of all of that
-(:func:`payload_checksum`), verified by :func:`load_checkpoint`: a flipped byte anywhere in the payload is a
-:class:`CheckpointError` naming the file, never silently wrong weights. :func:`load_model` turns it back into a
-:class:`~sde_diffusion.models.Model` with the EMA weights.
+([`payload_checksum`][sde_diffusion.training.train.payload_checksum]), verified by
+[`load_checkpoint`][sde_diffusion.training.train.load_checkpoint]: a flipped byte anywhere in the payload is a
+[`CheckpointError`][sde_diffusion.training.train.CheckpointError] naming the file, never silently wrong weights.
+[`load_model`][sde_diffusion.training.train.load_model] turns it back into a
+[`Model`][sde_diffusion.models.Model] with the EMA weights.
 
 Resuming (``train(..., checkpoint=path)`` with an existing ``path``) checks every setting that defines the run --
-:data:`RUN_SETTINGS`: the schedule and its parameters, the data set, its options and shape, the network's class,
-configuration and parameter shapes, the prediction type, the time input and the :class:`TrainConfig` fields of
-:data:`RESUME_KEYS` (loss, lr, batch size, seed, optimizer and EMA settings) -- and refuses a mismatch with a
-:class:`CheckpointMismatch` naming each differing setting, before anything is written. What may change on resume:
+[`RUN_SETTINGS`][sde_diffusion.training.train.RUN_SETTINGS]: the schedule and its parameters, the data set, its options
+and shape, the network's class,
+configuration and parameter shapes, the prediction type, the time input and the
+[`TrainConfig`][sde_diffusion.training.train.TrainConfig] fields of
+[`RESUME_KEYS`][sde_diffusion.training.train.RESUME_KEYS] (loss, lr, batch size, seed, optimizer and EMA settings) --
+and refuses a mismatch with a
+[`CheckpointMismatch`][sde_diffusion.training.train.CheckpointMismatch] naming each differing setting, before anything
+is written. What may change on resume:
 ``steps`` (more or fewer total steps), ``checkpoint_every``, ``log_every``, ``stop_at``, ``mixed_precision``, the
 device and the progress bar.
 
-SIGINT (Ctrl-C) and SIGTERM during :func:`train` (from the main thread) finish the current step, write the
-checkpoint atomically and raise :class:`TrainingInterrupted`; a second signal acts immediately. Temporary files
-``<checkpoint>.*.tmp`` left by a process killed while saving are removed by the next :func:`train` with that
+SIGINT (Ctrl-C) and SIGTERM during [`train`][sde_diffusion.training.train.train] (from the main thread) finish the
+current step, write the
+checkpoint atomically and raise [`TrainingInterrupted`][sde_diffusion.training.train.TrainingInterrupted]; a second
+signal acts immediately. Temporary files
+``<checkpoint>.*.tmp`` left by a process killed while saving are removed by the next
+[`train`][sde_diffusion.training.train.train] with that
 checkpoint.
 """
 
@@ -87,7 +98,8 @@ __all__ = [
 #: format tag of the checkpoints written now (with a payload checksum); ``.../1`` files (no checksum) still load
 CHECKPOINT_FORMAT = "sde_diffusion.train/2"
 _LEGACY_FORMATS = ("sde_diffusion.train/1",)
-#: :class:`TrainConfig` fields that must agree between a checkpoint and the run that resumes from it
+#: [`TrainConfig`][sde_diffusion.training.train.TrainConfig] fields that must agree between a checkpoint and the run
+#: that resumes from it
 RESUME_KEYS = (
     "batch_size",
     "loss",
@@ -126,7 +138,8 @@ class CheckpointMismatch(ValueError):
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """:func:`train` stopped by SIGINT or SIGTERM after finishing a step and writing its checkpoint.
+    """[`train`][sde_diffusion.training.train.train] stopped by SIGINT or SIGTERM after finishing a step and writing its
+    checkpoint.
 
     Attributes:
         signum: the signal number (``signal.SIGINT`` or ``signal.SIGTERM``).
@@ -142,7 +155,7 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 @dataclass
 class TrainConfig:
-    """Hyper-parameters of :func:`train`.
+    """Hyper-parameters of [`train`][sde_diffusion.training.train.train].
 
     Attributes:
         steps: total optimizer steps.
@@ -155,7 +168,7 @@ class TrainConfig:
             fraction of the post-warm-up steps done).
         ema_decay: EMA decay ``d`` (with the ``(1+n)/(10+n)`` warm-up).
         grad_clip: maximal global gradient norm (``None``: no clipping).
-        loss: objective name from :data:`sde_diffusion.training.losses.LOSSES`.
+        loss: objective name from [`sde_diffusion.training.losses.LOSSES`][sde_diffusion.training.losses.LOSSES].
         loss_options: keyword options of the objective (e.g. ``{"weighting": "likelihood"}``).
         seed: seed of the training generator.
         checkpoint_every: save a checkpoint every this many steps (0: only at the end).
@@ -213,10 +226,10 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    """What :func:`train` returns.
+    """What [`train`][sde_diffusion.training.train.train] returns.
 
     Attributes:
-        model: the EMA network wrapped as a :class:`~sde_diffusion.models.Model` (eval mode).
+        model: the EMA network wrapped as a [`Model`][sde_diffusion.models.Model] (eval mode).
         net: the trained (raw) network.
         ema_net: the EMA network.
         losses: loss of every step since step 0 (floats).
@@ -258,7 +271,7 @@ def schedule_spec(schedule: NoiseSchedule) -> dict[str, Any]:
 
 
 def schedule_from_spec(spec: dict[str, Any]) -> NoiseSchedule:
-    """Inverse of :func:`schedule_spec`."""
+    """Inverse of [`schedule_spec`][sde_diffusion.training.train.schedule_spec]."""
     spec = dict(spec)
     name = spec.pop("class")
     if name not in _SCHEDULE_CLASSES:
@@ -327,7 +340,8 @@ def payload_checksum(state: dict[str, Any]) -> str:
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write ``state`` and its :func:`payload_checksum` (key ``"checksum"``) with ``torch.save`` atomically: to a
+    """Write ``state`` and its [`payload_checksum`][sde_diffusion.training.train.payload_checksum] (key ``"checksum"``)
+    with ``torch.save`` atomically: to a
     temporary file ``<path>.<random>.tmp`` in the same directory, flushed and fsync'ed, then ``os.replace``-d over
     ``path`` (so a crash never leaves a truncated checkpoint)."""
     path = Path(path)
@@ -348,7 +362,8 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
 
 
 def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
-    """Delete the temporary files ``<path>.*.tmp`` that a process killed inside :func:`save_checkpoint` left
+    """Delete the temporary files ``<path>.*.tmp`` that a process killed inside
+    [`save_checkpoint`][sde_diffusion.training.train.save_checkpoint] left
     behind; returns what was removed."""
     path = Path(path)
     removed = []
@@ -360,7 +375,8 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | None = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by :func:`train` (``weights_only=True``: plain data and tensors only) and verify
+    """Load a checkpoint written by [`train`][sde_diffusion.training.train.train] (``weights_only=True``: plain data and
+    tensors only) and verify
     its checksum.
 
     Raises:
@@ -405,13 +421,14 @@ def load_model(
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
 ) -> Model:
-    """Rebuild the trained :class:`~sde_diffusion.models.Model` from a checkpoint: the EMA weights (or the raw ones
+    """Rebuild the trained [`Model`][sde_diffusion.models.Model] from a checkpoint: the EMA weights (or the raw ones
     with ``ema=False``), the recorded schedule and prediction type.
 
     Args:
         path: checkpoint file.
         net: a network to load the weights into (default: rebuilt from the recorded class and config, in the dtype
-            it was trained in; this works for the networks of :data:`sde_diffusion.training.nets.NETS`).
+            it was trained in; this works for the networks of
+            [`sde_diffusion.training.nets.NETS`][sde_diffusion.training.nets.NETS]).
         schedule: override the recorded schedule (needed for schedules that are not built in).
         ema: load the EMA weights.
         device: where to put the network.
@@ -466,7 +483,8 @@ def _short(v: Any) -> str:
 
 
 def checkpoint_settings(state: dict[str, Any]) -> dict[str, Any]:
-    """The :data:`RUN_SETTINGS` recorded in a checkpoint (those a legacy checkpoint lacks are left out)."""
+    """The [`RUN_SETTINGS`][sde_diffusion.training.train.RUN_SETTINGS] recorded in a checkpoint (those a legacy
+    checkpoint lacks are left out)."""
     out = {k: v for k, v in TrainConfig.from_dict(state["config"]).to_dict().items() if k in RESUME_KEYS}
     for key in RUN_SETTINGS[len(RESUME_KEYS) :]:
         if key == "parameter shapes":
@@ -477,7 +495,8 @@ def checkpoint_settings(state: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_resume(state: dict[str, Any], settings: dict[str, Any], path: Path) -> None:
-    """Raise :class:`CheckpointMismatch` naming every setting of :data:`RUN_SETTINGS` on which the checkpoint
+    """Raise [`CheckpointMismatch`][sde_diffusion.training.train.CheckpointMismatch] naming every setting of
+    [`RUN_SETTINGS`][sde_diffusion.training.train.RUN_SETTINGS] on which the checkpoint
     ``state`` (read from ``path``) and this run's ``settings`` differ."""
     recorded = checkpoint_settings(state)
     diffs = [
@@ -593,24 +612,29 @@ def train(
     """Train ``net`` as a ``prediction``-type denoiser for ``schedule`` on ``data``.
 
     Args:
-        net: the network ``fn(x, t)`` (e.g. :class:`~sde_diffusion.training.nets.MLPScoreNet`); trained in place. Its
+        net: the network ``fn(x, t)`` (e.g. [`MLPScoreNet`][sde_diffusion.training.nets.MLPScoreNet]); trained in place.
+            Its
             parameter dtype sets the data dtype.
         schedule: the noise schedule (recorded in checkpoints).
-        data: a data set name (:data:`sde_diffusion.training.data.DATASETS`) or ``fn(n, generator) -> (n, ...)``.
+        data: a data set name ([`sde_diffusion.training.data.DATASETS`][sde_diffusion.training.data.DATASETS]) or
+            ``fn(n, generator) -> (n, ...)``.
         prediction: ``eps``, ``x0``, ``v`` or ``score``.
-        config: a :class:`TrainConfig`; keyword ``overrides`` replace its fields.
+        config: a [`TrainConfig`][sde_diffusion.training.train.TrainConfig]; keyword ``overrides`` replace its fields.
         checkpoint: checkpoint path; written every ``config.checkpoint_every`` steps and at the end.
-        resume: continue from ``checkpoint`` when it exists. Every setting of :data:`RUN_SETTINGS` must match the
-            checkpoint's (else :class:`CheckpointMismatch`, the file untouched); ``steps``, ``checkpoint_every``,
+        resume: continue from ``checkpoint`` when it exists. Every setting of
+            [`RUN_SETTINGS`][sde_diffusion.training.train.RUN_SETTINGS] must match the
+            checkpoint's (else [`CheckpointMismatch`][sde_diffusion.training.train.CheckpointMismatch], the file
+            untouched); ``steps``, ``checkpoint_every``,
             ``log_every``, ``stop_at``, ``mixed_precision``, the device and ``progress`` may change.
         device: training device (default: where ``net`` is).
         progress: tqdm progress bar with the loss; ``None`` shows it only when stderr is a terminal.
         stop_at: stop (and checkpoint) after this many total steps even if ``config.steps`` is larger -- for
             time-limited jobs; a later call with the same arguments resumes.
         data_options: keyword options of the named data set.
-        time_input: the network's time input, ``"t"`` or ``"logsnr"`` (see :func:`time_input_map`); recorded in
-            checkpoints and restored by :func:`load_model`.
-        **overrides: fields of :class:`TrainConfig`.
+        time_input: the network's time input, ``"t"`` or ``"logsnr"`` (see
+            [`time_input_map`][sde_diffusion.training.train.time_input_map]); recorded in
+            checkpoints and restored by [`load_model`][sde_diffusion.training.train.load_model].
+        **overrides: fields of [`TrainConfig`][sde_diffusion.training.train.TrainConfig].
 
     Raises:
         CheckpointError: ``checkpoint`` exists (and ``resume``) but is empty, unreadable or corrupted.
