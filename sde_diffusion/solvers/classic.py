@@ -38,7 +38,8 @@ class _PFODE(Solver):
         self.variable = check_choice("variable", variable, ("t", "sigma"))
         self.layout = rk_layout(TABLEAUX[self.tableau], self.variable)
         # in sigma_ve the right-hand side epsilon is constant along a point-mass flow, so every RK step is exact
-        self.exact_for_point_mass = self.variable == "sigma"
+        # (a subclass that declares the flag on its class keeps its declaration)
+        self.exact_for_point_mass = self.variable == "sigma" or type(self).exact_for_point_mass
 
     def options(self):
         return {"variable": self.variable}
@@ -157,7 +158,7 @@ class PredictorCorrector(Solver):
         self.norm = check_choice("norm", norm, ("batch", "sample"))
         self.nfe_per_step = 1 + self.n_corrector
         # with batch-mean norms a sample's step size depends on the other samples of the batch
-        self.couples_batch = self.norm == "batch"
+        self.couples_batch = self.norm == "batch" or type(self).couples_batch
 
     def options(self):
         return {"predictor": self.predictor, "snr": self.snr, "n_corrector": self.n_corrector, "norm": self.norm}
