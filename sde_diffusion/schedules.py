@@ -274,26 +274,39 @@ class VPSchedule(NoiseSchedule):
         return self.log_alpha_to_t_unchecked(_vp_log_alpha_from_lambda(lam))
 
 
-class _LinearBeta:
-    """``beta(t) = beta_min + t (beta_max - beta_min)``, ``int_0^t beta = beta_min t + (beta_max-beta_min) t^2/2``."""
+class _LinearBeta(NoiseSchedule):
+    r"""The linear-beta schedules' shared \(\alpha\): \(\beta(t) = \beta_{\min} + t (\beta_{\max} - \beta_{\min})\),
+    \(\log \alpha(t) = -\tfrac12 \int_0^t \beta = -(\beta_{\max} - \beta_{\min}) t^2/4 - \beta_{\min} t/2\) and
+    \(f = -\beta(t)/2\). Domain \(t > 0\); defaults ``t_min = 1e-3``, ``t_max = 1``."""
 
-    def _init_beta(self, beta_min: float, beta_max: float) -> None:
+    domain = (0.0, math.inf)
+
+    def __init__(
+        self, beta_min: float = 0.1, beta_max: float = 20.0, *, t_min: float | None = None, t_max: float | None = None
+    ):
         self.beta_min = _positive_finite("beta_min", beta_min, allow_zero=True)
         self.beta_max = _positive_finite("beta_max", beta_max)
         if not self.beta_max > self.beta_min:
             raise ValueError(f"beta_max must be > beta_min, got beta_min={beta_min}, beta_max={beta_max}")
+        self._set_range(t_min, t_max, (1e-3, 1.0))
 
     def _beta(self, t):
         return self.beta_min + t * (self.beta_max - self.beta_min)
 
-    def _linear_log_alpha(self, t):
+    def log_alpha_unchecked(self, t):
         return -0.25 * (self.beta_max - self.beta_min) * t * t - 0.5 * self.beta_min * t
+
+    def f_unchecked(self, t):
+        return -0.5 * self._beta(t)
 
     def _linear_log_alpha_to_t(self, log_alpha):
         # a t^2 + b t + c = 0 with a = (b1-b0)/4, b = b0/2, c = log alpha; root = -2c / (b + sqrt(b^2 - 4ac)).
         a = 0.25 * (self.beta_max - self.beta_min)
         b = 0.5 * self.beta_min
         return -2.0 * log_alpha / (b + torch.sqrt(b * b - 4.0 * a * log_alpha))
+
+    def params(self):
+        return {"beta_min": self.beta_min, "beta_max": self.beta_max, **super().params()}
 
 
 class VPLinear(_LinearBeta, VPSchedule):
@@ -304,25 +317,8 @@ class VPLinear(_LinearBeta, VPSchedule):
     Domain \(t > 0\); defaults ``t_min = 1e-3``, ``t_max = 1``.
     """
 
-    domain = (0.0, math.inf)
-
-    def __init__(
-        self, beta_min: float = 0.1, beta_max: float = 20.0, *, t_min: float | None = None, t_max: float | None = None
-    ):
-        self._init_beta(beta_min, beta_max)
-        self._set_range(t_min, t_max, (1e-3, 1.0))
-
-    def log_alpha_unchecked(self, t):
-        return self._linear_log_alpha(t)
-
-    def f_unchecked(self, t):
-        return -0.5 * self._beta(t)
-
     def log_alpha_to_t_unchecked(self, log_alpha):
         return self._linear_log_alpha_to_t(log_alpha)
-
-    def params(self):
-        return {"beta_min": self.beta_min, "beta_max": self.beta_max, **super().params()}
 
 
 class VPCosine(VPSchedule):
@@ -367,28 +363,14 @@ class VPCosine(VPSchedule):
         return {"s": self.s, **super().params()}
 
 
-class SubVPLinear(_LinearBeta, NoiseSchedule):
+class SubVPLinear(_LinearBeta):
     r"""Sub-VP SDE (Song et al. 2021, arXiv:2011.13456): same \(\alpha\) as
     [`VPLinear`][sde_diffusion.schedules.VPLinear],
     \(\sigma = 1 - \alpha^2\), \(g^2 = \beta(t) (1 - \alpha^4)\). Domain \(t > 0\).
     """
 
-    domain = (0.0, math.inf)
-
-    def __init__(
-        self, beta_min: float = 0.1, beta_max: float = 20.0, *, t_min: float | None = None, t_max: float | None = None
-    ):
-        self._init_beta(beta_min, beta_max)
-        self._set_range(t_min, t_max, (1e-3, 1.0))
-
-    def log_alpha_unchecked(self, t):
-        return self._linear_log_alpha(t)
-
     def log_sigma_unchecked(self, t):
         return torch.log(-torch.expm1(2.0 * self.log_alpha_unchecked(t)))
-
-    def f_unchecked(self, t):
-        return -0.5 * self._beta(t)
 
     def dlog_sigma_unchecked(self, t):
         # sigma = 1 - alpha^2  =>  d log sigma/dt = -2 alpha^2 f / sigma
@@ -405,9 +387,6 @@ class SubVPLinear(_LinearBeta, NoiseSchedule):
         log_u = math.log(2.0) - torch.logaddexp(zero, 0.5 * torch.logaddexp(zero, math.log(4.0) + 2.0 * lam))
         log_alpha = torch.where(log_u > -math.log(2.0), lam + log_u, 0.5 * torch.log1p(-torch.exp(log_u)))
         return self._linear_log_alpha_to_t(log_alpha)
-
-    def params(self):
-        return {"beta_min": self.beta_min, "beta_max": self.beta_max, **super().params()}
 
 
 class _VarianceExploding(NoiseSchedule):
