@@ -29,6 +29,7 @@ from collections.abc import Callable
 import torch
 
 from ..analytic import GaussianMixture
+from ._registry import lookup
 
 __all__ = [
     "ring_distribution",
@@ -295,12 +296,7 @@ DATASETS: dict[str, Callable] = {
 def get_dataset(name: str | Callable, **options) -> Callable:
     """A sampler ``fn(n, generator) -> tensor`` by name (see [`DATASETS`][sde_diffusion.training.data.DATASETS]) with
     its options bound."""
-    if callable(name):
-        fn = name
-    elif name in DATASETS:
-        fn = DATASETS[name]
-    else:
-        raise ValueError(f"unknown data set {name!r}; choose from {sorted(DATASETS)}")
+    fn = lookup(DATASETS, name, "data set")
 
     def sample(n: int, generator: torch.Generator | None = None, **kwargs) -> torch.Tensor:
         return fn(n, generator, **options, **kwargs)

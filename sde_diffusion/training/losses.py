@@ -37,6 +37,7 @@ import torch
 
 from ..models import Model, broadcast_coeff
 from ..schedules import NoiseSchedule, VPDiscrete
+from ._registry import lookup
 
 __all__ = [
     "TIME_SAMPLINGS",
@@ -625,12 +626,7 @@ LOSSES: dict[str, Callable] = {
 def get_loss(name: str | Callable, **options) -> Callable:
     """A loss ``fn(model, x0, generator) -> scalar`` by name (see [`LOSSES`][sde_diffusion.training.losses.LOSSES]) with
     its options bound."""
-    if callable(name):
-        fn = name
-    elif name in LOSSES:
-        fn = LOSSES[name]
-    else:
-        raise ValueError(f"unknown loss {name!r}; choose from {sorted(LOSSES)}")
+    fn = lookup(LOSSES, name, "loss")
 
     def loss(model: Model, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return fn(model, x0, generator=generator, **options)
