@@ -87,21 +87,30 @@ def heartbeat_timeout() -> float:
     return float(os.environ.get("SDE_DIFFUSION_DIST_HEARTBEAT", "60"))
 
 
+class _RankOfJob:
+    """``is_main`` and ``distributed`` of anything that knows its ``rank`` of ``world_size``."""
+
+    rank: int
+    world_size: int
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this is rank 0 (the rank that writes the results and reports)."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        """Whether the job has more than one rank."""
+        return self.world_size > 1
+
+
 @dataclass(frozen=True)
-class Dist:
+class Dist(_RankOfJob):
     """Where this process sits in the job: ``rank`` of ``world_size`` (``local_rank`` on its node)."""
 
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
 
 
 def environment() -> Dist:
@@ -118,7 +127,7 @@ def environment() -> Dist:
     return Dist(rank, world, local)
 
 
-class Job:
+class Job(_RankOfJob):
     """Context manager around one command's work on one rank.
 
     On entry (only when ``WORLD_SIZE > 1``): the rendezvous of ``torchrun`` (``env://``), the default process group
@@ -149,14 +158,6 @@ class Job:
         """The job's key-value store (set by ``__enter__`` in a distributed job)."""
         assert self.store is not None, "the store exists only inside `with Job(...)` in a distributed job"
         return self.store
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
 
     @property
     def device(self) -> str:
@@ -459,7 +460,7 @@ class DataParallelRows(nn.Module):
         return torch.cat([before, y, after])
 
 
-class TrainingShard:
+class TrainingShard(_RankOfJob):
     """What [`train`][sde_diffusion.training.train.train] needs to run data-parallel in an initialised process group
     of ``W > 1`` ranks (from [`training_shard`][sde_diffusion.distributed.training_shard]).
 
@@ -485,10 +486,6 @@ class TrainingShard:
             ids = [self.device.index if self.device.index is not None else torch.cuda.current_device()]
         self.ddp = DistributedDataParallel(net, device_ids=ids)
         self.rows_net = DataParallelRows(self.ddp, self.rows)
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
 
     def loss(self, per_sample):
         """This rank's loss ``(W / B) sum_{i in rows} l_i`` from ``per_sample(model, x0, generator) -> (B,)``."""
