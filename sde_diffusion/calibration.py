@@ -54,6 +54,7 @@ from .sample import NonFiniteError, sample
 from .sdes import ForwardSDE
 from .studies.grid_optimizer import coordinate_descent, select_knots
 from .studies.metrics import rms_error
+from .studies.results import document_fields
 from .studies.specs import parse_solver_spec
 
 __all__ = ["Calibration", "calibrate", "AUTO_SOLVERS", "SCREEN_GRIDS", "CALIBRATION_FILE"]
@@ -176,9 +177,7 @@ class Calibration:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Calibration:
-        if d.get("kind") != _KIND or d.get("schema_version") != SCHEMA_VERSION:
-            raise ValueError(f"not a version-{SCHEMA_VERSION} sde_diffusion calibration")
-        return cls(**{k: v for k, v in d.items() if k not in ("kind", "schema_version")})
+        return cls(**document_fields(d, _KIND, SCHEMA_VERSION, "sde_diffusion calibration"))
 
     def save(self, path) -> Path:
         path = Path(path)

@@ -41,7 +41,7 @@ from ..sdes import ForwardSDE
 from .convergence import progress_bar
 from .metrics import rms_error
 from .problems import Problem, get_problem
-from .results import SCHEMA_VERSION
+from .results import SCHEMA_VERSION, document_fields
 from .specs import parse_solver_spec
 
 __all__ = ["GridOptResult", "optimise_grid", "grid_from_lambdas", "coordinate_descent", "select_knots"]
@@ -89,9 +89,7 @@ class GridOptResult:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> GridOptResult:
-        if d.get("kind") != _KIND or d.get("schema_version") != SCHEMA_VERSION:
-            raise ValueError(f"not a version-{SCHEMA_VERSION} optimised grid")
-        d = {k: v for k, v in d.items() if k not in ("kind", "schema_version")}
+        d = document_fields(d, _KIND, SCHEMA_VERSION, "optimised grid")
         for k in ("grid", "init_grid"):
             d[k] = torch.tensor(d[k], dtype=torch.float64)
         return cls(**d)

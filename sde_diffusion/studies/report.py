@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .results import SCHEMA_VERSION, StudyResult
+from .results import SCHEMA_VERSION, StudyResult, document_fields
 
 __all__ = [
     "error_table",
@@ -199,6 +199,5 @@ def load_bundle(text_or_dict) -> dict[str, StudyResult]:
     """The studies of a document written by [`bundle`][sde_diffusion.studies.report.bundle] (a JSON string or the
     parsed dict)."""
     d = json.loads(text_or_dict) if isinstance(text_or_dict, str) else text_or_dict
-    if d.get("kind") != _BUNDLE_KIND or d.get("schema_version") != SCHEMA_VERSION:
-        raise ValueError(f"not a version-{SCHEMA_VERSION} study bundle")
-    return {name: StudyResult.from_dict(s) for name, s in d["studies"].items()}
+    studies = document_fields(d, _BUNDLE_KIND, SCHEMA_VERSION, "study bundle")["studies"]
+    return {name: StudyResult.from_dict(s) for name, s in studies.items()}

@@ -56,6 +56,16 @@ SCHEMA_VERSION = 2
 _KIND = "sde_diffusion.convergence_study"
 
 
+def document_fields(d: dict[str, Any], kind: str, version: int, what: str) -> dict[str, Any]:
+    """The fields of the JSON document ``d`` other than its ``kind`` and ``schema_version`` tags; ``ValueError``
+    (naming ``what`` was expected) unless the tags are ``kind`` and ``version``."""
+    if d.get("kind") != kind or d.get("schema_version") != version:
+        raise ValueError(
+            f"not a version-{version} {what} (kind={d.get('kind')!r}, schema_version={d.get('schema_version')!r})"
+        )
+    return {k: v for k, v in d.items() if k not in ("kind", "schema_version")}
+
+
 @dataclass
 class Run:
     """One solver configuration at one NFE budget."""
@@ -164,11 +174,7 @@ class StudyResult:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StudyResult:
-        version = d.get("schema_version")
-        if d.get("kind") != _KIND or version != SCHEMA_VERSION:
-            raise ValueError(
-                f"not a version-{SCHEMA_VERSION} convergence study (kind={d.get('kind')!r}, schema_version={version!r})"
-            )
+        d = document_fields(d, _KIND, SCHEMA_VERSION, "convergence study")
         fits = {
             label: {m: (None if f is None else OrderFit.from_dict(f)) for m, f in v.items()}
             for label, v in d["fits"].items()
