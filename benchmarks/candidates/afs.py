@@ -1,0 +1,629 @@
+r"""AMED's analytical first step (AFS) as a candidate for issue 14, measured on the accuracy benchmark.
+
+The method (Zhou, Chen, Wang & Chen, "Fast ODE-based sampling for diffusion models in around 5 steps",
+arXiv:2312.00094, CVPR 2024; reference code ``zju-pi/diff-sampler``, ``afs=True``): at the start time the noisy
+sample is almost pure noise, so the first model evaluation of the solver is replaced by its large-noise limit and
+not spent. In EDM variables (``alpha = 1``, ``sigma = t``) the first ODE direction ``d = (x - D(x, t))/t`` is taken
+as ``d = x / sqrt(1 + t^2)``, i.e. the noise prediction ``eps = x / sqrt(1 + t^2)``: the sample standardised to unit
+variance, as if the data had mean 0 and unit variance. For a general schedule ``x = alpha x0 + sigma eps`` the same
+statement (in the VE-scaled state ``x / alpha`` with ``sigma_ve = sigma / alpha``) reads
+
+    eps_AFS(x, t) = x / sqrt(alpha(t)^2 + sigma(t)^2)        (``form="amed"``, the paper's)
+
+(``= x`` on a VP schedule). The other natural limit, ``x0 = 0`` (``eps = x / sigma``, ``form="zero_x0"``), differs
+from it by a relative ``O(sigma_ve^-2)``. For data ``N(m, s^2 I)`` the exact prediction is
+``eps = sigma (x - alpha m) / (alpha^2 s^2 + sigma^2)``: both forms have a relative error that vanishes like
+``sigma_ve^-2`` when ``m = 0`` (``1/(2 sigma_ve^2)`` and ``1/sigma_ve^2`` for ``s = 1``; ``zero_x0`` is exact for a
+point mass at 0), but an error ``alpha |m| / sigma`` in ``eps`` -- an ``O(|m|)`` error in the first step's data
+prediction -- for data with a non-zero mean, which no step count removes.
+
+Where it enters: :class:`AnalyticFirstStep` wraps a :class:`~sde_diffusion.models.Model`; an evaluation at the
+start time (``t >= t_afs``) returns the analytic prediction (in the network's own parametrisation) without calling
+the network and without counting an NFE; every other evaluation is the network's. So every solver of ours takes
+AFS unchanged, and a budget of ``n`` network evaluations buys the steps of ``n + 1``.
+
+The paper's "polynomial" time schedule is EDM's ``sigma_i = (sigma_max^(1/rho) + i/N (sigma_min^(1/rho) -
+sigma_max^(1/rho)))^rho`` (``get_schedule(schedule_type="polynomial")`` in its code, ``rho = 7`` by default): that
+is our ``karras`` grid family (uniform in ``sigma_ve^(1/rho)``, ``sigma_ve = e^-lambda``) with its continuous
+parameter ``rho``, already searched by calibration (``karras:rho=3, 5, 7, 10`` and refinement); it needs no new
+evaluation beyond the ``karras`` column of the accuracy benchmark.
+
+What is measured (same problems, schedules, outputs, evaluation batch, seed and dopri5 references as
+``benchmarks.accuracy``; the ``ring-net`` network is retrained by ``problems.train_network``, deterministic, ~15 s):
+
+(a) the calibrated and the best fixed configuration of ``benchmarks/results/accuracy.md`` per cell, rerun without
+    AFS (a grid refined by calibration -- ``dp[...]``, ``+cd`` -- cannot be rerun: its times are not stored; its
+    error is quoted and the unrefined family is rerun instead);
+(b) the same solver and grid family with AFS at the same NFE (one more step);
+(c) a sweep of our top solvers x grids, with and without AFS.
+
+Usage::
+
+    python -m benchmarks.candidates.afs                       # writes benchmarks/results/candidates_afs.{md,json}
+    python -m benchmarks.candidates.afs --quick --out /tmp/afs  # seconds: ring on edm, NFE 5 and 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from sde_diffusion.models import Model, broadcast_coeff, convert
+from sde_diffusion.sample import sample
+from sde_diffusion.studies.specs import parse_solver_spec
+
+from ..accuracy.configurations import Settings
+from ..accuracy.problems import denoise, error_record, make_problem, reference, start_states, time_key, train_network
+
+ROOT = Path(__file__).resolve().parents[2]
+AFS_FORMS = ("amed", "zero_x0")
+
+#: the sweep (c): our top solvers in accuracy.md's rankings ...
+SWEEP_SOLVERS = (
+    "ipndm:ab_order=3",
+    "unipc:predictor_order=2,b_h=bh1,prediction=eps",
+    "unipc:predictor_order=3,b_h=bh2",
+    "dpm_solver++:order=2,multistep=true",
+    "dpm_solver++:order=3,multistep=true",
+)
+#: ... on the default grid, the paper's polynomial grid (``karras``, rho = 7, and rho = 3, 5, 10), the other
+#: families of calibration's search at a few parameters, and the two grids in the model's own time
+SWEEP_GRIDS = (
+    "logsnr",
+    "karras",
+    "karras:rho=3.0",
+    "karras:rho=5.0",
+    "karras:rho=10.0",
+    "vp_uniform",
+    "vp_power:p=1.5",
+    "vp_quadratic",
+    "vp_power:p=3.0",
+    "cosine_power:p=1.5",
+    "cosine_quadratic",
+    "cosine_power:p=3.0",
+    "lambda_power:p=0.7",
+    "lambda_power:p=1.4",
+    "time_uniform",
+    "time_quadratic",
+)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the method
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def afs_eps(x: torch.Tensor, alpha, sigma, form: str = "amed") -> torch.Tensor:
+    r"""The large-noise limit of the noise prediction: ``x / sqrt(alpha^2 + sigma^2)`` (``"amed"``,
+    arXiv:2312.00094) or ``x / sigma`` (``"zero_x0"``, the data prediction 0). ``alpha``/``sigma`` broadcast
+    against ``x``."""
+    if form == "amed":
+        return x / torch.sqrt(alpha * alpha + sigma * sigma)
+    if form == "zero_x0":
+        return x / sigma
+    raise ValueError(f"form must be one of {AFS_FORMS}, got {form!r}")
+
+
+class AnalyticFirstStep(Model):
+    r"""A model whose evaluations at the start time are AMED's analytic first step (arXiv:2312.00094).
+
+    At ``t >= t_afs`` (every sample of the batch; ``t_afs`` the grid's first time, in practice ``t_max``) the
+    output is :func:`afs_eps` converted to the network's parametrisation: no network call, no NFE. At any other
+    time it is the wrapped model's output (one NFE, counted here and by the wrapped model). A batch that mixes
+    both raises. Thresholding, if the wrapped model has one, applies to both as usual.
+
+    A solver that evaluates the model once at the first grid point (every solver of ours) therefore spends one
+    evaluation less than ``solver.final_nfe(steps)``.
+    """
+
+    def __init__(self, base: Model, t_afs: float, form: str = "amed"):
+        if not isinstance(base, Model):
+            raise TypeError(f"base must be a Model, got {type(base).__name__}")
+        if form not in AFS_FORMS:
+            raise ValueError(f"form must be one of {AFS_FORMS}, got {form!r}")
+        # the wrapped model is the network: it applies its own time input and counts its own NFE
+        super().__init__(base, base.schedule, base.prediction, thresholding=base.thresholding)
+        self.base = base
+        self.t_afs = float(t_afs)
+        self.form = form
+        self.analytic_calls = 0
+
+    def __call__(self, x: torch.Tensor, t) -> torch.Tensor:
+        tt = torch.as_tensor(t, dtype=torch.float64).reshape(-1).to("cpu", torch.float64)
+        at_start = tt >= self.t_afs * (1.0 - 1e-12)
+        if bool(at_start.all()):
+            tt = tt.expand(x.shape[0]) if tt.numel() == 1 else tt
+            a = broadcast_coeff(self.schedule.alpha(tt).to(x.device, x.dtype), x)
+            s = broadcast_coeff(self.schedule.sigma(tt).to(x.device, x.dtype), x)
+            self.analytic_calls += 1
+            return convert(afs_eps(x, a, s, self.form), x, a, s, "eps", self.prediction)
+        if bool(at_start.any()):
+            raise ValueError("AnalyticFirstStep: a batch with times both at and below t_afs")
+        return super().__call__(x, t)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# runs
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def run(problem, spec_text: str, grid: str, budget: int, x_T: torch.Tensor, afs: bool, form: str = "amed"):
+    """The state at ``t_min`` of one run at ``budget`` network evaluations: ``(x, nfe, steps)``, or ``None`` when
+    the budget is too small. With AFS the solver takes the steps of ``budget + 1`` evaluations; the evaluations the
+    network actually made are checked against ``final_nfe(steps) - 1``."""
+    solver = parse_solver_spec(spec_text).build()
+    base = problem.model()
+    steps = solver.steps_for_nfe(budget + 1 if afs else budget)
+    if steps == 0:
+        return None
+    model = AnalyticFirstStep(base, problem.t_start, form) if afs else base
+    res = sample(model, x_T, solver=solver, steps=steps, grid=grid)
+    want = solver.final_nfe(steps) - (1 if afs else 0)
+    if not res.nfe == base.nfe == want or want > budget:
+        raise AssertionError(f"{spec_text} @ {grid}: {res.nfe} / {base.nfe} network evaluations, expected {want}")
+    return res.x, res.nfe, steps
+
+
+def record(problem, targets, spec_text, grid, nfe, output, afs, x_T, role, form="amed") -> dict:
+    """One cell entry: ``state`` at NFE ``nfe``, or ``x0`` (the run at ``nfe - 1``, then one denoising)."""
+    rec = dict(
+        problem=problem.name,
+        schedule=problem.schedule_name,
+        output=output,
+        nfe=nfe,
+        config=spec_text,
+        grid=grid,
+        afs=afs,
+        role=role,
+    )
+    budget = nfe if output == "state" else nfe - 1
+    try:
+        out = run(problem, spec_text, grid, budget, x_T, afs, form)
+    except (ValueError, FloatingPointError, RuntimeError) as e:
+        return {**rec, "error": None, "failed": f"{type(e).__name__}: {e}"}
+    if out is None:
+        return {**rec, "error": None, "failed": "budget too small"}
+    x, used, steps = out
+    if output == "x0":
+        if not bool(torch.isfinite(x).all()):
+            return {**rec, "error": None, "failed": "non-finite output", "steps": steps}
+        x, used = denoise(problem, x, problem.t_end), used + 1
+    return {**rec, "steps": steps, "nfe_used": used, **error_record(x, targets[output])}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# what accuracy.md says
+# ---------------------------------------------------------------------------------------------------------------------
+
+_CONFIG = re.compile(r"`([^`]+)` @ (.+)$")
+_FIXED = re.compile(r"`([^`]+)` @ (\S+): ([0-9.e+-]+)")
+
+
+@dataclass
+class Cell:
+    """One cell of accuracy.md: the calibrated and the best fixed configuration of ours and the best peer."""
+
+    problem: str
+    schedule: str
+    output: str
+    nfe: int
+    calibrated: float
+    cal_config: str
+    cal_grid: str
+    peer: float
+    peer_label: str
+    fixed: float | None = None
+    fixed_config: str | None = None
+    fixed_grid: str | None = None
+
+    @property
+    def key(self) -> tuple:
+        return (self.problem, self.schedule, self.output, self.nfe)
+
+
+def read_accuracy(path: Path) -> dict[tuple, Cell]:
+    """The 'Calibrated vs default vs best peer' and the 'Best of ours vs best of diffusers' tables of accuracy.md."""
+    cells: dict[tuple, Cell] = {}
+    table = None
+    for line in path.read_text().splitlines():
+        if not line.startswith("|"):
+            table = None
+            continue
+        c = [s.strip() for s in line.strip().strip("|").split("|")]
+        if c[0] == "problem":
+            table = {"calibrated": "cal", "ours: best fixed grid (error, median)": "fixed"}.get(c[4])
+            continue
+        if table is None or c[0].startswith("---"):
+            continue
+        key = (c[0], c[1], c[2], int(c[3]))
+        if table == "cal":
+            m = _CONFIG.search(c[5])
+            assert m is not None, line
+            cells[key] = Cell(*key, float(c[4]), m.group(1), m.group(2), float(c[7].split()[0]), c[7])
+        else:
+            m = _FIXED.search(c[4])
+            assert m is not None, line
+            if key in cells:
+                cells[key].fixed_config, cells[key].fixed_grid, cells[key].fixed = m.group(1), m.group(2), float(m[3])
+    return cells
+
+
+def family_of(grid: str) -> tuple[str, bool]:
+    """A calibrated grid's named family and whether it is that family exactly (``dp[solver, family]`` and ``+cd``
+    are refinements whose times accuracy.md does not keep)."""
+    g = grid
+    exact = True
+    if g.endswith("+cd"):
+        g, exact = g[: -len("+cd")], False
+    if g.startswith("dp["):
+        g, exact = g[3:-1].split(",", 1)[1].strip(), False
+    return g, exact
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the evaluation
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def evaluate_unit(name: str, schedule: str, cells: dict, settings: Settings, nfes, solvers, grids, log) -> list[dict]:
+    """Every run of one problem on one schedule, on the evaluation batch (``seed``) and on the selection batch
+    (``cal_seed``, ``cal_batch`` states: never the evaluation batch, as for calibration in accuracy.md)."""
+    t0 = time.perf_counter()
+    problem = make_problem(name, schedule, settings.net_dir)
+    batches = {}
+    for which, n, seed, rtol in (
+        ("eval", settings.n(name), settings.seed, settings.rtol),
+        ("select", settings.cal_batch, settings.cal_seed, settings.cal_rtol),
+    ):
+        x_T = start_states(problem, n, seed)
+        ref, info = reference(problem, x_T, [], rtol)
+        state = ref[time_key(problem.t_end)]
+        batches[which] = (x_T, {"state": state, "x0": denoise(problem, state, problem.t_end)})
+        log(f"{name}/{schedule}: {which} reference {info['nfe']} NFE, {time.perf_counter() - t0:.1f} s")
+    out = []
+    for output in ("state", "x0"):
+        for n in nfes:
+            cell = cells.get((name, schedule, output, n))
+            todo = [(s, g, "sweep") for s in solvers for g in grids]
+            if cell is not None:
+                fam, exact = family_of(cell.cal_grid)
+                todo.append((cell.cal_config, fam, "calibrated" if exact else "calibrated family"))
+                if cell.fixed_config is not None:
+                    todo.append((cell.fixed_config, cell.fixed_grid, "best fixed"))
+            for spec_text, grid, role in todo:
+                for afs in (False, True):
+                    x_T, targets = batches["eval"]
+                    rec = record(problem, targets, spec_text, grid, n, output, afs, x_T, role)
+                    if role == "sweep":
+                        x_T, targets = batches["select"]
+                        rec["select_error"] = record(problem, targets, spec_text, grid, n, output, afs, x_T, role)[
+                            "error"
+                        ]
+                    out.append(rec)
+    log(f"{name}/{schedule}: {len(out)} runs, {time.perf_counter() - t0:.1f} s")
+    return out
+
+
+def _err_of(r: dict | None, key: str) -> float:
+    return math.inf if r is None or r.get(key) is None else float(r[key])
+
+
+def _err(r: dict | None) -> float:
+    return _err_of(r, "error")
+
+
+def _gmean(xs) -> float:
+    xs = [x for x in xs if math.isfinite(x) and x > 0]
+    return math.exp(sum(map(math.log, xs)) / len(xs)) if xs else math.nan
+
+
+def summarise(runs: list[dict], cells: dict) -> dict:
+    """Per cell: (a) and (b) for the calibrated and the best fixed configuration, the sweep's best without and
+    with AFS, the paired ratios, and whether AFS beats accuracy.md's calibrated / best fixed / best peer."""
+    by = {}
+    for r in runs:
+        by.setdefault((r["problem"], r["schedule"], r["output"], r["nfe"]), []).append(r)
+    rows = []
+    pairs: list[dict] = []
+    for key, rs in by.items():
+        idx = {(r["config"], r["grid"], r["role"], r["afs"]): r for r in rs}
+        paired = []
+        for (cfg, grid, role, afs), r in idx.items():
+            if afs:
+                continue
+            w = idx.get((cfg, grid, role, True))
+            ratio = _err(w) / _err(r) if math.isfinite(_err(w)) and math.isfinite(_err(r)) else math.nan
+            paired.append(ratio)
+            if role == "sweep":
+                pairs.append(
+                    dict(zip(("problem", "schedule", "output", "nfe"), key))
+                    | {"config": cfg, "grid": grid, "ratio": ratio}
+                )
+        sweep_off = min((r for r in rs if r["role"] == "sweep" and not r["afs"]), key=_err)
+        sweep_on = min((r for r in rs if r["role"] == "sweep" and r["afs"]), key=_err)
+        sel_off = min(
+            (r for r in rs if r["role"] == "sweep" and not r["afs"]), key=lambda r: _err_of(r, "select_error")
+        )
+        sel_on = min((r for r in rs if r["role"] == "sweep" and r["afs"]), key=lambda r: _err_of(r, "select_error"))
+        best_on = min((r for r in rs if r["afs"]), key=_err)
+        best_off = min((r for r in rs if not r["afs"]), key=_err)
+        cell = cells.get(key)
+        row = {
+            "key": list(key),
+            "sweep_off": [sweep_off["config"], sweep_off["grid"], _err(sweep_off)],
+            "sweep_on": [sweep_on["config"], sweep_on["grid"], _err(sweep_on)],
+            "best_on": [best_on["config"], best_on["grid"], _err(best_on)],
+            "best_off": [best_off["config"], best_off["grid"], _err(best_off)],
+            "selected_off": [sel_off["config"], sel_off["grid"], _err(sel_off)],
+            "selected_on": [sel_on["config"], sel_on["grid"], _err(sel_on)],
+            "paired_gmean": _gmean(paired),
+            "paired_wins": sum(1 for p in paired if p < 1),
+            "paired_n": sum(1 for p in paired if math.isfinite(p)),
+        }
+        for role in ("calibrated", "calibrated family", "best fixed"):
+            off, on = (next((r for r in rs if r["role"] == role and r["afs"] == a), None) for a in (False, True))
+            if off is not None:
+                row[role] = {"config": off["config"], "grid": off["grid"], "off": _err(off), "on": _err(on)}
+        if cell is not None:
+            ours = min(cell.calibrated, cell.fixed if cell.fixed is not None else math.inf)
+            row |= {
+                "acc_calibrated": cell.calibrated,
+                "acc_fixed": cell.fixed,
+                "acc_peer": cell.peer,
+                "afs_vs_ours": _err(best_on) / ours,
+                "afs_vs_peer": _err(best_on) / cell.peer,
+                "selected_vs_calibrated": _err(sel_on) / cell.calibrated,
+            }
+        rows.append(row)
+    rows.sort(key=lambda r: (r["key"][0] != "gmm64", r["key"][0], r["key"][1], r["key"][2], r["key"][3]))
+    return {"cells": rows, "pairs": pairs}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# report
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _f(x) -> str:
+    return "-" if x is None or not math.isfinite(x) else f"{x:.2e}"
+
+
+def _r(x) -> str:
+    return "-" if x is None or not math.isfinite(x) else f"{x:.3f}"
+
+
+def _cfg(c: str, g: str) -> str:
+    return f"`{c}` @ {g}"
+
+
+def to_markdown(result: dict) -> str:
+    s = result["summary"]
+    cells = s["cells"]
+    L = [
+        "# Candidate: AMED's analytical first step (arXiv:2312.00094)",
+        "",
+        f"Command: `{result['command']}` -- {result['seconds']:.0f} s (1 process, 1 thread), torch "
+        f"{result['torch']}. Problems, schedules, outputs, evaluation batch (seed {result['seed']}) and dopri5 "
+        f"references (rtol {result['rtol']:g}) as in `benchmarks.accuracy`; accuracy.md's numbers are read from "
+        "`benchmarks/results/accuracy.md`.",
+        "",
+        "AFS: the solver's evaluation at `t_max` is replaced by `eps = x / sqrt(alpha^2 + sigma^2)` (the paper's "
+        "`d = x / sqrt(1 + t^2)` in EDM variables) and not counted; at a budget of n network evaluations the "
+        "solver takes the steps of n + 1 (`AnalyticFirstStep` in `benchmarks/candidates/afs.py`). The paper's "
+        "polynomial time schedule is our `karras` family (uniform in `sigma_ve^(1/rho)`, continuous `rho`), "
+        "already in the sweep below (rho = 7) and in calibration's search (rho = 3, 5, 7, 10, refined).",
+        "",
+        "## Verdict",
+        "",
+    ]
+    L += verdict_lines(cells)
+    L += [
+        "",
+        "## Per cell: AFS against accuracy.md",
+        "",
+        "RMS error at NFE n (`x0`: n - 1 evaluations to `t_min`, then the denoising). accuracy.md: calibrated, best "
+        "fixed of ours, best peer. (a)/(b): the calibrated configuration (its unrefined grid family where "
+        "calibration refined the grid, marked *) and the best fixed configuration, without / with AFS. Best with "
+        "AFS: over (b) and the sweep. vs ours: best with AFS / min(calibrated, best fixed); vs peer: best with AFS "
+        "/ best peer.",
+        "",
+        "| problem | schedule | output | NFE | calibrated | best fixed | best peer | calibrated cfg: off -> AFS "
+        "| best fixed cfg: off -> AFS | best with AFS | vs ours | vs peer |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in cells:
+        p, sch, out, n = c["key"]
+        cal = c.get("calibrated") or c.get("calibrated family")
+        star = "*" if "calibrated family" in c else ""
+        fx = c.get("best fixed")
+        cal_txt = f"{_f(cal['off'])}{star} -> {_f(cal['on'])} ({_r(cal['on'] / cal['off'])})" if cal else "-"
+        fx_txt = f"{_f(fx['off'])} -> {_f(fx['on'])} ({_r(fx['on'] / fx['off'])})" if fx else "-"
+        bo = c["best_on"]
+        L.append(
+            f"| {p} | {sch} | {out} | {n} | {_f(c.get('acc_calibrated'))} | {_f(c.get('acc_fixed'))} | "
+            f"{_f(c.get('acc_peer'))} | {cal_txt} | {fx_txt} | {_f(bo[2])} ({_cfg(bo[0], bo[1])}) | "
+            f"{_r(c.get('afs_vs_ours'))} | {_r(c.get('afs_vs_peer'))} |"
+        )
+    L += [
+        "",
+        "## Sweep (c): with / without AFS",
+        "",
+        f"Solvers {', '.join(f'`{x}`' for x in result['solvers'])} on grids {', '.join(result['grids'])}. "
+        "Best = the smallest error on the evaluation batch (an oracle choice, like accuracy.md's best fixed); "
+        "selected = the configuration with the smallest error on the selection batch (seed "
+        f"{result['select_seed']}, {result['select_batch']} states, its own dopri5 reference), then run on the "
+        "evaluation batch (an honest choice, like calibration). Paired ratio = error with AFS / error without, same "
+        "solver and grid at the same NFE; gmean = geometric mean over the pairs of a cell; wins = pairs with ratio "
+        "< 1.",
+        "",
+        "| problem | schedule | output | NFE | best without AFS | best with AFS | ratio | selected without AFS | "
+        "selected with AFS | ratio | selected with AFS / calibrated | paired gmean | wins |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in cells:
+        p, sch, out, n = c["key"]
+        a, b = c["sweep_off"], c["sweep_on"]
+        sa, sb = c["selected_off"], c["selected_on"]
+        L.append(
+            f"| {p} | {sch} | {out} | {n} | {_f(a[2])} ({_cfg(a[0], a[1])}) | {_f(b[2])} ({_cfg(b[0], b[1])}) | "
+            f"{_r(b[2] / a[2])} | {_f(sa[2])} ({_cfg(sa[0], sa[1])}) | {_f(sb[2])} ({_cfg(sb[0], sb[1])}) | "
+            f"{_r(sb[2] / sa[2])} | {_r(c.get('selected_vs_calibrated'))} | {_r(c['paired_gmean'])} | "
+            f"{c['paired_wins']}/{c['paired_n']} |"
+        )
+    fams = list(dict.fromkeys(g.split(":")[0] for g in result["grids"]))
+    L += ["", "Paired ratio by NFE (geometric mean over problems, schedules, outputs, solvers, grids of a family):", ""]
+    L += ["| NFE | all | " + " | ".join(fams) + " |", "|---|---|" + "---|" * len(fams)]
+    pairs = s["pairs"]
+    for n in sorted({q["nfe"] for q in pairs}):
+        row = [_gmean(q["ratio"] for q in pairs if q["nfe"] == n)]
+        row += [_gmean(q["ratio"] for q in pairs if q["nfe"] == n and q["grid"].split(":")[0] == g) for g in fams]
+        L.append(f"| {n} | " + " | ".join(_r(x) for x in row) + " |")
+    L += ["", "By solver:", "", "| NFE | " + " | ".join(f"`{x}`" for x in result["solvers"]) + " |"]
+    L.append("|---|" + "---|" * len(result["solvers"]))
+    for n in sorted({q["nfe"] for q in pairs}):
+        row = [_gmean(q["ratio"] for q in pairs if q["nfe"] == n and q["config"] == x) for x in result["solvers"]]
+        L.append(f"| {n} | " + " | ".join(_r(x) for x in row) + " |")
+    L += [
+        "",
+        "By problem and schedule:",
+        "",
+        "| problem | schedule | " + " | ".join(f"NFE {n}" for n in sorted({q["nfe"] for q in pairs})) + " |",
+    ]
+    L.append("|---|---|" + "---|" * len({q["nfe"] for q in pairs}))
+    for p, sch in dict.fromkeys((q["problem"], q["schedule"]) for q in pairs):
+        row = [
+            _gmean(q["ratio"] for q in pairs if (q["problem"], q["schedule"], q["nfe"]) == (p, sch, n))
+            for n in sorted({q["nfe"] for q in pairs})
+        ]
+        L.append(f"| {p} | {sch} | " + " | ".join(_r(x) for x in row) + " |")
+    L += ["", "## Reproduction of accuracy.md (no AFS)", ""]
+    L += [
+        "Our rerun without AFS of accuracy.md's best fixed configuration (and of the calibrated one where its grid "
+        "is a named grid): rerun / accuracy.md (1 = reproduced to the printed 3 digits).",
+        "",
+        "| problem | schedule | output | NFE | best fixed | calibrated |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c in cells:
+        if "acc_calibrated" not in c:
+            continue
+        fx, cal = c.get("best fixed"), c.get("calibrated")
+        L.append(
+            f"| {' | '.join(map(str, c['key']))} | {_r(fx['off'] / c['acc_fixed']) if fx else '-'} | "
+            f"{_r(cal['off'] / c['acc_calibrated']) if cal else '-'} |"
+        )
+    if result.get("failed"):
+        L += ["", f"Failed runs: {len(result['failed'])} (in the JSON)."]
+    return "\n".join(L) + "\n"
+
+
+def verdict_lines(cells: list[dict]) -> list[str]:
+    out = []
+    for n in sorted({c["key"][3] for c in cells}):
+        cs = [c for c in cells if c["key"][3] == n and "afs_vs_ours" in c]
+        if not cs:
+            continue
+        wins = [c for c in cs if c["afs_vs_ours"] < 1]
+        peer = [c for c in cs if c["afs_vs_peer"] < 1]
+        out.append(
+            f"- NFE {n}: the best run with AFS beats min(calibrated, best fixed of ours) in **{len(wins)} of "
+            f"{len(cs)}** cells (geometric mean of best-with-AFS / ours {_r(_gmean(c['afs_vs_ours'] for c in cs))}"
+            + (
+                "; wins: " + ", ".join(f"{'/'.join(map(str, c['key'][:3]))} {_r(c['afs_vs_ours'])}" for c in wins)
+                if wins
+                else ""
+            )
+            + f"); it beats the best peer in {len(peer)} of {len(cs)}; paired with / without AFS over the sweep: "
+            f"gmean {_r(_gmean(c['paired_gmean'] for c in cs))}."
+        )
+        sel = [c["selected_on"][2] / c["selected_off"][2] for c in cs]
+        out.append(
+            f"  Honest selection (on the selection batch, run on the evaluation batch): with AFS / without AFS "
+            f"gmean {_r(_gmean(sel))}, AFS better in {sum(1 for x in sel if x < 1)} of {len(cs)}; selected with "
+            f"AFS beats accuracy.md's calibrated in {sum(1 for c in cs if c['selected_vs_calibrated'] < 1)} of "
+            f"{len(cs)} (gmean {_r(_gmean(c['selected_vs_calibrated'] for c in cs))})."
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# entry point
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--accuracy", type=Path, default=ROOT / "benchmarks" / "results" / "accuracy.md")
+    ap.add_argument("--networks", type=Path, help="where ring-net's checkpoint goes (default OUT/networks)")
+    ap.add_argument("--quick", action="store_true", help="ring on edm only, NFE 5 and 10, two solvers")
+    ap.add_argument("--no-net", action="store_true", help="skip ring-net (no training)")
+    ap.add_argument("--render", action="store_true", help="rewrite the markdown from OUT/candidates_afs.json")
+    args = ap.parse_args(argv)
+    if args.render:
+        result = json.loads((args.out / "candidates_afs.json").read_text())
+        (args.out / "candidates_afs.md").write_text(to_markdown(result))
+        return result
+    torch.set_num_threads(1)
+    torch.set_default_dtype(torch.float64)
+    t0 = time.perf_counter()
+    settings = Settings(net_dir=str(args.networks or args.out / "networks"), diffusers=False, kdiffusion=False)
+    units = [(p, s) for p in settings.problems for s in settings.schedules]
+    if not args.no_net:
+        units += list(settings.learned)
+    nfes, solvers, grids = settings.nfe, SWEEP_SOLVERS, SWEEP_GRIDS
+    if args.quick:
+        units, nfes, solvers, grids = [("ring", "edm")], (5, 10), SWEEP_SOLVERS[:2], SWEEP_GRIDS[:3]
+    cells = read_accuracy(args.accuracy)
+    for name, sch in units:
+        if (name, sch) in settings.learned:
+            train_network(name, sch, settings.net_dir, settings.net_steps)
+
+    def log(m):
+        print(f"[{time.perf_counter() - t0:6.1f} s] {m}", file=sys.stderr)
+
+    runs = []
+    for name, sch in units:
+        runs += evaluate_unit(name, sch, cells, settings, nfes, solvers, grids, log)
+    result = {
+        "kind": "sde_diffusion.candidate_afs",
+        "command": "python -m benchmarks.candidates.afs " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "torch": torch.__version__,
+        "seed": settings.seed,
+        "rtol": settings.rtol,
+        "solvers": list(solvers),
+        "grids": list(grids),
+        "select_seed": settings.cal_seed,
+        "select_batch": settings.cal_batch,
+        "failed": [r for r in runs if r.get("error") is None],
+        "summary": summarise(runs, cells),
+    }
+    result["seconds"] = time.perf_counter() - t0
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "candidates_afs.json").write_text(json.dumps(_safe(result), indent=1) + "\n")
+    md = to_markdown(result)
+    (args.out / "candidates_afs.md").write_text(md)
+    print(md)
+    return result
+
+
+def _safe(o):
+    if isinstance(o, float):
+        return float(f"{o:.5g}") if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {str(k): _safe(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_safe(v) for v in o]
+    return o
+
+
+if __name__ == "__main__":
+    main()
