@@ -117,6 +117,15 @@ def phi_symbolic(k: int, h: sp.Expr) -> sp.Expr:
     return sp.integrate(sp.exp((1 - s) * h) * s ** (k - 1) / sp.factorial(k - 1), (s, 0, 1))
 
 
+def _lagrange_basis(x: sp.Expr, nodes: list, j: int) -> sp.Expr:
+    r"""The Lagrange basis polynomial \(L_j(x) = \prod_{m \ne j} (x - x_m)/(x_j - x_m)\) through ``nodes``."""
+    basis = sp.Integer(1)
+    for m, nm in enumerate(nodes):
+        if m != j:
+            basis *= (x - nm) / (nodes[j] - nm)
+    return basis
+
+
 def lagrange_exp_weights(ratios: list, h: sp.Expr, sign: int = 1) -> list[sp.Expr]:
     r"""Exact \(W_j = \int_0^h e^{\pm (h - u)} L_j(u)\, \mathrm{d}u\) (sign \(\pm\) = ``sign``) with \(L_j\) the
     Lagrange basis through \(u_m = r_m h\).
@@ -129,11 +138,8 @@ def lagrange_exp_weights(ratios: list, h: sp.Expr, sign: int = 1) -> list[sp.Exp
     u = sp.symbols("u", real=True)
     nodes = [sp.nsimplify(r) * h for r in ratios]
     weights = []
-    for j, nj in enumerate(nodes):
-        basis = sp.Integer(1)
-        for m, nm in enumerate(nodes):
-            if m != j:
-                basis *= (u - nm) / (nj - nm)
+    for j in range(len(nodes)):
+        basis = _lagrange_basis(u, nodes, j)
         weights.append(sp.integrate(sp.exp(sign * (h - u)) * sp.expand(basis), (u, 0, h)))
     return weights
 
@@ -160,11 +166,8 @@ def deis_tab_weights(
     pts = [sp.Rational(v) for v in nodes]
     kernel = sp.exp(formulas.log_alpha.subs(t, b) - formulas.log_alpha) * formulas.g2 / (2 * sp.exp(formulas.log_sigma))
     out = []
-    for j, nj in enumerate(pts):
-        basis = sp.Integer(1)
-        for m, nm in enumerate(pts):
-            if m != j:
-                basis *= (tau - nm) / (nj - nm)
+    for j in range(len(pts)):
+        basis = _lagrange_basis(tau, pts, j)
         if closed_form:
             out.append(sp.integrate(sp.expand(kernel * basis), (tau, a, b)))
         else:
