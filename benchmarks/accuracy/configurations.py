@@ -139,6 +139,30 @@ def _vp_grids(*names):
     return [(n, table[n]) for n in names]
 
 
+def _dpm_solver_configs(cls: str, grid: str, kw: dict) -> list[DiffusersConfig]:
+    """A DPM-Solver scheduler of diffusers (multistep or singlestep) on ``grid``: both algorithm types, orders 2 and 3,
+    both second-order update rules and every final step of :data:`_FINALS` (except ``dpmsolver`` with a final step to
+    zero, which diffusers refuses)."""
+    return [
+        diffusers_config(
+            cls,
+            grid,
+            "x0" if f == "zero" else "state",
+            algorithm_type=a,
+            solver_order=o,
+            solver_type=st,
+            final_sigmas_type=f,
+            lower_order_final=lof,
+            **kw,
+        )
+        for a in ("dpmsolver++", "dpmsolver")
+        for o in (2, 3)
+        for st in ("midpoint", "heun")
+        for f, lof in _FINALS
+        if not (a == "dpmsolver" and f == "zero")
+    ]
+
+
 def diffusers_configs(schedule: str, quick: bool = False) -> list[DiffusersConfig]:
     """The diffusers sweep for a schedule (``quick``: a handful)."""
     if schedule == "edm":
@@ -210,43 +234,9 @@ def diffusers_configs(schedule: str, quick: bool = False) -> list[DiffusersConfi
             for skip in (True, False)
         ]
     for g, kw in _vp_grids("linspace", "leading", "trailing", "karras", "exponential", "lu"):
-        out += [
-            diffusers_config(
-                "DPMSolverMultistepScheduler",
-                g,
-                "x0" if f == "zero" else "state",
-                algorithm_type=a,
-                solver_order=o,
-                solver_type=st,
-                final_sigmas_type=f,
-                lower_order_final=lof,
-                **kw,
-            )
-            for a in ("dpmsolver++", "dpmsolver")
-            for o in (2, 3)
-            for st in ("midpoint", "heun")
-            for f, lof in _FINALS
-            if not (a == "dpmsolver" and f == "zero")
-        ]  # diffusers refuses that pair
+        out += _dpm_solver_configs("DPMSolverMultistepScheduler", g, kw)
     for g, kw in [("linspace", {})] + _vp_grids("karras", "exponential"):
-        out += [
-            diffusers_config(
-                "DPMSolverSinglestepScheduler",
-                g,
-                "x0" if f == "zero" else "state",
-                algorithm_type=a,
-                solver_order=o,
-                solver_type=st,
-                final_sigmas_type=f,
-                lower_order_final=lof,
-                **kw,
-            )
-            for a in ("dpmsolver++", "dpmsolver")
-            for o in (2, 3)
-            for st in ("midpoint", "heun")
-            for f, lof in _FINALS
-            if not (a == "dpmsolver" and f == "zero")
-        ]  # diffusers refuses that pair
+        out += _dpm_solver_configs("DPMSolverSinglestepScheduler", g, kw)
     grids = _vp_grids("linspace", "leading", "trailing", "karras", "exponential")
     for g, kw in grids:
         out += [
