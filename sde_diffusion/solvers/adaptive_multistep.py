@@ -36,11 +36,12 @@ like ``tol^{-1/order}`` (both measured in ``tests/test_adaptive_multistep.py``).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
 from .base import EmbeddedStep, Solver, lincomb, register
-from .controllers import PIController, pi_factor
+from .controllers import PIController, forwards_options_of, pi_factor
 from .expint import lagrange_weights
 
 __all__ = ["AdaptiveMultistep", "pi_factor"]
@@ -59,8 +60,10 @@ class AdaptiveMultistep(Solver):
 
     Args:
         order: 2 or 3 -- the number of nodes of the extrapolation (global order).
-        rtol, atol, h_init, safety, fac_min, fac_max, b1, b2, max_steps: the options of its default controller,
-            [`PIController`][sde_diffusion.solvers.controllers.PIController].
+        **controller_options: the options of its default controller,
+            [`PIController`][sde_diffusion.solvers.controllers.PIController] (validated there, keyword-only):
+            ``rtol``, ``atol`` (1e-4 each), ``h_init``, ``safety``, ``fac_min``, ``fac_max``, ``b1``, ``b2``,
+            ``max_steps``.
 
     1 NFE per accepted step (plus the initial evaluation and any rejected first-step attempts), memory ``order - 1``.
     State: ``(lams, outputs, current)`` -- the lambdas and data predictions of the newest nodes (newest first) and
@@ -72,22 +75,11 @@ class AdaptiveMultistep(Solver):
     nfe_per_step = 1
     reference = "arXiv:2211.01095"
 
-    def __init__(
-        self,
-        order: int = 3,
-        rtol: float = 1e-4,
-        atol: float = 1e-4,
-        h_init: float | None = None,
-        safety: float = 0.9,
-        fac_min: float = 0.2,
-        fac_max: float = 2.0,
-        b1: float = 0.7,
-        b2: float = 0.4,
-        max_steps: int = 100_000,
-    ):
+    @forwards_options_of(PIController)
+    def __init__(self, order: int = 3, **controller_options: Any):
         if order not in (2, 3) or isinstance(order, bool):
             raise ValueError(f"order must be 2 or 3, got {order!r}")
-        self.controller = PIController(rtol, atol, h_init, safety, fac_min, fac_max, b1, b2, max_steps)
+        self.controller = PIController(**controller_options)
         self.k = order
         self.order = float(order)
         self.memory = order - 1

@@ -30,12 +30,25 @@ adaptive controller is, for every attempt::
 
 from __future__ import annotations
 
+import inspect
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 
-__all__ = ["Controller", "FixedGrid", "PIController", "DPMSolverStepRule", "pi_factor", "check_tolerances"]
+__all__ = [
+    "Controller",
+    "FixedGrid",
+    "PIController",
+    "DPMSolverStepRule",
+    "pi_factor",
+    "check_tolerances",
+    "forwards_options_of",
+]
+
+_Init = TypeVar("_Init", bound=Callable)
 
 
 def check_tolerances(rtol, atol, *, allow_zero: bool = True) -> tuple[float, float]:
@@ -50,6 +63,22 @@ def check_tolerances(rtol, atol, *, allow_zero: bool = True) -> tuple[float, flo
     if out[0] == 0 and out[1] == 0:
         raise ValueError("rtol and atol cannot both be zero")
     return out[0], out[1]
+
+
+def forwards_options_of(controller: type) -> Callable[[_Init], _Init]:
+    """Decorator for a solver's ``__init__(self, <own options>, **controller_options)`` that builds its default
+    controller as ``controller(**controller_options)`` (which validates them), so the options keep one home: the
+    controller's ``__init__``. The decorator gives that ``__init__`` the signature ``inspect.signature`` reports
+    (option listings of studies, the CLI and the diffusers adapter): the solver's own parameters followed by the
+    controller's, keyword-only, with their defaults."""
+
+    def deco(init: _Init) -> _Init:
+        own = [p for p in inspect.signature(init).parameters.values() if p.kind is not p.VAR_KEYWORD]
+        ctrl = inspect.signature(controller).parameters.values()
+        init.__signature__ = inspect.Signature(own + [p.replace(kind=p.KEYWORD_ONLY) for p in ctrl])  # type: ignore[attr-defined]
+        return init
+
+    return deco
 
 
 def _positive(name, v) -> float:
