@@ -126,7 +126,7 @@ def test_tab_weights_equal_sympy(name, schedule, closed_form):
             exact = deis_tab_weights(formulas, float(ts[i]), float(ts[i + 1]), nodes, closed_form=closed_form)
             for j, e in enumerate(exact):
                 e = float(e.evalf(30))
-                worst = max(worst, abs(float(co[f"w{j}"][i]) - e) / abs(e))
+                worst = max(worst, abs(float(co["w"].values[i, j]) - e) / abs(e))
     assert worst < 1e-12, worst
 
 
@@ -139,8 +139,8 @@ def test_rhoab_weights_closed_form():
     rho, alpha = sch.sigma_ve(ts), sch.alpha(ts)
     for i in range(1, 9):
         drho, d = rho[i + 1] - rho[i], rho[i] - rho[i - 1]
-        assert torch.allclose(co["w0"][i], alpha[i + 1] * drho * (1 + drho / (2 * d)), rtol=1e-12)
-        assert torch.allclose(co["w1"][i], -alpha[i + 1] * drho**2 / (2 * d), rtol=1e-12)
+        assert torch.allclose(co["w"].values[i, 0], alpha[i + 1] * drho * (1 + drho / (2 * d)), rtol=1e-12)
+        assert torch.allclose(co["w"].values[i, 1], -alpha[i + 1] * drho**2 / (2 * d), rtol=1e-12)
 
 
 @pytest.mark.parametrize("variant", ["tab", "rhoab", "logrho"])
@@ -185,7 +185,7 @@ def test_first_order_is_ddim(opts):
         ts = make_grid(sch, "logsnr", 10)
         base = base_coefficients(sch, ts)
         co = DEIS(order=1, method="tab").coefficients(sch, ts, GridTable(sch, ts))
-        assert torch.allclose(co["w0"], ddim_coefficients(base, 0.0)["c_eps"], rtol=1e-14, atol=0)
+        assert torch.allclose(co["w"].values[:, 0], ddim_coefficients(base, 0.0)["c_eps"], rtol=1e-14, atol=0)
 
 
 def test_first_step_is_lower_order():

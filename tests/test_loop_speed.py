@@ -284,4 +284,4 @@ def test_multiplier_columns_become_host_scalars_of_the_state_dtype():
     assert ratio.device.type == "cpu"
     base = base_coefficients(sch, make_grid(sch, "logsnr", 5))
     torch.testing.assert_close(float(ratio), float(base["alpha_next"][2] / base["alpha"][2]), rtol=1e-6, atol=0)
-    assert isinstance(plan.steps[2].w0, float)
+    assert isinstance(plan.steps[2].w, tuple) and all(isinstance(w, float) for w in plan.steps[2].w)

@@ -32,7 +32,7 @@ from __future__ import annotations
 import torch
 
 from .base import Solver, lincomb, register
-from .dpm_solver import STAGE_NODES, combination, final_update, run_singlestep_stages, update_rule
+from .dpm_solver import final_update, run_singlestep_stages, singlestep_table
 from .options import check_nonnegative
 
 __all__ = [
@@ -68,37 +68,22 @@ def ancestral_split(lam: torch.Tensor, lam_next: torch.Tensor, eta: float) -> tu
     return lam_next - 0.5 * torch.log1p(-(eta * eta) * q), eta * torch.sqrt(q)
 
 
-def singlestep_to(grid, sign: int, order: int, lam, la, ls, la_end, ls_end, update: str = "paper") -> dict:
-    r"""Coefficients of one singlestep exponential-integrator step per grid interval, from ``(la, ls)`` (log alpha,
-    log sigma of the start) to an arbitrary end point ``(la_end, ls_end)`` whose half log-SNR is
+def singlestep_to(grid, sign: int, order: int, la_end, ls_end, update: str = "paper") -> dict:
+    r"""Coefficients of one singlestep exponential-integrator step of order ``order`` per grid interval, from the grid
+    point (``grid``, a [`GridTable`][sde_diffusion.solvers.table.GridTable]) to an arbitrary end point
+    ``(la_end, ls_end)`` (log alpha, log sigma; per step) whose half log-SNR is
     \(\lambda_{\rm end} = \log\alpha_{\rm end} - \log\sigma_{\rm end}\) (a grid point or a virtual point such as an
     ancestral ``sigma_down``).
 
     The stages sit on the schedule at \(\lambda + r_j (\lambda_{\rm end} - \lambda)\) (\(r = 1/2\); \(1/3, 2/3\)) and
-    use the rules of [`update_rule`][sde_diffusion.solvers.dpm_solver.update_rule] (``update``); stage points come from
-    the grid table's ``at_lambda`` (``grid``, a [`GridTable`][sde_diffusion.solvers.table.GridTable]). Keys as read by
+    use the rules of [`update_rule`][sde_diffusion.solvers.dpm_solver.update_rule] (``update``). The keys are those of
+    [`singlestep_table`][sde_diffusion.solvers.dpm_solver.singlestep_table] (stage vectors ``t_stage``,
+    ``alpha_stage``, ``sigma_stage``, ``ratio_stage``, the matrix ``w_stage``; final ``ratio``, ``w``), as read by
     [`run_singlestep_stages`][sde_diffusion.solvers.dpm_solver.run_singlestep_stages] and
-    [`final_update`][sde_diffusion.solvers.dpm_solver.final_update]: ``t_s{j}, alpha_s{j}, sigma_s{j}, ratio_s{j},
-    w_s{j}_{m}`` and ``ratio, w{m}``.
+    [`final_update`][sde_diffusion.solvers.dpm_solver.final_update].
     """
-    h = (la_end - ls_end) - lam
-    nodes, table = [lam], {}
-    for j, r in enumerate(STAGE_NODES[order][1:], start=1):
-        lam_j = lam + r * h
-        stage = grid.at_lambda(lam_j)
-        t_j, la_j, ls_j = stage.t, stage.log_alpha, stage.log_sigma
-        ratio, c = combination(
-            sign, update_rule(update, False, j, final=False), torch.stack(nodes, -1), la, ls, la_j, ls_j
-        )
-        table.update({f"t_s{j}": t_j, f"alpha_s{j}": torch.exp(la_j), f"sigma_s{j}": torch.exp(ls_j)})
-        table[f"ratio_s{j}"] = ratio
-        table.update({f"w_s{j}_{m}": c[..., m] for m in range(j)})
-        nodes.append(la_j - ls_j)
-    rule = update_rule(update, False, order, final=True)
-    ratio, c = combination(sign, rule, torch.stack(nodes, -1), la, ls, la_end, ls_end)
-    table["ratio"] = ratio
-    table.update({f"w{m}": c[..., m] for m in range(order)})
-    return table
+    steps = grid.ts.shape[0] - 1
+    return singlestep_table(grid, sign, update, (order,) * steps, end=(la_end, ls_end))
 
 
 class AncestralSolver(Solver):
@@ -131,7 +116,7 @@ class AncestralSolver(Solver):
         la, ls = table.log_alpha, table.log_sigma
         lam = la - ls
         lam_down, up = ancestral_split(lam[:-1], lam[1:], self.eta)
-        coefs = singlestep_to(table, self.sign, self.base_order, lam[:-1], la[:-1], ls[:-1], la[1:], la[1:] - lam_down)
+        coefs = singlestep_to(table, self.sign, self.base_order, la[1:], la[1:] - lam_down)
         coefs["c_noise"] = self.s_noise * torch.exp(ls[1:]) * up
         return coefs
 

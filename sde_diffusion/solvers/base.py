@@ -18,7 +18,9 @@ also returns an error estimate, so it can run under an adaptive controller), ``r
 per-step number beyond the [`GridTable`][sde_diffusion.solvers.table.GridTable] ``table`` (float64, whole grid at once:
 columns ``(N,)``, or ``(N, B)`` for one grid per sample; integer/bool columns stay on the host; wrap a multiplier
 column in [`host_scalars`][sde_diffusion.solvers.base.host_scalars], a column of ``K`` values per step in
-[`vector_column`][sde_diffusion.solvers.base.vector_column] -- then ``c.w[j]``, not ``K`` fields named by f-strings).
+[`vector_column`][sde_diffusion.solvers.base.vector_column] -- then ``c.w[j]``, not ``K`` fields named by f-strings --
+and ``K x M`` values per step in [`matrix_column`][sde_diffusion.solvers.base.matrix_column] -- then
+``c.w_stage[j][m]``; record fields have fixed names, read as plain attributes, never ``getattr(c, ...)``).
 Stage points come from ``table.at_lambda(lam) -> (t, alpha, sigma)``; the ``schedule`` argument is there for its options
 only -- a solver calls none of its methods.
 
@@ -32,7 +34,9 @@ the solver's own keys):
   ``(B, 1, ..., 1)`` for per-sample grids (like every other coefficient);
 * ``alpha``, ``sigma``, ``alpha_next``, ``sigma_next``, ``lam``, ``lam_next``, ``h = lam_next - lam`` -- floats
   for a shared grid (0-d host tensors where marked with [`host_scalars`][sde_diffusion.solvers.base.host_scalars]),
-  ``(B, 1, ..., 1)`` device tensors for per-sample grids.
+  ``(B, 1, ..., 1)`` device tensors for per-sample grids;
+* the solver's own fields, one per key of ``coefficients``: a value as above per plain column, a tuple of values per
+  vector column, a tuple of tuples per matrix column.
 
 **The step.** ``step(model, x, state, c, noise) -> (x_next, state_next)``; all history travels in ``state`` (a tuple
 from ``init_state(x)``), never in the solver. ``noise`` is a [`StepNoise`][sde_diffusion.solvers.base.StepNoise]
@@ -112,6 +116,7 @@ __all__ = [
     "host_scalars",
     "HostScalars",
     "vector_column",
+    "matrix_column",
     "VectorColumn",
     "GridTable",
 ]
@@ -313,20 +318,39 @@ def base_coefficients(schedule: NoiseSchedule, ts: torch.Tensor) -> dict[str, to
 
 
 class VectorColumn:
-    """Marker for a per-step *vector* of coefficients (see
-    [`vector_column`][sde_diffusion.solvers.base.vector_column])."""
+    """Marker for a per-step *vector* (``depth = 1``) or *matrix* (``depth = 2``) of coefficients (see
+    [`vector_column`][sde_diffusion.solvers.base.vector_column] and
+    [`matrix_column`][sde_diffusion.solvers.base.matrix_column]): the last ``depth`` dimensions of ``values`` index the
+    entries of one step."""
 
-    __slots__ = ("values",)
+    __slots__ = ("values", "depth")
 
-    def __init__(self, values: torch.Tensor):
+    def __init__(self, values: torch.Tensor, depth: int = 1):
+        if depth not in (1, 2) or values.ndim < depth + 1:
+            raise ValueError(f"a column of depth {depth} needs at least {depth + 1} dimensions, got {values.ndim}")
         self.values = values
+        self.depth = depth
+
+    @property
+    def entries(self) -> int:
+        """Number of values per step (per sample) -- the product of the last ``depth`` dimensions."""
+        return math.prod(self.values.shape[-self.depth :])
 
 
 def vector_column(v: torch.Tensor) -> VectorColumn:
     """Mark a column of ``K`` coefficients per step -- shape ``(N, K)`` for a shared grid, ``(N, B, K)`` per sample:
     each step record gets a tuple of ``K`` values (floats, or device tensors ``(B, 1, ..., 1)``), so a method keeps
-    e.g. its weights as ``c.w[j]`` instead of ``K`` fields named ``w0, w1, ...``."""
-    return VectorColumn(v)
+    e.g. its weights as ``c.w[j]`` instead of ``K`` fields named ``w0, w1, ...``. Integer/bool columns give host
+    values, as plain columns do."""
+    return VectorColumn(v, 1)
+
+
+def matrix_column(v: torch.Tensor) -> VectorColumn:
+    """Mark a column of ``K x M`` coefficients per step -- shape ``(N, K, M)`` for a shared grid, ``(N, B, K, M)`` per
+    sample: each step record gets a ``K``-tuple of ``M``-tuples, ``c.w_stage[j][m]``. Meant for ragged data padded to
+    a rectangle (stage ``j`` of a singlestep method combines ``j + 1`` outputs; the padding is never read and must
+    be finite)."""
+    return VectorColumn(v, 2)
 
 
 class HostScalars:
@@ -426,7 +450,8 @@ class Plan:
         total = sum(_column_bytes(v) for v in self.columns.values()) + self.ts.numel() * 8
         if self.rows is not None:
             per_value = _BYTES_PER_TENSOR if self.per_sample else _BYTES_PER_FLOAT
-            total += len(self.rows) * (64 + len(self.columns) * (8 + per_value) + 2 * (8 + _BYTES_PER_TENSOR))
+            values = sum(v.entries if isinstance(v, VectorColumn) else 1 for v in self.columns.values())
+            total += len(self.rows) * (64 + values * (8 + per_value) + 2 * (8 + _BYTES_PER_TENSOR))
         return total
 
 
@@ -447,7 +472,10 @@ def _model_times(ts: torch.Tensor, per_sample: bool, batch: int, device, dtype) 
 def _to_step_values(v: Any, lo: int, hi: int, per_sample: bool, device, dtype, ndim: int) -> list:
     m = hi - lo
     if isinstance(v, VectorColumn):
-        parts = [_to_step_values(col, lo, hi, per_sample, device, dtype, ndim) for col in v.values.unbind(-1)]
+        cols: Any = v.values.unbind(-v.depth)
+        if v.depth > 1:
+            cols = [VectorColumn(col, v.depth - 1) for col in cols]
+        parts = [_to_step_values(col, lo, hi, per_sample, device, dtype, ndim) for col in cols]
         return [tuple(p) for p in zip(*parts)]
     if isinstance(v, HostScalars):
         col = v.values[lo:hi]

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Solver, host_scalars, register
+from .base import Solver, host_scalars, register, vector_column
 from .dpm_solver import DPMSolver, multistep_update
 from .expint import exp_weighted_quadrature, lagrange_poly_weights, long_step_consistent
 from .options import check_choice, check_int
@@ -174,7 +174,7 @@ class DEIS(Solver):
             idx = (orders == k).nonzero().flatten()
             if idx.numel():
                 ws[idx, ..., :k] = deis_multistep_weights(ts, base, self.method, k, idx)
-        out.update({f"w{j}": ws[..., j] for j in range(order)})
+        out["w"] = vector_column(ws)
         return out
 
     # ---- one step -------------------------------------------------------------------------------------------------

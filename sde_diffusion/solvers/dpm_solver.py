@@ -37,12 +37,10 @@ Stages of singlestep methods (``stages`` option):
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from .._ops import time_like
-from .base import Solver, host_scalars, lincomb, register
+from .base import Solver, host_scalars, lincomb, matrix_column, register, vector_column
 from .expint import lagrange_weights, long_step_consistent, phis
 from .options import check_bool, check_choice, check_int, check_int_sequence, check_nonnegative
 from .warmup import step_orders
@@ -233,92 +231,95 @@ def fast_orders(nfe: int, order: int = 3) -> tuple[int, ...]:
 
 
 def _multistep_table(sign, update, orders, lam, la, ls, eta=0.0) -> dict:
-    """Per-step ``ratio`` and ``w0..w{K-1}`` (weight of the output ``j`` steps back) for the grid ``lam``."""
+    """Per-step ``order``, ``ratio`` and the vector ``w`` (``w[j]``: weight of the output ``j`` steps back; ``K =
+    max(orders)`` entries, zero beyond the step's order) for the grid ``lam``."""
     n = lam.shape[0] - 1
     kmax = max(orders)
     ords = torch.tensor(orders)
-    table: dict[str, Any] = {"order": ords}
     ratio_full = torch.zeros((n,) + lam.shape[1:], dtype=torch.float64)
-    ws = [torch.zeros_like(ratio_full) for _ in range(kmax)]
+    ws = torch.zeros(ratio_full.shape + (kmax,), dtype=torch.float64)
     for k in sorted(set(orders)):
         idx = (ords == k).nonzero().flatten()
         nodes = torch.stack([lam[idx - j] for j in range(k)], -1)
         rule = update_rule(update, True, k)
         ratio, c = combination(sign, rule, nodes, la[idx], ls[idx], la[idx + 1], ls[idx + 1], eta)
         ratio_full[idx] = ratio
-        for j in range(k):
-            ws[j][idx] = c[..., j]
-    table["ratio"] = host_scalars(ratio_full)
-    table.update({f"w{j}": w for j, w in enumerate(ws)})
-    return table
+        ws[idx, ..., :k] = c
+    return {"order": ords, "ratio": host_scalars(ratio_full), "w": vector_column(ws)}
 
 
-def singlestep_table(base, sign, update, orders, nodes_of=STAGE_NODES, lower_order: bool = False) -> dict:
-    """Stages and final update of singlestep steps with intermediate times at ``lambda + r h`` (``stages="lambda"``).
+def singlestep_table(
+    base, sign, update, orders, nodes_of=STAGE_NODES, lower_order: bool = False, end: tuple | None = None
+) -> dict:
+    r"""Stages and final update of singlestep steps with intermediate times at ``lambda + r h`` (``stages="lambda"``)
+    from each grid point of ``base`` (a [`GridTable`][sde_diffusion.solvers.table.GridTable]) to the next one, or to
+    ``end = (log_alpha_end, log_sigma_end)`` (per step, ``(N,)`` or ``(N, B)``: an arbitrary end point such as an
+    ancestral ``sigma_down``, at \(\lambda_{\rm end} = \log\alpha_{\rm end} - \log\sigma_{\rm end}\); then
+    ``h = lambda_end - lambda``).
 
-    Keys: ``order``; per stage ``j >= 1``: ``t_s{j}``, ``alpha_s{j}``, ``sigma_s{j}``, ``ratio_s{j}``,
-    ``w_s{j}_{m}`` (``m < j``); final: ``ratio``, ``w{m}``. With ``lower_order`` also ``ratio_low``, ``w_low{m}``:
-    the final update of order ``k - 1`` from the same stages (the embedded lower-order solution of
-    DPM-Solver-12/23, arXiv:2206.00927 Alg. 4).
+    Keys (``K = max(orders)``; entry ``i`` of a stage vector is stage ``i + 1``, at node ``r_{i+1}``; stage 0 is
+    the step's start): ``order``; for ``K > 1`` the vectors of ``K - 1`` entries ``t_stage`` (a float64 time: the
+    step makes the model-time tensor with ``time_like``), ``alpha_stage``, ``sigma_stage``, ``ratio_stage`` and the
+    matrix ``w_stage`` (``K - 1`` by ``K - 1``; ``w_stage[i][m]``, ``m <= i``: weight of the output at stage ``m``
+    in the update to stage ``i + 1``); the final update ``ratio`` and ``w`` (``K`` entries).
+    With ``lower_order`` also ``ratio_low`` and ``w_low`` (``K - 1`` entries): the final update of order ``k - 1``
+    from the same stages (the embedded lower-order solution of DPM-Solver-12/23, arXiv:2206.00927 Alg. 4). Entries
+    beyond a step's order are finite padding (the step's start point, zero weights), never read.
     """
-    grid, ts, lam, la, ls = base, base.ts, base.lam_grid, base.log_alpha, base.log_sigma
+    grid, lam, la, ls = base, base.lam_grid, base.log_alpha, base.log_sigma
+    la_end, ls_end = (la[1:], ls[1:]) if end is None else end
     kmax = max(orders)
     ords = torch.tensor(orders)
-    h = lam[1:] - lam[:-1]
+    h = (la_end - ls_end) - lam[:-1]
     like = lam[:-1]
-    table: dict = {"order": ords}
+    ns = max(kmax - 1, 1)  # (a step of order 1 has no stage: keep one padding entry so the vectors are not empty)
+
+    def pad(v: torch.Tensor, k: int) -> torch.Tensor:
+        return v[..., None].expand(v.shape + (k,)).clone()
+
+    t_st, la_st, ls_st = pad(base.ts[:-1], ns), pad(la[:-1], ns), pad(ls[:-1], ns)
+    ratio_st = torch.zeros_like(t_st)
+    w_st = torch.zeros(t_st.shape + (ns,), dtype=torch.float64)
+    ratio, w = torch.zeros_like(like), torch.zeros(like.shape + (kmax,), dtype=torch.float64)
+    ratio_low, w_low = torch.zeros_like(like), torch.zeros(like.shape + (ns,), dtype=torch.float64)
     for k in sorted(set(orders)):
         idx = (ords == k).nonzero().flatten()
         r = nodes_of[k]
         lam_nodes = [lam[idx]]
-        logs = [(la[idx], ls[idx])]
         for j in range(1, k):
             stage = grid.at_lambda(lam[idx] + r[j] * h[idx])
-            t_j, la_j, ls_j = stage.t, stage.log_alpha, stage.log_sigma
+            la_j, ls_j = stage.log_alpha, stage.log_sigma
             rule = update_rule(update, False, j, final=False)
-            ratio, c = combination(sign, rule, torch.stack(lam_nodes, -1), la[idx], ls[idx], la_j, ls_j)
-            for key, val in (
-                (f"t_s{j}", t_j),
-                (f"alpha_s{j}", torch.exp(la_j)),
-                (f"sigma_s{j}", torch.exp(ls_j)),
-                (f"ratio_s{j}", ratio),
-            ):
-                if key not in table:
-                    table[key] = _fill_stage(key, ts, la, ls)
-                table[key][idx] = val
-            for m in range(j):
-                table.setdefault(f"w_s{j}_{m}", torch.zeros_like(like))[idx] = c[..., m]
+            ratio_j, c = combination(sign, rule, torch.stack(lam_nodes, -1), la[idx], ls[idx], la_j, ls_j)
+            t_st[idx, ..., j - 1], la_st[idx, ..., j - 1], ls_st[idx, ..., j - 1] = stage.t, la_j, ls_j
+            ratio_st[idx, ..., j - 1] = ratio_j
+            w_st[idx, ..., j - 1, :j] = c
             lam_nodes.append(la_j - ls_j)
-            logs.append((la_j, ls_j))
-        finals = [("", k)] + ([("_low", k - 1)] if lower_order and k > 1 else [])
-        for suffix, p in finals:
+        finals = [(ratio, w, k)] + ([(ratio_low, w_low, k - 1)] if lower_order and k > 1 else [])
+        for ratio_f, w_f, p in finals:
             rule = update_rule(update, False, p, final=True)
-            ratio, c = combination(
-                sign, rule, torch.stack(lam_nodes[:p], -1), la[idx], ls[idx], la[idx + 1], ls[idx + 1]
+            ratio_f[idx], w_f[idx, ..., :p] = combination(
+                sign, rule, torch.stack(lam_nodes[:p], -1), la[idx], ls[idx], la_end[idx], ls_end[idx]
             )
-            table.setdefault(f"ratio{suffix}", torch.zeros_like(like))[idx] = ratio
-            for m in range(p):
-                table.setdefault(f"w{suffix}{m}", torch.zeros_like(like))[idx] = c[..., m]
-    for j in range(1, kmax):  # steps of lower order never read these; keep them finite
-        for m in range(j):
-            table.setdefault(f"w_s{j}_{m}", torch.zeros_like(like))
+    table: dict = {"order": ords}
+    if kmax > 1:
+        table.update(
+            t_stage=vector_column(t_st),
+            alpha_stage=vector_column(torch.exp(la_st)),
+            sigma_stage=vector_column(torch.exp(ls_st)),
+            ratio_stage=vector_column(ratio_st),
+            w_stage=matrix_column(w_st),
+        )
+    table.update(ratio=ratio, w=vector_column(w))
+    if lower_order:
+        table.update(ratio_low=ratio_low, w_low=vector_column(w_low))
     return table
 
 
-def _fill_stage(key: str, ts, la, ls) -> torch.Tensor:
-    """Harmless filler for stage entries of steps that have fewer stages (never read by those steps)."""
-    if key.startswith("t_s"):
-        return ts[:-1].clone()
-    if key.startswith("alpha_s"):
-        return torch.exp(la[:-1])
-    if key.startswith("sigma_s"):
-        return torch.exp(ls[:-1])
-    return torch.zeros_like(la[:-1])
-
-
 def _grid_table(sign, update, groups, lam, la, ls) -> dict:
-    """Per grid interval: ``pos`` (position in its group), ``ratio`` and ``w0..`` of the update from the group's
-    first point to the interval's end point with the outputs at the group's points so far."""
+    """Per grid interval: ``pos`` (position in its group), ``group_end``, ``ratio`` and the vector ``w``
+    (``max(groups)`` entries) of the update from the group's first point to the interval's end point with the outputs
+    at the group's points so far."""
     n = lam.shape[0] - 1
     if sum(groups) != n:
         raise ValueError(f"orders {groups} span {sum(groups)} grid intervals; the grid has {n}")
@@ -334,21 +335,18 @@ def _grid_table(sign, update, groups, lam, la, ls) -> dict:
     kmax = max(groups)
     like = lam[:-1]
     ratio_full = torch.zeros_like(like)
-    ws = [torch.zeros_like(like) for _ in range(kmax)]
+    ws = torch.zeros(like.shape + (kmax,), dtype=torch.float64)
     for j, k in sorted(set(zip(pos, sizes))):
         idx = ((pos_t == j) & (torch.tensor(sizes) == k)).nonzero().flatten()
         s = starts_t[idx]
         nodes = torch.stack([lam[s + m] for m in range(j + 1)], -1)
         rule = update_rule(update, False, j + 1, final=j + 1 == k)
-        ratio, c = combination(sign, rule, nodes, la[s], ls[s], la[idx + 1], ls[idx + 1])
-        ratio_full[idx] = ratio
-        for m in range(j + 1):
-            ws[m][idx] = c[..., m]
+        ratio_full[idx], ws[idx, ..., : j + 1] = combination(sign, rule, nodes, la[s], ls[s], la[idx + 1], ls[idx + 1])
     return {
         "pos": pos_t,
         "group_end": torch.tensor([j + 1 == k for j, k in zip(pos, sizes)]),
         "ratio": ratio_full,
-        **{f"w{m}": w for m, w in enumerate(ws)},
+        "w": vector_column(ws),
     }
 
 
@@ -365,28 +363,30 @@ def _combine(ratio, x, weights, outs):
 
 
 def run_singlestep_stages(model, x, c, kind: str, k: int, first: torch.Tensor | None = None) -> list[torch.Tensor]:
-    """Model outputs at the ``k`` stages of one singlestep step (``first``: an already known output at ``x``)."""
+    """Model outputs at the ``k`` stages of one singlestep step (``first``: an already known output at ``x``), from
+    the stage vectors of [`singlestep_table`][sde_diffusion.solvers.dpm_solver.singlestep_table]."""
     outs = [model.predict(x, c.t, kind, c.alpha, c.sigma) if first is None else first]
-    for j in range(1, k):
-        ws = [getattr(c, f"w_s{j}_{m}") for m in range(j)]
-        u = _combine(getattr(c, f"ratio_s{j}"), x, ws, outs)
-        t_j = time_like(c.t, getattr(c, f"t_s{j}"))
-        outs.append(model.predict(u, t_j, kind, getattr(c, f"alpha_s{j}"), getattr(c, f"sigma_s{j}")))
+    if k > 1:
+        t_st, a_st, s_st, r_st, w_st = c.t_stage, c.alpha_stage, c.sigma_stage, c.ratio_stage, c.w_stage
+        for i in range(k - 1):  # stage i + 1 from the outputs at stages 0..i (zip stops at len(outs) = i + 1)
+            u = _combine(r_st[i], x, w_st[i], outs)
+            outs.append(model.predict(u, time_like(c.t, t_st[i]), kind, a_st[i], s_st[i]))
     return outs
 
 
-def final_update(c, x, outs, k: int, suffix: str = "") -> torch.Tensor:
-    """The final combination ``ratio x + sum_m w_m out_m`` of a step (``suffix="_low"``: the embedded solution)."""
-    if not suffix:  # the hot path: plain attribute access
-        if k == 1:
-            return lincomb(c.ratio, x, c.w0, outs[0])
-        if k == 2:
-            return lincomb(c.ratio, x, c.w0, outs[0], c.w1, outs[1])
-        if k == 3:
-            return lincomb(c.ratio, x, c.w0, outs[0], c.w1, outs[1], c.w2, outs[2])
-        if k == 4:
-            return lincomb(c.ratio, x, c.w0, outs[0], c.w1, outs[1], c.w2, outs[2], c.w3, outs[3])
-    return _combine(getattr(c, f"ratio{suffix}"), x, [getattr(c, f"w{suffix}{m}") for m in range(k)], outs)
+def final_update(c, x, outs, k: int, low: bool = False) -> torch.Tensor:
+    """The final combination ``ratio x + sum_m w[m] out_m`` of a step through its first ``k`` outputs (``low``: the
+    embedded solution ``ratio_low``, ``w_low``)."""
+    ratio, w = (c.ratio_low, c.w_low) if low else (c.ratio, c.w)
+    if k == 1:
+        return lincomb(ratio, x, w[0], outs[0])
+    if k == 2:
+        return lincomb(ratio, x, w[0], outs[0], w[1], outs[1])
+    if k == 3:
+        return lincomb(ratio, x, w[0], outs[0], w[1], outs[1], w[2], outs[2])
+    if k == 4:
+        return lincomb(ratio, x, w[0], outs[0], w[1], outs[1], w[2], outs[2], w[3], outs[3])
+    return _combine(ratio, x, w[:k], outs[:k])
 
 
 def multistep_update(model, x, state, c, kind: str, memory: int, z: torch.Tensor | None = None):

@@ -18,8 +18,10 @@ attempt costs one evaluation less than an accepted one (the reference code re-ev
 
 from __future__ import annotations
 
+from typing import Any
+
 from .base import EmbeddedStep, Solver, register
-from .controllers import DPMSolverStepRule
+from .controllers import DPMSolverStepRule, forwards_options_of
 from .dpm_solver import STAGE_NODES, UPDATES, final_update, run_singlestep_stages, singlestep_table
 from .options import check_choice
 
@@ -34,10 +36,11 @@ class DPMSolverAdaptive(Solver):
     r"""Adaptive DPM-Solver-12 (``order=2``) / DPM-Solver-23 (``order=3``), Algorithm 4 of arXiv:2206.00927.
 
     Options: ``order`` (2 | 3), ``update`` (the update rules, as
-    [`DPMSolver`][sde_diffusion.solvers.dpm_solver.DPMSolver]) and the options of its default controller
-    [`DPMSolverStepRule`][sde_diffusion.solvers.controllers.DPMSolverStepRule]: ``rtol`` (0.05), ``atol`` (0.0078, the
-    paper's value for data in ``[-1, 1]``), ``theta`` (safety factor 0.9), ``t_err`` (stop within this time of
-    ``t_end``; 1e-5), ``h_init`` (first trial step in lambda; 0.05), ``max_steps`` (attempts before giving up).
+    [`DPMSolver`][sde_diffusion.solvers.dpm_solver.DPMSolver]) and, keyword-only, the options of its default controller
+    [`DPMSolverStepRule`][sde_diffusion.solvers.controllers.DPMSolverStepRule] (validated there): ``rtol`` (0.05),
+    ``atol`` (0.0078, the paper's value for data in ``[-1, 1]``), ``theta`` (safety factor 0.9), ``t_err`` (stop
+    within this time of ``t_end``; 1e-5), ``h_init`` (first trial step in lambda; 0.05), ``max_steps`` (attempts
+    before giving up).
 
     Order: the step control makes the error scale like the tolerance; against NFE the accepted higher-order
     solution converges with order ``order``. NFE: ``order`` per accepted attempt (``order - 1`` per rejected one:
@@ -52,28 +55,17 @@ class DPMSolverAdaptive(Solver):
     kind = "eps"
     sign = 1
 
-    def __init__(
-        self,
-        order: int = 3,
-        rtol: float = 0.05,
-        atol: float = 0.0078,
-        theta: float = 0.9,
-        t_err: float = 1e-5,
-        h_init: float = 0.05,
-        update: str = "paper",
-        max_steps: int = 10_000,
-    ):
+    @forwards_options_of(DPMSolverStepRule)
+    def __init__(self, order: int = 3, update: str = "paper", **controller_options: Any):
         if isinstance(order, bool) or order not in (2, 3):
             raise ValueError(f"order must be 2 or 3, got {order!r}")
         self.order = float(order)
         self.nfe_per_step = order
-        self.controller = DPMSolverStepRule(rtol, atol, theta, t_err, h_init, max_steps)
+        self.controller = DPMSolverStepRule(**controller_options)
         self.update = check_choice("update", update, UPDATES)
 
     def options(self):
-        opts = {"order": int(self.order), **self.controller.options(), "update": self.update}
-        opts["max_steps"] = opts.pop("max_steps")
-        return opts
+        return {"order": int(self.order), "update": self.update, **self.controller.options()}
 
     def default_controller(self) -> DPMSolverStepRule:
         return self.controller
@@ -89,5 +81,5 @@ class DPMSolverAdaptive(Solver):
         k = int(self.order)
         outs = run_singlestep_stages(model, x, c, self.kind, k, state[0])
         x_high = final_update(c, x, outs, k)
-        x_low = final_update(c, x, outs, k - 1, "_low")
+        x_low = final_update(c, x, outs, k - 1, low=True)
         return EmbeddedStep(x_high, (None,), x_high - x_low, float(k), (outs[0],))

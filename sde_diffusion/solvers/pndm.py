@@ -53,7 +53,7 @@ from functools import cache
 
 import torch
 
-from .base import Solver, host_scalars, register
+from .base import Solver, host_scalars, register, vector_column
 from .dpm_solver import multistep_update
 from .expint import lagrange_basis_coefficients
 from .first_order import ddim_coefficients
@@ -114,13 +114,13 @@ class _PseudoMultistep(Solver):
         for i, (m, q) in enumerate(modes):
             if m == MULTISTEP:
                 table[i, :q] = torch.tensor(adams_bashforth(q), dtype=torch.float64)
-        table = table.reshape((n, self.ab_order) + (1,) * (c_eps.ndim - 1))
+        table = table.reshape((n,) + (1,) * (c_eps.ndim - 1) + (self.ab_order,))
         out = {
             "ratio": host_scalars(ddim["ratio"]),
             "mode": torch.tensor([m for m, _ in modes], dtype=torch.int64),
             "order": torch.tensor([q for _, q in modes], dtype=torch.int64),
+            "w": vector_column(c_eps[..., None] * table),
         }
-        out.update({f"w{j}": c_eps * table[:, j] for j in range(self.ab_order)})
         if any(m == RK for m, _ in modes):
             out.update(rk_coefficients(self._layout, ts, base))
         return out

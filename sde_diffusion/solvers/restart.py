@@ -27,7 +27,7 @@ import math
 import torch
 
 from ..grids import family_lambdas
-from .base import Solver, lincomb, register
+from .base import Solver, lincomb, matrix_column, register, vector_column
 from .edm_stochastic import heun_sigma_coefficients, heun_sigma_step, model_time
 
 __all__ = ["Restart", "DEFAULT_RESTART", "inner_steps"]
@@ -90,12 +90,14 @@ class Restart(Solver):
         return 2 * steps - 1 + sum(2 * inner_steps(n, steps) * k for _, _, k, n in self.intervals)
 
     def coefficients(self, schedule, ts, table):
-        """Main Heun steps, and per interval ``q`` the restart block as columns: ``rs{q}_any`` (host bool: some sample
-        restarts after this step), ``rs{q}_jx``/``rs{q}_jn`` (the jump) and per inner point ``m``
-        ``rs{q}_t{m}, rs{q}_a{m}, rs{q}_s{m}`` with the Heun coefficients ``rs{q}_ax{m}, rs{q}_ae{m}``. A sample whose
-        grid attaches the interval to another step gets the identity there (jump ``1, 0``; ``a_x = 1, a_eps = 0``),
-        so per-sample grids give every sample its own restarts. An interval whose ``sigma_hi`` is not above the grid
-        level it attaches to is skipped (for that sample)."""
+        """Main Heun steps (``a_x``, ``a_eps``), and the restart blocks as vectors over the intervals ``q``:
+        ``rs_any[q]`` (host bool: some sample restarts after this step), ``rs_jx[q]``/``rs_jn[q]`` (the jump),
+        ``rs_inner[q]`` (host int: inner steps ``n_q``) and matrices over ``(q, m)``: per inner point ``m <= n_q``
+        ``rs_t[q][m], rs_a[q][m], rs_s[q][m]`` (time, alpha, sigma) and per inner step ``m < n_q`` the Heun
+        coefficients ``rs_ax[q][m], rs_ae[q][m]`` (rows padded to the longest interval with finite values, never
+        read). A sample whose grid attaches the interval to another step gets the identity there (jump ``1, 0``;
+        ``a_x = 1, a_eps = 0``), so per-sample grids give every sample its own restarts. An interval whose
+        ``sigma_hi`` is not above the grid level it attaches to is skipped (for that sample)."""
         la, ls = table.log_alpha, table.log_sigma
         lam = la - ls
         out = dict(zip(("a_x", "a_eps"), heun_sigma_coefficients(la[:-1], lam[:-1], la[1:], lam[1:])))
@@ -104,8 +106,12 @@ class Restart(Solver):
         lam2 = la2 - ls2
         n_steps, batch = ts2.shape[0] - 1, ts2.shape[1]
         cols = torch.arange(batch)
-        for q, (lo, hi, k, n) in enumerate(self.intervals):
-            n = inner_steps(n, n_steps)
+        inner = tuple(inner_steps(n, n_steps) for _, _, _, n in self.intervals)
+        if not inner:
+            return out
+        n_max = max(inner)
+        blocks: dict[str, list] = {key: [] for key in ("any", "jx", "jn", "t", "a", "s", "ax", "ae")}
+        for (lo, hi, k, _), n in zip(self.intervals, inner):
             # main step ending nearest sigma_lo, per sample
             j = torch.argmin((-lam2[1:] - math.log(lo)).abs(), dim=0)
             lam_lo, lam_hi = lam2[j + 1, cols], -math.log(hi)
@@ -124,42 +130,59 @@ class Restart(Solver):
                 v = torch.where(on, v.expand(on.shape), torch.as_tensor(off, dtype=torch.float64).expand(on.shape))
                 return v[:, 0] if shared else v
 
-            out[f"rs{q}_any"] = on.any(1) & (k > 0)
-            out[f"rs{q}_jx"] = col(torch.exp(lai[0] - la2[j + 1, cols]), 1.0)
+            blocks["any"].append(on.any(1) & (k > 0))
+            blocks["jx"].append(col(torch.exp(lai[0] - la2[j + 1, cols]), 1.0))
             jump = torch.exp(lai[0]) * torch.sqrt(torch.exp(-2.0 * lams[0]) - torch.exp(-2.0 * lam_lo))
-            out[f"rs{q}_jn"] = col(jump, 0.0)
-            for m in range(n + 1):
-                # off-block samples evaluate at their own next grid point (finite, unused)
-                out[f"rs{q}_t{m}"] = col(tt[m], ts2[1:])
-                out[f"rs{q}_a{m}"] = col(torch.exp(lai[m]), torch.exp(la2[1:]))
-                out[f"rs{q}_s{m}"] = col(torch.exp(lsi[m]), torch.exp(ls2[1:]))
-                if m < n:
-                    out[f"rs{q}_ax{m}"] = col(ix[m], 1.0)
-                    out[f"rs{q}_ae{m}"] = col(ie[m], 0.0)
-        out["rs_inner"] = [tuple(inner_steps(n, n_steps) for _, _, _, n in self.intervals)] * n_steps
-        return out
+            blocks["jn"].append(col(jump, 0.0))
+            # off-block samples evaluate at their own next grid point (finite, unused); rows shorter than the
+            # longest interval repeat their last point / step (never read)
+            last = [min(m, n) for m in range(n_max + 1)]
+            blocks["t"].append(torch.stack([col(tt[m], ts2[1:]) for m in last], -1))
+            blocks["a"].append(torch.stack([col(torch.exp(lai[m]), torch.exp(la2[1:])) for m in last], -1))
+            blocks["s"].append(torch.stack([col(torch.exp(lsi[m]), torch.exp(ls2[1:])) for m in last], -1))
+            blocks["ax"].append(torch.stack([col(ix[min(m, n - 1)], 1.0) for m in range(n_max)], -1))
+            blocks["ae"].append(torch.stack([col(ie[min(m, n - 1)], 0.0) for m in range(n_max)], -1))
+        return out | {
+            "rs_any": vector_column(torch.stack(blocks["any"], -1)),
+            "rs_inner": vector_column(torch.tensor([inner] * n_steps)),
+            "rs_jx": vector_column(torch.stack(blocks["jx"], -1)),
+            "rs_jn": vector_column(torch.stack(blocks["jn"], -1)),
+            "rs_t": matrix_column(torch.stack(blocks["t"], -2)),
+            "rs_a": matrix_column(torch.stack(blocks["a"], -2)),
+            "rs_s": matrix_column(torch.stack(blocks["s"], -2)),
+            "rs_ax": matrix_column(torch.stack(blocks["ax"], -2)),
+            "rs_ae": matrix_column(torch.stack(blocks["ae"], -2)),
+        }
 
     def step(self, model, x, state, c, noise):
         x = heun_sigma_step(
             model, x, c.t, c.alpha, c.sigma, c.t_next, c.alpha_next, c.sigma_next, c.a_x, c.a_eps, c.last
         )
         for q, (_, _, k, _) in enumerate(self.intervals):
-            if not getattr(c, f"rs{q}_any"):
+            if not c.rs_any[q]:
                 continue
-            g = lambda name, q=q: getattr(c, f"rs{q}_{name}")  # noqa: E731
+            jx, jn, tq, aq, sq, axq, aeq = (
+                c.rs_jx[q],
+                c.rs_jn[q],
+                c.rs_t[q],
+                c.rs_a[q],
+                c.rs_s[q],
+                c.rs_ax[q],
+                c.rs_ae[q],
+            )
             for r in range(k):
-                x = lincomb(g("jx"), x, g("jn"), noise.normal(x, self.draw_offsets[q] + r))
+                x = lincomb(jx, x, jn, noise.normal(x, self.draw_offsets[q] + r))
                 for m in range(c.rs_inner[q]):
                     x = heun_sigma_step(
                         model,
                         x,
-                        model_time(c.t, g(f"t{m}")),
-                        g(f"a{m}"),
-                        g(f"s{m}"),
-                        model_time(c.t, g(f"t{m + 1}")),
-                        g(f"a{m + 1}"),
-                        g(f"s{m + 1}"),
-                        g(f"ax{m}"),
-                        g(f"ae{m}"),
+                        model_time(c.t, tq[m]),
+                        aq[m],
+                        sq[m],
+                        model_time(c.t, tq[m + 1]),
+                        aq[m + 1],
+                        sq[m + 1],
+                        axq[m],
+                        aeq[m],
                     )
         return x, state

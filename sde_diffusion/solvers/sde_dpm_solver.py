@@ -38,8 +38,9 @@ import math
 
 import torch
 
+from .._ops import time_like
 from .ancestral import ancestral_split, check_eta
-from .base import BrownianNoise, Solver, StepNoise, lincomb, register
+from .base import BrownianNoise, Solver, StepNoise, lincomb, register, vector_column
 from .dpm_solver import SDEDPMSolverPP, combination
 from .options import check_nonnegative, check_positive
 
@@ -109,16 +110,15 @@ class SDEDPMSolverPP2S(Solver):
         ratio, c = combination(-1, "exact", one, la0, ls0, la[1:], la[1:] - lam_d)
         fac = 1.0 / (2.0 * self.r)
         return {
-            "t_s1": t_s,
-            "f_s1": (ts[:-1] - t_s) / (ts[:-1] - ts[1:]),
-            "alpha_s1": torch.exp(la_s),
-            "sigma_s1": torch.exp(ls_s),
-            "ratio_s1": ratio_s,
-            "w_s1_0": c_s[..., 0],
-            "c_noise_s1": self.s_noise * torch.exp(ls_s) * up1,
+            "t_mid": t_s,
+            "f_mid": (ts[:-1] - t_s) / (ts[:-1] - ts[1:]),
+            "alpha_mid": torch.exp(la_s),
+            "sigma_mid": torch.exp(ls_s),
+            "ratio_mid": ratio_s,
+            "w_mid": c_s[..., 0],
+            "c_noise_mid": self.s_noise * torch.exp(ls_s) * up1,
             "ratio": ratio,
-            "w0": (1.0 - fac) * c[..., 0],
-            "w1": fac * c[..., 0],
+            "w": vector_column(torch.stack([(1.0 - fac) * c[..., 0], fac * c[..., 0]], -1)),
             "c_noise": self.s_noise * torch.exp(la[1:] - lam[1:]) * up,
         }
 
@@ -126,14 +126,14 @@ class SDEDPMSolverPP2S(Solver):
         x0 = model.predict(x, c.t, "x0", c.alpha, c.sigma)
         if self.stochastic:
             z = noise.increment(x)
-            u = lincomb(c.ratio_s1, x, c.w_s1_0, x0, c.c_noise_s1, substep_increment(noise, x, c.t_s1, c.f_s1, z))
+            u = lincomb(c.ratio_mid, x, c.w_mid, x0, c.c_noise_mid, substep_increment(noise, x, c.t_mid, c.f_mid, z))
         else:
-            u = lincomb(c.ratio_s1, x, c.w_s1_0, x0)
-        t_s = c.t_s1.reshape(c.t.shape) if isinstance(c.t_s1, torch.Tensor) else torch.full_like(c.t, c.t_s1)
-        x0_s = model.predict(u, t_s, "x0", c.alpha_s1, c.sigma_s1)
+            u = lincomb(c.ratio_mid, x, c.w_mid, x0)
+        x0_s = model.predict(u, time_like(c.t, c.t_mid), "x0", c.alpha_mid, c.sigma_mid)
+        w = c.w
         if self.stochastic:
-            return lincomb(c.ratio, x, c.w0, x0, c.w1, x0_s, c.c_noise, z), state
-        return lincomb(c.ratio, x, c.w0, x0, c.w1, x0_s), state
+            return lincomb(c.ratio, x, w[0], x0, w[1], x0_s, c.c_noise, z), state
+        return lincomb(c.ratio, x, w[0], x0, w[1], x0_s), state
 
 
 @register("sde_dpm_solver++_3m")

@@ -28,7 +28,7 @@ import math
 
 import torch
 
-from .base import Solver, lincomb, register
+from .base import Solver, lincomb, register, vector_column
 from .expint import long_step_consistent, phis
 from .options import check_bool, check_choice, check_int
 from .warmup import step_orders
@@ -162,16 +162,23 @@ class UniPC(Solver):
             if idx.numel():
                 cx[idx], w = self._weights(base, lam, idx - 1, k, True)
                 cw[idx, ..., :k], cw[idx, ..., p] = w[..., :k], w[..., k]
-        out = {"k": ks, "q": qs, "p_x": px, "c_x": cx, "c_new": cw[..., p]}
-        out.update({f"p{j}": pw[..., j] for j in range(p)})
-        out.update({f"c{j}": cw[..., j] for j in range(p)})
-        return out
+        return {
+            "k": ks,
+            "q": qs,
+            "p_x": px,
+            "c_x": cx,
+            "c_new": cw[..., p],
+            "p_w": vector_column(pw),
+            "c_w": vector_column(cw[..., :p]),
+        }
 
     def step(self, model, x, state, c, noise):
         m = model.predict(x, c.t, self.prediction, c.alpha, c.sigma)
         hist = state[1:]  # m_{i-1}, m_{i-2}, ...
         if c.q:  # UniC: re-uses m = m(x_i^pred)
-            pairs = [v for j in range(c.q) for v in (getattr(c, f"c{j}"), hist[j])]
+            cw = c.c_w
+            pairs = [v for j in range(c.q) for v in (cw[j], hist[j])]
             x = lincomb(c.c_x, state[0], c.c_new, m, *pairs)
-        pairs = [v for j in range(1, c.k) for v in (getattr(c, f"p{j}"), hist[j - 1])]
-        return lincomb(c.p_x, x, c.p0, m, *pairs), (x,) + ((m,) + hist)[: self.memory]
+        pw = c.p_w
+        pairs = [v for j in range(1, c.k) for v in (pw[j], hist[j - 1])]
+        return lincomb(c.p_x, x, pw[0], m, *pairs), (x,) + ((m,) + hist)[: self.memory]
