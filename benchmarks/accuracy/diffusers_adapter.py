@@ -12,7 +12,7 @@ from sde_diffusion.studies.metrics import rms_error
 from sde_diffusion.studies.problems import Problem
 
 from .configurations import N_TRAIN, ROUNDS_STATE, VP_CONFIG, DiffusersConfig, Settings, diffusers_configs
-from .problems import denoise, error_record, time_key, tvec, vp_discrete_schedule
+from .problems import denoise, error_record, run_header, time_key, tvec, vp_discrete_schedule
 
 # ---------------------------------------------------------------------------------------------------------------------
 # diffusers
@@ -134,19 +134,20 @@ def run_diffusers_one(plan: DiffusersPlan, problem: Problem, ref: dict) -> dict:
         else denoise(problem, ref[time_key(plan.t_out)], plan.t_out)
     )
     rec = dict(
-        library="diffusers",
-        problem=problem.name,
-        schedule=problem.schedule_name,
-        config=cfg.label,
-        family=cfg.cls,
-        grid=cfg.grid,
+        **run_header(
+            problem,
+            "diffusers",
+            cfg.label,
+            cfg.cls,
+            cfg.grid,
+            t_start=plan.t_start,
+            t_end=plan.t_out,
+            eligible=plan.at_t_min,
+        ),
         output=cfg.output,
         nfe_budget=plan.budget,
         nfe=plan.nfe,
         steps=plan.steps,
-        t_start=plan.t_start,
-        t_end=plan.t_out,
-        eligible=plan.at_t_min,
         state_dtype="float32 (rounded in step)" if cfg.cls in ROUNDS_STATE else "float64",
     )
     x_start = ref[time_key(plan.t_start)]

@@ -17,7 +17,7 @@ from sde_diffusion.studies.problems import Problem
 from sde_diffusion.studies.stochastic import load_kdiffusion_sampling
 
 from .configurations import KDiffusionConfig, Settings, kdiffusion_configs
-from .problems import denoise, error_record, time_key
+from .problems import denoise, error_record, run_header, time_key
 
 __all__ = ["kdiffusion_version", "kdiffusion_run", "run_kdiffusion"]
 
@@ -93,19 +93,11 @@ def run_kdiffusion(problem: Problem, x_T: torch.Tensor, ref: dict, settings: Set
                 x, nfe = kdiffusion_run(cfg, problem, x_T, steps, to_zero)
                 out.append(
                     dict(
-                        library="k-diffusion",
-                        problem=problem.name,
-                        schedule=problem.schedule_name,
-                        config=cfg.label,
-                        family=cfg.sampler,
-                        grid=cfg.grid,
+                        **run_header(problem, "k-diffusion", cfg.label, cfg.sampler, cfg.grid),
                         output=output,
                         nfe_budget=budget,
                         nfe=nfe,
                         steps=steps,
-                        t_start=problem.t_start,
-                        t_end=problem.t_end,
-                        eligible=True,
                         **error_record(x, target),
                     )
                 )

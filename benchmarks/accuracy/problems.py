@@ -137,6 +137,33 @@ def reference(problem: Problem, x_T: torch.Tensor, times, rtol: float) -> tuple[
     return {time_key(t): tight[i] for i, t in enumerate(ts)}, info
 
 
+def run_header(
+    problem: Problem,
+    library: str,
+    config: str,
+    family: str,
+    grid: str,
+    *,
+    t_start: float | None = None,
+    t_end: float | None = None,
+    eligible: bool = True,
+) -> dict:
+    """The columns every run record of every library starts with: the library, the problem and its schedule, the
+    configuration (label and family), the grid, the time span integrated (the problem's own unless given) and whether
+    the run is eligible for the comparison at ``t_min``."""
+    return dict(
+        library=library,
+        problem=problem.name,
+        schedule=problem.schedule_name,
+        config=config,
+        family=family,
+        grid=grid,
+        t_start=problem.t_start if t_start is None else t_start,
+        t_end=problem.t_end if t_end is None else t_end,
+        eligible=eligible,
+    )
+
+
 def error_record(x: torch.Tensor, target: torch.Tensor) -> dict:
     if not bool(torch.isfinite(x).all()):
         return {"error": None, "error_median": None, "failed": "non-finite output"}

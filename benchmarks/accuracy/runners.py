@@ -20,7 +20,16 @@ from sde_diffusion.studies.specs import parse_solver_spec
 from .configurations import KIND, MODEL_DTYPES, SCHEMA_VERSION, Settings
 from .diffusers_adapter import check_vp_table, diffusers_plans, diffusers_version, run_diffusers_one
 from .kdiffusion_adapter import kdiffusion_version, run_kdiffusion
-from .problems import denoise, error_record, make_problem, reference, start_states, time_key, train_network
+from .problems import (
+    denoise,
+    error_record,
+    make_problem,
+    reference,
+    run_header,
+    start_states,
+    time_key,
+    train_network,
+)
 from .report import summarise
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -75,17 +84,7 @@ def records_of(
 
 
 def our_base(problem: Problem, spec, grid: str) -> dict:
-    return dict(
-        library="ours",
-        problem=problem.name,
-        schedule=problem.schedule_name,
-        config=spec.label,
-        family=spec.name,
-        grid=grid,
-        t_start=problem.t_start,
-        t_end=problem.t_end,
-        eligible=True,
-    )
+    return run_header(problem, "ours", spec.label, spec.name, grid)
 
 
 def run_ours(problem: Problem, x_T: torch.Tensor, ref: dict, settings: Settings) -> list[dict]:
