@@ -18,7 +18,7 @@ import time
 import torch
 
 from sde_diffusion import ForwardSDE, GaussianMixture, VPLinear, sample
-from sde_diffusion.studies.plots import scatter_samples
+from sde_diffusion.studies.plots import new_figure, save_figure, scatter_samples
 
 # (label, solver name, options, steps, grid, stochastic)
 RUNS = [
@@ -74,18 +74,13 @@ def run(n: int, seed: int) -> tuple[torch.Tensor, float, list[tuple[str, torch.T
 
 
 def plot(exact, floor: float, results, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     panels = [
         (f"exact samples of p(t_min)\n(sampling floor of sliced W2: {floor:.3f})", exact, None, None, None),
         *results,
     ]
     cols = 4
     rows = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
+    fig, axes = new_figure(rows, cols, size=(3.2 * cols, 3.2 * rows))
     for ax, (label, x, nfe, dist, _) in zip(axes.flat, panels):
         scatter_samples(ax, x, s=1.5, alpha=0.5, color="C0" if nfe is None else "C1")
         title = label if nfe is None else f"{label}\nNFE {nfe}, sliced W2 {dist:.3f}"
@@ -97,9 +92,7 @@ def plot(exact, floor: float, results, path: str) -> None:
         ax.set_yticks([])
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None) -> None:

@@ -31,6 +31,7 @@ from torch import nn
 
 from sde_diffusion import Model
 from sde_diffusion.latent import LatentModel, fit_scaling_factor, stable_diffusion_schedule
+from sde_diffusion.studies.plots import new_figure, save_figure
 from sde_diffusion.training.data import shapes
 from sde_diffusion.training.nets import UNet
 from sde_diffusion.training.train import train
@@ -167,13 +168,8 @@ def main(argv=None) -> None:
             rows.append((f"{label}, NFE {out.nfe}", out.x))
     print(f"total {time.perf_counter() - t0:.0f} s")
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     k = 8
-    fig, axes = plt.subplots(len(rows), k, figsize=(1.1 * k, 1.2 * len(rows)), squeeze=False)
+    fig, axes = new_figure(len(rows), k, size=(1.1 * k, 1.2 * len(rows)))
     for r, (label, imgs) in enumerate(rows):
         for c in range(k):
             ax = axes[r, c]
@@ -181,9 +177,7 @@ def main(argv=None) -> None:
             ax.set_xticks([])
             ax.set_yticks([])
         axes[r, 0].set_ylabel(label, fontsize=6, rotation=0, ha="right", va="center")
-    fig.tight_layout()
-    fig.savefig(args.out, dpi=120)
-    plt.close(fig)
+    save_figure(fig, args.out)
     print(f"saved {args.out}")
 
 

@@ -18,7 +18,7 @@ import time
 import torch
 
 from sde_diffusion import ForwardSDE, Model, VPLinear
-from sde_diffusion.studies.plots import scatter_samples
+from sde_diffusion.studies.plots import new_figure, save_figure, scatter_samples
 from sde_diffusion.training.data import ring, ring_distribution
 from sde_diffusion.training.nets import MLPScoreNet
 from sde_diffusion.training.train import load_model, train
@@ -111,12 +111,7 @@ def main(argv=None) -> None:
     for label, _x, nfe, sw, paired in panels[1:]:
         print(f"{label:32s} NFE {nfe:3d}   sliced W1 to data {sw:.3f}   median distance to exact {paired:.3f}")
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.9), squeeze=False)
+    fig, axes = new_figure(1, len(panels), size=(3.2 * len(panels), 3.9))
     for ax, (label, x, nfe, sw, paired) in zip(axes.flat, panels):
         scatter_samples(ax, x, s=1.0, alpha=0.5, color="C0" if nfe is None else "C1")
         title = label if nfe is None else f"{label}\nNFE {nfe}, SW1 {sw:.3f}, to exact {paired:.3f}"
@@ -126,9 +121,7 @@ def main(argv=None) -> None:
         ax.set_aspect("equal")
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.tight_layout()
-    fig.savefig(args.out, dpi=120)
-    plt.close(fig)
+    save_figure(fig, args.out)
     print(f"saved {args.out}")
 
 
