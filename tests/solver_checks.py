@@ -14,12 +14,13 @@ from sde_diffusion.studies.fitting import fit_line
 F64 = torch.float64
 
 
-def all_schedules():
-    """One instance of every built-in schedule (default parameters; DDPM's linear betas for the discrete one)."""
+def all_schedules(discrete_config: dict | None = None):
+    """One instance of every built-in schedule (default parameters; the discrete one from the diffusers-style
+    ``discrete_config``, by default DDPM's 1000 linear betas)."""
     return [
         VPLinear(),
         VPCosine(),
-        VPDiscrete.from_config({"num_train_timesteps": 1000}),
+        VPDiscrete.from_config(discrete_config or {"num_train_timesteps": 1000}),
         SubVPLinear(),
         VEGeometric(),
         EDM(),

@@ -2,20 +2,13 @@
 
 import pytest
 import torch
+from solver_checks import all_schedules
 
-from sde_diffusion import EDM, VEGeometric, VPCosine, VPDiscrete, VPLinear
+from sde_diffusion import VPLinear
 from sde_diffusion.grids import make_grid
-from sde_diffusion.schedules import SubVPLinear
 from sde_diffusion.solvers.table import STEP_COLUMNS, GridTable
 
-SCHEDULES = [
-    VPLinear(),
-    VPCosine(),
-    SubVPLinear(),
-    VEGeometric(),
-    EDM(),
-    VPDiscrete.from_config({"num_train_timesteps": 1000, "beta_schedule": "scaled_linear"}),
-]
+SCHEDULES = all_schedules({"num_train_timesteps": 1000, "beta_schedule": "scaled_linear"})
 
 
 @pytest.mark.parametrize("sch", SCHEDULES, ids=repr)

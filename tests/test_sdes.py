@@ -9,26 +9,20 @@ import hypothesis.strategies as st
 import pytest
 import torch
 from hypothesis import given, settings
+from solver_checks import all_schedules
 
 from sde_diffusion import testing
 from sde_diffusion.analytic import Gaussian
 from sde_diffusion.models import Model, broadcast_coeff
-from sde_diffusion.schedules import EDM, SubVPLinear, VEGeometric, VPCosine, VPDiscrete, VPLinear
+from sde_diffusion.schedules import EDM, VEGeometric, VPCosine, VPLinear
 from sde_diffusion.sdes import ForwardSDE, ProbabilityFlowODE, ReverseSDE
 
 # a fixed example budget per property keeps the suite fast (the profile may lower it further)
 LIMIT = settings(max_examples=min(50, settings.default.max_examples))
 
-SCHEDULES = [
-    VPLinear(),
-    VPCosine(),
-    SubVPLinear(),
-    VEGeometric(),
-    EDM(),
-    VPDiscrete.from_config(
-        {"num_train_timesteps": 1000, "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
-    ),
-]
+SCHEDULES = all_schedules(
+    {"num_train_timesteps": 1000, "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
+)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
