@@ -79,12 +79,22 @@ def test_node_weights_integrate_polynomials_exactly():
 def test_gaussian_statistics_and_near_exact_solve(schedule):
     p = get_problem("gauss16", schedule)
     pilot = p.start(16, torch.Generator().manual_seed(5))
-    ems = estimate_ems(p.model(), pilot, p.t_start, p.t_end, k=200)
+    ems = estimate_ems(p.model(), pilot, p.t_start, p.t_end, k=200, probes=0)
     std, mean = p.data.std.reshape(-1), p.data.mean.reshape(-1)
     e2 = torch.exp(2 * ems.lam)[:, None] * std**2
     # eps is linear in x: nabla_x(sigma eps) = sigma^2 / (alpha^2 std^2 + sigma^2) = 1 / (e^{2 lambda} std^2 + 1)
     l_exact = 1 / (e2 + 1)
     assert float((ems.l - l_exact).abs().max()) < 1e-8
+    # the Jacobian is diagonal here, so the Rademacher estimator is exact too
+    l_probes = estimate_ems(p.model(), pilot[:4], p.t_start, p.t_end, k=20, probes=2).l
+    assert (
+        float(
+            (l_probes - 1 / (torch.exp(2 * knots(p.schedule, p.t_start, p.t_end, 20)[0])[:, None] * std**2 + 1))
+            .abs()
+            .max()
+        )
+        < 1e-8
+    )
     # then f = -sigma^2 mean / (alpha^2 std^2 + sigma^2) is deterministic: s = 0, b = df/dlambda
     b_exact = mean * 2 * e2 / (e2 + 1) ** 2
     assert float(ems.s.abs().max()) < 1e-3
