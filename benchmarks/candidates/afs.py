@@ -56,6 +56,7 @@ from pathlib import Path
 
 import torch
 
+from sde_diffusion.calibration import calibrate
 from sde_diffusion.models import Model, broadcast_coeff, convert
 from sde_diffusion.sample import sample
 from sde_diffusion.studies.specs import parse_solver_spec
@@ -71,7 +72,6 @@ from ..accuracy.problems import (
     time_key,
     train_network,
 )
-from ..accuracy.runners import run_calibrated
 
 ROOT = Path(__file__).resolve().parents[2]
 AFS_FORMS = ("amed", "zero_x0")
@@ -289,6 +289,50 @@ def first_prediction(problem, x_T: torch.Tensor) -> dict:
     return {"d_rms": float(exact.pow(2).mean().sqrt()), "afs_error": float((fast - exact).pow(2).mean().sqrt())}
 
 
+def calibrated_run(problem, settings: Settings, x_sel, x_eval, targets, output: str, nfe: int, afs: bool) -> dict:
+    """:func:`sde_diffusion.calibrate` with accuracy.md's settings on the selection batch (its pilot and held-out
+    halves; never the evaluation batch) at the budget of ``output`` at NFE ``nfe`` -- with AFS: on the AFS model,
+    with the steps of one evaluation more -- then run on the evaluation batch. (With AFS, calibrate's dopri5
+    references see the analytic value at ``t_max`` in their first stage only; their adaptive step control keeps
+    them within tolerance.)"""
+    budget = nfe if output == "state" else nfe - 1
+    wrap = (lambda m: AnalyticFirstStep(m, problem.t_start)) if afs else (lambda m: m)
+    t0 = time.perf_counter()
+    cal = calibrate(
+        wrap(problem.model()),
+        budget + (1 if afs else 0),
+        x_T=x_sel,
+        solvers=list(settings.cal_solvers),
+        grids=tuple(settings.cal_grids),
+        refine=settings.cal_refine,
+        budget_s=settings.cal_budget_s,
+        rtol=settings.cal_rtol,
+        t_start=problem.t_start,
+        t_end=problem.t_end,
+        progress=False,
+    )
+    seconds = time.perf_counter() - t0
+    base = problem.model()
+    res = sample(wrap(base), x_eval, **cal.sample_kwargs())
+    if not res.nfe == base.nfe == budget:
+        raise AssertionError(f"calibrated run: {res.nfe} / {base.nfe} network evaluations, expected {budget}")
+    x = res.x if output == "state" else denoise(problem, res.x, problem.t_end)
+    return dict(
+        problem=problem.name,
+        schedule=problem.schedule_name,
+        output=output,
+        nfe=nfe,
+        config=cal.solver,
+        grid=cal.grid,
+        afs=afs,
+        role="calibrated here",
+        steps=cal.steps,
+        heldout_error=cal.heldout_error,
+        seconds=seconds,
+        **error_record(x, targets[output]),
+    )
+
+
 def evaluate_unit(name: str, schedule: str, cells: dict, settings: Settings, nfes, solvers, grids, log):
     """Every run of one problem on one schedule, on the evaluation batch (``seed``) and -- for the sweep -- on the
     selection batch (``cal_seed``, ``cal_batch`` states: never the evaluation batch, as for calibration in
@@ -311,21 +355,18 @@ def evaluate_unit(name: str, schedule: str, cells: dict, settings: Settings, nfe
     x_eval, targets_eval, ref_eval = batches["eval"]
     unit = {"problem": name, "schedule": schedule, "learned": learned, **first_prediction(problem, x_eval)}
     out = []
-    if learned:
-        for n in (n for n in nfes if n in settings.cal_nfe and n <= 10):
-            for rec in run_calibrated(problem, x_eval, ref_eval, settings, n):
-                base = dict(problem=name, schedule=schedule, output=rec["output"], nfe=rec["nfe_budget"])
-                grid = rec["calibrated_grid"]
-                out.append(
-                    base
-                    | dict(config=rec["config"], grid=grid, afs=False, role="recalibrated", error=rec["error"])
-                    | dict(error_median=rec["error_median"], steps=rec["steps"], nfe_used=rec["nfe"])
-                )
-                fam, exact = family_of(grid)
-                for afs in (False, True):
-                    args = (problem, targets_eval, rec["config"], fam, base["nfe"], base["output"], afs, x_eval)
-                    out.append(record(*args, "recalibrated family"))
-            log(f"{name}/{schedule}: recalibrated at NFE {n}, {time.perf_counter() - t0:.1f} s")
+    x_sel = batches["select"][0]
+    for n in (n for n in nfes if n in settings.cal_nfe and n <= 10):
+        for output in ("state", "x0"):
+            for afs in (False, True):
+                rec = calibrated_run(problem, settings, x_sel, x_eval, targets_eval, output, n, afs)
+                out.append(rec)
+                if learned and not afs:  # (a)/(b) for the learned problem: its calibration's family
+                    fam, exact = family_of(rec["grid"])
+                    for a in (False, True):
+                        args = (problem, targets_eval, rec["config"], fam, n, output, a, x_eval)
+                        out.append(record(*args, "recalibrated family"))
+        log(f"{name}/{schedule}: calibrated with and without AFS at NFE {n}, {time.perf_counter() - t0:.1f} s")
     for output in ("state", "x0"):
         for n in nfes:
             cell = cells.get((name, schedule, output, n))
@@ -406,7 +447,7 @@ def summarise(runs: list[dict], cells: dict, solvers, grids) -> dict:
             "selected_off": pick(sweep, sel, False),
             "selected_on": pick(sweep, sel, True),
             "best_on": pick(rs, _err, True),
-            "best_off": pick([r for r in rs if r["role"] != "recalibrated"], _err, False),
+            "best_off": pick(rs, _err, False),
             "ratios": ratios,
             "ratios_median": medians,
         }
@@ -417,16 +458,21 @@ def summarise(runs: list[dict], cells: dict, solvers, grids) -> dict:
                 on = next((r for r in cand if r["afs"]), None)
                 if off is not None:
                     row[role] = {"config": off["config"], "grid": off["grid"], "off": _err(off), "on": _err(on)}
-        recal = next((r for r in rs if r["role"] == "recalibrated"), None)
+        here = {r["afs"]: r for r in rs if r["role"] == "calibrated here"}
+        for afs, name_ in ((False, "cal_here"), (True, "cal_here_afs")):
+            if afs in here:
+                r = here[afs]
+                row[name_] = [r["config"], r["grid"], _err(r), r["heldout_error"]]
+        if len(here) == 2:
+            pick_afs = _err_of(here[True], "heldout_error") < _err_of(here[False], "heldout_error")
+            row["cal_searched"] = [pick_afs, _err(here[pick_afs])]
+            row["cal_afs_vs_cal"] = _ratio(_err(here[True]), _err(here[False]))
+            row["searched_vs_cal"] = _ratio(_err(here[pick_afs]), _err(here[False]))
         cell = cells.get(key)
         learned = key[0] in LEARNED
         if learned:
-            cal = _err(recal) if recal is not None else math.nan
-            row |= {
-                "learned": True,
-                "calibrated_here": cal,
-                "calibrated_here_config": recal and [recal["config"], recal["grid"]],
-            }
+            cal = _err(here.get(False))
+            row |= {"learned": True, "calibrated_here": cal}
             ours = min(cal, row["best_off"][2])
         elif cell is not None:
             row |= {"acc_calibrated": cell.calibrated, "acc_fixed": cell.fixed, "acc_peer": cell.peer}
@@ -492,6 +538,30 @@ def to_markdown(result: dict) -> str:
     L += verdict_lines(cells)
     L += [
         "",
+        "## Calibration with AFS",
+        "",
+        "`sde_diffusion.calibrate` with accuracy.md's settings (solvers, screening grids, refinement, 50 s budget, "
+        f"rtol {result['cal_rtol']:g}) on the selection batch (seed {result['select_seed']}, "
+        f"{result['select_batch']} states: pilot and held-out halves), without AFS and with AFS (on the AFS model, "
+        "with the steps of one evaluation more), both run here, then run on the evaluation batch. Searched = what "
+        "calibrate would return with AFS as one more searched option: the one of the two with the smaller held-out "
+        "error (never the evaluation batch). Ratios against the calibration without AFS run here.",
+        "",
+        "| problem | schedule | output | NFE | calibrated (accuracy.md) | calibrated here | calibrated with AFS "
+        "| with AFS / without | held-out error without / with | searched picks | searched / calibrated |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in cells:
+        if "cal_here" not in c or "cal_here_afs" not in c:
+            continue
+        a, b = c["cal_here"], c["cal_here_afs"]
+        L.append(
+            f"| {' | '.join(map(str, c['key']))} | {_f(c.get('acc_calibrated'))} | {_f(a[2])} ({_cfg(a[0], a[1])}) | "
+            f"{_f(b[2])} ({_cfg(b[0], b[1])}) | {_r(c.get('cal_afs_vs_cal'))} | {_f(a[3])} / {_f(b[3])} | "
+            f"{'AFS' if c['cal_searched'][0] else 'no AFS'} | {_r(c.get('searched_vs_cal'))} |"
+        )
+    L += [
+        "",
         "## Where the analytic first step is wrong",
         "",
         "At `t_max` the model's data prediction `D(x_T)` is close to the data mean; AFS takes it (nearly) 0. RMS "
@@ -524,7 +594,7 @@ def to_markdown(result: dict) -> str:
         if c.get("learned"):
             cal = c.get("recalibrated family")
             star = "*" if cal and cal["off"] != c.get("calibrated_here") else ""
-            cal_num = f"{_f(c.get('calibrated_here'))} (here)" if c.get("calibrated_here_config") else "-"
+            cal_num = f"{_f(c.get('calibrated_here'))} (here)" if "cal_here" in c else "-"
         else:
             cal = c.get("calibrated") or c.get("calibrated family")
             star = "*" if "calibrated family" in c else ""
@@ -604,8 +674,8 @@ def to_markdown(result: dict) -> str:
         "reproduce; `ring-net` does not: `problems.train_network` (1500 steps, seed 0) gives another network than "
         "the one accuracy.md was measured on, so its accuracy.md numbers are not compared with.",
         "",
-        "| problem | schedule | output | NFE | best fixed | calibrated |",
-        "|---|---|---|---|---|---|",
+        "| problem | schedule | output | NFE | best fixed | calibrated | calibrated here |",
+        "|---|---|---|---|---|---|---|",
     ]
     for c in cells:
         if c.get("acc_fixed") is None and not c.get("learned"):
@@ -616,7 +686,8 @@ def to_markdown(result: dict) -> str:
         cal_ref = c.get("acc_calibrated") or acc.get("calibrated")
         L.append(
             f"| {' | '.join(map(str, c['key']))} | {_r(_ratio(fx['off'], fx_ref)) if fx and fx_ref else '-'} | "
-            f"{_r(_ratio(cal['off'], cal_ref)) if cal and cal_ref else '-'} |"
+            f"{_r(_ratio(cal['off'], cal_ref)) if cal and cal_ref else '-'} | "
+            f"{_r(_ratio(c['cal_here'][2], cal_ref)) if 'cal_here' in c and cal_ref else '-'} |"
         )
     if result.get("failed"):
         L += ["", f"Failed runs: {result['failed']}."]
@@ -642,6 +713,19 @@ def verdict_lines(cells: list[dict]) -> list[str]:
             + f"); it beats accuracy.md's best peer in {len(beat_peer)} of {len(peer)} analytic cells; paired with / "
             f"without AFS over the sweep: gmean {_r(paired)}."
         )
+        cal = [c for c in cs if c.get("cal_afs_vs_cal") is not None and "cal_searched" in c]
+        if cal:
+            out.append(
+                f"  Calibration (held out): calibrate with AFS / calibrate without, both run here: gmean "
+                f"{_r(_gmean(c['cal_afs_vs_cal'] for c in cal))}, AFS better in "
+                f"{sum(_below_one(c['cal_afs_vs_cal']) for c in cal)} of {len(cal)} "
+                f"(range {_r(min(c['cal_afs_vs_cal'] for c in cal))} .. {_r(max(c['cal_afs_vs_cal'] for c in cal))}); "
+                f"with AFS as a searched option (the smaller held-out error picks): AFS picked in "
+                f"{sum(bool(c['cal_searched'][0]) for c in cal)} of {len(cal)}, searched / calibrated gmean "
+                f"{_r(_gmean(c['searched_vs_cal'] for c in cal))}, better in "
+                f"{sum(_below_one(c['searched_vs_cal']) for c in cal)}, worse in "
+                f"{sum(1 for c in cal if c['searched_vs_cal'] is not None and c['searched_vs_cal'] > 1)}."
+            )
         sel = [_ratio(c["selected_on"][2], c["selected_off"][2]) for c in cs]
         vs_cal = [c["selected_vs_calibrated"] for c in cs if c["selected_vs_calibrated"] is not None]
         vs_cal = [x for x in vs_cal if math.isfinite(x)]
@@ -705,6 +789,7 @@ def main(argv=None) -> dict:
         "grids": list(grids),
         "select_seed": settings.cal_seed,
         "select_batch": settings.cal_batch,
+        "cal_rtol": settings.cal_rtol,
         "units": infos,
         "accuracy_md": {
             "/".join(map(str, k)): {"calibrated": c.calibrated, "fixed": c.fixed} for k, c in cells.items()
