@@ -98,6 +98,8 @@ class EMS:
     s: torch.Tensor
     b: torch.Tensor
     cost: dict = field(default_factory=dict)
+    #: coefficient integrals already computed, by ``(a, c, m)`` (see :func:`integrals`)
+    cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def constant(cls, lam: torch.Tensor, dim: int, l: float, s: float, b: float = 0.0) -> EMS:
@@ -231,8 +233,12 @@ def integrals(ems: EMS, a: float, c: float, moments: int, m: int = 4) -> dict:
     if a == c:
         z = torch.zeros(ems.l.shape[1], dtype=torch.float64)
         return {"dL": z, "dS": z, "Bt": z, "I": torch.zeros(moments, z.shape[0], dtype=torch.float64), "C": z}
-    t1, t2, t4 = (_integrals_once(ems, a, c, moments, q * m) for q in (1, 2, 4))
-    return {key: (64 * t4[key] - 20 * t2[key] + t1[key]) / 45 for key in t1}
+    hit = ems.cache.get((a, c, m))
+    if hit is None or hit["I"].shape[0] < moments:
+        t1, t2, t4 = (_integrals_once(ems, a, c, moments, q * m) for q in (1, 2, 4))
+        hit = {key: (64 * t4[key] - 20 * t2[key] + t1[key]) / 45 for key in t1}
+        ems.cache[(a, c, m)] = hit
+    return {**hit, "I": hit["I"][:moments]}
 
 
 def node_weights(lams: list[float], mom: torch.Tensor, pseudo: bool) -> list[torch.Tensor]:
