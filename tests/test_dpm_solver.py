@@ -679,13 +679,16 @@ def test_multistep_steps_equal_diffusers_updates(kind, alg, order, st, lof, n):
 )
 def test_agrees_with_diffusers_float32(kind, alg, order, st, lof, n):
     """float32 end to end, diffusers as shipped: agreement to 1e-5 beyond the float32 round-off of the problem
-    itself (``|ours32 - ours64|``, which reaches ~2e-5 for third-order runs)."""
+    itself -- ours (``|ours32 - ours64|``) and diffusers' (``|theirs32 - theirs64|``; diffusers keeps float32
+    sigma tables even for a float64 state, so third-order runs differ by ~2e-5 from ours in float64 too, and how
+    much depends on the CPU's float32 kernels)."""
     ours, theirs, ours64 = _diffusers_case(kind, alg, order, st, lof, n, torch.float32, exact_sigmas=False)
+    _, theirs64, _ = _diffusers_case(kind, alg, order, st, lof, n, torch.float64, exact_sigmas=False)
     d = float((ours.double() - theirs.double()).abs().max())
-    roundoff = float((ours.double() - ours64).abs().max())
+    roundoff = float((ours.double() - ours64).abs().max()) + float((theirs.double() - theirs64.double()).abs().max())
     print(
         f"\n{kind} {alg} order={order} {st} lof={lof} n={n}: float32 |ours - diffusers| = {d:.1e} "
-        f"(our float32 round-off {roundoff:.1e})"
+        f"(float32 round-off, ours + diffusers' {roundoff:.1e})"
     )
     assert d <= 1e-5 + 2 * roundoff
 
