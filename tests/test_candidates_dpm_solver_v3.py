@@ -115,3 +115,27 @@ def test_gaussian_statistics_and_near_exact_solve(schedule):
     err_coarse = rms_error(v3_sample(p.model(), x, ts, exact_ems, order=1, corrector=False), exact)
     err_fine = rms_error(v3_sample(p.model(), x, ts, finer, order=1, corrector=False), exact)
     assert err_fine < err_coarse / 8
+
+
+@pytest.mark.parametrize("schedule", ["edm", "vp-linear"])
+def test_any_s_with_its_b_keeps_g_constant(schedule):
+    # Gaussian data with the exact l: f = F(lambda) = -sigma^2 mean / (alpha^2 std^2 + sigma^2) for every x. For ANY s,
+    # b = F' - s F makes g = e^{-(S - S_a)} F - int_a^lambda e^{-(S_r - S_a)} b_r dr constant, so even the
+    # first-order update is exact (up to the interpolation of the statistics between knots): this exercises the
+    # e^{S}, B and C terms with s and b varying in lambda.
+    p = get_problem("gauss16", schedule)
+    std, mean = p.data.std.reshape(-1), p.data.mean.reshape(-1)
+    lam, _ = knots(p.schedule, p.t_start, p.t_end, 4000)
+    e2 = torch.exp(2 * lam)[:, None] * std**2
+    l_exact = 1 / (e2 + 1)
+    big_f = -mean / (e2 + 1)
+    d_f = mean * 2 * e2 / (e2 + 1) ** 2
+    s = 0.7 * torch.cos(lam)[:, None] + 0.3 * torch.linspace(-1.0, 1.0, 16, dtype=torch.float64)
+    stats = EMS(lam, l_exact, s, d_f - s * big_f)
+    x = p.start(32, torch.Generator().manual_seed(0))
+    exact = p.exact_flow(x)
+    ts = make_grid(p.schedule, "logsnr", 4)
+    err = rms_error(v3_sample(p.model(), x, ts, stats, order=1, corrector=False), exact)
+    wrong_b = EMS(lam, l_exact, s, d_f)  # b without the -sF term: g is no longer constant
+    err_wrong = rms_error(v3_sample(p.model(), x, ts, wrong_b, order=1, corrector=False), exact)
+    assert err < 1e-5 and err < 1e-3 * err_wrong
