@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -38,6 +39,8 @@ __all__ = [
     "Model",
     "DynamicThresholding",
     "broadcast_coeff",
+    "AnalyticFirstStep",
+    "Predictor",
 ]
 
 PREDICTIONS = ("eps", "x0", "v", "score")
@@ -206,16 +209,24 @@ class Model:
         loop does so, so that nothing is recomputed or checked on the device inside the loop.
         """
         if alpha is None or sigma is None:
-            tt = self.schedule.check_t(t)
-            a, s = self.schedule.alpha_sigma_unchecked(tt.to(device=x.device, dtype=x.dtype))
-            alpha, sigma = broadcast_coeff(a, x), broadcast_coeff(s, x)
-        out = self(x, t)
+            alpha, sigma = self.alpha_sigma(x, t)
+        return self.as_prediction(self(x, t), x, target, alpha, sigma, self.prediction)
+
+    def alpha_sigma(self, x: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
+        """``alpha(t)``, ``sigma(t)`` (checked ``t``), shaped to broadcast against ``x``."""
+        tt = self.schedule.check_t(t)
+        a, s = self.schedule.alpha_sigma_unchecked(tt.to(device=x.device, dtype=x.dtype))
+        return broadcast_coeff(a, x), broadcast_coeff(s, x)
+
+    def as_prediction(self, out, x, target: str, alpha, sigma, source: str) -> torch.Tensor:
+        """A prediction ``out`` of type ``source`` at ``x`` as ``target``, through this model's thresholding (if any)
+        -- what [`predict`][sde_diffusion.models.Model.predict] returns for a network output ``out``."""
         if self.thresholding is not None:
-            x0 = self.thresholding(to_x0(out, x, alpha, sigma, self.prediction))
+            x0 = self.thresholding(to_x0(out, x, alpha, sigma, source))
             return convert(x0, x, alpha, sigma, "x0", target)
-        if target == self.prediction:
+        if target == source:
             return out
-        return convert(out, x, alpha, sigma, self.prediction, target)
+        return convert(out, x, alpha, sigma, source, target)
 
     def eps(self, x, t, alpha=None, sigma=None):
         """Noise prediction."""
@@ -269,3 +280,57 @@ class Model:
 
     def __repr__(self) -> str:
         return f"Model(prediction={self.prediction!r}, schedule={self.schedule!r}, nfe={self.nfe})"
+
+
+class Predictor(Protocol):
+    """What a solver's ``step`` evaluates: a [`Model`][sde_diffusion.models.Model], or a stand-in for one such as
+    [`AnalyticFirstStep`][sde_diffusion.models.AnalyticFirstStep]."""
+
+    def predict(self, x: torch.Tensor, t, target: str, alpha=None, sigma=None) -> torch.Tensor: ...
+
+
+class AnalyticFirstStep:
+    r"""AMED's analytical first step (Zhou et al., arXiv:2312.00094, Sec. 3.4): the model, during the first step of a
+    solve, with its first evaluation -- at the initial state \(x_T\) -- replaced by the large-noise limit of the noise
+    prediction
+
+    \[\hat\epsilon(x_T) = \frac{x_T}{\sqrt{\alpha_T^2 + \sigma_T^2}}\]
+
+    (in EDM variables \(x/\sqrt{1 + t^2}\), the paper's form): for \(\sigma_T \gg \alpha_T\) the data contribute
+    \(O(\alpha_T/\sigma_T)\) to \(x_T\), so the network's output there is nearly this normalised state. No network
+    call is made, so a solve spends one evaluation less (``solver.final_nfe(steps) - 1``) -- at a fixed budget, one step
+    more. The error it makes is that of taking the data prediction \(\hat x_0 \approx 0\) at \(t_{\max}\): small
+    for data of zero mean and a small \(\alpha_T\), not for data far from the origin.
+
+    Used through ``sample(..., analytic_first_step=True)``; the loop hands this stand-in to the solver's first step
+    and the model itself to every later step. Its first call must be at the initial state (every solver that
+    evaluates at the start of a step first; a solver that perturbs the state first, e.g. EDM's churn, is refused);
+    every later call goes to the model.
+    """
+
+    __slots__ = ("model", "x_T", "used")
+
+    def __init__(self, model: Model, x_T: torch.Tensor):
+        self.model, self.x_T, self.used = model, x_T, False
+
+    @property
+    def schedule(self) -> NoiseSchedule:
+        return self.model.schedule
+
+    @property
+    def nfe(self) -> int:
+        return self.model.nfe
+
+    def predict(self, x: torch.Tensor, t, target: str, alpha=None, sigma=None) -> torch.Tensor:
+        if self.used:
+            return self.model.predict(x, t, target, alpha, sigma)
+        self.used = True
+        if x is not self.x_T:
+            raise ValueError(
+                "analytic_first_step: the solver's first evaluation is not at the initial state (it perturbs the "
+                "state before evaluating, e.g. EDM churn); use a solver that evaluates at the start of its first step"
+            )
+        if alpha is None or sigma is None:
+            alpha, sigma = self.model.alpha_sigma(x, t)
+        eps = x * (alpha * alpha + sigma * sigma) ** -0.5
+        return self.model.as_prediction(eps, x, target, alpha, sigma, "eps")

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from .grids import make_grid
-from .models import Model
+from .models import AnalyticFirstStep, Model, Predictor
 from .solvers.base import (
     EmbeddedStep,
     NoiseSource,
@@ -180,6 +180,7 @@ class Sampler:
         t_start=None,
         t_end=None,
         rho: float = 7.0,
+        analytic_first_step: bool = False,
         generator=None,
         noise=None,
         **solver_options,
@@ -212,6 +213,11 @@ class Sampler:
                 "(a tensor of normals or a torchsde Brownian path)"
             )
         self.plan: Plan = prepare_plan(self.solver, sch, self.ts, x_like)
+        if not isinstance(analytic_first_step, bool):
+            raise TypeError(f"analytic_first_step must be a bool, got {analytic_first_step!r}")
+        if analytic_first_step and self.solver.direction == "forward":
+            raise ValueError(f"analytic_first_step: solver {self.solver.name!r} runs forward (t_min -> t_max)")
+        self.analytic_first_step = analytic_first_step
 
     @property
     def num_steps(self) -> int:
@@ -220,6 +226,11 @@ class Sampler:
     def init(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple]:
         return x, self.solver.init_state(x)
 
+    def model_for_step(self, i: int, x: torch.Tensor) -> Predictor:
+        """What step ``i`` from ``x`` evaluates: the model, or for step 0 with ``analytic_first_step`` the
+        [`AnalyticFirstStep`][sde_diffusion.models.AnalyticFirstStep] stand-in."""
+        return AnalyticFirstStep(self.model, x) if i == 0 and self.analytic_first_step else self.model
+
     def step(self, x: torch.Tensor, state: tuple, i: int) -> tuple[torch.Tensor, tuple]:
         """Step ``i`` (``0 <= i < num_steps``) from ``x``; returns ``(x_next, state_next)``."""
         if isinstance(i, bool) or not isinstance(i, int):
@@ -227,7 +238,7 @@ class Sampler:
         if not 0 <= i < self.num_steps:
             raise ValueError(f"i={i} is not a step index of this grid (0 <= i < {self.num_steps})")
         noise = StepNoise(self.noise, i, self.ts) if self.noise is not None else None
-        out = self.solver.step(self.model, x, state, self.plan.row(i), noise)
+        out = self.solver.step(self.model_for_step(i, x), x, state, self.plan.row(i), noise)
         return (out.x, out.state) if isinstance(out, EmbeddedStep) else out
 
     def denoise(self, x: torch.Tensor) -> torch.Tensor:
@@ -248,6 +259,7 @@ def sample(
     rho: float = 7.0,
     controller: Controller | None = None,
     denoise_to_zero: bool = False,
+    analytic_first_step: bool = False,
     generator: torch.Generator | None = None,
     noise: torch.Tensor | NoiseSource | Callable | None = None,
     callback: Callable | None = None,
@@ -276,6 +288,10 @@ def sample(
             [`DPMSolverStepRule`][sde_diffusion.solvers.controllers.DPMSolverStepRule] (the last two need a solver with
             an embedded error estimate). ``steps``/``grid`` are refused under an adaptive controller.
         denoise_to_zero: finish with one x0 prediction at ``t_end`` (one more NFE).
+        analytic_first_step: replace the first model evaluation by its large-noise limit
+            ([`AnalyticFirstStep`][sde_diffusion.models.AnalyticFirstStep], AMED, arXiv:2312.00094): one NFE
+            less (``solver.final_nfe(steps) - 1``; at a budget of ``n`` evaluations take
+            ``solver.steps_for_nfe(n + 1)`` steps). Fixed grids, ``t_start`` at high noise.
         generator: randomness of stochastic solvers, as independent normals.
         noise: randomness of stochastic solvers, given instead of (or, for a Brownian path, besides) ``generator``:
             a tensor of standard normals of shape ``(steps, *x.shape)``, a torchsde Brownian path indexed by
@@ -299,6 +315,8 @@ def sample(
     ctrl = _resolve_controller(solver, controller)
     if ctrl.adaptive:
         _refuse(solver, f"chooses its own steps under {ctrl!r} (pass controller=FixedGrid() for a grid)", steps, grid)
+        if analytic_first_step:
+            raise ValueError(f"analytic_first_step needs a fixed grid; {ctrl!r} chooses the steps")
         return _adaptive_loop(
             model, x_T, solver, ctrl, t_start, t_end, denoise_to_zero, noise, callback, return_trajectory, check_finite
         )
@@ -311,6 +329,7 @@ def sample(
         t_start=t_start,
         t_end=t_end,
         rho=rho,
+        analytic_first_step=analytic_first_step,
         generator=generator,
         noise=noise,
     )
@@ -333,9 +352,11 @@ def sample(
             return _step(model, x, state, c, noise)[:2]
 
     fold = s.num_steps >= _SUMS_BLOCK
+    first = s.model_for_step(0, x)
     with _sync_debug(sync_debug, x.device):
         for c in rows:
-            x, state = step(model, x, state, c, None if src is None else StepNoise(src, c.index, ts))
+            x, state = step(first, x, state, c, None if src is None else StepNoise(src, c.index, ts))
+            first = model
             if sums is not None:
                 sums.append(probe(x))
                 if fold and len(sums) == _SUMS_BLOCK:  # fold into one device vector: no Python object per step kept
