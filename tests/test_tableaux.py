@@ -2,17 +2,22 @@
 stored tableaux satisfy their order conditions; the step equals the textbook RK recursion on a linear ODE with a known
 solution (Gaussian data) and converges at the tableau's order; euler/heun, DEIS rhoRK and PNDM's warm-up all run it."""
 
+import ast
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from solver_checks import fitted_slope
 
 from sde_diffusion.analytic import Gaussian
+from sde_diffusion.grids import make_grid
 from sde_diffusion.sample import sample
 from sde_diffusion.schedules import EDM, VPLinear
-from sde_diffusion.solvers import get_solver
+from sde_diffusion.solvers import get_solver, tableaux
+from sde_diffusion.solvers.base import prepare_plan
 from sde_diffusion.solvers.deis import DEIS
-from sde_diffusion.solvers.tableaux import TABLEAUX, ButcherTableau, RKLayout, get_tableau
+from sde_diffusion.solvers.tableaux import TABLEAUX, ButcherTableau, RKLayout, get_tableau, rk_layout
 
 DATA = Gaussian(torch.tensor([0.3, -1.2]), torch.tensor([0.5, 0.8]))
 
@@ -149,3 +154,91 @@ def test_pndm_warmup_steps_are_the_rk_tableaux():
         one = sample(model, x, solver=solver, grid=ts[:2], **opts).x
         torch.testing.assert_close(one, sample(model, x, solver="deis", method="rhork", tableau="heun", grid=ts[:2]).x)
     assert get_solver("pndm").final_nfe(10) == 10 + 3 * (TABLEAUX["rk4"].stages - 1)
+
+
+def _nonzero_terms(tab, variable):
+    """Terms of each combination (rows A[1..s-1], then b), from the tableau: one per non-zero entry, two (x_j and
+    e_j) for j >= 1 in variable t."""
+    rows = list(tab.A[1:]) + [tab.b]
+    return [sum(1 + (variable == "t" and j > 0) for j, a in enumerate(row) if a != 0.0) for row in rows]
+
+
+@pytest.mark.parametrize(
+    "name, variable", [(n, "sigma") for n in TABLEAUX] + [("euler", "t"), ("heun", "t")], ids=lambda v: str(v)
+)
+def test_zero_tableau_entries_cost_no_kernel(name, variable, monkeypatch):
+    """The step calls ``lincomb`` once per combination with exactly the tableau's non-zero terms (rk4 has three
+    zero entries in A; none becomes a kernel), and one model evaluation per stage."""
+    calls, lincomb = [], tableaux.lincomb
+
+    def counting(a, x, *pairs):
+        calls.append(len(pairs) // 2)
+        return lincomb(a, x, *pairs)
+
+    monkeypatch.setattr(tableaux, "lincomb", counting)
+    sch = VPLinear()
+    model = DATA.model(sch)
+    ts = torch.tensor([0.9, 0.6], dtype=torch.float64)
+    solver = DEIS(method="rhork", tableau=name) if variable == "sigma" else get_solver(name, variable="t")
+    res = sample(model, _x(), solver=solver, grid=ts)
+    tab = TABLEAUX[name]
+    expected = _nonzero_terms(tab, variable)
+    if name == "heun" and variable == "t":  # (heun's last step is its Euler predictor: one combination)
+        expected = expected[:1]
+    assert calls == expected
+    assert res.nfe == len(expected)  # one evaluation per stage reached
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_records_carry_typed_vectors(per_sample):
+    """rk4 in sigma_ve: the record has fixed fields -- ``rk_ratio`` (4 multipliers: 0-d host tensors of the state's
+    dtype on a shared grid, ``(B, 1)`` tensors per sample), ``rk_we`` (4 x 4 row-major), the stage points -- and each
+    combination is a DDIM(eta=0) transfer to its stage point: its weights sum to ``sigma_i - (alpha_i/alpha) sigma``
+    (the stage at ``c_i``; the result at the step's end) and vanish where the tableau does."""
+    sch = VPLinear()
+    x = torch.zeros(3, 2)
+    ts = make_grid(sch, "logsnr", 5)
+    if per_sample:
+        ts = torch.stack([ts, make_grid(sch, "logsnr", 5, t_end=2e-3), make_grid(sch, "logsnr", 5, t_end=3e-3)], 1)
+    layout = rk_layout(TABLEAUX["rk4"], "sigma")
+    plan = prepare_plan(DEIS(method="rhork", tableau="rk4"), sch, ts, x, cache=False)
+    c = plan.row(2)
+    for f in layout.fields:
+        assert hasattr(c, f)
+    assert len(c.rk_ratio) == 4 and len(c.rk_we) == 16 and len(c.rk_t_stage) == 4
+    if per_sample:
+        assert all(isinstance(a, torch.Tensor) and a.shape == (3, 1) for a in c.rk_ratio)
+    else:
+        assert all(isinstance(a, torch.Tensor) and a.ndim == 0 and a.dtype == x.dtype for a in c.rk_ratio)
+        assert all(isinstance(w, float) for w in c.rk_we)
+    rows = list(TABLEAUX["rk4"].A[1:]) + [TABLEAUX["rk4"].b]
+    for r, row in enumerate(rows):
+        i = r + 1
+        a_i = c.rk_alpha_stage[i] if i < 4 else c.alpha_next
+        s_i = c.rk_sigma_stage[i] if i < 4 else c.sigma_next
+        ws = [c.rk_we[r * 4 + j] for j in range(4)]
+        total = sum(ws)
+        torch.testing.assert_close(
+            torch.as_tensor(total, dtype=torch.float64),
+            torch.as_tensor(s_i - a_i / c.alpha * c.sigma, dtype=torch.float64),
+            rtol=1e-6,
+            atol=1e-9,
+        )
+        for j in range(4):
+            if j >= len(row) or row[j] == 0.0:
+                assert torch.all(torch.as_tensor(ws[j]) == 0)
+
+
+def test_step_is_plain_data_no_generated_source():
+    """The RK step is one generic function over data: nothing in the solvers compiles or executes generated source."""
+    root = Path(__file__).resolve().parents[1] / "sde_diffusion" / "solvers"
+    found = []
+    for path in sorted(root.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id in ("exec", "eval", "compile")
+            ):
+                found.append(f"{path.name}:{node.lineno} {node.func.id}")
+    assert not found, found

@@ -18,9 +18,10 @@ also returns an error estimate, so it can run under an adaptive controller), ``r
 per-step number beyond the [`GridTable`][sde_diffusion.solvers.table.GridTable] ``table`` (float64, whole grid at once:
 columns ``(N,)``, or ``(N, B)`` for one grid per sample; integer/bool columns stay on the host; wrap a multiplier
 column in [`host_scalars`][sde_diffusion.solvers.base.host_scalars], a column of ``K`` values per step in
-[`vector_column`][sde_diffusion.solvers.base.vector_column] -- then ``c.w[j]``, not ``K`` fields named by f-strings --
-and ``K x M`` values per step in [`matrix_column`][sde_diffusion.solvers.base.matrix_column] -- then
-``c.w_stage[j][m]``; record fields have fixed names, read as plain attributes, never ``getattr(c, ...)``).
+[`vector_column`][sde_diffusion.solvers.base.vector_column] -- then ``c.w[j]``, not ``K`` fields named by f-strings;
+``scalars=True`` for ``K`` multipliers -- and ``K x M`` values per step in
+[`matrix_column`][sde_diffusion.solvers.base.matrix_column] -- then ``c.w_stage[j][m]``; record fields have fixed
+names, read as plain attributes, never ``getattr(c, ...)``).
 Stage points come from ``table.at_lambda(lam) -> (t, alpha, sigma)``; the ``schedule`` argument is there for its options
 only -- a solver calls none of its methods.
 
@@ -323,13 +324,14 @@ class VectorColumn:
     [`matrix_column`][sde_diffusion.solvers.base.matrix_column]): the last ``depth`` dimensions of ``values`` index the
     entries of one step."""
 
-    __slots__ = ("values", "depth")
+    __slots__ = ("values", "depth", "scalars")
 
-    def __init__(self, values: torch.Tensor, depth: int = 1):
+    def __init__(self, values: torch.Tensor, depth: int = 1, scalars: bool = False):
         if depth not in (1, 2) or values.ndim < depth + 1:
             raise ValueError(f"a column of depth {depth} needs at least {depth + 1} dimensions, got {values.ndim}")
         self.values = values
         self.depth = depth
+        self.scalars = scalars
 
     @property
     def entries(self) -> int:
@@ -337,12 +339,14 @@ class VectorColumn:
         return math.prod(self.values.shape[-self.depth :])
 
 
-def vector_column(v: torch.Tensor) -> VectorColumn:
+def vector_column(v: torch.Tensor, scalars: bool = False) -> VectorColumn:
     """Mark a column of ``K`` coefficients per step -- shape ``(N, K)`` for a shared grid, ``(N, B, K)`` per sample:
     each step record gets a tuple of ``K`` values (floats, or device tensors ``(B, 1, ..., 1)``), so a method keeps
     e.g. its weights as ``c.w[j]`` instead of ``K`` fields named ``w0, w1, ...``. Integer/bool columns give host
-    values, as plain columns do."""
-    return VectorColumn(v, 1)
+    values, as plain columns do. ``scalars=True`` marks *multipliers* (the ``a`` of
+    [`lincomb`][sde_diffusion.solvers.base.lincomb]): on a shared grid each entry is handed over as
+    [`host_scalars`][sde_diffusion.solvers.base.host_scalars] hands over a plain column."""
+    return VectorColumn(v, 1, scalars)
 
 
 def matrix_column(v: torch.Tensor) -> VectorColumn:
@@ -474,7 +478,9 @@ def _to_step_values(v: Any, lo: int, hi: int, per_sample: bool, device, dtype, n
     if isinstance(v, VectorColumn):
         cols: Any = v.values.unbind(-v.depth)
         if v.depth > 1:
-            cols = [VectorColumn(col, v.depth - 1) for col in cols]
+            cols = [VectorColumn(col, v.depth - 1, v.scalars) for col in cols]
+        elif v.scalars:
+            cols = [host_scalars(col) for col in cols]
         parts = [_to_step_values(col, lo, hi, per_sample, device, dtype, ndim) for col in cols]
         return [tuple(p) for p in zip(*parts)]
     if isinstance(v, HostScalars):

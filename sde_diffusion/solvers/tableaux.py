@@ -21,20 +21,25 @@ A tableau \((A, b, c)\) with \(s\) stages takes a step of size \(d\) of \(\mathr
 
 Both right-hand sides are linear in \((x, \epsilon)\), so every stage input and the result are linear combinations of
 ``x``, the earlier stage inputs (``variable="t"`` only) and the stage outputs with per-step float64 coefficients
-computed once per grid ([`rk_coefficients`][sde_diffusion.solvers.tableaux.rk_coefficients]); the step
-([`rk_step`][sde_diffusion.solvers.tableaux.rk_step]) is one fused ``lincomb`` per
-stage. Zero tableau entries cost nothing. NFE per step = number of stages.
+computed once per grid ([`rk_coefficients`][sde_diffusion.solvers.tableaux.rk_coefficients]: typed per-step
+vectors, no per-stage field names). The method stays data: an [`RKLayout`][sde_diffusion.solvers.tableaux.RKLayout]
+works out once per tableau which terms are non-zero, and the one generic step
+([`rk_step`][sde_diffusion.solvers.tableaux.rk_step]) runs the stages in a loop with one fused ``lincomb`` per
+stage over those terms only: zero tableau entries cost no kernel. NFE per step = number of stages.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
+from operator import itemgetter
 
 import torch
+from torch.compiler import is_dynamo_compiling
 
 from .._ops import lincomb, time_like
-from .base import host_scalars
+from .base import vector_column
 from .expint import long_step_consistent
 
 __all__ = ["ButcherTableau", "TABLEAUX", "get_tableau", "RKLayout", "rk_layout", "rk_coefficients", "rk_step"]
@@ -92,106 +97,139 @@ def tableau_name(tableau: ButcherTableau) -> str | ButcherTableau:
     return next((n for n, t in TABLEAUX.items() if t == tableau), tableau)
 
 
+#: where a stage is evaluated: at the step's start, at its end, or at a point inside the step
+START, END, INTERIOR = 0, 1, 2
+
+
 class RKLayout:
-    """The RK step of one tableau in one variable, with the coefficient keys it reads (``prefix`` lets a solver hold
-    several methods' coefficients). Built once per solver.
+    """The RK step of one tableau in one variable, as data: built once per solver; nothing of it is worked out per
+    step.
 
-    ``combos[i]`` (``i = 1..s``; ``s`` is the final update) is ``(ratio_key, ((key, "x" | "e", j), ...))``: the
-    input of stage ``i`` is ``c[ratio_key] x + sum c[key] * (x_j if "x" else eps_j)`` (``x_0 = x``).
-    ``points[i]`` is ``"start"``, ``"end"`` or ``(t_key, alpha_key, sigma_key)`` for an interior stage point.
+    The step forms ``s`` *combinations* (``s`` stages): combination ``r = 0 .. s-2`` is the input ``x_{r+1}`` of
+    stage ``r + 1`` (tableau row ``A[r+1]``), combination ``s-1`` the result (weights ``b``). With ``x_0 = x`` and
+    ``e_j`` the noise prediction of stage ``j``, combination ``r`` is
 
-    From these, ``source`` is the step written out as straight-line Python (one ``lincomb`` per stage, zero tableau
-    entries dropped), compiled once: a tableau then costs what a hand-written step costs in the loop (no per-step
-    interpretation of the tableau, which on small states costs about a tenth of a step).
+    ``rk_ratio[r] * x + sum_j (rk_wx[r*s + j] * x_j + rk_we[r*s + j] * e_j)``
+
+    over the non-zero tableau entries ``j <= r`` only (``x_j`` terms, ``j >= 1``, in ``variable="t"`` only: there
+    the right-hand side at a stage depends on that stage's input; in ``sigma_ve`` every ``x_j`` is folded into
+    ``rk_ratio`` and the ``e_j`` weights). This sparsity is fixed by the tableau, so it is worked out here, once:
+
+    * ``terms[r]``: the ``(j, from_x)`` pairs of combination ``r`` in the order they are summed (``from_x``: the
+      term is ``rk_wx[r*s + j] * x_j``, else ``rk_we[r*s + j] * e_j``); zero entries have no term;
+    * ``points[i]``: ``START``, ``END`` or ``INTERIOR`` for stage ``i`` (``c_i = 0``, ``c_i = 1``, or in between:
+      then the record carries the point as ``rk_t_stage[i]``, ``rk_alpha_stage[i]``, ``rk_sigma_stage[i]``);
+    * ``eager = (stages, result)``: ``stages`` holds ``(i, pick, points[i])`` for the stages ``i = 1 .. s-1``,
+      ``result`` the ``pick`` of the result. The step keeps one list per step, the *pool*:
+      ``(*rk_ratio, *rk_we, *rk_wx, x, e_0, x_1, e_1, ...)`` (no ``rk_wx`` in ``sigma_ve``; each stage appends its
+      input and output); ``pick``, an ``operator.itemgetter``, takes from it the arguments of ``lincomb`` for one
+      combination -- ``rk_ratio[r], x`` and the ``(weight, vector)`` pair of each term -- in one C call (a Python
+      loop over the terms would cost, per step, about as much as a small state's kernels);
+    * ``traced``: the same with ``_TracedPick`` picks, for
+      ``torch.compile``;
+    * ``fields``: the record fields [`rk_coefficients`][sde_diffusion.solvers.tableaux.rk_coefficients] returns.
     """
 
-    def __init__(self, tableau: ButcherTableau, variable: str, prefix: str = "rk_"):
+    def __init__(self, tableau: ButcherTableau, variable: str):
         if variable not in ("t", "sigma"):
             raise ValueError(f"variable must be 't' or 'sigma', got {variable!r}")
         if variable == "t" and any(ci not in (0.0, 1.0) for ci in tableau.c):
             raise ValueError("in variable 't' only tableaux whose stages are at the step's ends are supported")
-        self.tableau, self.variable, self.prefix = tableau, variable, prefix
-        rows = list(tableau.A[1:]) + [tableau.b]
-        # combos[0] is a placeholder: stage 0 is the start point, no combination
-        self.combos: list[tuple[str, tuple[tuple[str, str, int], ...]]] = [("", ())]
-        for i, row in enumerate(rows, start=1):
-            name = "b" if i == tableau.stages else str(i)
-            terms = []
-            for j, a in enumerate(row):
-                if a == 0.0:
-                    continue
-                if variable == "t" and j > 0:
-                    terms.append((f"{prefix}{name}_x{j}", "x", j))
-                terms.append((f"{prefix}{name}_e{j}", "e", j))
-            self.combos.append((f"{prefix}ratio_{name}", tuple(terms)))
-        self.points = [
-            "start"
-            if ci == 0.0
-            else "end"
-            if ci == 1.0
-            else (f"{prefix}t{i}", f"{prefix}alpha{i}", f"{prefix}sigma{i}")
-            for i, ci in enumerate(tableau.c)
+        self.tableau, self.variable = tableau, variable
+        s = tableau.stages
+        #: the tableau rows of the combinations: A[1], ..., A[s-1], b
+        self.rows: tuple[tuple[float, ...], ...] = tuple(tableau.A[1:]) + (tableau.b,)
+        self.terms: tuple[tuple[tuple[int, bool], ...], ...] = tuple(
+            tuple(
+                (j, from_x)
+                for j, a in enumerate(row)
+                if a != 0.0
+                for from_x in ((True, False) if variable == "t" and j > 0 else (False,))
+            )
+            for row in self.rows
+        )
+        self.points: tuple[int, ...] = tuple(START if ci == 0.0 else END if ci == 1.0 else INTERIOR for ci in tableau.c)
+        # pool positions: rk_ratio at 0, rk_we at s, rk_wx at s + s^2 ("t"), x at `at_x`, then e_0, x_1, e_1, ...
+        # (x_j at at_x + 2j, e_j at at_x + 2j + 1)
+        at_x = s + s * s * (2 if variable == "t" else 1)
+        positions = [
+            (
+                r,
+                at_x,
+                *(
+                    p
+                    for j, from_x in terms
+                    for p in ((s + s * s + r * s + j, at_x + 2 * j) if from_x else (s + r * s + j, at_x + 2 * j + 1))
+                ),
+            )
+            for r, terms in enumerate(self.terms)
         ]
-        self.source = self._source()
-        self.step = _compile_step(self.source)
+        #: ``(stages, result)`` with ``itemgetter`` picks (eager) and with picks dynamo can trace (``torch.compile``)
+        self.eager = self._picks(positions, itemgetter)
+        self.traced = self._picks(positions, _TracedPick)
+        self.interior = INTERIOR in self.points
+        self.fields = (
+            ("rk_ratio", "rk_we")
+            + (("rk_wx",) if variable == "t" else ())
+            + (("rk_t_stage", "rk_alpha_stage", "rk_sigma_stage") if self.interior else ())
+        )
 
-    def _source(self) -> str:
-        """The step as Python source: ``rk_step(model, x, c, first, upto) -> x_next``."""
-
-        def combination(i):
-            ratio_key, terms = self.combos[i]
-            args = [f"c.{ratio_key}", "x"]
-            for key, src, j in terms:
-                args += [f"c.{key}", f"x{j}" if src == "x" else f"e{j}"]
-            return f"lincomb({', '.join(args)})"
-
-        where = {"start": "c.t, 'eps', c.alpha, c.sigma", "end": "c.t_next, 'eps', c.alpha_next, c.sigma_next"}
-        lines = ["def rk_step(model, x, c, first, upto):"]
-        for i, point in enumerate(self.points):
-            xi = "x" if i == 0 else f"x{i}"
-            if i > 0:
-                lines += [f"    {xi} = {combination(i)}", f"    if upto == {i}:", f"        return {xi}"]
-            args = where[point] if isinstance(point, str) else "time_like(c.t, c.{}), 'eps', c.{}, c.{}".format(*point)
-            call = f"model.predict({xi}, {args})"
-            lines.append(f"    e{i} = {call} if first is None else first" if i == 0 else f"    e{i} = {call}")
-        lines.append(f"    return {combination(self.tableau.stages)}")
-        return "\n".join(lines) + "\n"
+    def _picks(self, positions: list[tuple[int, ...]], pick: Callable) -> tuple[tuple, Callable]:
+        stages = tuple((i, pick(*positions[i - 1]), self.points[i]) for i in range(1, self.tableau.stages))
+        return stages, pick(*positions[-1])
 
 
-@cache
-def _compile_step(source: str):
-    """The function defined by ``source`` (compiled once per distinct step: solvers are built per call)."""
-    namespace = {"lincomb": lincomb, "time_like": time_like}
-    exec(compile(source, "<rk step>", "exec"), namespace)
-    return namespace["rk_step"]
+class _TracedPick:
+    """``pool -> tuple(pool[p] for p in positions)`` in plain Python: what an ``operator.itemgetter`` does, in a form
+    ``torch.compile`` traces (dynamo cannot call an itemgetter; eager steps use the itemgetter, which is faster)."""
+
+    __slots__ = ("positions",)
+
+    def __init__(self, *positions: int):
+        self.positions = positions
+
+    def __call__(self, pool: list) -> tuple:
+        return tuple(map(pool.__getitem__, self.positions))
 
 
 @cache
-def rk_layout(tableau: ButcherTableau, variable: str, prefix: str = "rk_") -> RKLayout:
+def rk_layout(tableau: ButcherTableau, variable: str) -> RKLayout:
     """The (cached) [`RKLayout`][sde_diffusion.solvers.tableaux.RKLayout] of ``tableau`` in ``variable``."""
-    return RKLayout(tableau, variable, prefix)
+    return RKLayout(tableau, variable)
 
 
 def rk_coefficients(layout: RKLayout, ts: torch.Tensor, base) -> dict:
     """float64 per-step coefficients of ``layout`` on the grid ``ts`` (``base``: the grid's ``GridTable``; its
-    ``at_lambda`` gives the interior stage points)."""
+    ``at_lambda`` gives the interior stage points), as typed columns (``s`` = number of stages):
+
+    * ``rk_ratio``: ``s`` multipliers of ``x`` (a [`vector_column`][sde_diffusion.solvers.base.vector_column]
+      of host scalars), one per combination row (see [`RKLayout`][sde_diffusion.solvers.tableaux.RKLayout]);
+    * ``rk_we``: the weights of the stage outputs, ``rk_we[r*s + j]`` the weight of ``e_j`` in combination ``r``
+      (an ``s x s`` matrix stored row-major as a vector: the step reads it through one flat pool, and flattening
+      nested tuples would cost it a call per step; zero where the tableau is);
+    * ``rk_wx`` (``variable="t"`` only): the weights of the stage inputs ``x_j``, stored alike (``j = 0`` is zero:
+      ``x_0``'s weight is ``rk_ratio``);
+    * ``rk_t_stage``, ``rk_alpha_stage``, ``rk_sigma_stage`` (tableaux with stages inside the step only): the ``s``
+      stage points (at ``c_i = 0`` and ``c_i = 1`` the step's start and end values).
+    """
     tab = layout.tableau
     s = tab.stages
     t, dt = ts[:-1], ts[1:] - ts[:-1]
     alpha, sigma, h = base["alpha"], base["sigma"], base["h"]
     # stage points: (t, alpha, sigma) for every stage
     pts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-    out: dict = {}
     for i, p in enumerate(layout.points):
-        if p == "start":
+        if p == START:
             pts.append((t, alpha, sigma))
-        elif p == "end":
+        elif p == END:
             pts.append((ts[1:], base["alpha_next"], base["sigma_next"]))
         else:
             # sigma_ve(t) (1 + c_i (e^{-h} - 1)), without cancellation
             t_i, a_i, s_i = base.at_lambda(base["lam"] - torch.log1p(tab.c[i] * torch.expm1(-h)))
             pts.append((t_i, a_i, s_i))
-            out.update(dict(zip(p, (t_i, a_i, s_i))))
+    ratio = torch.zeros(h.shape + (s,), dtype=torch.float64)
+    we = torch.zeros(h.shape + (s, s), dtype=torch.float64)
+    wx = torch.zeros_like(we)
     if layout.variable == "sigma":
         # alpha_i d from the consistent DDIM(0) increment of the sub-step to c_i (alpha_i c_i d = sigma_i - r_i sigma)
         def alpha_d(i):
@@ -203,38 +241,58 @@ def rk_coefficients(layout: RKLayout, ts: torch.Tensor, base) -> dict:
             else:
                 _, a_i, s_i = pts[i]
                 h_i = torch.log(a_i / s_i) - base["lam"]
-            ratio = a_i / alpha
-            incr = long_step_consistent((-s_i * torch.expm1(h_i))[..., None], h_i, ratio, sigma, s_i)[..., 0]
+            incr = long_step_consistent((-s_i * torch.expm1(h_i))[..., None], h_i, a_i / alpha, sigma, s_i)[..., 0]
             return incr / ci
 
-        for i in range(1, s + 1):
-            ratio_key, terms = layout.combos[i]
-            a_end = pts[i][1] if i < s else base["alpha_next"]
-            out[ratio_key] = host_scalars(a_end / alpha)
-            ad = alpha_d(i)
-            row = tab.A[i] if i < s else tab.b
-            for key, _, j in terms:
-                out[key] = ad * row[j]
+        for r, row in enumerate(layout.rows):
+            a_end = pts[r + 1][1] if r + 1 < s else base["alpha_next"]
+            ratio[..., r] = a_end / alpha
+            ad = alpha_d(r + 1)
+            for j, _ in layout.terms[r]:
+                we[..., r, j] = ad * row[j]
     else:
         # (every stage is at a grid point: RKLayout refuses interior stages in t)
-        f = [base.f_grid[:-1] if p == "start" else base.f_grid[1:] for p in layout.points]
-        k = [
-            0.5 * (base.g2_grid[:-1] if p == "start" else base.g2_grid[1:]) / pt[2] for p, pt in zip(layout.points, pts)
-        ]
-        for i in range(1, s + 1):
-            ratio_key, terms = layout.combos[i]
-            row = tab.A[i] if i < s else tab.b
-            out[ratio_key] = host_scalars(1.0 + dt * row[0] * f[0])
-            for key, src, j in terms:
-                out[key] = dt * row[j] * (f[j] if src == "x" else k[j])
+        f = [base.f_grid[:-1] if p == START else base.f_grid[1:] for p in layout.points]
+        k = [0.5 * (base.g2_grid[:-1] if p == START else base.g2_grid[1:]) / pt[2] for p, pt in zip(layout.points, pts)]
+        for r, row in enumerate(layout.rows):
+            ratio[..., r] = 1.0 + dt * row[0] * f[0]
+            for j, from_x in layout.terms[r]:
+                (wx if from_x else we)[..., r, j] = dt * row[j] * (f[j] if from_x else k[j])
+    flat = h.shape + (s * s,)
+    out = {"rk_ratio": vector_column(ratio, scalars=True), "rk_we": vector_column(we.reshape(flat))}
+    if layout.variable == "t":
+        out["rk_wx"] = vector_column(wx.reshape(flat))
+    if layout.interior:
+        for m, name in enumerate(("rk_t_stage", "rk_alpha_stage", "rk_sigma_stage")):
+            out[name] = vector_column(torch.stack([pt[m] for pt in pts], dim=-1))
     return out
 
 
 def rk_step(model, x: torch.Tensor, c, layout: RKLayout, first: torch.Tensor | None = None, upto: int | None = None):
     """One explicit RK step of the PF-ODE from ``x`` (coefficients ``c`` from
-    [`rk_coefficients`][sde_diffusion.solvers.tableaux.rk_coefficients]).
+    [`rk_coefficients`][sde_diffusion.solvers.tableaux.rk_coefficients]): stage by stage, one ``lincomb`` per
+    combination over the layout's non-zero terms only, one model evaluation per stage.
 
     ``first``: the noise prediction at ``x`` if already known (saves that evaluation). ``upto``: return the input of
     stage ``upto`` without evaluating it (Heun's last step: ``upto=1`` is its Euler predictor). Returns ``x_next``.
     """
-    return layout.step(model, x, c, first, upto)
+    # stage 0 is at the start point (c_0 = 0 in an explicit tableau)
+    e = model.predict(x, c.t, "eps", c.alpha, c.sigma) if first is None else first
+    # the pool the layout's picks read (see RKLayout): coefficients, x, then each stage's input and output
+    if layout.variable == "t":
+        pool = [*c.rk_ratio, *c.rk_we, *c.rk_wx, x, e]
+    else:
+        pool = [*c.rk_ratio, *c.rk_we, x, e]
+    stages, result = layout.traced if is_dynamo_compiling() else layout.eager
+    for i, pick, point in stages:
+        xi = lincomb(*pick(pool))
+        if upto == i:
+            return xi
+        if point == END:
+            e = model.predict(xi, c.t_next, "eps", c.alpha_next, c.sigma_next)
+        elif point == INTERIOR:
+            e = model.predict(xi, time_like(c.t, c.rk_t_stage[i]), "eps", c.rk_alpha_stage[i], c.rk_sigma_stage[i])
+        else:
+            e = model.predict(xi, c.t, "eps", c.alpha, c.sigma)
+        pool += (xi, e)
+    return lincomb(*result(pool))
