@@ -22,6 +22,11 @@ probability-flow ODE solution of the same model
    only moves away from it where the local errors say so. Then a short pattern search
    ([`coordinate_descent`][sde_diffusion.studies.grid_optimizer.coordinate_descent]) starts from the best grid
    found so far. Every candidate is scored with the real solver.
+With ``analytic_first_step="auto"`` (the default) every configuration is screened twice: as is, and with AMED's
+analytical first step ([`AnalyticFirstStep`][sde_diffusion.models.AnalyticFirstStep], arXiv:2312.00094: the first
+evaluation replaced by its large-noise limit, so the same budget buys one step more); the two variants then compete in
+every later stage like two solvers.
+
 4. **Validation** -- the best candidates *and* the best fixed configuration (a named grid with its default
    parameter) are evaluated on an independent *held-out* batch; the one with the smallest held-out error is
    returned, so the result is never worse on held-out data than the best fixed configuration.
@@ -123,7 +128,9 @@ class Calibration:
     name with its parameter, ``"dp[...]"`` for the dynamic programme, ``"+cd"`` after the pattern search), ``lambdas``
     and ``times`` the grid itself (increasing half log-SNR knots; the matching decreasing times on the calibrated
     schedule). Errors are RMS at ``t_end`` against the reference; ``baseline`` is the best fixed configuration (named
-    grid, default parameter) and ``runners_up`` the next candidates, each with both errors.
+    grid, default parameter, no analytic first step) and ``runners_up`` the next candidates, each with both errors.
+    ``analytic_first_step``: sample with AMED's analytical first step (then ``steps`` is
+    ``solver.steps_for_nfe(nfe + 1)``: the first evaluation is free).
     """
 
     solver: str
@@ -145,6 +152,7 @@ class Calibration:
     seed: int = 0
     evaluations: int = 0
     elapsed_s: float = 0.0
+    analytic_first_step: bool = False
 
     @property
     def gain(self) -> float:
@@ -166,7 +174,12 @@ class Calibration:
 
     def sample_kwargs(self, schedule=None) -> dict[str, Any]:
         """Keywords for [`sample`][sde_diffusion.sample.sample]: ``sample(model, x, **cal.sample_kwargs())``."""
-        return {"solver": self.build_solver(), "steps": self.steps, "grid": self.grid_for(schedule)}
+        return {
+            "solver": self.build_solver(),
+            "steps": self.steps,
+            "grid": self.grid_for(schedule),
+            "analytic_first_step": self.analytic_first_step,
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema_version": SCHEMA_VERSION, "kind": _KIND, **asdict(self)}
@@ -189,18 +202,24 @@ class Calibration:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
-@dataclass
+@dataclass(eq=False)  # identity: candidates hold tensors
 class _Candidate:
     solver: str
     grid: str
     lambdas: torch.Tensor  # increasing
     pilot_error: float
     heldout_error: float = math.nan
+    afs: bool = False
+
+    @property
+    def key(self) -> tuple[str, bool]:
+        return self.solver, self.afs
 
     def summary(self) -> dict[str, Any]:
         return {
             "solver": self.solver,
             "grid": self.grid,
+            "analytic_first_step": self.afs,
             "pilot_error": self.pilot_error,
             "heldout_error": self.heldout_error,
         }
@@ -235,10 +254,10 @@ class _Search:
             return family_lambdas(name, self.lam_lo, self.lam_hi, steps, **params)
         return self.sch.lambda_(make_grid(self.sch, grid, steps, self.t0, self.t1))
 
-    def error(self, solver, lambdas: torch.Tensor, heldout: bool = False) -> float:
+    def error(self, solver, lambdas: torch.Tensor, heldout: bool = False, afs: bool = False) -> float:
         x, ref = (self.xh, self.rh) if heldout else (self.xp, self.rp)
         try:
-            out = sample(self.model, x, solver=solver, grid=self.times(lambdas)).x
+            out = sample(self.model, x, solver=solver, grid=self.times(lambdas), analytic_first_step=afs).x
         except NonFiniteError:
             return math.inf
         finally:
@@ -269,6 +288,7 @@ def calibrate(
     rtol: float = 1e-8,
     t_start: float | None = None,
     t_end: float | None = None,
+    analytic_first_step: bool | str = "auto",
     device=None,
     dtype=None,
     progress: bool | None = None,
@@ -292,6 +312,9 @@ def calibrate(
         refine: how many of the best configurations get the family-parameter and free-knot stages.
         rtol: tolerance of the dopri5 reference (``atol`` the same).
         t_start, t_end: the interval (default ``t_max -> t_min`` of the schedule).
+        analytic_first_step: ``"auto"`` searches every configuration with and without AMED's analytical first step
+            ([`AnalyticFirstStep`][sde_diffusion.models.AnalyticFirstStep]); ``True`` only with it, ``False`` only
+            without. (It assumes ``t_start`` at high noise, where the data barely show in the state.)
         device, dtype: where and in which precision the solves run (default: those of ``x_T``, else CPU and the
             default dtype); references are float64.
         progress: tqdm bar over solves (``None``: only on a terminal).
@@ -319,15 +342,19 @@ def calibrate(
     sch = model.schedule
     t0 = float(sch.t_max if t_start is None else t_start)
     t1 = float(sch.t_min if t_end is None else t_end)
+    if analytic_first_step not in ("auto", True, False):
+        raise ValueError(f"analytic_first_step must be 'auto', True or False, got {analytic_first_step!r}")
+    variants = {"auto": (False, True), True: (True,), False: (False,)}[analytic_first_step]
     specs = [parse_solver_spec(s) for s in (AUTO_SOLVERS if solvers == "auto" else solvers)]
-    built = {}
+    built: dict[tuple[str, bool], tuple[Any, int]] = {}
     for spec in specs:
         sol = spec.build()
         if sol.stochastic or sol.adaptive:
             raise ValueError(f"calibrate searches deterministic fixed-grid solvers; {spec.label!r} is not one")
-        steps = sol.steps_for_nfe(nfe)
-        if steps >= 1:
-            built[spec.label] = (sol, steps)
+        for afs in variants:  # the analytic first step is free: the budget buys the steps of one evaluation more
+            steps = sol.steps_for_nfe(nfe + 1 if afs else nfe)
+            if steps >= 1:
+                built[(spec.label, afs)] = (sol, steps)
     if not built:
         raise ValueError(f"no solver configuration fits the budget of {nfe} model evaluations")
 
@@ -342,7 +369,8 @@ def calibrate(
         s.deadline = None if budget_s is None else time.perf_counter() + float(budget_s)  # the search, not the refs
         s.xp, s.xh = s.xp.to(dtype), s.xh.to(dtype)
         cands = _screen(s, built, grids)
-        fixed = min((c for c in cands if c.grid in _FIXED), key=_pilot, default=min(cands, key=_pilot))
+        plain = [c for c in cands if not c.afs] or cands
+        fixed = min((c for c in plain if c.grid in _FIXED), key=_pilot, default=min(plain, key=_pilot))
         top = _top_solvers(cands, refine)
         cands += _refine_families(s, built, cands, top)
         cands += _free_knots(s, built, cands, top)
@@ -355,11 +383,12 @@ def _pilot(c: _Candidate) -> float:
     return c.pilot_error
 
 
-def _top_solvers(cands: list[_Candidate], k: int) -> list[str]:
-    out: list[str] = []
+def _top_solvers(cands: list[_Candidate], k: int) -> list[tuple[str, bool]]:
+    """The ``k`` best (solver, analytic first step) variants by their best pilot error."""
+    out: list[tuple[str, bool]] = []
     for c in sorted(cands, key=_pilot) if k > 0 else ():
-        if c.solver not in out:
-            out.append(c.solver)
+        if c.key not in out:
+            out.append(c.key)
         if len(out) == k:
             break
     return out
@@ -367,34 +396,36 @@ def _top_solvers(cands: list[_Candidate], k: int) -> list[str]:
 
 def _screen(s: _Search, built: dict, grids) -> list[_Candidate]:
     out: list[_Candidate] = []
-    for label, (sol, steps) in built.items():
+    # plain variants first: a time budget that cuts the screening short keeps the never-worse baseline
+    for (label, afs), (sol, steps) in sorted(built.items(), key=lambda kv: kv[0][1]):
         for grid in grids:
             if s.out_of_time() and out:
                 return out
             try:
                 lam = s.family(grid, steps)
-                out.append(_Candidate(label, grid, lam, s.error(sol, lam)))
+                out.append(_Candidate(label, grid, lam, s.error(sol, lam, afs=afs), afs=afs))
             except ValueError:  # a grid that does not fit this schedule (e.g. time_quadratic with t < 0)
                 continue
     return out
 
 
-def _refine_families(s: _Search, built: dict, cands: list[_Candidate], top: list[str]) -> list[_Candidate]:
+def _refine_families(s: _Search, built: dict, cands: list[_Candidate], top: list) -> list[_Candidate]:
     """Bounded scalar search over each parametric family's log-parameter, for the top solvers."""
     from scipy.optimize import minimize_scalar
 
     out = []
-    for label in top:
-        sol, steps = built[label]
+    for label, afs in top:
+        sol, steps = built[(label, afs)]
         for fam in GRID_FAMILIES.values():
             if fam.param is None or s.out_of_time():
                 continue
             tried: dict[float, float] = {}
 
-            def f(logp, fam=fam, sol=sol, steps=steps, tried=tried):
+            def f(logp, fam=fam, sol=sol, steps=steps, tried=tried, afs=afs):
                 p = math.exp(logp)
                 try:
-                    e = s.error(sol, family_lambdas(fam.name, s.lam_lo, s.lam_hi, steps, **{fam.param: p}))
+                    lam = family_lambdas(fam.name, s.lam_lo, s.lam_hi, steps, **{fam.param: p})
+                    e = s.error(sol, lam, afs=afs)
                 except ValueError:
                     e = math.inf
                 tried[p] = e
@@ -406,7 +437,8 @@ def _refine_families(s: _Search, built: dict, cands: list[_Candidate], top: list
             p, e = min(tried.items(), key=lambda kv: kv[1])
             if math.isfinite(e):
                 grid = format_grid(fam.name, **{fam.param: round(p, 6)})
-                out.append(_Candidate(label, grid, s.family(grid, steps), s.error(sol, s.family(grid, steps))))
+                lam = s.family(grid, steps)
+                out.append(_Candidate(label, grid, lam, s.error(sol, lam, afs=afs), afs=afs))
     return out
 
 
@@ -432,16 +464,16 @@ def _local_error_costs(s: _Search, fine: torch.Tensor, proxy, max_jump: int) -> 
     return cost
 
 
-def _free_knots(s: _Search, built: dict, cands: list[_Candidate], top: list[str]) -> list[_Candidate]:
+def _free_knots(s: _Search, built: dict, cands: list[_Candidate], top: list) -> list[_Candidate]:
     """Dynamic programme over a fine grid (per proxy), then a short pattern search from the best grid found."""
     out = []
-    for label in top:
+    for key in top:
         if s.out_of_time():
             break
-        sol, steps = built[label]
+        (label, afs), (sol, steps) = key, built[key]
         if steps < 2:
             continue
-        fam = min((c for c in cands if c.solver == label), key=_pilot).grid  # a named grid (screen or refined)
+        fam = min((c for c in cands if c.key == key), key=_pilot).grid  # a named grid (screen or refined)
         mult = 6 if steps <= 12 else 4
         fine = s.family(fam, mult * steps)  # holds the family's own N-step grid: every mult-th knot
         for proxy in _PROXIES:
@@ -453,12 +485,13 @@ def _free_knots(s: _Search, built: dict, cands: list[_Candidate], top: list[str]
             except ValueError:
                 continue
             lam = fine[idx]
-            out.append(_Candidate(label, f"dp[{proxy.split(':')[0]}, {fam}]", lam, s.error(sol, lam)))
-        start = min((c for c in cands + out if c.solver == label), key=_pilot)
+            grid = f"dp[{proxy.split(':')[0]}, {fam}]"
+            out.append(_Candidate(label, grid, lam, s.error(sol, lam, afs=afs), afs=afs))
+        start = min((c for c in cands + out if c.key == key), key=_pilot)
         if s.out_of_time():
             continue
         lam, e, _, _, _ = coordinate_descent(
-            lambda cand, sol=sol: s.error(sol, cand),
+            lambda cand, sol=sol, afs=afs: s.error(sol, cand, afs=afs),
             start.lambdas,
             step=0.3,
             min_step=0.05,
@@ -467,7 +500,7 @@ def _free_knots(s: _Search, built: dict, cands: list[_Candidate], top: list[str]
             deadline=s.deadline,
         )
         if e < start.pilot_error:
-            out.append(_Candidate(label, start.grid + "+cd", lam, e))
+            out.append(_Candidate(label, start.grid + "+cd", lam, e, afs=afs))
     return out
 
 
@@ -477,10 +510,10 @@ def _validate(s: _Search, cands, fixed: _Candidate, built: dict, nfe: int, seed:
     if fixed not in finalists:
         finalists.append(fixed)
     for c in finalists:
-        c.heldout_error = s.error(built[c.solver][0], c.lambdas, heldout=True)
+        c.heldout_error = s.error(built[c.key][0], c.lambdas, heldout=True, afs=c.afs)
     finalists.sort(key=lambda c: c.heldout_error)
     win = finalists[0]
-    steps = built[win.solver][1]
+    steps = built[win.key][1]
     return Calibration(
         solver=win.solver,
         grid=win.grid,
@@ -501,4 +534,5 @@ def _validate(s: _Search, cands, fixed: _Candidate, built: dict, nfe: int, seed:
         seed=seed,
         evaluations=s.evaluations,
         elapsed_s=time.perf_counter() - started,
+        analytic_first_step=win.afs,
     )

@@ -128,3 +128,35 @@ def test_cli_calibrate_then_sample_uses_the_calibration(tmp_path, capsys, monkey
     assert main(["sample", "--checkpoint", "run/ckpt.pt", "--nfe", "5", "--n", "8", "--no-calibration"]) == 0
     assert "(calibrated)" not in capsys.readouterr().out
     assert main(["calibrate", "--checkpoint", "missing.pt"]) == 2
+
+
+@pytest.mark.parametrize("afs", [True, False])
+def test_analytic_first_step_searched_as_asked(ring, afs):
+    """``analytic_first_step=True``/``False`` restrict the search to one variant; with it, the budget buys the steps
+    of one evaluation more, and sampling with the calibration spends no more than the budget."""
+    model = ring.model()
+    c = calibrate(model, 6, x_shape=(2,), seed=3, analytic_first_step=afs, **SMALL)
+    assert c.analytic_first_step is afs
+    assert all(r["analytic_first_step"] is afs for r in c.runners_up)
+    sol = c.build_solver()
+    assert c.steps == sol.steps_for_nfe(7 if afs else 6)
+    x = ForwardSDE(model.schedule).prior_sample((8, 2), torch.Generator().manual_seed(4), dtype=torch.float64)
+    out = sample(model, x, **c.sample_kwargs())
+    assert out.nfe == sol.final_nfe(c.steps) - (1 if afs else 0) <= 6
+
+
+def test_auto_keeps_the_baseline_without_analytic_first_step(cal):
+    """The never-worse baseline is a plain fixed configuration; the runners-up may carry either variant."""
+    assert cal.baseline["analytic_first_step"] is False
+    assert cal.heldout_error <= cal.baseline["heldout_error"]
+
+
+def test_calibrations_saved_before_the_option_load_without_it(cal):
+    d = cal.to_dict()
+    del d["analytic_first_step"]
+    assert Calibration.from_dict(d).analytic_first_step is False
+
+
+def test_analytic_first_step_bad_value(ring):
+    with pytest.raises(ValueError, match="analytic_first_step"):
+        calibrate(ring.model(), 6, x_shape=(2,), analytic_first_step="yes", **SMALL)

@@ -90,7 +90,7 @@ from typing import Any, NamedTuple
 import torch
 
 from .._ops import lincomb
-from ..models import Model
+from ..models import Predictor
 from ..schedules import NoiseSchedule
 from .table import STEP_COLUMNS, GridTable
 
@@ -169,7 +169,7 @@ class Solver:
     def init_state(self, x: torch.Tensor) -> tuple:
         return ()
 
-    def step(self, model: Model, x: torch.Tensor, state: tuple, c: StepCoefficients, noise: StepNoise | None):
+    def step(self, model: Predictor, x: torch.Tensor, state: tuple, c: StepCoefficients, noise: StepNoise | None):
         raise NotImplementedError
 
     def final_nfe(self, steps: int) -> int:
