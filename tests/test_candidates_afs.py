@@ -148,3 +148,16 @@ def test_calibrated_grid_families(afs):
     assert afs.family_of("dp[ddim, cosine_power:p=2.716547]") == ("cosine_power:p=2.716547", False)
     assert afs.family_of("lambda_power:p=0.69+cd") == ("lambda_power:p=0.69", False)
     assert afs.family_of("karras:rho=6.4") == ("karras:rho=6.4", True)
+
+
+@pytest.mark.parametrize("spec", ["ddim", "ipndm:ab_order=3", "unipc:predictor_order=3,b_h=bh2", "heun"])
+def test_agrees_with_the_librarys_analytic_first_step(afs, spec):
+    """The benchmark's wrapper (a model that is analytic at ``t >= t_afs``) and ``sample(analytic_first_step=True)``
+    (a one-shot stand-in handed to step 0) are two implementations of the same method: same states, same NFE."""
+    sch = get_schedule("vp-linear")
+    model = Gaussian(torch.tensor([0.5, -1.0, 0.2]), torch.tensor([0.2, 1.5, 0.7])).model(sch)
+    x_T = torch.randn(6, 3, generator=torch.Generator().manual_seed(4))
+    ours = sample(afs.AnalyticFirstStep(model, sch.t_max), x_T, solver=parse_solver_spec(spec).build(), steps=6)
+    lib = sample(model, x_T, solver=parse_solver_spec(spec).build(), steps=6, analytic_first_step=True)
+    assert ours.nfe == lib.nfe
+    torch.testing.assert_close(ours.x, lib.x, rtol=1e-12, atol=1e-12)
