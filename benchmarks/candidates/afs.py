@@ -313,6 +313,7 @@ def calibrated_run(problem, settings: Settings, x_sel, x_eval, targets, output: 
         rtol=settings.cal_rtol,
         t_start=problem.t_start,
         t_end=problem.t_end,
+        analytic_first_step=False,  # the AFS runs calibrate the AFS model itself; the others must stay without it
         progress=False,
     )
     seconds = time.perf_counter() - t0
