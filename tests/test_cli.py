@@ -191,3 +191,17 @@ def test_study_stochastic_writes_the_distribution_error_of_every_solver(tmp_path
     cells = rows["euler_ancestral"]
     assert cells["5"]["metric"] == "exact W2" and cells["20"]["error"] < cells["5"]["error"]
     assert all(c is None or (c["error"] >= 0 and c["error"] < float("inf")) for r in rows.values() for c in r.values())
+
+
+def test_sample_analytic_first_step_buys_one_step(tmp_path):
+    """--analytic-first-step: the same NFE budget, one step more (the first evaluation is analytic)."""
+    r = _run(
+        "sample", "--problem", "ring", "--solver", "ipndm", "--nfe", "5", "--n", "32", "--analytic-first-step",
+        "--out", str(tmp_path / "afs"),
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    saved = torch.load(tmp_path / "afs" / "samples.pt")
+    assert saved["nfe"] == 5 and saved["ts"].shape == (7,)  # 6 steps for 5 network evaluations
+    assert "6 steps, NFE 5" in r.stdout
+    r = _run("sample", "--problem", "ring", "--solver", "adaptive_multistep", "--analytic-first-step")
+    assert r.returncode != 0 and "fixed grid" in r.stderr

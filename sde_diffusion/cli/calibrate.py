@@ -12,6 +12,10 @@ __all__ = ["HELP", "add_arguments", "run", "calibration_for"]
 HELP = "calibrate the solver and grid of a trained checkpoint at an NFE budget; writes CKPT.calibration.json"
 
 
+#: --analytic-first-step's choices and what they ask calibrate for
+AFS_CHOICES: dict[str, bool | str] = {"auto": "auto", "on": True, "off": False}
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="a checkpoint written by `sde-diffusion train`")
     p.add_argument("--nfe", type=int, default=10, help="NFE budget (default 10)")
@@ -22,6 +26,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--refine", type=int, default=3, help="configurations refined beyond the screening stage (default 3)"
     )
     p.add_argument("--budget", type=float, help="wall-clock budget in seconds (default: none)")
+    p.add_argument(
+        "--analytic-first-step",
+        choices=tuple(AFS_CHOICES),
+        default="auto",
+        help="search AMED's analytical first step (arXiv:2312.00094) too (auto, the default), only with it (on) or "
+        "never (off)",
+    )
     p.add_argument("--rtol", type=float, default=1e-8, help="tolerance of the dopri5 reference (default 1e-8)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
@@ -75,6 +86,7 @@ def run(args) -> int:
             budget_s=args.budget,
             refine=args.refine,
             rtol=args.rtol,
+            analytic_first_step=AFS_CHOICES[args.analytic_first_step],
             device=args.device,
             dtype=torch.float64,
             progress=progress(args),
@@ -85,7 +97,8 @@ def run(args) -> int:
     cal.save(out)
     b = cal.baseline
     print(
-        f"NFE {cal.nfe}: {cal.solver} @ {cal.grid}: held-out RMS error {cal.heldout_error:.3e} "
+        f"NFE {cal.nfe}: {cal.solver} @ {cal.grid}{' +AFS' if cal.analytic_first_step else ''}: "
+        f"held-out RMS error {cal.heldout_error:.3e} "
         f"(best fixed configuration {b['solver']} @ {b['grid']}: {b['heldout_error']:.3e}; "
         f"reference error {cal.reference_error:.1e}); {cal.elapsed_s:.1f} s"
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..sample import DEFAULT_SOLVER
 from .common import (
     UsageError,
     add_common,
@@ -35,10 +36,20 @@ OUTPUTS = ("samples.pt", "samples.png")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_common(p)
-    p.add_argument("--solver", default="ddim", help="solver configuration, e.g. 'dpm_solver++:order=2'")
+    p.add_argument(
+        "--solver",
+        default=DEFAULT_SOLVER,
+        help=f"solver configuration, e.g. 'dpm_solver++:order=2' (default {DEFAULT_SOLVER}, as for sample())",
+    )
     g = p.add_mutually_exclusive_group()
     g.add_argument("--nfe", type=positive_int, help="NFE budget (default 10)")
     g.add_argument("--steps", type=positive_int, help="number of steps (instead of --nfe)")
+    p.add_argument(
+        "--analytic-first-step",
+        action="store_true",
+        help="AMED's analytical first step (arXiv:2312.00094): the first evaluation is the large-noise limit of the "
+        "model, not a network call (one NFE less; with --nfe, the steps of one evaluation more)",
+    )
     p.add_argument(
         "--n",
         "--num-samples",
@@ -166,12 +177,14 @@ def _run(args, job) -> int:
         if args.steps is not None or args.nfe is not None:
             how = "is adaptive (set its rtol/atol options)" if solver.adaptive else "fixes them (see its options)"
             raise UsageError(f"--nfe/--steps: solver {spec.label!r} chooses its own steps: it {how}")
+        if args.analytic_first_step and solver.adaptive:
+            raise UsageError(f"--analytic-first-step needs a fixed grid; solver {spec.label!r} is adaptive")
         steps = grid = None
     elif args.steps is not None:
         steps = args.steps
     else:
         nfe = 10 if args.nfe is None else args.nfe
-        steps = solver.steps_for_nfe(nfe)
+        steps = solver.steps_for_nfe(nfe + 1 if args.analytic_first_step else nfe)
         if steps < 1:
             raise UsageError(f"--nfe {nfe} is too small for solver {spec.label!r}")
     cal = None
@@ -181,14 +194,16 @@ def _run(args, job) -> int:
         cal = calibration_for(args.checkpoint, 10 if args.nfe is None else args.nfe)
     if cal is not None:  # calibrated solver and grid (written by `sde-diffusion calibrate`)
         kw = cal.sample_kwargs(model.schedule)
-        solver, steps, grid = kw["solver"], kw["steps"], kw["grid"]
-        spec.label = f"{cal.solver} @ {cal.grid} (calibrated)"
+        solver, steps, grid, afs = kw["solver"], kw["steps"], kw["grid"], kw["analytic_first_step"]
+        spec.label = f"{cal.solver} @ {cal.grid}{' +AFS' if afs else ''} (calibrated)"
+    else:
+        afs = args.analytic_first_step
     from .sharding import sample_part
 
     def part():
         return sample_part(
             model, start, solver, steps, grid, seed=args.seed, n=args.n, batch_size=args.batch_size, job=job,
-            device=args.device, show=None if progress(args) is None else False,
+            device=args.device, show=None if progress(args) is None else False, analytic_first_step=afs,
         )  # fmt: skip
 
     if job.distributed:

@@ -56,7 +56,9 @@ def start_states(start, seed: int, lo: int, hi: int) -> torch.Tensor:
     return torch.cat([start(1, gen.manual_seed(sample_seed(seed, i))) for i in range(lo, hi)])
 
 
-def sample_part(model, start, solver, steps, grid, *, seed, n, batch_size, job: Job, device, show) -> SampledPart:
+def sample_part(
+    model, start, solver, steps, grid, *, seed, n, batch_size, job: Job, device, show, analytic_first_step=False
+) -> SampledPart:
     """Run this rank's blocks of ``[0, n)`` (blocks of ``batch_size`` indices) and return its part."""
     from tqdm.auto import tqdm
 
@@ -71,7 +73,15 @@ def sample_part(model, start, solver, steps, grid, *, seed, n, batch_size, job: 
         b_lo, b_hi = k * batch_size, min((k + 1) * batch_size, n)
         x_T = start_states(start, seed, b_lo, b_hi)
         gen = torch.Generator(device=device).manual_seed(sample_seed(seed, k, stream="noise"))
-        res = sample(model, x_T, solver=solver, steps=steps, grid=grid, generator=gen if solver.stochastic else None)
+        res = sample(
+            model,
+            x_T,
+            solver=solver,
+            steps=steps,
+            grid=grid,
+            generator=gen if solver.stochastic else None,
+            analytic_first_step=analytic_first_step,
+        )
         x[b_lo - lo : b_hi - lo] = res.x.detach().to("cpu", torch.float64)
         spent = max(spent, (res.nfe, len(res.ts) - 1))  # an adaptive solver's may vary by block
         ts = res.ts if ts is None or len(res.ts) >= len(ts) else ts
