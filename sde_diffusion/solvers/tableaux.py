@@ -125,8 +125,7 @@ class RKLayout:
       input and output); ``pick``, an ``operator.itemgetter``, takes from it the arguments of ``lincomb`` for one
       combination -- ``rk_ratio[r], x`` and the ``(weight, vector)`` pair of each term -- in one C call (a Python
       loop over the terms would cost, per step, about as much as a small state's kernels);
-    * ``traced``: the same with ``_TracedPick`` picks, for
-      ``torch.compile``;
+    * ``traced``: the same with ``_TracedPick`` picks, for ``torch.compile``;
     * ``fields``: the record fields [`rk_coefficients`][sde_diffusion.solvers.tableaux.rk_coefficients] returns.
     """
 
@@ -149,21 +148,15 @@ class RKLayout:
             for row in self.rows
         )
         self.points: tuple[int, ...] = tuple(START if ci == 0.0 else END if ci == 1.0 else INTERIOR for ci in tableau.c)
-        # pool positions: rk_ratio at 0, rk_we at s, rk_wx at s + s^2 ("t"), x at `at_x`, then e_0, x_1, e_1, ...
-        # (x_j at at_x + 2j, e_j at at_x + 2j + 1)
+        # pool positions: rk_ratio[r] at r, rk_we[r*s + j] at s + r*s + j, rk_wx[r*s + j] at s + s^2 + r*s + j
+        # (variable "t"), x at `at_x`, then x_j at at_x + 2j and e_j at at_x + 2j + 1 (x_0 = x)
         at_x = s + s * s * (2 if variable == "t" else 1)
-        positions = [
-            (
-                r,
-                at_x,
-                *(
-                    p
-                    for j, from_x in terms
-                    for p in ((s + s * s + r * s + j, at_x + 2 * j) if from_x else (s + r * s + j, at_x + 2 * j + 1))
-                ),
-            )
-            for r, terms in enumerate(self.terms)
-        ]
+        positions = []
+        for r, terms in enumerate(self.terms):
+            args = [r, at_x]  # lincomb(rk_ratio[r], x, weight, vector, weight, vector, ...)
+            for j, from_x in terms:
+                args += (s + s * s + r * s + j, at_x + 2 * j) if from_x else (s + r * s + j, at_x + 2 * j + 1)
+            positions.append(tuple(args))
         #: ``(stages, result)`` with ``itemgetter`` picks (eager) and with picks dynamo can trace (``torch.compile``)
         self.eager = self._picks(positions, itemgetter)
         self.traced = self._picks(positions, _TracedPick)
