@@ -29,7 +29,9 @@ every later stage like two solvers.
 
 4. **Validation** -- the best candidates *and* the best fixed configuration (a named grid with its default
    parameter) are evaluated on an independent *held-out* batch; the one with the smallest held-out error is
-   returned, so the result is never worse on held-out data than the best fixed configuration.
+   returned, so the result is never worse on held-out data than the best fixed configuration. An analytic-first-step
+   winner must beat the best plain finalist significantly (a paired test on the held-out samples,
+   [`significantly_smaller`][sde_diffusion.calibration.significantly_smaller]); otherwise the plain one is returned.
 
 The result, a [`Calibration`][sde_diffusion.calibration.Calibration], stores the solver configuration, the grid
 as half-log-SNR knots and as times, the pilot and held-out errors, the reference's own error (a second solve at
@@ -62,7 +64,7 @@ from .studies.metrics import rms_error
 from .studies.results import document_fields
 from .studies.specs import parse_solver_spec
 
-__all__ = ["Calibration", "calibrate", "AUTO_SOLVERS", "SCREEN_GRIDS", "CALIBRATION_FILE"]
+__all__ = ["Calibration", "calibrate", "AUTO_SOLVERS", "SCREEN_GRIDS", "CALIBRATION_FILE", "significantly_smaller"]
 
 SCHEMA_VERSION = 1
 _KIND = "sde_diffusion.calibration"
@@ -255,16 +257,39 @@ class _Search:
         return self.sch.lambda_(make_grid(self.sch, grid, steps, self.t0, self.t1))
 
     def error(self, solver, lambdas: torch.Tensor, heldout: bool = False, afs: bool = False) -> float:
+        """RMS error at ``t_end`` on the pilot (or held-out) batch (``inf`` for a non-finite solve)."""
+        return _rms(self.squared_errors(solver, lambdas, heldout, afs))
+
+    def squared_errors(self, solver, lambdas: torch.Tensor, heldout: bool = False, afs: bool = False) -> torch.Tensor:
+        """Per-sample mean squared error at ``t_end`` (float64, CPU; ``inf`` where not finite)."""
         x, ref = (self.xh, self.rh) if heldout else (self.xp, self.rp)
         try:
             out = sample(self.model, x, solver=solver, grid=self.times(lambdas), analytic_first_step=afs).x
         except NonFiniteError:
-            return math.inf
+            return torch.full((x.shape[0],), math.inf, dtype=torch.float64)
         finally:
             self.evaluations += 1
             self.bar.update(1)
-        e = rms_error(out, ref)
-        return e if math.isfinite(e) else math.inf
+        d = (out.to(torch.float64) - ref.to(out.device, torch.float64)).reshape(x.shape[0], -1)
+        sq = d.pow(2).mean(dim=1).cpu()
+        return torch.where(torch.isfinite(sq), sq, math.inf)
+
+
+def _rms(squared: torch.Tensor) -> float:
+    e = float(squared.mean().sqrt())
+    return e if math.isfinite(e) else math.inf
+
+
+def significantly_smaller(a: torch.Tensor, b: torch.Tensor, z: float = 2.0) -> bool:
+    """Whether per-sample squared errors ``a`` are smaller than ``b`` (the same samples) on average by more than
+    ``z`` standard errors of the paired difference -- how the analytic first step must beat the best plain
+    configuration on held-out data to be chosen (its variant doubles the finalists; without a margin the held-out
+    minimum favours whichever variant is noisier)."""
+    d = a - b
+    if not bool(torch.isfinite(d).all()):
+        return bool(torch.isfinite(a).all()) and not bool(torch.isfinite(b).all())
+    n = d.shape[0]
+    return bool(d.mean() + z * d.std() / math.sqrt(n) < 0) if n > 1 else bool(d.mean() < 0)
 
 
 def _prior_batch(model: Model, shape, n: int, seed: int) -> torch.Tensor:
@@ -509,10 +534,17 @@ def _validate(s: _Search, cands, fixed: _Candidate, built: dict, nfe: int, seed:
     finalists = ranked[:5]
     if fixed not in finalists:
         finalists.append(fixed)
+    squared = {}
     for c in finalists:
-        c.heldout_error = s.error(built[c.key][0], c.lambdas, heldout=True, afs=c.afs)
+        squared[id(c)] = s.squared_errors(built[c.key][0], c.lambdas, heldout=True, afs=c.afs)
+        c.heldout_error = _rms(squared[id(c)])
     finalists.sort(key=lambda c: c.heldout_error)
     win = finalists[0]
+    plain = [c for c in finalists if not c.afs]
+    if win.afs and plain and not significantly_smaller(squared[id(win)], squared[id(plain[0])]):
+        win = plain[0]  # the analytic first step only where it wins clearly on held-out data
+        finalists.remove(win)
+        finalists.insert(0, win)
     steps = built[win.key][1]
     return Calibration(
         solver=win.solver,
