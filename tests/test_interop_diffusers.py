@@ -100,10 +100,14 @@ def test_unet2d_model_wrapper_calls_the_network_at_the_label():
     assert m.prediction == "v"
     x = torch.randn(2, 3, 8, 8)
     t = torch.tensor([0.5005, 0.9])
+    seen = []
+    unet.register_forward_pre_hook(lambda mod, args, kwargs: seen.append(args[1]), with_kwargs=True)
     with torch.no_grad():
-        want = unet(x, torch.tensor([499.5, 899.0])).sample
         got = m(x, t)
-    assert torch.allclose(got, want, atol=1e-6)
+        # the label 1000 (t - 1/N), N = 1000, in the state's float32 (one rounding: ~3e-5 at 500)
+        assert torch.allclose(seen[0].double(), torch.tensor([499.5, 899.0], dtype=torch.float64), rtol=0, atol=1e-4)
+        want = unet(x, seen[0]).sample
+    assert torch.equal(got, want)  # the network's own output, unconverted (v prediction)
 
 
 def test_class_labels_and_guidance_are_one_batched_call():
