@@ -409,13 +409,17 @@ def _pilot(c: _Candidate) -> float:
 
 
 def _top_solvers(cands: list[_Candidate], k: int) -> list[tuple[str, bool]]:
-    """The ``k`` best (solver, analytic first step) variants by their best pilot error."""
+    """The ``k`` best (solver, analytic first step) variants by their best pilot error, and the best plain one
+    if none of those is plain (the fallback of the held-out test in validation gets refined too)."""
     out: list[tuple[str, bool]] = []
-    for c in sorted(cands, key=_pilot) if k > 0 else ():
+    ranked = sorted(cands, key=_pilot) if k > 0 else []
+    for c in ranked:
         if c.key not in out:
             out.append(c.key)
         if len(out) == k:
             break
+    if out and all(afs for _, afs in out):
+        out += [c.key for c in ranked if not c.afs][:1]
     return out
 
 
@@ -532,8 +536,9 @@ def _free_knots(s: _Search, built: dict, cands: list[_Candidate], top: list) -> 
 def _validate(s: _Search, cands, fixed: _Candidate, built: dict, nfe: int, seed: int, started: float):
     ranked = sorted(cands, key=_pilot)
     finalists = ranked[:5]
-    if fixed not in finalists:
-        finalists.append(fixed)
+    for extra in [c for c in ranked if not c.afs][:1] + [fixed]:  # the best plain candidate, the baseline
+        if extra not in finalists:
+            finalists.append(extra)
     squared = {}
     for c in finalists:
         squared[id(c)] = s.squared_errors(built[c.key][0], c.lambdas, heldout=True, afs=c.afs)
