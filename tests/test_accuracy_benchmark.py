@@ -310,3 +310,16 @@ def test_diffusers_default_is_in_the_sweep(acc):
     assert acc.DIFFUSERS_DEFAULT.label in labels
     stock = diffusers.DPMSolverMultistepScheduler().config
     assert all(stock[k] == v for k, v in acc.DIFFUSERS_DEFAULT.kwargs)
+
+
+def test_learned_problem_network_is_reproducible(tmp_path):
+    """train_network is deterministic: the initial weights come from seed 0, not from the global RNG state."""
+    from benchmarks.accuracy.problems import train_network
+
+    torch.manual_seed(123)
+    a = torch.load(train_network("ring-net", "edm", str(tmp_path / "a"), 3), weights_only=False)
+    torch.manual_seed(456)
+    b = torch.load(train_network("ring-net", "edm", str(tmp_path / "b"), 3), weights_only=False)
+    key = next(k for k in ("model", "net", "state_dict", "ema") if k in a)
+    for (ka, va), (kb, vb) in zip(a[key].items(), b[key].items()):
+        assert ka == kb and torch.equal(va, vb)

@@ -53,7 +53,9 @@ def train_network(name: str, schedule: str, net_dir: str, steps: int) -> Path:
     procedural data set, logSNR time input, seed 0 -- deterministic on the CPU."""
     path = net_checkpoint(net_dir, name, schedule)
     path.parent.mkdir(parents=True, exist_ok=True)
-    net = MLPScoreNet(dim=2).to(torch.float32)  # trained in float32 (speed), evaluated in float64
+    with torch.random.fork_rng():  # the initial weights too: seed 0, whatever the caller's global RNG state
+        torch.manual_seed(0)
+        net = MLPScoreNet(dim=2).to(torch.float32)  # trained in float32 (speed), evaluated in float64
     sch = vp_discrete_schedule() if schedule == "vp-discrete" else get_schedule(schedule)
     train(
         net,
