@@ -91,20 +91,20 @@ ROOT = Path(__file__).resolve().parents[2]
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _json_safe(o):
-    """Non-finite floats to ``None``, floats to 7 significant digits (the file holds ~10^4 runs)."""
+def json_safe(o, digits: int = 7):
+    """Non-finite floats to ``None``, floats to ``digits`` significant digits (the file holds ~10^4 runs)."""
     if isinstance(o, float):
-        return float(f"{o:.7g}") if math.isfinite(o) else None
+        return float(f"{o:.{digits}g}") if math.isfinite(o) else None
     if isinstance(o, dict):
-        return {str(k): _json_safe(v) for k, v in o.items()}
+        return {str(k): json_safe(v, digits) for k, v in o.items()}
     if isinstance(o, (list, tuple)):
-        return [_json_safe(v) for v in o]
+        return [json_safe(v, digits) for v in o]
     return o
 
 
 def dumps(result: dict) -> str:
     """The result as JSON: everything indented, except one line per run."""
-    safe = _json_safe(result)
+    safe = json_safe(result)
     head = json.dumps({k: v for k, v in safe.items() if k != "runs"}, indent=1)
     runs = ",\n".join("  " + json.dumps(r, separators=(",", ":")) for r in safe["runs"])
     return head[:-2] + ',\n "runs": [\n' + runs + "\n ]\n}\n"

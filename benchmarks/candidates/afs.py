@@ -65,6 +65,7 @@ from sde_diffusion.models import Model, broadcast_coeff, convert
 from sde_diffusion.sample import sample
 from sde_diffusion.studies.specs import parse_solver_spec
 
+from ..accuracy import json_safe
 from ..accuracy.configurations import Settings
 from ..accuracy.problems import (
     LEARNED,
@@ -837,21 +838,11 @@ def main(argv=None) -> dict:
 
 def dumps(result: dict) -> str:
     """The result as JSON, one line per cell."""
-    safe = _safe(result)
+    safe = json_safe(result, digits=6)
     cells = safe.pop("cells")
     head = json.dumps(safe, indent=1)
     body = ",\n".join("  " + json.dumps(c, separators=(",", ":")) for c in cells)
     return head[:-2] + ',\n "cells": [\n' + body + "\n ]\n}\n"
-
-
-def _safe(o):
-    if isinstance(o, float):
-        return float(f"{o:.6g}") if math.isfinite(o) else None
-    if isinstance(o, dict):
-        return {str(k): _safe(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_safe(v) for v in o]
-    return o
 
 
 if __name__ == "__main__":
