@@ -241,7 +241,13 @@ def summarise(result: dict) -> dict:
                         "diffusers": short(d),
                         "k-diffusion": short(kd.get(k)),
                         "peer": {**short(peer), "library": peer["library"]} if peer else None,
-                        "calibrated": {**short(c), "calibrated_grid": c["calibrated_grid"]} if c else None,
+                        "calibrated": {
+                            **short(c),
+                            "calibrated_grid": c["calibrated_grid"],
+                            "analytic_first_step": bool(c.get("calibration_analytic_first_step")),
+                        }
+                        if c
+                        else None,
                         "default": short(df),
                         "current_default": short(cur) if cur and is_ok(cur) else None,
                         "ratio": ratio,
@@ -342,7 +348,10 @@ def _md_target(result: dict) -> list[str]:
             h["output"],
             h["nfe"],
             _e(h["calibrated"] and h["calibrated"]["error"]),
-            f"`{h['calibrated']['config']}` @ {h['calibrated']['calibrated_grid']}" if h["calibrated"] else "-",
+            f"`{h['calibrated']['config']}` @ {h['calibrated']['calibrated_grid']}"
+            + (" + analytic first step" if h["calibrated"].get("analytic_first_step") else "")
+            if h["calibrated"]
+            else "-",
             _e(h["default"] and h["default"]["error"]),
             f"{_e(h['peer'] and h['peer']['error'])} ({h['peer']['library']}: `{h['peer']['config']}` @ "
             f"{h['peer']['grid']})"

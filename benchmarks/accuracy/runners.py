@@ -151,6 +151,7 @@ def run_calibrated(problem: Problem, x_T: torch.Tensor, ref: dict, settings: Set
         base = {
             **our_base(problem, parse_solver_spec(cal.solver), "calibrated"),
             "calibrated_grid": cal.grid,
+            "calibration_analytic_first_step": cal.analytic_first_step,
             "calibration_seconds": seconds,
             "calibration_heldout_error": cal.heldout_error,
             "calibration_baseline": cal.baseline,
