@@ -116,6 +116,20 @@ def run_ours(problem: Problem, x_T: torch.Tensor, ref: dict, settings: Settings)
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def calibrate_options(problem, settings) -> dict:
+    """The benchmark's ``calibrate`` keywords for one problem (besides the model, budget and start states)."""
+    return dict(
+        solvers=list(settings.cal_solvers),
+        grids=tuple(settings.cal_grids),
+        refine=settings.cal_refine,
+        budget_s=settings.cal_budget_s,
+        rtol=settings.cal_rtol,
+        t_start=problem.t_start,
+        t_end=problem.t_end,
+        progress=False,
+    )
+
+
 def run_calibrated(problem: Problem, x_T: torch.Tensor, ref: dict, settings: Settings, nfe: int) -> list[dict]:
     """:func:`sde_diffusion.calibrate` at the budgets ``nfe`` (``state``) and ``nfe - 1`` (``x0``), evaluated on the
     benchmark batch ``x_T`` exactly like the named grids.
@@ -130,19 +144,7 @@ def run_calibrated(problem: Problem, x_T: torch.Tensor, ref: dict, settings: Set
     for budget in (b for b in (nfe - 1, nfe) if b >= 1):
         t0 = time.perf_counter()
         try:
-            cal = calibrate(
-                problem.model(),
-                budget,
-                x_T=starts,
-                solvers=list(settings.cal_solvers),
-                grids=tuple(settings.cal_grids),
-                refine=settings.cal_refine,
-                budget_s=settings.cal_budget_s,
-                rtol=settings.cal_rtol,
-                t_start=problem.t_start,
-                t_end=problem.t_end,
-                progress=False,
-            )
+            cal = calibrate(problem.model(), budget, x_T=starts, **calibrate_options(problem, settings))
         except ValueError as e:  # e.g. no configuration fits the budget
             out.append({"calibration_failed": str(e), "nfe_budget": budget})
             continue

@@ -77,6 +77,7 @@ from ..accuracy.problems import (
     time_key,
     train_network,
 )
+from ..accuracy.runners import calibrate_options
 
 ROOT = Path(__file__).resolve().parents[2]
 AFS_FORMS = ("amed", "zero_x0")
@@ -307,15 +308,8 @@ def calibrated_run(problem, settings: Settings, x_sel, x_eval, targets, output: 
         wrap(problem.model()),
         budget + (1 if afs else 0),
         x_T=x_sel,
-        solvers=list(settings.cal_solvers),
-        grids=tuple(settings.cal_grids),
-        refine=settings.cal_refine,
-        budget_s=settings.cal_budget_s,
-        rtol=settings.cal_rtol,
-        t_start=problem.t_start,
-        t_end=problem.t_end,
         analytic_first_step=False,  # the AFS runs calibrate the AFS model itself; the others must stay without it
-        progress=False,
+        **calibrate_options(problem, settings),
     )
     seconds = time.perf_counter() - t0
     base = problem.model()
