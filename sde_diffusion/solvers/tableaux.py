@@ -161,6 +161,10 @@ class RKLayout:
         self.eager = self._picks(positions, itemgetter)
         self.traced = self._picks(positions, _TracedPick)
         self.interior = INTERIOR in self.points
+        #: ``x_j`` terms exist (variable ``"t"``): the pool holds ``rk_wx``
+        self.with_wx = variable == "t"
+        #: one stage: the step is the single combination ``rk_ratio[0] x + rk_we[0] e_0`` (no pool, no picks)
+        self.single = s == 1
         self.fields = (
             ("rk_ratio", "rk_we")
             + (("rk_wx",) if variable == "t" else ())
@@ -271,8 +275,10 @@ def rk_step(model, x: torch.Tensor, c, layout: RKLayout, first: torch.Tensor | N
     """
     # stage 0 is at the start point (c_0 = 0 in an explicit tableau)
     e = model.predict(x, c.t, "eps", c.alpha, c.sigma) if first is None else first
+    if layout.single:  # one stage (Euler): the result is the one combination rk_ratio[0] x + rk_we[0] e_0
+        return lincomb(c.rk_ratio[0], x, c.rk_we[0], e)
     # the pool the layout's picks read (see RKLayout): coefficients, x, then each stage's input and output
-    if layout.variable == "t":
+    if layout.with_wx:
         pool = [*c.rk_ratio, *c.rk_we, *c.rk_wx, x, e]
     else:
         pool = [*c.rk_ratio, *c.rk_we, x, e]
