@@ -24,13 +24,16 @@ probability-flow ODE solution of the same model
    found so far. Every candidate is scored with the real solver.
 With ``analytic_first_step="auto"`` (the default) every configuration is screened twice: as is, and with AMED's
 analytical first step ([`AnalyticFirstStep`][sde_diffusion.models.AnalyticFirstStep], arXiv:2312.00094: the first
-evaluation replaced by its large-noise limit, so the same budget buys one step more); the two variants then compete in
-every later stage like two solvers.
+evaluation replaced by its large-noise limit, so the same budget buys one step more). The plain search runs exactly
+as with ``analytic_first_step=False``; the analytic-first-step variants get the same stages of their own (the best
+``refine`` solvers among them are refined), and their winner replaces the plain one only where it is significantly
+better on the held-out samples.
 
 4. **Validation** -- the best candidates *and* the best fixed configuration (a named grid with its default
    parameter) are evaluated on an independent *held-out* batch; the one with the smallest held-out error is
-   returned, so the result is never worse on held-out data than the best fixed configuration. An analytic-first-step
-   winner must beat the best plain finalist significantly (a paired test on the held-out samples,
+   returned, so the result is never worse on held-out data than the best fixed configuration. Finalists are the best
+   five of each first-step variant; an analytic-first-step winner must beat the plain winner significantly (a
+   paired test on the held-out samples,
    [`significantly_smaller`][sde_diffusion.calibration.significantly_smaller]); otherwise the plain one is returned.
 
 The result, a [`Calibration`][sde_diffusion.calibration.Calibration], stores the solver configuration, the grid
@@ -409,17 +412,17 @@ def _pilot(c: _Candidate) -> float:
 
 
 def _top_solvers(cands: list[_Candidate], k: int) -> list[tuple[str, bool]]:
-    """The ``k`` best (solver, analytic first step) variants by their best pilot error, and the best plain one
-    if none of those is plain (the fallback of the held-out test in validation gets refined too)."""
+    """The ``k`` best solvers by their best pilot error, per first-step variant: plain ones first (a time budget
+    that cuts the later stages short keeps the plain search), then those with the analytical first step."""
     out: list[tuple[str, bool]] = []
-    ranked = sorted(cands, key=_pilot) if k > 0 else []
-    for c in ranked:
-        if c.key not in out:
-            out.append(c.key)
-        if len(out) == k:
-            break
-    if out and all(afs for _, afs in out):
-        out += [c.key for c in ranked if not c.afs][:1]
+    for afs in (False, True):
+        keys: list[tuple[str, bool]] = []
+        for c in sorted((c for c in cands if c.afs is afs), key=_pilot) if k > 0 else ():
+            if c.key not in keys:
+                keys.append(c.key)
+            if len(keys) == k:
+                break
+        out += keys
     return out
 
 
@@ -534,22 +537,26 @@ def _free_knots(s: _Search, built: dict, cands: list[_Candidate], top: list) -> 
 
 
 def _validate(s: _Search, cands, fixed: _Candidate, built: dict, nfe: int, seed: int, started: float):
-    ranked = sorted(cands, key=_pilot)
-    finalists = ranked[:5]
-    for extra in [c for c in ranked if not c.afs][:1] + [fixed]:  # the best plain candidate, the baseline
-        if extra not in finalists:
-            finalists.append(extra)
+    """Held-out errors of the best five candidates of each first-step variant (by pilot error) and of the fixed
+    baseline. The plain winner is what ``analytic_first_step=False`` returns; the analytic-first-step winner replaces
+    it only where its held-out error is significantly smaller (a paired test on the held-out samples)."""
+    finalists: list[_Candidate] = []
+    for afs in (False, True):
+        finalists += sorted((c for c in cands if c.afs is afs), key=_pilot)[:5]
+    if fixed not in finalists:
+        finalists.append(fixed)
     squared = {}
     for c in finalists:
         squared[id(c)] = s.squared_errors(built[c.key][0], c.lambdas, heldout=True, afs=c.afs)
         c.heldout_error = _rms(squared[id(c)])
     finalists.sort(key=lambda c: c.heldout_error)
-    win = finalists[0]
     plain = [c for c in finalists if not c.afs]
-    if win.afs and plain and not significantly_smaller(squared[id(win)], squared[id(plain[0])]):
-        win = plain[0]  # the analytic first step only where it wins clearly on held-out data
-        finalists.remove(win)
-        finalists.insert(0, win)
+    first_step = [c for c in finalists if c.afs]
+    win = plain[0] if plain else first_step[0]
+    if plain and first_step and significantly_smaller(squared[id(first_step[0])], squared[id(win)]):
+        win = first_step[0]
+    finalists.remove(win)
+    finalists.insert(0, win)
     steps = built[win.key][1]
     return Calibration(
         solver=win.solver,

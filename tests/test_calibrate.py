@@ -172,3 +172,18 @@ def test_significantly_smaller_is_a_paired_test():
     assert significantly_smaller(b + noise - noise.mean() - 0.2, b)  # smaller by far more than the noise
     inf = torch.full_like(b, math.inf)
     assert significantly_smaller(b, inf) and not significantly_smaller(inf, b)
+
+
+def test_auto_is_the_plain_calibration_unless_the_first_step_wins(ring, cal):
+    """``"auto"`` runs the plain search exactly as ``False`` does; it returns something else only where the
+    analytic-first-step winner is significantly better on the held-out samples."""
+    plain = calibrate(ring.model(), 6, x_shape=(2,), seed=3, analytic_first_step=False, **SMALL)
+    if cal.analytic_first_step:
+        assert cal.heldout_error < plain.heldout_error
+    else:
+        assert (cal.solver, cal.grid, cal.lambdas, cal.heldout_error) == (
+            plain.solver,
+            plain.grid,
+            plain.lambdas,
+            plain.heldout_error,
+        )
