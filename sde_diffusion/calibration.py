@@ -63,7 +63,7 @@ from .reference import probability_flow_reference
 from .sample import NonFiniteError, sample
 from .sdes import ForwardSDE
 from .studies.grid_optimizer import coordinate_descent, select_knots
-from .studies.metrics import rms_error
+from .studies.metrics import rms_error, sample_squared_errors
 from .studies.results import document_fields
 from .studies.specs import parse_solver_spec
 
@@ -273,8 +273,7 @@ class _Search:
         finally:
             self.evaluations += 1
             self.bar.update(1)
-        d = (out.to(torch.float64) - ref.to(out.device, torch.float64)).reshape(x.shape[0], -1)
-        sq = d.pow(2).mean(dim=1).cpu()
+        sq = sample_squared_errors(out, ref).cpu()
         return torch.where(torch.isfinite(sq), sq, math.inf)
 
 

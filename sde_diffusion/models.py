@@ -41,6 +41,7 @@ __all__ = [
     "broadcast_coeff",
     "AnalyticFirstStep",
     "Predictor",
+    "large_noise_eps",
 ]
 
 PREDICTIONS = ("eps", "x0", "v", "score")
@@ -289,6 +290,12 @@ class Predictor(Protocol):
     def predict(self, x: torch.Tensor, t, target: str, alpha=None, sigma=None) -> torch.Tensor: ...
 
 
+def large_noise_eps(x: torch.Tensor, alpha, sigma) -> torch.Tensor:
+    r"""The large-noise limit of the noise prediction, \(x / \sqrt{\alpha^2 + \sigma^2}\) (AMED's analytical first
+    step, arXiv:2312.00094; see [`AnalyticFirstStep`][sde_diffusion.models.AnalyticFirstStep])."""
+    return x * (alpha * alpha + sigma * sigma) ** -0.5
+
+
 class AnalyticFirstStep:
     r"""AMED's analytical first step (Zhou et al., arXiv:2312.00094, Sec. 3.4): the model, during the first step of a
     solve, with its first evaluation -- at the initial state \(x_T\) -- replaced by the large-noise limit of the noise
@@ -332,5 +339,4 @@ class AnalyticFirstStep:
             )
         if alpha is None or sigma is None:
             alpha, sigma = self.model.alpha_sigma(x, t)
-        eps = x * (alpha * alpha + sigma * sigma) ** -0.5
-        return self.model.as_prediction(eps, x, target, alpha, sigma, "eps")
+        return self.model.as_prediction(large_noise_eps(x, alpha, sigma), x, target, alpha, sigma, "eps")

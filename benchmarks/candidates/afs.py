@@ -61,7 +61,7 @@ from pathlib import Path
 import torch
 
 from sde_diffusion.calibration import calibrate
-from sde_diffusion.models import Model, broadcast_coeff, convert
+from sde_diffusion.models import Model, broadcast_coeff, convert, large_noise_eps
 from sde_diffusion.sample import sample
 from sde_diffusion.studies.specs import parse_solver_spec
 
@@ -118,7 +118,7 @@ def afs_eps(x: torch.Tensor, alpha, sigma, form: str = "amed") -> torch.Tensor:
     arXiv:2312.00094) or ``x / sigma`` (``"zero_x0"``, the data prediction 0). ``alpha``/``sigma`` broadcast
     against ``x``."""
     if form == "amed":
-        return x / torch.sqrt(alpha * alpha + sigma * sigma)
+        return large_noise_eps(x, alpha, sigma)
     if form == "zero_x0":
         return x / sigma
     raise ValueError(f"form must be one of {AFS_FORMS}, got {form!r}")

@@ -23,23 +23,27 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["rms_error", "median_error", "max_error", "gaussian_w2", "sliced_w2", "sqrtm_psd"]
+__all__ = ["rms_error", "median_error", "sample_squared_errors", "max_error", "gaussian_w2", "sliced_w2", "sqrtm_psd"]
 
 
 def _flat64(x: torch.Tensor) -> torch.Tensor:
     return x.detach().reshape(x.shape[0], -1).to(torch.float64)
 
 
+def sample_squared_errors(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-sample mean squared difference over coordinates, ``mean_i (x - y)^2``: float64, shape ``(B,)``."""
+    d = _flat64(x) - _flat64(y).to(x.device)
+    return torch.mean(d * d, dim=1)
+
+
 def rms_error(x: torch.Tensor, y: torch.Tensor) -> float:
     """Root-mean-square difference over batch and coordinates."""
-    d = _flat64(x) - _flat64(y).to(x.device)
-    return float(torch.sqrt(torch.mean(d * d)))
+    return float(torch.sqrt(torch.mean(sample_squared_errors(x, y))))
 
 
 def median_error(x: torch.Tensor, y: torch.Tensor) -> float:
     """Median over the batch of the per-sample RMS difference over coordinates."""
-    d = _flat64(x) - _flat64(y).to(x.device)
-    return float(torch.sqrt(torch.mean(d * d, dim=1)).median())
+    return float(torch.sqrt(sample_squared_errors(x, y)).median())
 
 
 def max_error(x: torch.Tensor, y: torch.Tensor) -> float:
